@@ -1,0 +1,38 @@
+"""Exception hierarchy.
+
+Every error the user can cause derives from :class:`DpnbidsError`. The CLI
+catches these and prints only the message (no traceback) before exiting
+non-zero. A message says what happened, what was expected, and how to fix it.
+"""
+
+
+class DpnbidsError(Exception):
+    """Base class for errors reported to the user without a traceback."""
+
+    exit_code = 1
+
+
+class InputError(DpnbidsError):
+    """The input dataset, a file or an option is not what dpnbids needs."""
+
+    exit_code = 2
+
+
+class DimensionError(InputError):
+    """Images or arrays have incompatible shapes, grids or lengths."""
+
+
+class DataLeakageError(DpnbidsError):
+    """A subject appears in more than one of training, validation and test."""
+
+    exit_code = 3
+
+
+class ModelMismatchError(InputError):
+    """A saved model does not match the data it is applied to."""
+
+
+class WorkflowError(DpnbidsError):
+    """One or more nipype nodes failed; the message names subjects and crash files."""
+
+    exit_code = 4
