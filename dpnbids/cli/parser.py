@@ -1,0 +1,327 @@
+"""Command-line parser for dpnbids (BIDS-Apps contract, fMRIPrep option names).
+
+``build_parser()`` builds the parser with named option groups; validators are
+bound to the parser so every bad value ends in ``parser.error`` (exit 2).
+Cross-option checks that need the file system live in
+:func:`dpnbids.cli.run.main` (via :mod:`dpnbids.bids`), before any output is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dpnbids import __version__
+
+INPUT_SETS = ("ASC", "SSC", "RSP")
+SLICE_ORDERS = ("ascending", "descending", "interleaved")
+DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
+BACK_PROJECTIONS = ("dual_regression", "gica1")
+PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
+
+
+def _strip_sub(value: str) -> str:
+    value = value.strip()
+    if value.startswith("sub-"):
+        value = value[4:]
+    if not value or not value.isalnum():
+        raise argparse.ArgumentTypeError(
+            f"participant label {value!r} is not a BIDS label: use alphanumeric "
+            "characters only, e.g. '01' or 'sub-01'")
+    return value
+
+
+def _strip_ses(value: str) -> str:
+    value = value.strip()
+    if value.startswith("ses-"):
+        value = value[4:]
+    if not value or not value.isalnum():
+        raise argparse.ArgumentTypeError(
+            f"session label {value!r} is not a BIDS label: use alphanumeric characters, "
+            "e.g. '01' or 'ses-01'")
+    return value
+
+
+def _task_label(value: str) -> str:
+    value = value.strip()
+    if value.startswith("task-"):
+        value = value[5:]
+    if not value or not value.isalnum():
+        raise argparse.ArgumentTypeError(
+            f"task label {value!r} is not a BIDS label: use alphanumeric characters, e.g. 'rest'")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        ivalue = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if ivalue < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return ivalue
+
+
+def _nonneg_int(value: str) -> int:
+    try:
+        ivalue = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if ivalue < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+    return ivalue
+
+
+def _positive_float(value: str) -> float:
+    try:
+        fvalue = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not fvalue > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return fvalue
+
+
+def _nonneg_float(value: str) -> float:
+    try:
+        fvalue = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if fvalue < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return fvalue
+
+
+def _probability(value: str) -> float:
+    fvalue = _positive_float(value)
+    if fvalue >= 1:
+        raise argparse.ArgumentTypeError(f"expected a p threshold in (0, 1), got {value!r}")
+    return fvalue
+
+
+def _dropout(value: str) -> float:
+    fvalue = _nonneg_float(value)
+    if fvalue >= 1:
+        raise argparse.ArgumentTypeError(f"expected a dropout rate in [0, 1), got {value!r}")
+    return fvalue
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {value!r} does not exist")
+    return path
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {value!r} does not exist")
+    return path
+
+
+def _bids_filter(value: str) -> dict:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"BIDS filter file {value!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"BIDS filter file {value!r} is not valid JSON ({exc}); expected an object such as "
+            '{"bold": {"session": "01"}, "t1w": {"acquisition": null}}') from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise argparse.ArgumentTypeError(
+            f"BIDS filter file {value!r} must hold a JSON object mapping query names "
+            '("bold", "t1w") to objects of BIDS entities, e.g. {"bold": {"session": "01"}}')
+    unknown = sorted(set(data) - {"bold", "t1w", "sbref"})
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"BIDS filter file {value!r} has unknown queries {unknown}; "
+            "expected only 'bold' and 't1w' (and 'sbref')")
+    return data
+
+
+def _input_set(value: str) -> str:
+    upper = value.strip().upper()
+    if upper not in INPUT_SETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown input set {value!r}; choose from {', '.join(INPUT_SETS)}")
+    return upper
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the dpnbids argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dpnbids",
+        description=(
+            "dpnbids: predict response to IV lidocaine in painful diabetic neuropathy from "
+            "resting-state fMRI (Teh et al., Neuroinformatics 2023), without data leakage. "
+            "Run 'participant' (preprocessing, denoising; dual regression or prediction with "
+            "--group-maps/--model) and then 'group' (group ICA, dual regression, component "
+            "statistics, 3D-CNN nested cross-validation, final model)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("bids_dir", type=Path,
+                        help="the root folder of a BIDS dataset (sub-XX folders at the top level)")
+    parser.add_argument("output_dir", type=Path,
+                        help="the output folder (a BIDS derivatives dataset); must not be inside "
+                             "bids_dir except under bids_dir/derivatives/")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="processing stage: 'participant' per subject, 'group' across subjects")
+    parser.add_argument("--version", action="version", version=f"dpnbids {__version__}")
+
+    g_bids = parser.add_argument_group("Options for filtering BIDS queries")
+    g_bids.add_argument("--participant-label", "--participant_label", dest="participant_label",
+                        nargs="+", type=_strip_sub, metavar="LABEL",
+                        help="participants to process ('01' or 'sub-01'); default: all")
+    g_bids.add_argument("--session-label", dest="session_label", nargs="+", type=_strip_ses,
+                        metavar="LABEL", help="sessions to process ('01' or 'ses-01'); default: all")
+    g_bids.add_argument("--task-id", dest="task_id", type=_task_label, default="rest",
+                        help="the BOLD task to process")
+    g_bids.add_argument("--bids-filter-file", dest="bids_filter_file", type=_bids_filter,
+                        metavar="FILE",
+                        help="JSON file of BIDS entity filters per query ('bold', 't1w'), as in "
+                             "fMRIPrep")
+    g_bids.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                        dest="skip_bids_validation", action="store_true",
+                        help="do not run bids-validator-deno on the input dataset")
+    g_bids.add_argument("--responder-column", dest="responder_column", default="responder",
+                        help="participants.tsv column with the treatment response label "
+                             "(1/0, true/false, yes/no, responder/non-responder, R/NR; n/a = unknown)")
+
+    g_perf = parser.add_argument_group("Options to handle performance")
+    g_perf.add_argument("--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=_positive_int,
+                        help="maximum number of processes (MultiProc); default: all available CPUs")
+    g_perf.add_argument("--omp-nthreads", dest="omp_nthreads", type=_positive_int,
+                        help="maximum threads per process (ANTs/ITK, BLAS, Keras); "
+                             "default: min(8, nprocs)")
+    g_perf.add_argument("--mem-gb", "--mem", dest="mem_gb", type=_positive_float,
+                        help="upper bound on memory use in GB, given to the nipype scheduler")
+    g_perf.add_argument("--use-plugin", "--use_plugin", dest="use_plugin", type=_existing_file,
+                        metavar="FILE",
+                        help="nipype plugin YAML (plugin: SLURM|SGE|PBS|MultiProc|Linear, "
+                             "plugin_args: {...}) as in fMRIPrep")
+    g_perf.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
+                        help="nipype working directory; rerunning with the same one resumes a "
+                             "killed run (default: OUTPUT_DIR/../work... see README)")
+    g_perf.add_argument("--stop-on-first-crash", dest="stop_on_first_crash", action="store_true",
+                        help="stop at the first failed node instead of finishing other subjects")
+
+    g_pre = parser.add_argument_group("Preprocessing (participant level)")
+    g_pre.add_argument("--output-space", dest="output_space", default="MNI152NLin2009aSym",
+                       help="template space (TemplateFlow name) of all template-space outputs; "
+                            "MNI152NLin2009aSym works offline")
+    g_pre.add_argument("--output-resolution", dest="output_resolution", type=_positive_float,
+                       default=2.0, help="isotropic voxel size (mm) of template-space BOLD outputs")
+    g_pre.add_argument("--fmriprep-dir", dest="fmriprep_dir", type=_existing_dir, metavar="DIR",
+                       help="use fMRIPrep derivatives in DIR instead of built-in preprocessing "
+                            "(desc-preproc_bold in --output-space plus confounds)")
+    g_pre.add_argument("--dummy-scans", dest="dummy_scans", type=_nonneg_int,
+                       help="number of non-steady-state volumes to drop; default: detect")
+    g_pre.add_argument("--slice-order", dest="slice_order", choices=SLICE_ORDERS,
+                       help="slice acquisition order used when SliceTiming is missing; without it "
+                            "slice-timing correction is skipped with a warning")
+    g_pre.add_argument("--smoothing-fwhm", dest="smoothing_fwhm", type=_nonneg_float, default=5.0,
+                       help="Gaussian smoothing kernel FWHM in mm (0 disables)")
+    g_pre.add_argument("--denoise-strategy", dest="denoise_strategy", choices=DENOISE_STRATEGIES,
+                       default="conn",
+                       help="confound regression strategy applied with band-pass filtering")
+    g_pre.add_argument("--high-pass", dest="high_pass", type=_nonneg_float, default=0.008,
+                       help="high-pass cut-off (Hz) of the band-pass filter (0 disables)")
+    g_pre.add_argument("--low-pass", dest="low_pass", type=_nonneg_float, default=0.09,
+                       help="low-pass cut-off (Hz) of the band-pass filter (0 disables)")
+    g_pre.add_argument("--min-volumes", dest="min_volumes", type=_positive_int, default=50,
+                       help="minimum number of BOLD volumes after dropping dummy scans")
+
+    g_ica = parser.add_argument_group("Group ICA and dual regression")
+    g_ica.add_argument("--pca-dim", dest="pca_dim", type=_positive_int, default=64,
+                       help="group PCA dimension (MIGP) before ICA")
+    g_ica.add_argument("--n-components", dest="n_components", type=_positive_int, default=30,
+                       help="number of independent components")
+    g_ica.add_argument("--ica-repeats", dest="ica_repeats", type=_positive_int, default=1,
+                       help="FastICA runs clustered ICASSO-style for a stability index (1: no reruns)")
+    g_ica.add_argument("--back-projection", dest="back_projection", choices=BACK_PROJECTIONS,
+                       default="dual_regression",
+                       help="how subject maps are obtained: dual regression (FSL) or GIFT's GICA1")
+    g_ica.add_argument("--group-maps", dest="group_maps", type=_existing_file, metavar="FILE",
+                       help="participant level: dual-regress new participants against these 4D "
+                            "group ICA maps")
+    g_ica.add_argument("--ssc-p", dest="ssc_p", type=_probability, default=0.1,
+                       help="p threshold selecting components for the SSC input set")
+    g_ica.add_argument("--component-threshold", dest="component_threshold", type=_positive_float,
+                       default=2.0,
+                       help="|z| threshold of group maps used for subject summaries and labels")
+
+    g_cnn = parser.add_argument_group("3D-CNN and cross-validation (group level)")
+    g_cnn.add_argument("--model", dest="model", type=_existing_dir, metavar="MODEL_DIR",
+                       help="participant level: predict response with this trained model folder "
+                            "(OUTPUT_DIR/group/model of a previous group run)")
+    g_cnn.add_argument("--input-sets", dest="input_sets", nargs="+", type=_input_set,
+                       default=list(INPUT_SETS), metavar="SET",
+                       help="input sets to evaluate: ASC (all maps), SSC (selected maps), "
+                            "RSP (preprocessed BOLD volumes)")
+    g_cnn.add_argument("--rsp-volumes", dest="rsp_volumes", type=_positive_int, default=30,
+                       help="number of BOLD volumes (channels) in the RSP input set")
+    g_cnn.add_argument("--folds", dest="folds", type=_positive_int, default=10,
+                       help="outer stratified cross-validation folds")
+    g_cnn.add_argument("--cv-repeats", dest="cv_repeats", type=_positive_int, default=1,
+                       help="repeats of the outer cross-validation with different splits")
+    g_cnn.add_argument("--n-permutations", dest="n_permutations", type=_nonneg_int, default=0,
+                       help="label permutations rerunning the whole CV for an AUC p-value")
+    g_cnn.add_argument("--n-bootstrap", dest="n_bootstrap", type=_nonneg_int, default=1000,
+                       help="bootstrap resamples for 95%% confidence intervals")
+    g_cnn.add_argument("--paper-faithful", dest="paper_faithful", action="store_true",
+                       help="also run the paper's LEAKY procedure (SSC chosen on all subjects), "
+                            "labelled as leaky")
+    g_cnn.add_argument("--ica-in-folds", dest="ica_in_folds", action="store_true",
+                       help="strict mode: refit group ICA and dual regression within each "
+                            "outer training fold")
+    g_cnn.add_argument("--tune", dest="tune", action="store_true",
+                       help="inner-fold search over the paper's hyperparameter grids")
+    g_cnn.add_argument("--epochs", dest="epochs", type=_positive_int, default=100,
+                       help="maximum training epochs")
+    g_cnn.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=4,
+                       help="mini-batch size")
+    g_cnn.add_argument("--learning-rate", dest="learning_rate", type=_positive_float,
+                       default=1e-3, help="Adam learning rate")
+    g_cnn.add_argument("--adam-epsilon", dest="adam_epsilon", type=_positive_float, default=0.1,
+                       help="Adam epsilon")
+    g_cnn.add_argument("--dropout", dest="dropout", type=_dropout, default=0.3,
+                       help="dropout rate")
+    g_cnn.add_argument("--dense-units", dest="dense_units", type=_positive_int, default=128,
+                       help="units of the dense layer")
+    g_cnn.add_argument("--patience", dest="patience", type=_positive_int, default=10,
+                       help="early-stopping patience (epochs) on the inner validation loss")
+    g_cnn.add_argument("--cnn-voxel-size", dest="cnn_voxel_size", type=_positive_float,
+                       default=None,
+                       help="voxel size (mm) of the CNN input grid (default: the model's "
+                            "documented default)")
+    g_cnn.add_argument("--mixed-precision", dest="mixed_precision", action="store_true",
+                       help="train with mixed float16 precision (GPU)")
+
+    g_other = parser.add_argument_group("Other options")
+    g_other.add_argument("--random-seed", dest="random_seed", type=_nonneg_int, default=0,
+                         help="the one seed every random choice derives from")
+    g_other.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
+                         help="increase verbosity (-v info, -vv debug)")
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse ``argv`` into an :class:`argparse.Namespace` (exit 2 on bad options)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pca_dim < args.n_components:
+        parser.error(f"--pca-dim ({args.pca_dim}) must be >= --n-components "
+                     f"({args.n_components}); lower --n-components or raise --pca-dim")
+    if args.low_pass and args.high_pass and args.low_pass <= args.high_pass:
+        parser.error(f"--low-pass ({args.low_pass} Hz) must be above --high-pass "
+                     f"({args.high_pass} Hz)")
+    if args.model is not None and args.group_maps is not None:
+        parser.error("--model already contains group maps; give --model or --group-maps, not both")
+    if args.analysis_level == "group" and (args.model is not None or args.group_maps is not None):
+        parser.error("--model and --group-maps apply to the participant level only")
+    return parser, args
