@@ -1,0 +1,233 @@
+"""One frozen configuration object, built from the command line.
+
+The configuration is split in sections (execution, selection, preprocessing,
+ICA, CNN) of frozen dataclasses.  It is dumped as TOML into
+``OUTPUT_DIR/logs/`` for provenance.  Every random seed in the program derives
+from ``--random-seed`` through :meth:`Config.seed`, which maps a purpose name
+(e.g. ``"ica"``, ``"cv.splits"``) to an independent 32-bit seed with
+:class:`numpy.random.SeedSequence`, so adding a new consumer never shifts the
+seeds of the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dpnbids import __version__
+
+
+def derive_seed(base_seed: int, purpose: str) -> int:
+    """Return a 32-bit seed for ``purpose`` derived from ``base_seed``.
+
+    Deterministic across runs, platforms and Python hash seeds.
+    """
+    key = zlib.crc32(purpose.encode("utf-8"))
+    seq = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(key,))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    nprocs: int
+    omp_nthreads: int
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict = field(default_factory=dict)
+    stop_on_first_crash: bool = False
+    verbose: int = 0
+    skip_bids_validation: bool = False
+    command_line: str = ""
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    participant_label: tuple[str, ...] | None = None
+    session_label: tuple[str, ...] | None = None
+    task_id: str = "rest"
+    bids_filters: dict = field(default_factory=dict)
+    responder_column: str = "responder"
+
+
+@dataclass(frozen=True)
+class PreprocConfig:
+    output_space: str = "MNI152NLin2009aSym"
+    output_resolution: float = 2.0
+    fmriprep_dir: Path | None = None
+    dummy_scans: int | None = None
+    slice_order: str | None = None
+    smoothing_fwhm: float = 5.0
+    denoise_strategy: str = "conn"
+    high_pass: float = 0.008
+    low_pass: float = 0.09
+    min_volumes: int = 50
+
+
+@dataclass(frozen=True)
+class ICAConfig:
+    pca_dim: int = 64
+    n_components: int = 30
+    ica_repeats: int = 1
+    back_projection: str = "dual_regression"
+    group_maps: Path | None = None
+    ssc_p: float = 0.1
+    component_threshold: float = 2.0
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    model: Path | None = None
+    input_sets: tuple[str, ...] = ("ASC", "SSC", "RSP")
+    rsp_volumes: int = 30
+    folds: int = 10
+    cv_repeats: int = 1
+    n_permutations: int = 0
+    n_bootstrap: int = 1000
+    paper_faithful: bool = False
+    ica_in_folds: bool = False
+    tune: bool = False
+    epochs: int = 100
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    adam_epsilon: float = 0.1
+    dropout: float = 0.3
+    dense_units: int = 128
+    patience: int = 10
+    cnn_voxel_size: float | None = None
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration (frozen)."""
+
+    execution: ExecutionConfig
+    selection: SelectionConfig
+    preproc: PreprocConfig
+    ica: ICAConfig
+    cnn: CNNConfig
+    random_seed: int = 0
+    version: str = __version__
+
+    def seed(self, purpose: str) -> int:
+        """Seed for ``purpose``, derived from ``--random-seed``."""
+        return derive_seed(self.random_seed, purpose)
+
+    def to_dict(self) -> dict:
+        """Plain, TOML-serialisable dictionary (paths as strings, None dropped)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj if v is not None]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    return obj
+
+
+def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[str, dict]:
+    """Read an fMRIPrep-style plugin YAML; default to MultiProc/Linear."""
+    from dpnbids.exceptions import InputError
+
+    if path is None:
+        args = {"n_procs": nprocs, "raise_insufficient": False, "maxtasksperchild": 1}
+        if mem_gb:
+            args["memory_gb"] = mem_gb
+        return ("MultiProc" if nprocs > 1 else "Linear"), args
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"plugin file {path} is not valid YAML ({exc}); expected e.g.\n"
+                         "plugin: SLURM\nplugin_args:\n  sbatch_args: --time=2:00:00") from None
+    if not isinstance(data, dict) or not isinstance(data.get("plugin"), str):
+        raise InputError(f"plugin file {path} must define 'plugin:' (MultiProc, Linear, SLURM, "
+                         "SGE, PBS ...) and optionally 'plugin_args:' as in fMRIPrep")
+    plugin_args = data.get("plugin_args") or {}
+    if not isinstance(plugin_args, dict):
+        raise InputError(f"plugin file {path}: 'plugin_args' must be a mapping")
+    if data["plugin"] == "MultiProc":
+        plugin_args.setdefault("n_procs", nprocs)
+        if mem_gb:
+            plugin_args.setdefault("memory_gb", mem_gb)
+    return data["plugin"], plugin_args
+
+
+def config_from_args(args, argv=None) -> Config:
+    """Build the frozen :class:`Config` from parsed arguments."""
+    nprocs = args.nprocs or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (args.nprocs or os.cpu_count() or 1)
+    omp = args.omp_nthreads or min(8, nprocs)
+    output_dir = Path(args.output_dir).expanduser().absolute()
+    work_dir = (Path(args.work_dir).expanduser().absolute() if args.work_dir
+                else output_dir.parent / f".{output_dir.name}_work")
+    plugin, plugin_args = _load_plugin(args.use_plugin, nprocs, args.mem_gb)
+    execution = ExecutionConfig(
+        bids_dir=Path(args.bids_dir).expanduser().absolute(),
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        work_dir=work_dir,
+        nprocs=nprocs,
+        omp_nthreads=omp,
+        mem_gb=args.mem_gb,
+        use_plugin=args.use_plugin,
+        plugin=plugin,
+        plugin_args=plugin_args,
+        stop_on_first_crash=args.stop_on_first_crash,
+        verbose=args.verbose,
+        skip_bids_validation=args.skip_bids_validation,
+        command_line=" ".join(["dpnbids", *(argv if argv is not None else sys.argv[1:])]),
+        container=os.environ.get("DPNBIDS_CONTAINER"),
+    )
+    selection = SelectionConfig(
+        participant_label=tuple(args.participant_label) if args.participant_label else None,
+        session_label=tuple(args.session_label) if args.session_label else None,
+        task_id=args.task_id,
+        bids_filters=args.bids_filter_file or {},
+        responder_column=args.responder_column,
+    )
+    preproc = PreprocConfig(
+        output_space=args.output_space, output_resolution=args.output_resolution,
+        fmriprep_dir=args.fmriprep_dir, dummy_scans=args.dummy_scans,
+        slice_order=args.slice_order, smoothing_fwhm=args.smoothing_fwhm,
+        denoise_strategy=args.denoise_strategy, high_pass=args.high_pass,
+        low_pass=args.low_pass, min_volumes=args.min_volumes)
+    ica = ICAConfig(
+        pca_dim=args.pca_dim, n_components=args.n_components, ica_repeats=args.ica_repeats,
+        back_projection=args.back_projection, group_maps=args.group_maps, ssc_p=args.ssc_p,
+        component_threshold=args.component_threshold)
+    cnn = CNNConfig(
+        model=args.model, input_sets=tuple(dict.fromkeys(args.input_sets)),
+        rsp_volumes=args.rsp_volumes, folds=args.folds, cv_repeats=args.cv_repeats,
+        n_permutations=args.n_permutations, n_bootstrap=args.n_bootstrap,
+        paper_faithful=args.paper_faithful, ica_in_folds=args.ica_in_folds, tune=args.tune,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        adam_epsilon=args.adam_epsilon, dropout=args.dropout, dense_units=args.dense_units,
+        patience=args.patience, cnn_voxel_size=args.cnn_voxel_size,
+        mixed_precision=args.mixed_precision)
+    return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
+                  random_seed=args.random_seed)

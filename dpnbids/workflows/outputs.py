@@ -1,0 +1,247 @@
+"""The one derivatives writer.
+
+Every output path is built here from BIDS entities (the source file's entities
+plus ``space``/``res``/``desc``/``suffix``), and every file is written
+atomically: content goes to a hidden temporary file in the destination folder,
+then :func:`os.replace` moves it under its final name, so a killed run never
+leaves a truncated file under a final name.  Files shared by concurrent
+participant jobs on one OUTPUT_DIR (``dataset_description.json``,
+``.bidsignore``) are updated under a file lock.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from dpnbids import __version__
+from dpnbids.exceptions import InputError
+
+#: BIDS entity order (schema order) used to build file names.
+ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
+                "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part",
+                "proc", "hemi", "space", "split", "recording", "chunk", "seg", "res", "den",
+                "label", "from", "to", "mode", "desc")
+_LONG_NAMES = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec",
+               "direction": "dir", "resolution": "res", "description": "desc",
+               "density": "den", "ceagent": "ce"}
+_ENTITY_RE = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
+
+#: Patterns of our files that BIDS has no name for.
+BIDSIGNORE = ("logs/", "group/", "figures/", "*.html", "*_xfm.mat", "*_components.nii.gz",
+              "*_components.json", "*_prediction.tsv", "*_prediction.json",
+              "*_mixing.tsv", "*_mixing.json", "*_desc-stage1_timeseries.tsv",
+              "*_desc-stage1_timeseries.json", "*_desc-denoised_bold.json")
+
+
+def split_bids_name(filename: str | os.PathLike) -> tuple[dict, str, str]:
+    """Split a BIDS file name into (entities, suffix, extension).
+
+    >>> split_bids_name("sub-01_ses-1_task-rest_run-2_bold.nii.gz")
+    ({'sub': '01', 'ses': '1', 'task': 'rest', 'run': '2'}, 'bold', '.nii.gz')
+    """
+    name = Path(filename).name
+    stem, dot, ext = name.partition(".")
+    parts = stem.split("_")
+    entities = {}
+    for part in parts[:-1]:
+        match = _ENTITY_RE.match(part)
+        if not match:
+            raise InputError(f"file name {name!r} is not BIDS: {part!r} is not key-value")
+        entities[match.group(1)] = match.group(2)
+    return entities, parts[-1], (dot + ext) if dot else ""
+
+
+def build_name(entities: dict, suffix: str, extension: str) -> str:
+    """Build a BIDS file name from entities in schema order."""
+    ents = {_LONG_NAMES.get(k, k): v for k, v in entities.items() if v is not None}
+    unknown = [k for k in ents if k not in ENTITY_ORDER]
+    if unknown:
+        raise ValueError(f"unknown BIDS entities {unknown}")
+    parts = []
+    for key in ENTITY_ORDER:
+        if key in ents:
+            value = str(ents[key])
+            if not re.fullmatch(r"[a-zA-Z0-9+]+", value):
+                raise ValueError(f"entity {key}={value!r} is not alphanumeric")
+            parts.append(f"{key}-{value}")
+    if not extension.startswith(".") and extension:
+        extension = "." + extension
+    return "_".join(parts + [suffix]) + extension
+
+
+def res_label(resolution_mm: float) -> str:
+    """``res-`` label of an isotropic resolution: 2.0 -> '2', 1.5 -> '1p5'."""
+    value = float(resolution_mm)
+    return str(int(value)) if value.is_integer() else f"{value:g}".replace(".", "p")
+
+
+@contextmanager
+def _atomic_path(target: Path):
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    with _atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_copy(src: Path, target: Path) -> Path:
+    with _atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(target)
+
+
+def _lock(path: Path):
+    from filelock import FileLock
+
+    return FileLock(str(path))
+
+
+class DerivativesWriter:
+    """Build BIDS derivative paths under ``output_dir`` and write files atomically."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.output_dir = Path(output_dir)
+
+    # ------------------------------------------------------------------ paths
+    def path(self, *, source: str | os.PathLike | None = None, entities: dict | None = None,
+             suffix: str | None = None, extension: str = ".nii.gz", datatype: str | None = None,
+             drop: tuple[str, ...] = (), **extra) -> Path:
+        """Derivative path from a source file's entities plus ``extra`` entities.
+
+        ``datatype`` defaults to the source's folder (anat/func); the subject and
+        session folders come from the entities.
+        """
+        ents: dict = {}
+        src_suffix = None
+        if source is not None:
+            ents, src_suffix, _ = split_bids_name(source)
+            if datatype is None and Path(source).parent.name in ("anat", "func"):
+                datatype = Path(source).parent.name
+        ents.update({_LONG_NAMES.get(k, k): v for k, v in (entities or {}).items()})
+        ents.update({_LONG_NAMES.get(k, k): v for k, v in extra.items()})
+        for key in drop:
+            ents.pop(key, None)
+        suffix = suffix or src_suffix
+        if not suffix:
+            raise ValueError("a suffix is required when no source file is given")
+        folder = self.output_dir
+        if "sub" in ents and ents["sub"] is not None:
+            folder = folder / f"sub-{ents['sub']}"
+            if ents.get("ses"):
+                folder = folder / f"ses-{ents['ses']}"
+            if datatype:
+                folder = folder / datatype
+        return folder / build_name(ents, suffix, extension)
+
+    # ---------------------------------------------------------------- writers
+    def write_nifti(self, img, target: Path) -> Path:
+        """Save a nibabel image atomically (gzip without timestamps: reproducible bytes)."""
+        import nibabel as nib
+        import numpy as np
+
+        target = Path(target)
+        with _atomic_path(target) as tmp:
+            if target.name.endswith(".nii.gz"):
+                if not isinstance(img, nib.Nifti1Image):
+                    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+                tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
+            else:
+                nib.save(img, str(tmp))
+        return target
+
+    def write_json(self, obj: dict, target: Path) -> Path:
+        return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True,
+                                                    default=_json_default) + "\n")
+
+    def write_tsv(self, frame, target: Path, *, index: bool = False) -> Path:
+        text = frame.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
+        return atomic_write_text(target, text)
+
+    def write_text(self, text: str, target: Path) -> Path:
+        return atomic_write_text(target, text)
+
+    def copy(self, src: str | os.PathLike, target: Path) -> Path:
+        return atomic_copy(Path(src), target)
+
+    # ----------------------------------------------------------- shared files
+    def write_dataset_description(self, *, bids_dir: Path, container: str | None = None,
+                                  extra_sources=()) -> Path:
+        """Write/refresh dataset_description.json (safe under concurrent jobs)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        target = self.output_dir / "dataset_description.json"
+        generated = {"Name": "dpnbids", "Version": __version__,
+                     "CodeURL": "https://github.com/dpnbids/dpnbids",
+                     "Description": "Preprocessing, group ICA, dual regression and 3D-CNN "
+                                    "response prediction (Teh et al. 2023)"}
+        if container:
+            generated["Container"] = {"Type": "docker", "Tag": container}
+        sources = [_source_uri(bids_dir)] + [_source_uri(s) for s in extra_sources if s]
+        with _lock(self.output_dir / ".dpnbids.lock"):
+            desc = {"Name": "dpnbids derivatives", "BIDSVersion": "1.9.0",
+                    "DatasetType": "derivative", "GeneratedBy": [generated],
+                    "SourceDatasets": [{"URL": s} for s in dict.fromkeys(sources)],
+                    "HowToAcknowledge": "Cite Teh et al., Neuroinformatics 21:35-43 (2023) "
+                                        "and dpnbids."}
+            if target.exists():
+                try:
+                    old = json.loads(target.read_text())
+                    if old == desc:
+                        return target
+                except json.JSONDecodeError:
+                    pass
+            self.write_json(desc, target)
+            self._write_bidsignore_locked()
+        return target
+
+    def _write_bidsignore_locked(self) -> Path:
+        target = self.output_dir / ".bidsignore"
+        lines = []
+        if target.exists():
+            lines = [ln for ln in target.read_text().splitlines() if ln.strip()]
+        merged = list(dict.fromkeys(lines + list(BIDSIGNORE)))
+        if merged != lines:
+            atomic_write_text(target, "\n".join(merged) + "\n")
+        return target
+
+
+def _source_uri(path) -> str:
+    path = Path(path).absolute()
+    return path.as_uri()
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
