@@ -1,0 +1,263 @@
+"""Thin nipype interfaces over the pure functions of dpnbids.
+
+Each interface only moves file names and simple values in and out; the
+maths lives in :mod:`dpnbids.preproc`, :mod:`dpnbids.ica`,
+:mod:`dpnbids.dual_regression` and friends, which never import nipype.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
+                                    TraitedSpec, isdefined, traits)
+
+
+def _cwd() -> Path:
+    return Path(os.getcwd())
+
+
+# --------------------------------------------------------------------- BOLD input
+class _PrepareBoldInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True)
+    metadata = traits.Dict(mandatory=True, desc="BIDS sidecar metadata")
+    dummy_scans = traits.Either(None, traits.Int, default=None, usedefault=True)
+    slice_order = traits.Either(None, traits.Str, default=None, usedefault=True)
+    min_volumes = traits.Int(50, usedefault=True)
+
+
+class _PrepareBoldOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+    tr = traits.Float()
+    n_dummy = traits.Int()
+    dummy_detected = traits.Bool()
+    slice_timing_applied = traits.Bool()
+    skipped = traits.List(traits.Str)
+
+
+class PrepareBold(SimpleInterface):
+    """Check the BOLD series, drop non-steady-state volumes, correct slice timing."""
+
+    input_spec = _PrepareBoldInputSpec
+    output_spec = _PrepareBoldOutputSpec
+
+    def _run_interface(self, runtime):
+        from dpnbids.preproc.pipeline import prepare_bold
+
+        result = prepare_bold(self.inputs.bold_file, metadata=self.inputs.metadata,
+                              dummy_scans=self.inputs.dummy_scans,
+                              slice_order=self.inputs.slice_order,
+                              min_volumes=self.inputs.min_volumes, out_dir=_cwd())
+        self._results.update(result)
+        return runtime
+
+
+# --------------------------------------------------------------------- anatomy
+class _AnatInputSpec(BaseInterfaceInputSpec):
+    t1w_file = File(exists=True, mandatory=True)
+    space = traits.Str(mandatory=True)
+    omp_nthreads = traits.Int(1, usedefault=True)
+    random_seed = traits.Int(0, usedefault=True)
+
+
+class _AnatOutputSpec(TraitedSpec):
+    t1w_preproc = File(exists=True)
+    t1w_brain = File(exists=True)
+    t1w_mask = File(exists=True)
+    t1w_std = File(exists=True)
+    std_mask = File(exists=True)
+    wm_probseg = File(exists=True)
+    csf_probseg = File(exists=True)
+    gm_probseg = File(exists=True)
+    xfm_t1w_to_std = traits.List(File(exists=True))
+    xfm_std_to_t1w = traits.List(File(exists=True))
+    dice_std_mask = traits.Float()
+    warnings = traits.List(traits.Str)
+
+
+class AnatPreproc(SimpleInterface):
+    """N4, brain extraction, SyN normalisation and tissue maps (antspyx)."""
+
+    input_spec = _AnatInputSpec
+    output_spec = _AnatOutputSpec
+
+    def _run_interface(self, runtime):
+        from dpnbids.preproc.anat import preprocess_anat
+
+        res = preprocess_anat(self.inputs.t1w_file, str(_cwd()), space=self.inputs.space,
+                              omp_nthreads=self.inputs.omp_nthreads,
+                              random_seed=self.inputs.random_seed)
+        for key in self.output_spec().copyable_trait_names():
+            value = getattr(res, key)
+            self._results[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) \
+                and key.startswith("xfm") else value
+        return runtime
+
+
+# --------------------------------------------------------------------- BOLD geometry
+class _BoldStdInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True)
+    tr = traits.Float(mandatory=True)
+    t1w_brain = File(exists=True, mandatory=True)
+    t1w_mask = File(exists=True, mandatory=True)
+    wm_probseg = File(exists=True, mandatory=True)
+    csf_probseg = File(exists=True, mandatory=True)
+    xfm_t1w_to_std = traits.List(File(exists=True), mandatory=True)
+    space = traits.Str(mandatory=True)
+    resolution = traits.Float(mandatory=True)
+    omp_nthreads = traits.Int(1, usedefault=True)
+    random_seed = traits.Int(0, usedefault=True)
+
+
+class _BoldStdOutputSpec(TraitedSpec):
+    bold_std = File(exists=True)
+    mask_std = File(exists=True)
+    boldref_std = File(exists=True)
+    boldref = File(exists=True)
+    wm_std = File(exists=True)
+    csf_std = File(exists=True)
+    motion_params = File(exists=True)
+    coreg_xfm = File(exists=True)
+    coreg_costs = traits.Dict()
+    warnings = traits.List(traits.Str)
+
+
+class BoldToStd(SimpleInterface):
+    """Head-motion correction, BOLD reference, MI coregistration, one-shot resampling."""
+
+    input_spec = _BoldStdInputSpec
+    output_spec = _BoldStdOutputSpec
+
+    def _run_interface(self, runtime):
+        from dpnbids.preproc.pipeline import bold_to_std
+
+        inp = self.inputs
+        result = bold_to_std(
+            inp.bold_file, tr=inp.tr, t1w_brain=inp.t1w_brain, t1w_mask=inp.t1w_mask,
+            wm_probseg=inp.wm_probseg, csf_probseg=inp.csf_probseg,
+            xfm_t1w_to_std=list(inp.xfm_t1w_to_std), space=inp.space,
+            resolution=inp.resolution, omp_nthreads=inp.omp_nthreads,
+            random_seed=inp.random_seed, out_dir=_cwd())
+        self._results.update(result)
+        return runtime
+
+
+# --------------------------------------------------------------------- confounds + denoise
+class _DenoiseInputSpec(BaseInterfaceInputSpec):
+    bold_std = File(exists=True, mandatory=True)
+    mask_std = File(exists=True, mandatory=True)
+    tr = traits.Float(mandatory=True)
+    confounds_file = File(exists=True, desc="existing confounds TSV (fMRIPrep input)")
+    motion_params = File(exists=True, desc="motion parameters TSV (built-in path)")
+    wm_std = File(exists=True)
+    csf_std = File(exists=True)
+    n_dummy = traits.Int(0, usedefault=True)
+    smoothing_fwhm = traits.Float(5.0, usedefault=True)
+    strategy = traits.Str("conn", usedefault=True)
+    high_pass = traits.Float(0.008, usedefault=True)
+    low_pass = traits.Float(0.09, usedefault=True)
+
+
+class _DenoiseOutputSpec(TraitedSpec):
+    confounds_tsv = File(exists=True)
+    confounds_json = File(exists=True)
+    denoised = File(exists=True)
+    motion_summary = traits.Dict()
+
+
+class ConfoundsDenoise(SimpleInterface):
+    """Confounds (fMRIPrep names), smoothing, confound regression and band-pass."""
+
+    input_spec = _DenoiseInputSpec
+    output_spec = _DenoiseOutputSpec
+
+    def _run_interface(self, runtime):
+        from dpnbids.preproc.pipeline import confounds_and_denoise
+
+        inp = self.inputs
+        result = confounds_and_denoise(
+            inp.bold_std, inp.mask_std, tr=inp.tr,
+            confounds_file=inp.confounds_file if isdefined(inp.confounds_file) else None,
+            motion_params=inp.motion_params if isdefined(inp.motion_params) else None,
+            wm_std=inp.wm_std if isdefined(inp.wm_std) else None,
+            csf_std=inp.csf_std if isdefined(inp.csf_std) else None,
+            n_dummy=inp.n_dummy, smoothing_fwhm=inp.smoothing_fwhm, strategy=inp.strategy,
+            high_pass=inp.high_pass, low_pass=inp.low_pass, out_dir=_cwd())
+        self._results.update(result)
+        return runtime
+
+
+# --------------------------------------------------------------------- dual regression
+class _DualRegInputSpec(BaseInterfaceInputSpec):
+    bold_file = File(exists=True, mandatory=True)
+    group_maps = File(exists=True, mandatory=True)
+    mask_file = File(exists=True, mandatory=True)
+
+
+class _DualRegOutputSpec(TraitedSpec):
+    timecourses = File(exists=True)
+    maps_pe = File(exists=True)
+    maps_z = File(exists=True)
+
+
+class DualRegression(SimpleInterface):
+    """Stage 1 and 2 of dual regression for one subject run."""
+
+    input_spec = _DualRegInputSpec
+    output_spec = _DualRegOutputSpec
+
+    def _run_interface(self, runtime):
+        from dpnbids.group_pipeline import dual_regress_file
+
+        self._results.update(dual_regress_file(self.inputs.bold_file, self.inputs.group_maps,
+                                               self.inputs.mask_file, out_dir=_cwd()))
+        return runtime
+
+
+# --------------------------------------------------------------------- writer
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+    source_file = traits.Str(mandatory=True)
+    entities = traits.Dict(usedefault=True)
+    suffix = traits.Either(None, traits.Str, default=None, usedefault=True)
+    extension = traits.Either(None, traits.Str, default=None, usedefault=True)
+    datatype = traits.Either(None, traits.Str, default=None, usedefault=True)
+    drop = traits.List(traits.Str, usedefault=True)
+    metadata = traits.Dict(usedefault=True, desc="JSON sidecar to write next to the file")
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_file = traits.Str()
+
+
+class DerivativesSink(SimpleInterface):
+    """Copy one file into the derivatives tree through the one writer (atomic)."""
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from dpnbids.workflows.outputs import DerivativesWriter
+
+        inp = self.inputs
+        writer = DerivativesWriter(inp.output_dir)
+        ext = inp.extension
+        if ext is None:
+            name = Path(inp.in_file).name
+            ext = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+        target = writer.path(source=inp.source_file, entities=dict(inp.entities),
+                             suffix=inp.suffix, extension=ext, datatype=inp.datatype,
+                             drop=tuple(inp.drop))
+        writer.copy(inp.in_file, target)
+        if inp.metadata:
+            sidecar = Path(str(target).replace(ext, ".json"))
+            writer.write_json(dict(inp.metadata), sidecar)
+        self._results["out_file"] = str(target)
+        return runtime
+
+
+def json_dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True)

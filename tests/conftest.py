@@ -1,0 +1,76 @@
+"""Shared fixtures: seeded rng, a tiny hand-made BIDS dataset, the BIDS validator."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(42)
+
+
+def make_tiny_bids(root: Path, *, labels=("1", "0", "1", "0"), n_volumes=60, tr=2.0,
+                   shape=(10, 11, 9), participants_extra=None) -> Path:
+    """A minimal valid BIDS dataset with random T1w/BOLD (for CLI checks, not science)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "tiny", "BIDSVersion": "1.9.0", "DatasetType": "raw",
+         "License": "PDDL"}))
+    (root / "README").write_text("A tiny dataset for tests.\n")
+    (root / "task-rest_bold.json").write_text(json.dumps(
+        {"RepetitionTime": tr, "TaskName": "rest"}))
+    rows = ["participant_id\tresponder"]
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    for i, lab in enumerate(labels, start=1):
+        sub = f"{i:02d}"
+        rows.append(f"sub-{sub}\t{lab}")
+        anat = root / f"sub-{sub}" / "anat"
+        func = root / f"sub-{sub}" / "func"
+        anat.mkdir(parents=True, exist_ok=True)
+        func.mkdir(parents=True, exist_ok=True)
+        t1 = rng.normal(100, 10, shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(t1, affine), str(anat / f"sub-{sub}_T1w.nii.gz"))
+        bold = rng.normal(100, 5, shape + (n_volumes,)).astype(np.float32)
+        img = nib.Nifti1Image(bold, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = tr
+        nib.save(img, str(func / f"sub-{sub}_task-rest_bold.nii.gz"))
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    (root / "participants.json").write_text(json.dumps(
+        {"responder": {"Description": "response to IV lidocaine",
+                       "Levels": {"1": "responder", "0": "non-responder"}}}))
+    return root
+
+
+@pytest.fixture
+def tiny_bids(tmp_path):
+    return make_tiny_bids(tmp_path / "bids")
+
+
+def validator_exe() -> str | None:
+    here = Path(sys.executable).parent / "bids-validator-deno"
+    if here.exists():
+        return str(here)
+    from shutil import which
+
+    return which("bids-validator-deno")
+
+
+def run_validator(path: Path) -> subprocess.CompletedProcess:
+    exe = validator_exe()
+    if exe is None:
+        pytest.fail("bids-validator-deno is not installed; install the test extras "
+                    "(pip install -e .[test])")
+    return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=600)
