@@ -465,7 +465,7 @@ def _run_summary(bold_file, prep, geometry, denoise, denoised, mask):
 
 
 def _subject_report(subject, output_dir, runs, anat, space, resolution):
-    from dpnbids.reports_glue import write_subject_report
+    from dpnbids.workflows.reporting import write_subject_report
 
     return write_subject_report(subject, output_dir, runs, anat, space, resolution)
 

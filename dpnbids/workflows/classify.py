@@ -1,0 +1,347 @@
+"""Group-level classification: CNN nested CV per input set, baselines on the
+same folds, metrics with bootstrap CIs and permutation p-values, the Table 2
+layout, the final model bundle and the group report.
+
+Leakage rules (see README "Cross-validation without leakage"):
+
+* SSC components are selected with :func:`dpnbids.stats.select_components`
+  on the outer-training subjects of each fold only (``select_fn``).
+* ``--paper-faithful`` adds the paper's procedure (SSC chosen on all
+  subjects) as the input set ``SSC-leaky``; it is labelled leaky in every
+  table, file and figure.
+* ``--ica-in-folds`` refits group ICA and dual regression on each fold's
+  training runs and projects the test subjects onto those maps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+LOGGER = logging.getLogger("dpnbids.classify")
+
+LEAKY_SUFFIX = "-leaky"
+
+
+def _model_params(config) -> dict:
+    return {"dropout": config.cnn.dropout, "dense_units": config.cnn.dense_units,
+            "learning_rate": config.cnn.learning_rate, "epsilon": config.cnn.adam_epsilon}
+
+
+def _train_params(config) -> dict:
+    return {"epochs": config.cnn.epochs, "batch_size": config.cnn.batch_size,
+            "patience": config.cnn.patience, "mixed_precision": config.cnn.mixed_precision}
+
+
+def _maps_volume(maps_kv: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(S, K, V) in-mask maps -> (S, K, X, Y, Z) volumes."""
+    out = np.zeros((maps_kv.shape[0], maps_kv.shape[1]) + mask.shape, dtype=np.float32)
+    out[:, :, mask] = maps_kv
+    return out
+
+
+def build_map_features(maps: dict, subjects, mask, affine, voxel_size):
+    """Stage-2 maps of ``subjects`` on the CNN grid: (S, X, Y, Z, K) and the grid affine."""
+    from dpnbids.model import resample_maps_to_grid
+
+    stack = np.stack([maps[s] for s in subjects])  # (S, K, V)
+    return resample_maps_to_grid(_maps_volume(stack, mask), affine, voxel_size, mask=mask)
+
+
+def build_rsp_features(runs, subjects, mask, affine, voxel_size, n_volumes):
+    """The first ``n_volumes`` denoised volumes of each subject's first run as channels."""
+    from dpnbids.exceptions import DimensionError
+    from dpnbids.model import resample_maps_to_grid
+
+    first = {}
+    for r in runs:
+        first.setdefault(r.subject, r)
+    vols = []
+    for s in subjects:
+        img = nib.load(str(first[s].denoised))
+        if img.shape[-1] < n_volumes:
+            raise DimensionError(f"{first[s].key} has {img.shape[-1]} volumes but the RSP input "
+                                 f"set uses {n_volumes}; lower --rsp-volumes.")
+        data = np.asarray(img.dataobj[..., :n_volumes], dtype=np.float32)
+        vols.append(np.moveaxis(data, -1, 0) * mask[None])
+    return resample_maps_to_grid(np.stack(vols), affine, voxel_size, mask=mask)
+
+
+def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask, affine, ica,
+                       comps_file, mask_file, components_table, group_dir, prefix):
+    """Everything after dual regression at the group level."""
+    from dpnbids import cv
+    from dpnbids.model import default_cnn_voxel_size
+    from dpnbids.stats import component_summary, select_components
+
+    cv_dir = group_dir / "cv"
+    voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
+    subjects = list(subjects)
+    y = np.asarray(y, dtype=int)
+    folds = cv.make_outer_splits(subjects, y, n_folds=config.cnn.folds,
+                                 n_repeats=config.cnn.cv_repeats,
+                                 random_state=config.seed("cv.splits"))
+    for fold in folds:
+        cv.check_no_leakage(fold)
+    writer.write_tsv(cv.splits_to_dataframe(folds), cv_dir / "splits.tsv")
+    writer.write_json({"n_folds": config.cnn.folds, "cv_repeats": config.cnn.cv_repeats,
+                       "stratified": True, "level": "subject",
+                       "seed": config.seed("cv.splits")}, cv_dir / "splits.json")
+
+    stack = np.stack([maps[s] for s in subjects])  # (S, K, V)
+    summaries = component_summary(stack, ica.components_,
+                                  threshold_z=config.ica.component_threshold)
+
+    def ssc_select(train_idx):
+        return select_components(summaries, y, p_threshold=config.ica.ssc_p,
+                                 subjects_idx=np.asarray(train_idx))
+
+    features = {}
+    grid_affine = None
+    if any(s.startswith(("ASC", "SSC")) for s in config.cnn.input_sets):
+        x_maps, grid_affine = build_map_features(maps, subjects, mask, affine, voxel)
+        features["ASC"] = x_maps
+    sets = []
+    for name in config.cnn.input_sets:
+        if name == "ASC":
+            sets.append(("ASC", features["ASC"], None))
+        elif name == "SSC":
+            sets.append(("SSC", features["ASC"], ssc_select))
+            if config.cnn.paper_faithful:
+                leaky = np.asarray(select_components(summaries, y,
+                                                     p_threshold=config.ica.ssc_p))
+                sets.append(("SSC" + LEAKY_SUFFIX, features["ASC"], lambda idx, _l=leaky: _l))
+        elif name == "RSP":
+            x_rsp, _ = build_rsp_features(runs, subjects, mask, affine, voxel,
+                                          config.cnn.rsp_volumes)
+            sets.append(("RSP", x_rsp, None))
+
+    all_preds, manifests, histories, timings, perms = [], [], {}, {}, {}
+    for name, x, select_fn in sets:
+        LOGGER.info("cross-validation of input set %s: %d subjects, %d folds x %d repeats, "
+                    "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
+                    tuple(x.shape[1:]))
+        started = time.time()
+        result = _run_cv(config, x, y, subjects, folds, name, select_fn)
+        timings[name] = {"total_s": time.time() - started, **result.timings}
+        preds = result.predictions.copy()
+        preds["leaky"] = name.endswith(LEAKY_SUFFIX)
+        all_preds.append(preds)
+        for m in result.manifests:
+            m = dict(m)
+            m["input_set"] = name
+            m["ica_source"] = "all subjects (group level; labels unused)"
+            m["leaky"] = name.endswith(LEAKY_SUFFIX)
+            manifests.append(m)
+        for key, hist in result.histories.items():
+            histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
+        if config.cnn.n_permutations:
+            perms[name] = _permutation(config, x, y, subjects, name, summaries)
+
+    if config.cnn.ica_in_folds:
+        strict = _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel)
+        all_preds.append(strict["predictions"])
+        manifests.extend(strict["manifests"])
+        timings.update(strict["timings"])
+
+    predictions = pd.concat(all_preds, ignore_index=True)
+    writer.write_tsv(predictions, group_dir / "predictions.tsv")
+    for m in manifests:
+        name = (f"manifest_set-{m['input_set']}_repeat-{int(m.get('repeat', 0)):02d}"
+                f"_fold-{int(m.get('fold', 0)):02d}.json")
+        writer.write_json(m, cv_dir / name)
+    curves = [{"input_set": k[0], "key": "_".join(map(str, k[1:])), "epoch": e + 1,
+               "loss": h["loss"][e], "val_loss": h.get("val_loss", [np.nan] * len(h["loss"]))[e]}
+              for k, h in histories.items() for e in range(len(h["loss"]))]
+    writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
+
+    tables = _metrics(config, predictions, perms, writer, group_dir)
+    writer.write_json(timings, group_dir / "timings.json")
+
+    bundle_dir = _final_model(config, writer, features, summaries, y, subjects, comps_file,
+                              mask_file, grid_affine, group_dir, tables, voxel)
+    _group_report(config, writer, comps_file, components_table, predictions, tables,
+                  histories, perms, timings, group_dir, labels, bundle_dir)
+    print(tables["table2"].to_string())
+
+
+def _run_cv(config, x, y, subjects, folds, name, select_fn):
+    from dpnbids import cv
+
+    return cv.run_nested_cv(
+        x, y, subjects, folds, input_set=name, select_fn=select_fn,
+        model_params=_model_params(config), train_params=_train_params(config),
+        tune=config.cnn.tune, random_state=config.seed(f"cv.{name}"),
+        progress=lambda msg: LOGGER.info("%s: %s", name, msg))
+
+
+def _permutation(config, x, y, subjects, name, summaries):
+    """Rerun the whole CV (new splits, in-fold selection) with permuted labels."""
+    from dpnbids import cv
+    from dpnbids.metrics import binary_metrics
+    from dpnbids.stats import select_components
+
+    def run_fn(y_perm):
+        folds = cv.make_outer_splits(subjects, y_perm, n_folds=config.cnn.folds,
+                                     n_repeats=1, random_state=config.seed("cv.perm.splits"))
+        sel = None
+        if name.startswith("SSC"):
+            summ = summaries
+            if name.endswith(LEAKY_SUFFIX):
+                leaky = np.asarray(select_components(summ, y_perm, p_threshold=config.ica.ssc_p))
+                sel = lambda idx, _l=leaky: _l  # noqa: E731
+            else:
+                sel = lambda idx: select_components(summ, y_perm, p_threshold=config.ica.ssc_p,  # noqa: E731,E501
+                                                    subjects_idx=np.asarray(idx))
+        res = cv.run_nested_cv(x, y_perm, subjects, folds, input_set=name, select_fn=sel,
+                               model_params=_model_params(config),
+                               train_params=_train_params(config), tune=False,
+                               baselines=(), random_state=config.seed(f"cv.perm.{name}"))
+        pred = res.predictions[res.predictions["model"] == "cnn"]
+        return binary_metrics(pred["y_true"].to_numpy(), pred["probability"].to_numpy())["auc"]
+
+    observed, null, p = cv.permutation_test(run_fn, y, n_permutations=config.cnn.n_permutations,
+                                            random_state=config.seed(f"perm.{name}"))
+    return {"observed_auc": float(observed), "null_aucs": [float(v) for v in null],
+            "p_value": float(p), "n_permutations": config.cnn.n_permutations}
+
+
+
+def _metrics(config, predictions, perms, writer, group_dir):
+    from dpnbids.metrics import bootstrap_ci, summarise_folds, table2
+
+    summary = summarise_folds(predictions)
+    writer.write_tsv(summary, group_dir / "metrics.tsv")
+    ci_rows = []
+    for (input_set, model), pred in predictions.groupby(["input_set", "model"], sort=False):
+        yt, pr = pred["y_true"].to_numpy(), pred["probability"].to_numpy()
+        for metric in ("auc", "accuracy", "f1", "precision", "recall", "balanced_accuracy",
+                       "specificity"):
+            lo, hi = bootstrap_ci(yt, pr, metric=metric, n_boot=config.cnn.n_bootstrap,
+                                  random_state=config.seed(f"boot.{input_set}.{model}.{metric}"))
+            ci_rows.append({"input_set": input_set, "model": model, "metric": metric,
+                            "ci_low": lo, "ci_high": hi})
+    ci = pd.DataFrame(ci_rows)
+    perm_df = pd.DataFrame([{"input_set": k, "model": "cnn", "p_value": v["p_value"],
+                             "n_permutations": v["n_permutations"]} for k, v in perms.items()])
+    t2 = table2(summary, ci, perm_df)
+    writer.write_tsv(ci, group_dir / "metrics_ci.tsv")
+    writer.write_tsv(t2, group_dir / "table2.tsv", index=True)
+    writer.write_json({"summary": summary.to_dict(orient="records"),
+                       "confidence_intervals": ci.to_dict(orient="records"),
+                       "permutation": perms,
+                       "leaky_input_sets": sorted({s for s in predictions["input_set"]
+                                                   if str(s).endswith(LEAKY_SUFFIX)})},
+                      group_dir / "metrics.json")
+    return {"summary": summary, "ci": ci, "table2": t2, "perm": perm_df}
+
+
+def _final_model(config, writer, features, summaries, y, subjects, comps_file, mask_file,
+                 grid_affine, group_dir, tables, voxel):
+    """Train the ASC (or SSC) CNN on all labelled subjects and save the bundle."""
+    from dpnbids import __version__
+    from dpnbids.bundle import save_bundle
+    from dpnbids.cv import fit_final_model
+    from dpnbids.stats import select_components
+
+    if "ASC" not in features:
+        LOGGER.info("no map-based input set requested: no final model saved")
+        return None
+    input_set = "ASC" if "ASC" in config.cnn.input_sets else "SSC"
+    x = features["ASC"]
+    channels = None
+    if input_set == "SSC":
+        channels = np.asarray(select_components(summaries, y, p_threshold=config.ica.ssc_p))
+    model, scaling, selected, history = fit_final_model(
+        x, y, channels=channels, model_params=_model_params(config),
+        train_params=_train_params(config), random_state=config.seed("final"))
+    summary = tables["summary"]
+    row = summary[(summary["input_set"] == input_set) & (summary["model"] == "cnn")]
+    cv_metrics = {}
+    if len(row):
+        cv_metrics = {k: float(v) for k, v in row.iloc[0].items()
+                      if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    # the bundle keeps its own copy of the maps so the model folder is self-contained
+    model_dir = group_dir / "model"
+    path = save_bundle(
+        model_dir, model, group_maps_file=str(comps_file), mask_file=str(mask_file),
+        selected_components=None if selected is None else [int(c) for c in selected],
+        grid_affine=np.asarray(grid_affine), grid_shape=tuple(int(v) for v in x.shape[1:4]),
+        scaling=scaling, input_set=input_set, feature="pe",
+        config=config.to_dict(), cv_metrics=cv_metrics, space=config.preproc.output_space,
+        resolution=config.preproc.output_resolution,
+        n_components=int(summaries.shape[1]), voxel_size=float(voxel),
+        history=history, dpnbids_version=__version__)
+    LOGGER.info("final %s model saved in %s", input_set, path)
+    return path
+
+
+def _group_report(config, writer, comps_file, components_table, predictions, tables, histories,
+                  perms, timings, group_dir, labels, bundle_dir):
+    from dpnbids.reports.group import render_group_report
+
+    n_pos = sum(1 for v in labels.values() if v == 1)
+    n_neg = sum(1 for v in labels.values() if v == 0)
+    n_na = sum(1 for v in labels.values() if v is None)
+    info = {"n_responders": n_pos, "n_nonresponders": n_neg, "n_unlabelled": n_na,
+            "n_components": config.ica.n_components, "pca_dim": config.ica.pca_dim,
+            "ica_repeats": config.ica.ica_repeats, "folds": config.cnn.folds,
+            "cv_repeats": config.cnn.cv_repeats, "epochs": config.cnn.epochs,
+            "random_seed": config.random_seed, "model_dir": str(bundle_dir or "")}
+    notes = []
+    if config.cnn.paper_faithful:
+        notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
+                     "before cross-validation. Its metrics are optimistic.")
+    render_group_report(components_img=str(comps_file), components_df=components_table,
+                        ica_info=info, predictions_df=predictions,
+                        table2_df=tables["table2"], metrics_df=tables["summary"],
+                        histories=histories, permutation=perms, leakage_notes=notes,
+                        timings=timings, out_file=str(config.execution.output_dir /
+                                                      "group.html"))
+
+
+def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel):
+    """Strict mode: per outer fold, group ICA + dual regression on training runs only."""
+    from dpnbids import cv
+    from dpnbids.dual_regression import dual_regression
+    from dpnbids.group_pipeline import load_run_matrix
+    from dpnbids.ica import GroupICA
+    from dpnbids.model import resample_maps_to_grid
+
+    preds, manifests, timings = [], [], {}
+    index = {s: i for i, s in enumerate(subjects)}
+    started = time.time()
+    for fold in folds:
+        train = set(fold.train_ids) | set(fold.val_ids)
+        train_runs = [r for r in runs if r.subject in train]
+        ica = GroupICA(n_components=config.ica.n_components, pca_dim=config.ica.pca_dim,
+                       n_repeats=config.ica.ica_repeats,
+                       random_state=config.seed(f"ica.fold{fold.repeat}.{fold.fold}"))
+        ica.fit(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))
+        per_sub: dict[str, list] = {}
+        for r in runs:
+            if r.subject in index:
+                res = dual_regression(load_run_matrix(r.denoised, mask), ica.components_)
+                per_sub.setdefault(r.subject, []).append(res.maps)
+        stack = np.stack([np.mean(per_sub[s], axis=0) for s in subjects])
+        x, _ = resample_maps_to_grid(_maps_volume(stack, mask), affine, voxel, mask=mask)
+        res = cv.run_nested_cv(x, y, subjects, [fold], input_set="ASC-icainfolds",
+                               select_fn=None, model_params=_model_params(config),
+                               train_params=_train_params(config), tune=config.cnn.tune,
+                               random_state=config.seed(f"cv.strict.{fold.repeat}.{fold.fold}"))
+        p = res.predictions.copy()
+        p["leaky"] = False
+        preds.append(p)
+        for m in res.manifests:
+            m = dict(m)
+            m["input_set"] = "ASC-icainfolds"
+            m["ica_source"] = "refit on this fold's training subjects"
+            manifests.append(m)
+    timings["ASC-icainfolds"] = {"total_s": time.time() - started}
+    return {"predictions": pd.concat(preds, ignore_index=True), "manifests": manifests,
+            "timings": timings}

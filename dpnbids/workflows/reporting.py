@@ -1,0 +1,57 @@
+"""Glue between workflow results and :mod:`dpnbids.reports` (HTML at OUTPUT_DIR top)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+LOGGER = logging.getLogger("dpnbids.reports")
+
+
+def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> str:
+    """Render ``OUTPUT_DIR/sub-<subject>.html`` from the run summaries."""
+    from dpnbids.reports.subject import render_subject_report
+    from dpnbids.templates import get_template
+    from dpnbids.workflows.outputs import split_bids_name
+
+    output_dir = Path(output_dir)
+    template = str(get_template(space, resolution, "T1w"))
+    run_dicts = []
+    for summary in runs:
+        ents, _, _ = split_bids_name(summary["bold_file"])
+        geometry = summary.get("geometry") or {}
+        prep = summary.get("prep") or {}
+        confounds = str(summary["denoised"]).replace(
+            f"_space-{space}", "").split("_res-")[0] + "_desc-confounds_timeseries.tsv"
+        preproc = Path(str(summary["denoised"]).replace("desc-denoised", "desc-preproc"))
+        warnings = list(geometry.get("warnings", [])) + list((anat or {}).get("warnings", []))
+        run_dicts.append({
+            "entities": ents,
+            "t1w_std": (anat or {}).get("t1w_std"),
+            "template": template,
+            "bold_ref": geometry.get("boldref"),
+            "t1w": geometry.get("t1w_brain"),
+            "bold_std": str(preproc) if preproc.exists() else summary["denoised"],
+            "mask_std": summary.get("mask"),
+            "confounds_tsv": confounds if Path(confounds).exists() else None,
+            "tr": prep.get("tr"),
+            "motion_summary": summary.get("motion") or {},
+            "skipped_steps": list(prep.get("skipped", [])),
+            "warnings": warnings,
+            "coreg_costs": geometry.get("coreg_costs"),
+            "prediction": _prediction_for(output_dir, subject),
+            "dice_std_mask": (anat or {}).get("dice_std_mask"),
+            "n_dummy": prep.get("n_dummy"),
+        })
+    out_file = output_dir / f"sub-{subject}.html"
+    render_subject_report(subject=subject, sessions_runs=run_dicts, out_file=str(out_file))
+    return str(out_file)
+
+
+def _prediction_for(output_dir: Path, subject: str):
+    import pandas as pd
+
+    found = sorted((output_dir / f"sub-{subject}").glob("**/*_prediction.tsv"))
+    if not found:
+        return None
+    row = pd.read_csv(found[0], sep="\t").iloc[0].to_dict()
+    return row
