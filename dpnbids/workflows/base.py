@@ -196,6 +196,12 @@ def _anat_summary(t1w_std, std_mask, dice, warnings, space, resolution):
             "warnings": list(warnings), "space": space, "resolution": resolution}
 
 
+def _res_meta(config) -> dict:
+    res = res_label(config.preproc.output_resolution)
+    return {"Resolution": {res: f"{config.preproc.output_resolution:g} mm isotropic voxels "
+                                f"on the {config.preproc.output_space} template grid"}}
+
+
 def _bold_entities(config):
     return {"space": config.preproc.output_space,
             "res": res_label(config.preproc.output_resolution)}
@@ -213,7 +219,7 @@ def _bold_sinks(config, source, *, with_preproc: bool):
             name="ds_bold_preproc", run_without_submitting=True)
     sinks["mask"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, suffix="mask", entities={**std, "desc": "brain"},
-        metadata={"Type": "Brain", "SpatialReference": space}),
+        metadata={"Type": "Brain", "SpatialReference": space, **_res_meta(config)}),
         name="ds_bold_mask", run_without_submitting=True)
     sinks["denoised"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, entities={**std, "desc": "denoised"}),
@@ -270,14 +276,15 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
     meta.inputs.space = config.preproc.output_space
     meta.inputs.skull_stripped = False
     meta.inputs.extra = {"SliceTimingCorrected": bool(metadata.get("SliceTiming")
-                                                      or config.preproc.slice_order)}
+                                                      or config.preproc.slice_order),
+                         **_res_meta(config)}
     meta_den = pe.Node(niu.Function(function=_bold_metadata,
                                     input_names=["tr", "space", "skull_stripped", "extra"],
                                     output_names=["metadata"]), name="denoised_meta",
                        run_without_submitting=True)
     meta_den.inputs.space = config.preproc.output_space
     meta_den.inputs.skull_stripped = True
-    meta_den.inputs.extra = {"SmoothingFWHM": config.preproc.smoothing_fwhm,
+    meta_den.inputs.extra = {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
                              "DenoiseStrategy": config.preproc.denoise_strategy,
                              "BandPass": [config.preproc.high_pass, config.preproc.low_pass]}
     sinks = _bold_sinks(config, bold_file, with_preproc=True)
@@ -359,7 +366,7 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
     sinks["mask"].inputs.in_file = run["mask"]
     sinks["denoised"].inputs.metadata = _bold_metadata(
         tr, config.preproc.output_space, True,
-        {"SmoothingFWHM": config.preproc.smoothing_fwhm,
+        {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
          "DenoiseStrategy": config.preproc.denoise_strategy,
          "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
          "Sources": [str(run["bold"])]})

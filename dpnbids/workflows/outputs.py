@@ -33,10 +33,9 @@ _LONG_NAMES = {"subject": "sub", "session": "ses", "acquisition": "acq", "recons
 _ENTITY_RE = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
 
 #: Patterns of our files that BIDS has no name for.
-BIDSIGNORE = ("logs/", "group/", "figures/", "*.html", "*_xfm.mat", "*_components.nii.gz",
-              "*_components.json", "*_prediction.tsv", "*_prediction.json",
-              "*_mixing.tsv", "*_mixing.json", "*_desc-stage1_timeseries.tsv",
-              "*_desc-stage1_timeseries.json", "*_desc-denoised_bold.json")
+BIDSIGNORE = ("logs/", "group", "figures/", "*.html", "*_xfm.mat", "*_xfm.nii.gz",
+              "*_components.nii.gz", "*_components.json", "*_prediction.tsv",
+              "*_prediction.json", "*_timeseries.tsv", "*_timeseries.json", "*.lock")
 
 
 def split_bids_name(filename: str | os.PathLike) -> tuple[dict, str, str]:
@@ -206,15 +205,14 @@ class DerivativesWriter:
                     "SourceDatasets": [{"URL": s} for s in dict.fromkeys(sources)],
                     "HowToAcknowledge": "Cite Teh et al., Neuroinformatics 21:35-43 (2023) "
                                         "and dpnbids."}
+            self._write_bidsignore_locked()
             if target.exists():
                 try:
-                    old = json.loads(target.read_text())
-                    if old == desc:
+                    if json.loads(target.read_text()) == desc:
                         return target
                 except json.JSONDecodeError:
                     pass
             self.write_json(desc, target)
-            self._write_bidsignore_locked()
         return target
 
     def _write_bidsignore_locked(self) -> Path:
