@@ -1,0 +1,79 @@
+"""Run a command and report wall time and peak RSS of its whole process tree.
+
+The tree RSS is sampled from /proc every 0.2 s (sum over the command and all
+its descendants), and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` gives the
+largest single process.  Linux only.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import threading
+import time
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out.extend(int(c) for c in fh.read().split())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def tree_rss_kb(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _rss_kb(p)
+        stack.extend(_children(p))
+    return total
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; return wall_s, peak_tree_rss_gb, peak_single_rss_gb, returncode."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss_kb(proc.pid))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    code = proc.wait()
+    stop.set()
+    thread.join()
+    wall = time.perf_counter() - start
+    single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"wall_s": wall, "peak_tree_rss_gb": peak / 1024**2,
+            "peak_single_rss_gb": single / 1024**2, "returncode": code}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    return "unknown CPU"
