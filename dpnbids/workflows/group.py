@@ -123,6 +123,29 @@ def subject_maps(runs, dr_files, mask, feature=CLASSIFIER_FEATURE):
     return {s: np.mean(v, axis=0).astype(np.float32) for s, v in acc.items()}
 
 
+def gica1_maps(config, writer, runs, ica, mask, affine) -> dict:
+    """GIFT GICA1 back-projection of every run; written as desc-gica1 derivatives."""
+    from dpnbids.group_pipeline import load_run_matrix, maps_to_img
+
+    std = {"space": config.preproc.output_space,
+           "res": res_label(config.preproc.output_resolution)}
+    acc: dict[str, list] = {}
+    for run in runs:
+        source = str(run.denoised).replace(
+            f"_space-{std['space']}_res-{std['res']}_desc-denoised_bold", "_bold")
+        maps_kv, tcs = ica.backproject_gica1(load_run_matrix(run.denoised, mask,
+                                                             normalise=False))
+        writer.write_nifti(maps_to_img(maps_kv, mask, affine),
+                           writer.path(source=source, suffix="components",
+                                       entities={**std, "desc": "gica1"}))
+        cols = [f"component_{k:02d}" for k in range(maps_kv.shape[0])]
+        writer.write_tsv(pd.DataFrame(tcs, columns=cols),
+                         writer.path(source=source, suffix="timeseries", extension=".tsv",
+                                     desc="gica1"))
+        acc.setdefault(run.subject, []).append(maps_kv.astype(np.float32))
+    return {s: np.mean(v, axis=0) for s, v in acc.items()}
+
+
 def run_group_level(config, inputs, labels, writer) -> None:
     """The whole group level."""
     from dpnbids.group_pipeline import check_same_grid, find_participant_outputs, group_mask
@@ -159,9 +182,12 @@ def run_group_level(config, inputs, labels, writer) -> None:
                            threshold_z=config.ica.component_threshold)
     table["stability"] = np.asarray(ica.stability_, dtype=float)
 
-    # ---- dual regression (parallel nodes)
+    # ---- subject maps: dual regression (parallel nodes) or GICA1 back-projection
     dr_files = run_dual_regression(config, runs, comps_file)
-    maps = subject_maps(runs, dr_files, mask)
+    if config.ica.back_projection == "gica1":
+        maps = gica1_maps(config, writer, runs, ica, mask, affine)
+    else:
+        maps = subject_maps(runs, dr_files, mask)
 
     # ---- component statistics on all labelled subjects (descriptive)
     labelled = [s for s in subjects if labels.get(s) is not None]
