@@ -1,0 +1,206 @@
+"""Dual regression (FSL ``dual_regression`` conventions) in vectorised numpy.
+
+Stage 1 (spatial regression): each volume of the subject's data, demeaned over
+voxels, is regressed on the group maps, each demeaned over voxels
+(``fsl_glm --demean`` with the maps as design). The coefficients are the
+subject's time courses, shape (T, K).
+
+Stage 2 (temporal regression): the stage-1 time courses, demeaned and (with
+``des_norm``, FSL's ``--des_norm``) scaled to unit standard deviation, are
+regressed on each voxel's time series, demeaned over time. The coefficients
+are the subject's spatial maps (parameter estimates, shape (K, V)); their
+GLM t-statistics are converted to z-statistics with ``dof = T - K - 1``
+(``T - K`` without demeaning), as ``fsl_glm --out_z`` does.
+
+Which output feeds the classifier is decided by the caller
+(:data:`dpnbids.workflows.group.CLASSIFIER_FEATURE`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from scipy.special import ndtri, stdtr
+
+from dpnbids.exceptions import DimensionError, InputError
+
+__all__ = ["DualRegressionResult", "dual_regression", "dual_regression_many", "t_to_z"]
+
+
+@dataclass
+class DualRegressionResult:
+    """Outputs of :func:`dual_regression` for one subject/run.
+
+    Attributes
+    ----------
+    timecourses : ndarray, shape (T, K)
+        Stage-1 time courses (raw coefficients, before demeaning/normalising).
+    maps : ndarray, shape (K, V)
+        Stage-2 parameter estimates.
+    zmaps : ndarray, shape (K, V)
+        Stage-2 z-statistics.
+    dof : int
+        Residual degrees of freedom of stage 2.
+    """
+
+    timecourses: np.ndarray
+    maps: np.ndarray
+    zmaps: np.ndarray
+    dof: int
+
+
+def t_to_z(t, dof) -> np.ndarray:
+    """Convert Student t values with ``dof`` degrees of freedom to standard-normal z.
+
+    Uses the tail on the side of ``-|t|`` so large statistics keep full
+    precision: ``z = sign(t) * Phi^-1(1 - F_dof(|t|))`` computed as
+    ``-sign(t) * ndtri(stdtr(dof, -|t|))``.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    return -np.sign(t) * ndtri(stdtr(float(dof), -np.abs(t)))
+
+
+def _float(a):
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    return a
+
+
+def _check(data, group_maps):
+    data = _float(data)
+    group_maps = _float(group_maps)
+    if data.ndim != 2:
+        raise DimensionError(f"data must be 2D (time points, voxels); received shape "
+                             f"{data.shape}. Mask the 4D image first.")
+    if group_maps.ndim != 2:
+        raise DimensionError(f"group_maps must be 2D (components, voxels); received shape "
+                             f"{group_maps.shape}.")
+    t, v = data.shape
+    k, vg = group_maps.shape
+    if v != vg:
+        raise DimensionError(f"data have {v} voxels but group_maps have {vg}; expected the "
+                             "same in-mask voxels. Use the group mask, space and resolution "
+                             "of the group maps.")
+    if t < k + 2:
+        raise DimensionError(f"dual regression of {k} components needs at least {k + 2} time "
+                             f"points; received {t}. Use a run with more volumes or fewer "
+                             "components (--n-components).")
+    if v <= k:
+        raise DimensionError(f"stage 1 regresses {k} maps over {v} voxels; it needs more "
+                             "voxels than components.")
+    return data, group_maps
+
+
+class _Stage1:
+    """Precomputed stage-1 operator for a set of group maps (reused across subjects)."""
+
+    def __init__(self, group_maps, *, demean, dtype):
+        g = group_maps.astype(dtype, copy=True)
+        if demean:
+            g -= g.mean(axis=1, keepdims=True)
+        gram = (g @ g.T).astype(np.float64)
+        if np.linalg.matrix_rank(gram) < g.shape[0]:
+            raise InputError("the group maps are linearly dependent (a map is constant or a "
+                             "copy of others); stage 1 is undefined. Check the maps file.")
+        self.g = g
+        self.gram_inv = np.linalg.inv(gram)
+        self.demean = demean
+
+    def __call__(self, data):
+        # Demeaning each volume over voxels is implicit: the demeaned maps sum to
+        # zero over voxels, so G_c (y - mean(y)) == G_c y.
+        return (data @ self.g.T).astype(np.float64) @ self.gram_inv
+
+
+def _dual_regression(data, stage1, *, des_norm, demean) -> DualRegressionResult:
+    t, v = data.shape
+    k = stage1.g.shape[0]
+    tc = stage1(data)  # (T, K) float64
+    design = tc - tc.mean(axis=0, keepdims=True) if demean else tc.copy()
+    if des_norm:
+        std = design.std(axis=0, ddof=1, keepdims=True)
+        if np.any(~(std > 0)):
+            raise InputError("a stage-1 time course is constant, so stage 2 is undefined; "
+                             "the group maps may not overlap this subject's mask.")
+        design = design / std
+    xtx = design.T @ design
+    if np.linalg.matrix_rank(xtx) < k:
+        raise InputError("the stage-1 time courses are collinear; stage 2 is undefined. The "
+                         "run may be too short or the group maps too similar.")
+    xtx_inv = np.linalg.inv(xtx)
+    dtype = data.dtype
+    y = data - data.mean(axis=0, keepdims=True) if demean else data
+    xty = design.T.astype(dtype) @ y  # (K, V)
+    beta = (xtx_inv @ xty.astype(np.float64)).astype(dtype)
+    resid = y - design.astype(dtype) @ beta
+    dof = t - k - (1 if demean else 0)
+    sigma2 = np.einsum("tv,tv->v", resid, resid, dtype=np.float64) / dof
+    del resid
+    se = np.sqrt(np.outer(np.diag(xtx_inv), sigma2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstat = np.where(se > 0, beta / np.where(se > 0, se, 1), 0.0)
+    zmaps = t_to_z(tstat, dof).astype(dtype)
+    return DualRegressionResult(timecourses=tc.astype(dtype), maps=beta, zmaps=zmaps, dof=dof)
+
+
+def dual_regression(data, group_maps, *, des_norm: bool = True,
+                    demean: bool = True) -> DualRegressionResult:
+    """Dual regression of one subject's data against group maps.
+
+    Parameters
+    ----------
+    data : array_like, shape (T, V)
+        The subject's in-mask data (variance-normalised per voxel in dpnbids,
+        as the group ICA input). float32 stays float32.
+    group_maps : array_like, shape (K, V)
+        Group spatial maps on the same voxels.
+    des_norm : bool
+        Scale the demeaned stage-1 time courses to unit standard deviation
+        before stage 2 (FSL ``--des_norm``), so stage-2 estimates carry the
+        network amplitude in data units.
+    demean : bool
+        Demean data and design in both stages (FSL ``--demean``): stage 1 over
+        voxels, stage 2 over time.
+
+    Returns
+    -------
+    DualRegressionResult
+        ``timecourses`` (T, K) from stage 1; ``maps`` (K, V) stage-2 parameter
+        estimates; ``zmaps`` (K, V) stage-2 z-statistics; ``dof``.
+
+    Raises
+    ------
+    DimensionError
+        Arrays are not 2D, voxel counts differ, or T < K + 2.
+    """
+    data, group_maps = _check(data, group_maps)
+    dtype = np.result_type(data.dtype, np.float32)
+    stage1 = _Stage1(group_maps, demean=demean, dtype=dtype)
+    return _dual_regression(data.astype(dtype, copy=False), stage1, des_norm=des_norm,
+                            demean=demean)
+
+
+def dual_regression_many(loader: Callable[[int], np.ndarray], n_subjects: int, group_maps, *,
+                         des_norm: bool = True, demean: bool = True
+                         ) -> Iterator[tuple[int, DualRegressionResult]]:
+    """Dual regression of ``n_subjects`` subjects, one at a time (a generator).
+
+    The stage-1 operator is computed once. Only one subject's data and result
+    are alive at a time, unless the caller keeps them.
+
+    Yields
+    ------
+    (i, DualRegressionResult)
+        For ``i`` in ``range(n_subjects)``; ``loader(i) -> (T_i, V)``.
+    """
+    group_maps = _float(group_maps)
+    stage1 = None
+    for i in range(int(n_subjects)):
+        data, group_maps = _check(loader(i), group_maps)
+        if stage1 is None:
+            dtype = np.result_type(data.dtype, np.float32)
+            stage1 = _Stage1(group_maps, demean=demean, dtype=dtype)
+        yield i, _dual_regression(data.astype(stage1.g.dtype, copy=False), stage1,
+                                  des_norm=des_norm, demean=demean)
