@@ -290,7 +290,7 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
     sinks = _bold_sinks(config, bold_file, with_preproc=True)
     summary = pe.Node(niu.Function(function=_run_summary,
                                    input_names=["bold_file", "prep", "geometry", "denoise",
-                                                "denoised", "mask"],
+                                                "denoised", "mask", "prediction"],
                                    output_names=["summary"]),
                       name="run_summary", run_without_submitting=True)
     summary.inputs.bold_file = bold_file
@@ -337,7 +337,9 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
         (sinks["mask"], outputnode, [("out_file", "mask")]),
         (summary, outputnode, [("summary", "summary")]),
     ])
-    _add_dualreg(config, workflow, bold_file, outputnode)
+    predict = _add_dualreg(config, workflow, bold_file, outputnode)
+    if predict is not None:
+        workflow.connect(predict, "out_file", summary, "prediction")
     return workflow
 
 
@@ -372,7 +374,7 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
          "Sources": [str(run["bold"])]})
     summary = pe.Node(niu.Function(function=_run_summary,
                                    input_names=["bold_file", "prep", "geometry", "denoise",
-                                                "denoised", "mask"],
+                                                "denoised", "mask", "prediction"],
                                    output_names=["summary"]),
                       name="run_summary", run_without_submitting=True)
     summary.inputs.bold_file = str(run["bold"])
@@ -390,7 +392,9 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
         (sinks["mask"], outputnode, [("out_file", "mask")]),
         (summary, outputnode, [("summary", "summary")]),
     ])
-    _add_dualreg(config, workflow, source, outputnode)
+    predict = _add_dualreg(config, workflow, source, outputnode)
+    if predict is not None:
+        workflow.connect(predict, "out_file", summary, "prediction")
     return workflow
 
 
@@ -415,7 +419,7 @@ def _add_dualreg(config, workflow, source, outputnode):
 
         maps = str(load_bundle(config.cnn.model).group_maps_file)
     if maps is None:
-        return
+        return None
     out = str(config.execution.output_dir)
     std = _bold_entities(config)
     dual_regression = pe.Node(DualRegression(group_maps=maps), name="dual_regression",
@@ -446,6 +450,8 @@ def _add_dualreg(config, workflow, source, outputnode):
         predict.inputs.source = source
         workflow.connect([(ds_pe, predict, [("out_file", "maps_pe")]),
                           (ds_z, predict, [("out_file", "maps_z")])])
+        return predict
+    return None
 
 
 def _predict_node(model_dir, maps_pe, maps_z, output_dir, source):
@@ -466,9 +472,9 @@ def _geo_dict(boldref_std, coreg_costs, warnings, boldref, t1w_brain, t1w_std):
             "t1w_std": t1w_std}
 
 
-def _run_summary(bold_file, prep, geometry, denoise, denoised, mask):
+def _run_summary(bold_file, prep, geometry, denoise, denoised, mask, prediction=None):
     return {"bold_file": bold_file, "prep": prep, "geometry": geometry, "motion": denoise,
-            "denoised": denoised, "mask": mask}
+            "denoised": denoised, "mask": mask, "prediction": prediction}
 
 
 def _subject_report(subject, output_dir, runs, anat, space, resolution):

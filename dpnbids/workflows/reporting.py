@@ -38,7 +38,7 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
             "skipped_steps": list(prep.get("skipped", [])),
             "warnings": warnings,
             "coreg_costs": geometry.get("coreg_costs"),
-            "prediction": _prediction_for(output_dir, subject),
+            "prediction": _read_prediction(summary.get("prediction")),
             "dice_std_mask": (anat or {}).get("dice_std_mask"),
             "n_dummy": prep.get("n_dummy"),
         })
@@ -47,11 +47,9 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
     return str(out_file)
 
 
-def _prediction_for(output_dir: Path, subject: str):
+def _read_prediction(path):
     import pandas as pd
 
-    found = sorted((output_dir / f"sub-{subject}").glob("**/*_prediction.tsv"))
-    if not found:
+    if not path or not Path(path).exists():
         return None
-    row = pd.read_csv(found[0], sep="\t").iloc[0].to_dict()
-    return row
+    return pd.read_csv(path, sep="\t").iloc[0].to_dict()
