@@ -229,7 +229,7 @@ def migp(subject_loader: Callable[[int], np.ndarray], n_subjects: int, *, dim: i
 
 
 # --------------------------------------------------------------------------- ICA
-def fastica(X, n_components: int, *, random_state=None, max_iter: int = 1000,
+def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
             tol: float = 1e-4, fun: str = "cube") -> tuple[np.ndarray, np.ndarray]:
     """Spatial FastICA of reduced data (sources are spatial maps).
 
@@ -293,7 +293,7 @@ def _standardise_rows(a: np.ndarray) -> np.ndarray:
 
 
 def icasso(X, n_components: int, *, n_repeats: int = 10, random_state=None,
-           max_iter: int = 1000, tol: float = 1e-4, fun: str = "cube"
+           max_iter: int = 200, tol: float = 1e-4, fun: str = "cube"
            ) -> tuple[np.ndarray, np.ndarray]:
     """ICASSO: repeat FastICA, cluster the estimates, return centrotypes and stability.
 
@@ -523,7 +523,7 @@ class GroupICA:
     """
 
     def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=1000, tol=1e-4, fun="cube"):
+                 internal_dim=None, max_iter=200, tol=1e-4, fun="cube"):
         self.n_components = n_components
         self.pca_dim = pca_dim
         self.n_repeats = n_repeats
@@ -575,10 +575,10 @@ class GroupICA:
         self.singular_values_ = s
         self.explained_variance_ = lam / max(res.n_timepoints - 1, 1)
         self.explained_variance_ratio_ = lam / res.total_ss if res.total_ss > 0 else lam * 0
-        comps, stability = icasso(z, self.n_components, n_repeats=self.n_repeats,
+        comps, stability = icasso(z.astype(np.float32), self.n_components, n_repeats=self.n_repeats,
                                   random_state=ica_seed, max_iter=self.max_iter, tol=self.tol,
                                   fun=self.fun)
-        comps, _ = flip_signs(_zscore_rows(comps))
+        comps, _ = flip_signs(_zscore_rows(np.asarray(comps, dtype=np.float64)))
         zc = z - z.mean(axis=1, keepdims=True)
         cc = comps @ comps.T
         self.mixing_ = np.linalg.solve(cc, comps @ zc.T).T

@@ -154,7 +154,7 @@ def test_icasso_stability_and_determinism(rng):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # FastICA may not converge on noise
         _, stab_noise = icasso(rng.normal(size=(8, 1900)), 5, n_repeats=6, random_state=2)
-    assert stab_noise.max() < stab.min() - 0.2
+    assert stab_noise.max() < stab.min() - 0.1
 
 
 def test_groupica_same_seed_identical(rng):
