@@ -234,10 +234,14 @@ def _bold_sinks(config, source, *, with_preproc: bool):
     return sinks
 
 
-def _bold_metadata(tr, space, skull_stripped, extra=None):
+def _bold_metadata(tr, space, skull_stripped, extra=None, coreg_costs=None, n_dummy=None):
     meta = {"RepetitionTime": float(tr), "SkullStripped": bool(skull_stripped),
             "SpatialReference": space}
     meta.update(extra or {})
+    if coreg_costs:
+        meta["CoregistrationCost"] = {k: float(v) for k, v in coreg_costs.items()}
+    if n_dummy is not None:
+        meta["NumberOfVolumesDiscardedByDpnbids"] = int(n_dummy)
     return meta
 
 
@@ -270,7 +274,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                                        low_pass=config.preproc.low_pass),
                       name="confounds_denoise", mem_gb=4)
     meta = pe.Node(niu.Function(function=_bold_metadata,
-                                input_names=["tr", "space", "skull_stripped", "extra"],
+                                input_names=["tr", "space", "skull_stripped", "extra",
+                                             "coreg_costs", "n_dummy"],
                                 output_names=["metadata"]), name="bold_meta",
                    run_without_submitting=True)
     meta.inputs.space = config.preproc.output_space
@@ -313,7 +318,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                                 ("motion_params", "motion_params"), ("wm_std", "wm_std"),
                                 ("csf_std", "csf_std")]),
         (prepare_bold, denoise, [("tr", "tr")]),
-        (prepare_bold, meta, [("tr", "tr")]),
+        (prepare_bold, meta, [("tr", "tr"), ("n_dummy", "n_dummy")]),
+        (bold_to_std, meta, [("coreg_costs", "coreg_costs")]),
         (prepare_bold, meta_den, [("tr", "tr")]),
         (bold_to_std, sinks["preproc"], [("bold_std", "in_file")]),
         (meta, sinks["preproc"], [("metadata", "metadata")]),

@@ -1,0 +1,161 @@
+"""End to end through the CLI on the synthetic generator's data.
+
+One small template-space cohort (fMRIPrep-style derivatives) is generated
+once per module; participant then group levels run through ``dpnbids.cli.run.main``.
+Assertions: outputs pass bids-validator-deno, a planted effect is found
+(ASC AUC >= 0.85), the null cohort finds nothing (AUC within chance bounds,
+permutation p > 0.05), same seed -> identical predictions, the final model
+scores new patients, and a mismatched model is refused.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpnbids.cli.run import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+#: Small but honest: 4 mm grid, 10 components; CV/epochs trimmed for CI time.
+FAST = ["--output-resolution", "4", "--n-components", "10", "--pca-dim", "20",
+        "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1"]
+CV_FAST = ["--folds", "5", "--epochs", "25", "--patience", "6", "--n-bootstrap", "200",
+           "--input-sets", "ASC", "SSC"]
+
+
+def _synth(root: Path, *, null: bool, n_per_class=(16, 16), seed=1, n_volumes=80):
+    from dpnbids.synthetic import SynthParams, generate_dataset
+
+    params = SynthParams(n_responders=n_per_class[0], n_nonresponders=n_per_class[1],
+                         seed=seed, null=null, space="template", n_volumes=n_volumes,
+                         template_resolution=4.0)
+    return generate_dataset(root, params)
+
+
+def _participant(synth, out: Path, work: Path, *extra):
+    code = main([str(synth.bids_dir), str(out), "participant", *FAST, "--fmriprep-dir",
+                 str(synth.fmriprep_dir), "-w", str(work), *extra])
+    assert code == 0
+
+
+def _group(synth, out: Path, work: Path, *extra):
+    return main([str(synth.bids_dir), str(out), "group", *FAST, *CV_FAST, "--fmriprep-dir",
+                 str(synth.fmriprep_dir), "-w", str(work), *extra])
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    synth = _synth(root / "bids", null=False)
+    out = root / "out"
+    _participant(synth, out, root / "work")
+    assert _group(synth, out, root / "work", "--paper-faithful") == 0
+    return synth, out, root
+
+
+def _auc(out: Path, input_set: str, model: str = "cnn") -> float:
+    from sklearn.metrics import roc_auc_score
+
+    pred = pd.read_csv(out / "group" / "predictions.tsv", sep="\t")
+    sel = pred[(pred["input_set"] == input_set) & (pred["model"] == model)]
+    assert len(sel) > 0, f"no predictions for {input_set}/{model}"
+    return roc_auc_score(sel["y_true"], sel["probability"])
+
+
+def test_participant_outputs_validate(planted):
+    from conftest import run_validator
+
+    _, out, _ = planted
+    proc = run_validator(out)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert list((out / "logs").glob("config-participant-*.toml"))
+    assert list((out / "logs").glob("config-group-*.toml"))
+    assert (out / "logs" / "pip-freeze.txt").exists()
+    assert (out / "sub-01.html").exists() and (out / "group.html").exists()
+
+
+def test_planted_effect_recovered(planted):
+    _, out, _ = planted
+    auc = _auc(out, "ASC")
+    print(f"planted ASC AUC = {auc:.3f}")
+    assert auc >= 0.85
+    table = pd.read_csv(out / "group" / "table2.tsv", sep="\t", index_col=0)
+    assert {"ASC", "SSC"} <= set(table.columns)
+    assert any("leaky" in c.lower() for c in table.columns)
+    manifests = list((out / "group" / "cv").glob("manifest_*.json"))
+    assert len(manifests) >= 10
+    for path in manifests:
+        m = json.loads(path.read_text())
+        test = set(m["test_ids"])
+        assert not test & set(m["train_ids"]) and not test & set(m["val_ids"])
+
+
+def test_group_ica_labels_planted_networks(planted):
+    synth, out, _ = planted
+    comps = pd.read_csv(next((out / "group").glob("*_desc-ica_components.tsv")), sep="\t")
+    truth = json.loads((Path(synth.truth_dir) / "truth.json").read_text())
+    planted_networks = set(truth["params"]["networks"])
+    found = set(comps.loc[comps["matched"].astype(bool), "network"])
+    assert planted_networks <= found, (planted_networks, found)
+
+
+def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
+    synth, out, root = planted
+    model = out / "group" / "model"
+    assert (model / "model.keras").exists() and (model / "bundle.json").exists()
+    new_out = tmp_path / "new"
+    code = main([str(synth.bids_dir), str(new_out), "participant", *FAST, "--fmriprep-dir",
+                 str(synth.fmriprep_dir), "-w", str(tmp_path / "w"), "--participant-label",
+                 "01", "--model", str(model)])
+    assert code == 0
+    pred = list((new_out / "sub-01").glob("**/*_prediction.tsv"))
+    assert len(pred) == 1
+    row = pd.read_csv(pred[0], sep="\t").iloc[0]
+    assert 0.0 <= row["probability_response"] <= 1.0
+    assert "probability" in (new_out / "sub-01.html").read_text().lower()
+    # a model on another grid is refused before anything is written
+    bad_out = tmp_path / "bad"
+    code = main([str(synth.bids_dir), str(bad_out), "participant", "--skip-bids-validation",
+                 "--output-resolution", "2", "--fmriprep-dir", str(synth.fmriprep_dir),
+                 "--participant-label", "01", "--model", str(model)])
+    assert code == 2 and not bad_out.exists()
+
+
+def test_null_cohort_finds_nothing(tmp_path):
+    synth = _synth(tmp_path / "bids", null=True, seed=5)
+    out = tmp_path / "out"
+    _participant(synth, out, tmp_path / "work")
+    code = main([str(synth.bids_dir), str(out), "group", *FAST, "--fmriprep-dir",
+                 str(synth.fmriprep_dir), "-w", str(tmp_path / "work"), "--folds", "4",
+                 "--epochs", "8", "--patience", "3", "--n-bootstrap", "200",
+                 "--input-sets", "ASC", "--n-permutations", "19"])
+    assert code == 0
+    auc = _auc(out, "ASC")
+    metrics = json.loads((out / "group" / "metrics.json").read_text())
+    p = metrics["permutation"]["ASC"]["p_value"]
+    print(f"null ASC AUC = {auc:.3f}, permutation p = {p:.3f}")
+    assert 0.2 <= auc <= 0.8
+    assert p > 0.05
+
+
+def test_same_seed_identical_predictions(planted, tmp_path):
+    synth, out, root = planted
+    outs = []
+    for i in range(2):
+        dest = tmp_path / f"out{i}"
+        shutil.copytree(out, dest, ignore=shutil.ignore_patterns("group", "group.html"))
+        code = main([str(synth.bids_dir), str(dest), "group", *FAST, "--fmriprep-dir",
+                     str(synth.fmriprep_dir), "-w", str(tmp_path / f"w{i}"), "--folds", "3",
+                     "--epochs", "3", "--n-bootstrap", "50", "--input-sets", "ASC",
+                     "--random-seed", "11"])
+        assert code == 0
+        outs.append(pd.read_csv(dest / "group" / "predictions.tsv", sep="\t"))
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+    assert np.isfinite(outs[0]["probability"]).all()
