@@ -1,0 +1,263 @@
+"""Checks of BOLD, T1w and mask images at the door, before any computation.
+
+Every check raises :class:`~dpnbids.exceptions.InputError` (or its subclass
+:class:`~dpnbids.exceptions.DimensionError`) with a message that names the
+file, says what was received, what was expected and how to fix it.
+
+Oblique and non-RAS images are accepted as they are (the resampling steps use
+the affine), and so are scaled integer images (Philips ``scl_slope``): the
+loaders return an in-memory float32 image with the scaling applied.
+"""
+from __future__ import annotations
+
+import gzip
+import warnings
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dpnbids.exceptions import DimensionError, InputError
+
+__all__ = ["load_bold", "load_anat", "check_mask_not_empty", "TR_RANGE_S"]
+
+#: Plausible range of a repetition time, in seconds (header values outside it are ignored).
+TR_RANGE_S = (0.1, 30.0)
+
+_TR_TOLERANCE_S = 1e-3
+
+
+def _name(path) -> str:
+    return Path(str(path)).name
+
+
+def _read(path, kind: str):
+    """Load ``path`` and read its whole data block (detects truncated files)."""
+    path = Path(str(path))
+    if not path.exists():
+        raise InputError(f"{kind} file {path} does not exist. Expected an existing NIfTI "
+                         "file (.nii or .nii.gz); check the path and the BIDS dataset.")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error,
+            gzip.BadGzipFile, ValueError) as exc:
+        raise InputError(
+            f"{kind} file {_name(path)} could not be read: it is corrupt or truncated "
+            f"({type(exc).__name__}: {exc}). Expected a complete NIfTI-1/2 image; "
+            "re-export or re-download it (a gzip that stops early is the usual cause), "
+            "and check it with `python -c \"import nibabel as nib; "
+            f"nib.load('{_name(path)}').get_fdata()\"`.") from exc
+    return img, data
+
+
+def _check_affine(img, path, kind: str) -> None:
+    affine = img.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(affine)) or np.any(zooms <= 0):
+        raise InputError(
+            f"{kind} file {_name(path)} has an invalid affine (voxel sizes {zooms.tolist()}, "
+            "non-finite or zero). Expected a non-degenerate voxel-to-world matrix; fix the "
+            "header (sform/qform) with the converter that wrote it (e.g. dcm2niix).")
+
+
+def _check_finite(data: np.ndarray, path, kind: str) -> None:
+    n_nan = int(np.isnan(data).sum())
+    n_inf = int(np.isinf(data).sum())
+    if n_nan or n_inf:
+        raise InputError(
+            f"{kind} file {_name(path)} contains {n_nan} NaN and {n_inf} Inf values "
+            f"(out of {data.size}). Expected finite intensities; replace them (e.g. "
+            "`nilearn.image.math_img('np.nan_to_num(img)', img=...)`) or re-convert the "
+            "DICOMs.")
+    if not np.any(data):
+        raise InputError(f"{kind} file {_name(path)} is all zeros. Expected an image with "
+                         "signal; check the conversion from DICOM.")
+
+
+def _header_tr(img) -> float | None:
+    """Repetition time from ``pixdim[4]`` in seconds, or None if absent/implausible."""
+    try:
+        value = float(img.header["pixdim"][4])
+        units = img.header.get_xyzt_units()[1]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if units == "msec":
+        value /= 1000.0
+    elif units == "usec":
+        value /= 1e6
+    if not np.isfinite(value) or not TR_RANGE_S[0] <= value <= TR_RANGE_S[1]:
+        return None
+    return value
+
+
+def _in_memory(img, data: np.ndarray):
+    """A float32 in-memory copy of ``img`` (scaling applied, header kept)."""
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    out = img.__class__(data, img.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    return out
+
+
+def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
+    """Load and check one BOLD run.
+
+    Parameters
+    ----------
+    bold_file : str or Path
+        The 4D NIfTI file.
+    sidecar : dict, optional
+        The BIDS JSON metadata of the run (with inheritance resolved).
+    min_volumes : int
+        Fewest volumes accepted, after any dummy scans the caller adds to it
+        (``--min-volumes``): the 0.008 Hz high-pass, the non-steady-state
+        detection and ICA need a long enough series.
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+        In-memory float32 image (scaling applied; orientation unchanged).
+    tr : float
+        Repetition time in seconds: the sidecar's ``RepetitionTime`` when
+        present (as fMRIPrep does), otherwise a plausible header ``pixdim[4]``.
+
+    Raises
+    ------
+    InputError
+        Missing, corrupt or truncated file; too few volumes; NaN/Inf voxels;
+        all-zero data; no usable repetition time.
+    DimensionError
+        The image is not 4D.
+
+    Warns
+    -----
+    UserWarning
+        The header and the sidecar disagree on the repetition time, or the
+        repetition time comes from the header only.
+    """
+    img, data = _read(bold_file, "BOLD")
+    name = _name(bold_file)
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4:
+        hint = (" If each volume was saved as its own file, merge them into one 4D file "
+                "(e.g. `nilearn.image.concat_imgs`)." if data.ndim == 3 else "")
+        raise DimensionError(
+            f"BOLD file {name} is {data.ndim}D with shape {tuple(data.shape)}. Expected a 4D "
+            f"image (x, y, z, time) with at least {min_volumes} volumes.{hint}")
+    n_volumes = data.shape[3]
+    if n_volumes < min_volumes:
+        raise InputError(
+            f"BOLD file {name} has {n_volumes} volumes; at least {min_volumes} are needed "
+            "(non-steady-state detection, the 0.008 Hz high-pass of the denoising and group "
+            "ICA need a long enough series; dummy scans count on top). Use a longer run, or "
+            "lower --min-volumes if you accept a less reliable estimate.")
+    _check_affine(img, bold_file, "BOLD")
+    _check_finite(data, bold_file, "BOLD")
+
+    sidecar = sidecar or {}
+    header_tr = _header_tr(img)
+    tr = sidecar.get("RepetitionTime")
+    if tr is not None:
+        try:
+            tr = float(tr)
+        except (TypeError, ValueError):
+            tr = float("nan")
+        if not np.isfinite(tr) or tr <= 0:
+            raise InputError(
+                f"BOLD file {name}: RepetitionTime in the JSON sidecar is "
+                f"{sidecar.get('RepetitionTime')!r}. Expected a positive number of seconds; "
+                "fix the sidecar.")
+        if tr > TR_RANGE_S[1] and TR_RANGE_S[0] <= tr / 1000.0 <= TR_RANGE_S[1]:
+            raise InputError(
+                f"BOLD file {name}: RepetitionTime in the JSON sidecar is {tr}, which looks "
+                f"like milliseconds. BIDS expects seconds; write {tr / 1000.0:g}.")
+        if header_tr is not None and abs(header_tr - tr) > _TR_TOLERANCE_S:
+            warnings.warn(
+                f"BOLD file {name}: the NIfTI header says TR = {header_tr:g} s but the JSON "
+                f"sidecar says RepetitionTime = {tr:g} s; using the sidecar (as fMRIPrep "
+                "does). Fix whichever is wrong.", UserWarning, stacklevel=2)
+    elif header_tr is not None:
+        tr = header_tr
+        warnings.warn(
+            f"BOLD file {name}: no RepetitionTime in the JSON sidecar; using the header "
+            f"value {tr:g} s. BIDS requires RepetitionTime in the sidecar.", UserWarning,
+            stacklevel=2)
+    else:
+        raise InputError(
+            f"BOLD file {name} has no RepetitionTime: none in the JSON sidecar and the "
+            f"header pixdim[4] ({float(img.header['pixdim'][4]):g}) is not a plausible TR "
+            f"({TR_RANGE_S[0]:g}-{TR_RANGE_S[1]:g} s). Add \"RepetitionTime\" (seconds) to "
+            f"the JSON sidecar {name.split('.')[0]}.json (or a task-level "
+            "task-<label>_bold.json).")
+    out = _in_memory(img, data)
+    out.header.set_xyzt_units("mm", "sec")
+    out.header["pixdim"][4] = tr
+    return out, float(tr)
+
+
+def load_anat(t1w_file):
+    """Load and check one anatomical (3D) image.
+
+    Parameters
+    ----------
+    t1w_file : str or Path
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        In-memory float32 3D image (a 4D file with a single volume is squeezed).
+
+    Raises
+    ------
+    InputError
+        Missing, corrupt or truncated file; NaN/Inf voxels; all zeros.
+    DimensionError
+        Not 3D (or 4D with more than one volume).
+    """
+    img, data = _read(t1w_file, "T1w")
+    name = _name(t1w_file)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DimensionError(
+            f"T1w file {name} is {data.ndim}D with shape {tuple(data.shape)}. Expected a 3D "
+            "image; if it holds several averages, average them or pass a single one.")
+    _check_affine(img, t1w_file, "T1w")
+    _check_finite(data, t1w_file, "T1w")
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(data.shape)
+    out = nib.Nifti1Image(data, img.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    return out
+
+
+def check_mask_not_empty(mask_img, name: str, *, min_voxels: int = 1) -> int:
+    """Raise if a mask has fewer than ``min_voxels`` voxels above 0.5.
+
+    Parameters
+    ----------
+    mask_img : nibabel image, str or Path
+    name : str
+        What the mask is, for the message (e.g. "brain mask of sub-01_task-rest_bold").
+    min_voxels : int
+
+    Returns
+    -------
+    int
+        Number of voxels in the mask.
+    """
+    if isinstance(mask_img, (str, Path)):
+        mask_img = nib.load(str(mask_img))
+    data = np.asanyarray(mask_img.dataobj)
+    n = int(np.count_nonzero(np.nan_to_num(data) > 0.5))
+    if n < min_voxels:
+        raise InputError(
+            f"The {name} is empty: {n} voxels above 0.5 out of {data.size} (shape "
+            f"{tuple(data.shape)}); expected at least {min_voxels}. The brain extraction or "
+            "registration that produced it failed: check the input images (field of view, "
+            "orientation, a BOLD and T1w of the same subject).")
+    return n
