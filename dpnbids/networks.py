@@ -97,9 +97,14 @@ _TRUNCATE_SIGMAS = 4.0
 
 
 def _nilearn_data(name: str) -> Path:
-    import nilearn.datasets
+    from importlib.util import find_spec
 
-    path = Path(nilearn.datasets.__file__).parent / "data" / name
+    # locate nilearn's data folder without importing nilearn.datasets (slow: sklearn)
+    spec = find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise InputError("nilearn is not installed; it ships the network coordinates. "
+                         "Install nilearn >= 0.10.")
+    path = Path(spec.origin).parent / "datasets" / "data" / name
     if not path.exists():
         raise InputError(
             f"The network coordinates file {path} is missing from the installed nilearn; "

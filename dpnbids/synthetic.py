@@ -1,0 +1,854 @@
+"""Synthetic BIDS datasets with planted resting-state networks and a known label effect.
+
+``dpnbids-synth OUT_DIR`` (or :func:`generate_dataset`) writes a raw BIDS
+dataset, optionally fMRIPrep-style derivatives, and a ground-truth folder
+``<OUT_DIR>_truth`` next to it (outside the BIDS tree). Everything is
+deterministic for a given :class:`SynthParams` (the same bytes twice).
+
+Generative model
+----------------
+All quantities live in **template space** (MNI152NLin2009aSym on a grid of
+``template_resolution`` mm, from :func:`dpnbids.templates.load_template`) and
+are then imaged, through known transforms, by a simulated scanner.
+
+1. **Labels.** ``n_responders`` ones and ``n_nonresponders`` zeros are shuffled
+   over ``sub-01 ... sub-NN`` with the seed. Age (uniform 40-75 y) and sex are
+   drawn independently of everything else.
+2. **Group network maps** ``G_n`` are :func:`dpnbids.networks.network_templates`
+   (Seitzman 2018 coordinates, Gaussian blobs, sigma 6 mm, peak 1) of the
+   networks in ``networks``, restricted to the template brain mask.
+3. **Subject maps.** ``S_sn = a_sn * G_n(x - d_sn)``: each network of each
+   subject is shifted by ``d_sn ~ N(0, shift_mm^2 I)`` (one shift for all ROIs
+   of the network) and scaled by the amplitude ``a_sn = 1 + amplitude_sd * e_sn``
+   with ``e_sn ~ N(0, 1)``.
+4. **Effect (the label signal).** For responders, and for each network in
+   ``effect_networks``, ``a_sn`` is increased by ``effect_size * amplitude_sd``.
+   ``effect_size`` is therefore the standardised mean difference (Cohen's d, in
+   units of the between-subject SD of the amplitude) of the true map amplitude
+   of each effect network between responders and non-responders. Other
+   networks carry no effect. With ``null=True`` the effect is applied to nobody:
+   the images are independent of the labels (which are still drawn with the
+   seed, so a null and a planted dataset with the same seed differ only in the
+   responders' effect-network amplitudes).
+5. **Time courses.** For every run, one continuous band-limited signal per
+   network, ``x_n(t) = sum_k a_k cos(2 pi f_k t) + b_k sin(2 pi f_k t)`` over the
+   Fourier frequencies ``f_k = k / (n_volumes * tr)`` in 0.01-0.1 Hz, with
+   Gaussian coefficients mixed so that any two networks correlate with
+   ``sqrt(rho)^2 = network_correlation`` in expectation, and scaled to unit SD
+   over the volume onsets ``t_j = j * tr``. A physiological nuisance signal
+   ``p(t)`` (same construction, 0.01-0.2 Hz) is independent of the networks.
+6. **Baseline.** A T2*-like image ``B = 1000 * (0.8 GM + 0.6 WM + 1.0 CSF)`` of
+   the template tissue probabilities, inside the brain mask dilated by one
+   voxel (zero elsewhere).
+7. **BOLD signal.** In head (template) coordinates ``v`` at time ``t``::
+
+       F(v, t) = B(v) * (1 + signal_percent/100 * sum_n S_sn(v) x_n(t + o(v))
+                          + physio_percent/100 * W(v) p(t))
+
+   where ``W = CSF + 0.5 WM + 0.2 GM`` and ``o(v)`` is the acquisition offset of
+   the scanner slice that contains ``v`` (``SliceTiming``; ``slice_order``
+   ascending, descending or interleaved along the third voxel axis of the
+   BOLD grid). Gaussian noise of SD
+   ``noise_level * signal_percent/100 * mean(B in brain)`` is added to every
+   voxel inside the baseline support (temporal SNR ~
+   ``100 / (noise_level * signal_percent)`` in grey matter).
+8. **Head motion.** A smooth random rigid motion per run: each of the six
+   parameters is a Gaussian-smoothed random walk, zero at the first volume,
+   scaled so that the largest absolute translation is
+   ``motion_mm * U(0.5, 1.5)`` mm and the largest rotation is the same
+   displacement at 50 mm (radians). Parameters follow fMRIPrep's names and
+   units (``trans_x``, ``trans_y``, ``trans_z`` in mm; ``rot_x``, ``rot_y``,
+   ``rot_z`` in radians), relative to the first volume. At volume ``j`` the
+   head point at BOLD-world position ``x`` (time 0) moves to
+   ``M_j x = R_j (x - c) + c + t_j`` with ``R_j = Rx(rot_x) Ry(rot_y) Rz(rot_z)``
+   and ``c`` the centre of the BOLD grid; the scanner voxel at ``y`` therefore
+   images ``F(M_j^-1 y)`` (trilinear interpolation).
+9. **Spaces.**
+
+   - ``space="template"``: T1w and BOLD grids are template grids (T1w at
+     ``t1w_voxel_size``, BOLD at ``template_resolution``); all transforms are
+     the identity.
+   - ``space="native"``: each subject has a T1w-to-template affine
+     ``A`` (rotations up to 5 degrees about each axis, translations up to 8 mm,
+     per-axis scaling within 5 %, small shears): ``x_template = A x_T1w``. The
+     T1w (``t1w_voxel_size`` mm) is the template T1w sampled through ``A`` with
+     a smooth multiplicative bias field and Gaussian noise. Each run's BOLD
+     grid (``bold_voxel_size`` mm) is related to the T1w by a rigid
+     ``B`` (rotations up to 3 degrees, translations up to 4 mm):
+     ``x_T1w = B x_BOLD``. Voxel grids are oblique for some subjects and
+     non-RAS (LAS, or sagittal PIR for T1w) for others.
+
+10. **fMRIPrep-style derivatives** (``space="template"`` only), under
+    ``<OUT_DIR>/derivatives/fmriprep``: the same model **without motion**,
+    slice-timing corrected to time 0 (the truth time courses are sampled at
+    the volume onsets, so they align exactly), fresh noise, on the template
+    grid: ``desc-preproc_bold`` (``res-<int mm>``, e.g. ``res-4`` for 4 mm),
+    ``desc-brain_mask``, ``desc-confounds_timeseries.tsv``/``.json`` with
+    fMRIPrep column names (true motion parameters and derivatives,
+    framewise displacement (Power), DVARS and standardised DVARS, global
+    signal, white matter, CSF and ``a_comp_cor_00..04``), and in ``anat``
+    ``desc-preproc_T1w`` and ``desc-brain_mask`` on the same grid.
+
+Ground truth (``<OUT_DIR>_truth``)
+-----------------------------------
+``truth.json`` (parameters, rule, file index), ``labels.tsv`` (labels,
+whether the effect was applied, true amplitudes ``amplitude_<network>``),
+``group_maps.nii.gz`` (the ``G_n``, 4D template space), and per subject
+``sub-XX_maps.nii.gz`` (the ``S_sn``, 4D, template grid), and per run
+``<run>_timecourses.tsv`` (``x_n(t_j)`` and ``physio``),
+``<run>_motion.tsv``, ``<run>_slice_timing.tsv``, ``<run>_from-bold_to-T1w_affine.txt``
+and ``sub-XX_from-T1w_to-template_affine.txt`` (4x4 world-to-world, mm,
+``numpy.loadtxt``-readable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from . import __version__
+from .exceptions import InputError
+from .networks import load_network_coordinates, render_gaussians
+
+SPACE = "MNI152NLin2009aSym"
+_SLICE_ORDERS = ("ascending", "descending", "interleaved")
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Parameters of the generative model (see the module docstring)."""
+
+    n_responders: int = 29
+    n_nonresponders: int = 14
+    seed: int = 0
+    null: bool = False
+    space: str = "template"
+    n_volumes: int = 100
+    tr: float = 2.6
+    template_resolution: float = 4.0
+    bold_voxel_size: float = 4.0
+    t1w_voxel_size: float = 2.0
+    networks: tuple = ("default_mode", "sensorimotor", "visual", "fronto_parietal", "cerebellar")
+    effect_networks: tuple = ("default_mode", "sensorimotor")
+    effect_size: float = 1.0
+    amplitude_sd: float = 0.2
+    shift_mm: float = 2.0
+    signal_percent: float = 2.0
+    noise_level: float = 1.0
+    physio_percent: float = 1.0
+    network_correlation: float = 0.2
+    motion_mm: float = 0.5
+    slice_order: str = "ascending"
+    n_sessions: int = 1
+    n_runs: int = 1
+    task: str = "rest"
+
+    def validate(self) -> "SynthParams":
+        """Raise :class:`InputError` on an impossible combination; return self."""
+        def bad(msg):
+            raise InputError(msg)
+
+        if self.n_responders < 1 or self.n_nonresponders < 1:
+            bad(f"Need at least one responder and one non-responder; got "
+                f"{self.n_responders} and {self.n_nonresponders}.")
+        if self.space not in ("native", "template"):
+            bad(f"space must be 'native' or 'template'; got {self.space!r}.")
+        if self.n_volumes < 20:
+            bad(f"n_volumes must be >= 20 so that the 0.01-0.1 Hz band has frequencies; "
+                f"got {self.n_volumes}.")
+        if not 0.3 <= self.tr <= 10:
+            bad(f"tr must be between 0.3 and 10 s; got {self.tr}.")
+        if self.n_volumes * self.tr < 100:
+            bad(f"n_volumes * tr = {self.n_volumes * self.tr:g} s is too short for a "
+                "0.01-0.1 Hz signal; use at least 100 s.")
+        for name in ("template_resolution", "bold_voxel_size", "t1w_voxel_size"):
+            v = getattr(self, name)
+            if not 1.0 <= v <= 8.0:
+                bad(f"{name} must be between 1 and 8 mm; got {v}.")
+        if self.slice_order not in _SLICE_ORDERS:
+            bad(f"slice_order must be one of {_SLICE_ORDERS}; got {self.slice_order!r}.")
+        if not self.networks:
+            bad("networks must name at least one network.")
+        available = set(load_network_coordinates()["network"])
+        unknown = [n for n in self.networks if n not in available]
+        if unknown:
+            bad(f"Unknown network(s) {unknown}; available: {sorted(available)}.")
+        missing = [n for n in self.effect_networks if n not in self.networks]
+        if missing:
+            bad(f"effect_networks {missing} are not in networks {list(self.networks)}.")
+        if self.n_sessions < 1 or self.n_runs < 1:
+            bad("n_sessions and n_runs must be >= 1.")
+        if not self.task.isalnum():
+            bad(f"task must be alphanumeric (a BIDS label); got {self.task!r}.")
+        for name in ("amplitude_sd", "shift_mm", "noise_level", "motion_mm",
+                     "signal_percent", "physio_percent"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0; got {getattr(self, name)}.")
+        if not 0 <= self.network_correlation < 1:
+            bad(f"network_correlation must be in [0, 1); got {self.network_correlation}.")
+        return self
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """Where :func:`generate_dataset` wrote things."""
+
+    bids_dir: Path
+    truth_dir: Path
+    fmriprep_dir: Path | None
+    subjects: tuple = field(default=())
+
+
+# --------------------------------------------------------------------------- helpers
+def res_label(resolution_mm: float) -> str:
+    """``res-`` label: integer millimetres ('4' for 4 mm), '1p5' for 1.5 mm."""
+    v = float(resolution_mm)
+    return str(int(v)) if v.is_integer() else f"{v:g}".replace(".", "p")
+
+
+def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
+    """Write a .nii.gz with gzip mtime 0 (byte-identical for identical data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = img.to_bytes()
+    with open(path, "wb") as fh:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
+            gz.write(raw)
+
+
+def _img(data, affine, *, code: int, dtype=None, tr: float | None = None) -> nib.Nifti1Image:
+    # NIfTI stores Fortran order; handing nibabel a Fortran array avoids a slow chunked copy
+    img = nib.Nifti1Image(np.asfortranarray(data), affine)
+    img.set_sform(affine, code)
+    img.set_qform(affine, code)
+    if dtype is not None:
+        img.set_data_dtype(dtype)
+    if tr is not None:
+        img.header.set_xyzt_units("mm", "sec")
+        zooms = list(img.header.get_zooms()[:3]) + [float(tr)]
+        img.header.set_zooms(zooms)
+    else:
+        img.header.set_xyzt_units("mm")
+    return img
+
+
+def _scaled_int16(data: np.ndarray, affine, *, tr: float) -> nib.Nifti1Image:
+    """int16 image with an explicit scale factor (fast, deterministic, ~1e-4 precision)."""
+    peak = float(np.abs(data).max())
+    slope = peak / 32000.0 if peak > 0 else 1.0
+    img = _img(np.rint(data / slope).astype(np.int16, order="F"), affine, code=4, tr=tr)
+    img.header.set_slope_inter(slope, 0.0)
+    return img
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _write_tsv(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g",
+              lineterminator="\n")
+
+
+def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
+    """``Rx(rx) @ Ry(ry) @ Rz(rz)`` (radians), the convention of the motion model."""
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    rxm = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rym = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rzm = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rxm @ rym @ rzm
+
+
+def motion_matrix(params: Sequence[float], centre: Sequence[float]) -> np.ndarray:
+    """4x4 ``M`` with ``M x = R (x - c) + c + t`` for fMRIPrep-ordered params."""
+    tx, ty, tz, rx, ry, rz = params
+    m = np.eye(4)
+    r = rotation_matrix(rx, ry, rz)
+    c = np.asarray(centre, dtype=float)
+    m[:3, :3] = r
+    m[:3, 3] = c - r @ c + np.array([tx, ty, tz])
+    return m
+
+
+def slice_timing(n_slices: int, tr: float, order: str = "ascending") -> np.ndarray:
+    """Acquisition offset (s) of each slice for a sequential or interleaved order."""
+    if order == "ascending":
+        acq = np.arange(n_slices)
+    elif order == "descending":
+        acq = np.arange(n_slices)[::-1]
+    elif order == "interleaved":
+        seq = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
+        acq = np.empty(n_slices, dtype=int)
+        acq[seq] = np.arange(n_slices)
+    else:
+        raise InputError(f"slice_order must be one of {_SLICE_ORDERS}; got {order!r}.")
+    return np.round(acq * tr / n_slices, 4)
+
+
+def band_limited_coefficients(rng, n: int, duration: float, band=(0.01, 0.1),
+                              correlation: float = 0.0):
+    """Fourier frequencies and coefficients of ``n`` band-limited signals.
+
+    Returns ``freqs`` (F,) and ``coefs`` (n, 2F) for ``cos`` then ``sin`` terms;
+    signals share a common component so that pairwise correlations are
+    ``correlation`` in expectation.
+    """
+    k = np.arange(int(np.ceil(band[0] * duration)), int(np.floor(band[1] * duration)) + 1)
+    k = k[k > 0]
+    freqs = k / duration
+    common = rng.standard_normal(2 * len(freqs))
+    own = rng.standard_normal((n, 2 * len(freqs)))
+    coefs = np.sqrt(1 - correlation) * own + np.sqrt(correlation) * common
+    return freqs, coefs
+
+
+def evaluate_signals(freqs, coefs, times) -> np.ndarray:
+    """Evaluate the band-limited signals at ``times`` (any shape): (n, *times.shape)."""
+    t = np.asarray(times, dtype=float)
+    ph = 2 * np.pi * np.multiply.outer(t, freqs)  # (..., F)
+    basis = np.concatenate([np.cos(ph), np.sin(ph)], axis=-1)  # (..., 2F)
+    return np.moveaxis(basis @ coefs.T, -1, 0)
+
+
+class _Template:
+    """Template images on the model grid (and the T1w grid)."""
+
+    def __init__(self, resolution: float, t1w_resolution: float):
+        from .templates import load_template
+
+        mask_img = load_template(SPACE, resolution, "mask")
+        self.affine = np.asarray(mask_img.affine, dtype=float)
+        self.shape = tuple(mask_img.shape[:3])
+        self.mask = np.asarray(mask_img.dataobj) > 0
+        gm = np.asarray(load_template(SPACE, resolution, "GM").dataobj, dtype=np.float32)
+        wm = np.asarray(load_template(SPACE, resolution, "WM").dataobj, dtype=np.float32)
+        csf = np.asarray(load_template(SPACE, resolution, "CSF").dataobj, dtype=np.float32)
+        self.gm, self.wm, self.csf = gm, wm, csf
+        support = ndimage.binary_dilation(self.mask, iterations=1)
+        self.support = support
+        self.baseline = (1000.0 * (0.8 * gm + 0.6 * wm + 1.0 * csf) * support).astype(np.float32)
+        self.baseline[support & (self.baseline < 200)] = 200.0
+        self.physio_weight = (csf + 0.5 * wm + 0.2 * gm).astype(np.float32) * support
+        t1 = load_template(SPACE, resolution, "T1w")
+        self.t1 = np.asarray(t1.dataobj, dtype=np.float32)
+        t1hi = load_template(SPACE, t1w_resolution, "T1w")
+        self.t1_hi = np.asarray(t1hi.dataobj, dtype=np.float32)
+        self.t1_hi_affine = np.asarray(t1hi.affine, dtype=float)
+        self.t1_hi_mask = np.asarray(load_template(SPACE, t1w_resolution, "mask").dataobj) > 0
+
+
+@lru_cache(maxsize=2)
+def _template(resolution: float, t1w_resolution: float) -> _Template:
+    return _Template(resolution, t1w_resolution)
+
+
+def _corners(shape, affine, mask) -> np.ndarray:
+    """World coordinates of the bounding-box corners of ``mask``."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                        for c in (lo[2], hi[2])], dtype=float)
+    return corners @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _grid_around(world_pts: np.ndarray, voxel: float, orient: np.ndarray, margin: float):
+    """Grid (affine, shape) with direction cosines ``orient`` covering the points."""
+    lin = orient * voxel
+    inv = np.linalg.inv(lin)
+    vox = world_pts @ inv.T
+    lo = np.floor(vox.min(0) - margin / voxel)
+    hi = np.ceil(vox.max(0) + margin / voxel)
+    shape = tuple(int(s) for s in (hi - lo + 1))
+    affine = np.eye(4)
+    affine[:3, :3] = lin
+    affine[:3, 3] = lin @ lo
+    return affine, shape
+
+
+def _orientation(kind: int, oblique_deg: float) -> np.ndarray:
+    """Direction cosines: 0 RAS, 1 LAS, 2 sagittal PIR-like; then an oblique tilt."""
+    if kind == 1:
+        base = np.diag([-1.0, 1.0, 1.0])
+    elif kind == 2:
+        base = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    else:
+        base = np.eye(3)
+    return rotation_matrix(np.deg2rad(oblique_deg), 0.0, 0.0) @ base
+
+
+def _random_affine(rng, rot_deg: float, trans_mm: float, scale: float = 0.0,
+                   shear: float = 0.0) -> np.ndarray:
+    ang = np.deg2rad(rng.uniform(-rot_deg, rot_deg, 3))
+    m = np.eye(4)
+    lin = rotation_matrix(*ang)
+    if scale or shear:
+        s = np.diag(1 + rng.uniform(-scale, scale, 3))
+        sh = np.eye(3)
+        sh[0, 1], sh[0, 2], sh[1, 2] = rng.uniform(-shear, shear, 3)
+        lin = lin @ s @ sh
+    m[:3, :3] = lin
+    m[:3, 3] = rng.uniform(-trans_mm, trans_mm, 3)
+    return m
+
+
+def _sample(volume: np.ndarray, vox2vox: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """Sample ``volume`` at ``vox2vox @ [i, j, k, 1]`` for every voxel of ``shape``."""
+    return ndimage.affine_transform(volume, vox2vox[:3, :3], offset=vox2vox[:3, 3],
+                                    output_shape=tuple(shape), order=order, mode="constant",
+                                    cval=0.0, prefilter=False)
+
+
+def _motion_params(rng, n: int, motion_mm: float) -> np.ndarray:
+    walk = np.cumsum(rng.standard_normal((n, 6)), axis=0)
+    walk = ndimage.gaussian_filter1d(walk, 2.0, axis=0, mode="nearest")
+    walk -= walk[0]
+    out = np.zeros_like(walk)
+    if motion_mm > 0:
+        level = motion_mm * rng.uniform(0.5, 1.5)
+        for cols, scale in ((slice(0, 3), level), (slice(3, 6), level / 50.0)):
+            peak = np.abs(walk[:, cols]).max()
+            out[:, cols] = walk[:, cols] / peak * scale if peak > 0 else 0.0
+    return out
+
+
+def _run_entities(p: SynthParams, sub: str, ses: int | None, run: int | None) -> str:
+    parts = [f"sub-{sub}"]
+    if ses is not None:
+        parts.append(f"ses-{ses:02d}")
+    parts.append(f"task-{p.task}")
+    if run is not None:
+        parts.append(f"run-{run}")
+    return "_".join(parts)
+
+
+# --------------------------------------------------------------------------- confounds
+def _confounds(data: np.ndarray, motion: np.ndarray, tpl: _Template) -> tuple[pd.DataFrame, dict]:
+    """fMRIPrep-named confounds from template-space data (X, Y, Z, T)."""
+    t = data.shape[-1]
+    mask = tpl.mask
+    ts = data[mask].T.astype(np.float64)  # (T, V)
+    cols = {}
+    names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    for i, n in enumerate(names):
+        cols[n] = motion[:, i]
+        d = np.r_[np.nan, np.diff(motion[:, i])]
+        cols[n + "_derivative1"] = d
+    dm = np.abs(np.diff(motion, axis=0))
+    fd = dm[:, :3].sum(1) + 50.0 * dm[:, 3:].sum(1)
+    cols["framewise_displacement"] = np.r_[np.nan, fd]
+    diff = np.diff(ts, axis=0)
+    dvars = np.sqrt((diff**2).mean(1))
+    q75, q25 = np.percentile(ts, [75, 25], axis=0)
+    robust_sd = (q75 - q25) / 1.349
+    expected = np.sqrt(2) * robust_sd.mean()
+    cols["dvars"] = np.r_[np.nan, dvars]
+    cols["std_dvars"] = np.r_[np.nan, dvars / expected if expected > 0 else dvars]
+    cols["global_signal"] = ts.mean(1)
+    wm = mask & (tpl.wm > 0.9)
+    csf = mask & (tpl.csf > 0.5)
+    if wm.sum() < 10:
+        wm = mask & (tpl.wm >= np.percentile(tpl.wm[mask], 90))
+    if csf.sum() < 10:
+        csf = mask & (tpl.csf >= np.percentile(tpl.csf[mask], 95))
+    cols["white_matter"] = data[wm].mean(0)
+    cols["csf"] = data[csf].mean(0)
+    noise = data[wm | csf].T.astype(np.float64)
+    x = np.vstack([np.ones(t), np.linspace(-1, 1, t)]).T
+    noise = noise - x @ np.linalg.lstsq(x, noise, rcond=None)[0]
+    sd = noise.std(0)
+    noise = noise[:, sd > 0] / sd[sd > 0]
+    u, s, _ = np.linalg.svd(noise, full_matrices=False)
+    var = s**2 / (s**2).sum()
+    meta = {}
+    for i in range(5):
+        name = f"a_comp_cor_{i:02d}"
+        cols[name] = u[:, i]
+        meta[name] = {"Method": "aCompCor", "Mask": "combined", "Retained": True,
+                      "SingularValue": float(s[i]), "VarianceExplained": float(var[i]),
+                      "CumulativeVarianceExplained": float(var[: i + 1].sum())}
+    df = pd.DataFrame(cols)
+    for n in names:
+        meta[n] = {"Description": "Simulated head-motion parameter (truth), relative to "
+                   "the first volume", "Units": "mm" if n.startswith("trans") else "rad"}
+    meta["framewise_displacement"] = {"Description": "Power et al. (2012), 50 mm radius",
+                                      "Units": "mm"}
+    return df, meta
+
+
+# --------------------------------------------------------------------------- generator
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(
+            f"Output folder {out_dir} exists and is not empty; the generator only writes "
+            "into a new or empty folder. Choose another OUT_DIR or remove it.")
+    truth = out_dir.parent / (out_dir.name + "_truth")
+    if truth.exists() and (not truth.is_dir() or any(truth.iterdir())):
+        raise InputError(
+            f"Ground-truth folder {truth} exists and is not empty; remove it or choose "
+            "another OUT_DIR.")
+
+
+def generate_dataset(out_dir, params: SynthParams | None = None, *, n_jobs: int = 1,
+                     progress=None) -> SynthResult:
+    """Write a synthetic BIDS dataset and its ground truth.
+
+    Parameters
+    ----------
+    out_dir : path
+        New or empty folder for the BIDS dataset. The ground truth goes to the
+        sibling folder ``<out_dir>_truth``.
+    params : SynthParams, optional
+        Model parameters (defaults: the README demo).
+    n_jobs : int
+        Subjects generated in parallel processes. The output does not depend on
+        it (each subject's randomness comes from the seed and its index only).
+    progress : callable, optional
+        Called as ``progress(i, n, subject)`` after each subject.
+
+    Returns
+    -------
+    SynthResult
+    """
+    p = (params or SynthParams()).validate()
+    out_dir = Path(out_dir).absolute()
+    _check_out_dir(out_dir)
+    truth_final = out_dir.parent / (out_dir.name + "_truth")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        bids, truth = work / "bids", work / "truth"
+        subjects = _generate(bids, truth, p, progress, max(1, int(n_jobs)))
+        for src, dst in ((bids, out_dir), (truth, truth_final)):
+            if dst.exists():
+                dst.rmdir()
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    fmriprep = out_dir / "derivatives" / "fmriprep" if p.space == "template" else None
+    return SynthResult(out_dir, truth_final, fmriprep, tuple(subjects))
+
+
+def _generate(bids: Path, truth: Path, p: SynthParams, progress, n_jobs: int = 1) -> list[str]:
+    tpl = _template(p.template_resolution, p.t1w_voxel_size)
+    n_sub = p.n_responders + p.n_nonresponders
+    width = max(2, len(str(n_sub)))
+    subjects = [f"{i:0{width}d}" for i in range(1, n_sub + 1)]
+    label_rng = np.random.default_rng([p.seed, 1])
+    labels = np.array([1] * p.n_responders + [0] * p.n_nonresponders)
+    labels = labels[label_rng.permutation(n_sub)]
+    demo_rng = np.random.default_rng([p.seed, 2])
+    ages = demo_rng.integers(40, 76, n_sub)
+    sexes = demo_rng.choice(["F", "M"], n_sub)
+
+    coords = load_network_coordinates()
+    group = np.stack([render_gaussians(coords.loc[coords["network"] == n, ["x", "y", "z"]]
+                                       .to_numpy(), tpl.affine, tpl.shape, 6.0) * tpl.mask
+                      for n in p.networks], axis=-1).astype(np.float32)
+    truth.mkdir(parents=True)
+    _save_nifti(_img(group, tpl.affine, code=4), truth / "group_maps.nii.gz")
+
+    res = res_label(p.template_resolution)
+    jobs = [(si, sub, int(label), p, bids, truth) for si, (sub, label)
+            in enumerate(zip(subjects, labels))]
+    rows = []
+    if n_jobs > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs))) as pool:
+            for i, row in enumerate(pool.map(_one_subject_job, jobs)):
+                rows.append(row)
+                if progress is not None:
+                    progress(i + 1, n_sub, row["participant_id"])
+    else:
+        for i, job in enumerate(jobs):
+            rows.append(_one_subject_job(job))
+            if progress is not None:
+                progress(i + 1, n_sub, rows[-1]["participant_id"])
+
+    _write_top_level(bids, p, subjects, labels, ages, sexes, res)
+    _write_tsv(truth / "labels.tsv", pd.DataFrame(rows))
+    _write_json(truth / "truth.json", _truth_description(p, subjects))
+    return subjects
+
+
+def _one_subject_job(job) -> dict:
+    si, sub, label, p, bids, truth = job
+    return _one_subject(si, sub, label, p, bids, truth)
+
+
+def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, truth: Path) -> dict:
+    """Everything of one subject; its randomness comes only from (seed, subject index)."""
+    tpl = _template(p.template_resolution, p.t1w_voxel_size)
+    coords = load_network_coordinates()
+    sessions = [None] if p.n_sessions == 1 else list(range(1, p.n_sessions + 1))
+    runs = [None] if p.n_runs == 1 else list(range(1, p.n_runs + 1))
+    res = res_label(p.template_resolution)
+    fmriprep = bids / "derivatives" / "fmriprep"
+    rng = np.random.default_rng([p.seed, 3, si])
+    amp = 1.0 + p.amplitude_sd * rng.standard_normal(len(p.networks))
+    effect = bool(label == 1 and not p.null)
+    if effect:
+        for j, n in enumerate(p.networks):
+            if n in p.effect_networks:
+                amp[j] += p.effect_size * p.amplitude_sd
+    shifts = rng.normal(0.0, p.shift_mm, (len(p.networks), 3))
+    maps = np.stack([
+        amp[j] * render_gaussians(coords.loc[coords["network"] == n, ["x", "y", "z"]]
+                                  .to_numpy() + shifts[j], tpl.affine, tpl.shape, 6.0)
+        * tpl.mask for j, n in enumerate(p.networks)], axis=-1).astype(np.float32)
+    _save_nifti(_img(maps, tpl.affine, code=4), truth / f"sub-{sub}" / f"sub-{sub}_maps.nii.gz")
+    row = {"participant_id": f"sub-{sub}", "responder": int(label),
+           "effect_applied": int(effect)}
+    row.update({f"amplitude_{n}": float(a) for n, a in zip(p.networks, amp)})
+    row.update({f"shift_{n}_{ax}": float(s) for n, sh in zip(p.networks, shifts)
+                for ax, s in zip("xyz", sh)})
+
+    # ---- anatomy
+    if p.space == "native":
+        a_t1_to_tpl = _random_affine(rng, 5.0, 8.0, scale=0.05, shear=0.03)
+        t1_orient = _orientation(si % 3, 12.0 if si % 2 else 0.0)
+    else:
+        a_t1_to_tpl = np.eye(4)
+        t1_orient = np.eye(3)
+    head = tpl.t1_hi > 0.05 * tpl.t1_hi.max()
+    corners_tpl = _corners(tpl.t1_hi.shape, tpl.t1_hi_affine, head)
+    inv_a = np.linalg.inv(a_t1_to_tpl)
+    if p.space == "template":
+        t1_aff, t1_shape = tpl.t1_hi_affine, tpl.t1_hi.shape
+    else:
+        t1_aff, t1_shape = _grid_around(corners_tpl @ inv_a[:3, :3].T + inv_a[:3, 3],
+                                        p.t1w_voxel_size, t1_orient, 4.0)
+    v2v = np.linalg.inv(tpl.t1_hi_affine) @ a_t1_to_tpl @ t1_aff
+    t1 = _sample(tpl.t1_hi, v2v, t1_shape)
+    ijk = np.indices(t1_shape, dtype=np.float32)
+    ctr = [(s - 1) / 2 for s in t1_shape]
+    poly = sum(rng.uniform(-0.15, 0.15) * ((ijk[d] - ctr[d]) / max(t1_shape)) * 2
+               for d in range(3))
+    poly += rng.uniform(-0.1, 0.1) * (((ijk[0] - ctr[0]) / max(t1_shape)) * 2) ** 2
+    t1 = t1 * np.exp(poly) + rng.normal(0, 0.015 * tpl.t1_hi.max(), t1_shape)
+    t1 = np.clip(t1 / tpl.t1_hi.max() * 1000.0, 0, 32000).round().astype(np.int16)
+    anat_dir = bids / f"sub-{sub}" / (f"ses-{sessions[0]:02d}" if sessions[0] else "") / "anat"
+    t1_name = f"sub-{sub}" + (f"_ses-{sessions[0]:02d}" if sessions[0] else "") + "_T1w"
+    code = 4 if p.space == "template" else 1
+    _save_nifti(_img(t1, t1_aff, code=code), anat_dir / f"{t1_name}.nii.gz")
+    _write_json(anat_dir / f"{t1_name}.json",
+                {"Modality": "MR", "MagneticFieldStrength": 3,
+                 "Manufacturer": "dpnbids-synth", "RepetitionTime": 2.3,
+                 "EchoTime": 0.00298, "InversionTime": 0.9, "FlipAngle": 9})
+    np.savetxt(truth / f"sub-{sub}" / f"sub-{sub}_from-T1w_to-template_affine.txt",
+               a_t1_to_tpl, fmt="%.10f")
+    if p.space == "template":
+        adir = fmriprep / f"sub-{sub}" / "anat"
+        base = f"sub-{sub}_space-{SPACE}_res-{res}"
+        t1d = tpl.t1 / tpl.t1.max() * 1000.0
+        _save_nifti(_img(t1d.astype(np.float32), tpl.affine, code=4),
+                    adir / f"{base}_desc-preproc_T1w.nii.gz")
+        _save_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
+                    adir / f"{base}_desc-brain_mask.nii.gz")
+
+    # ---- functional runs
+    for ses in sessions:
+        for run in runs:
+            _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps,
+                     a_t1_to_tpl, si, res)
+    return row
+
+
+def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tpl, si, res):
+    ent = _run_entities(p, sub, ses, run)
+    n_t = p.n_volumes
+    onsets = np.arange(n_t) * p.tr
+    duration = n_t * p.tr
+    freqs, coefs = band_limited_coefficients(rng, len(p.networks), duration,
+                                             correlation=p.network_correlation)
+    scale = evaluate_signals(freqs, coefs, onsets).std(axis=1)
+    coefs = coefs / scale[:, None]
+    pf, pc = band_limited_coefficients(rng, 1, duration, band=(0.01, 0.2))
+    pc = pc / evaluate_signals(pf, pc, onsets).std(axis=1)[:, None]
+    motion = _motion_params(rng, n_t, p.motion_mm)
+
+    if p.space == "native":
+        b_bold_to_t1 = _random_affine(rng, 3.0, 4.0)
+        orient = _orientation(1 if si % 2 else 0, 10.0 if si % 3 == 1 else 0.0)
+        to_t1 = np.linalg.inv(a_t1_to_tpl)
+        to_bold = np.linalg.inv(b_bold_to_t1) @ to_t1
+        corners = _corners(tpl.shape, tpl.affine, tpl.support)
+        bold_aff, bold_shape = _grid_around(corners @ to_bold[:3, :3].T + to_bold[:3, 3],
+                                            p.bold_voxel_size, orient, 8.0)
+    else:
+        b_bold_to_t1 = np.eye(4)
+        bold_aff, bold_shape = tpl.affine, tpl.shape
+    bold_to_tpl = a_t1_to_tpl @ b_bold_to_t1
+    n_slices = bold_shape[2]
+    st = slice_timing(n_slices, p.tr, p.slice_order)
+
+    # slice (of the BOLD grid) containing each template voxel, without motion
+    tpl2bold_vox = np.linalg.inv(bold_aff) @ np.linalg.inv(bold_to_tpl) @ tpl.affine
+    sup_idx = np.argwhere(tpl.support)
+    kvox = sup_idx @ tpl2bold_vox[2, :3] + tpl2bold_vox[2, 3]
+    slc = np.clip(np.rint(kvox).astype(int), 0, n_slices - 1)
+    offsets = st[slc]
+
+    brain_maps = maps[tpl.support]  # (V, N)
+    base = tpl.baseline[tpl.support]
+    pw = tpl.physio_weight[tpl.support]
+    noise_sd = p.noise_level * p.signal_percent / 100.0 * tpl.baseline[tpl.mask].mean()
+
+    def field(times_per_voxel_offset):
+        """Template-support signal (V, T) for voxel-specific time offsets."""
+        out = np.empty((len(base), n_t), dtype=np.float32)
+        for off in np.unique(times_per_voxel_offset):
+            sel = times_per_voxel_offset == off
+            x = evaluate_signals(freqs, coefs, onsets + off)  # (N, T)
+            ph = evaluate_signals(pf, pc, onsets + off)[0]
+            mod = 1.0 + p.signal_percent / 100.0 * (brain_maps[sel] @ x)
+            mod += p.physio_percent / 100.0 * pw[sel, None] * ph[None, :]
+            out[sel] = base[sel, None] * mod
+        return out
+
+    # ---- raw BOLD: slice-timed, moved, resampled to the BOLD grid
+    sig = field(offsets)
+    vol = np.zeros(tpl.shape, dtype=np.float32)
+    raw = np.zeros(tuple(bold_shape) + (n_t,), dtype=np.float32, order="F")
+    centre = bold_aff[:3, :3] @ ((np.array(bold_shape) - 1) / 2) + bold_aff[:3, 3]
+    inv_tpl = np.linalg.inv(tpl.affine)
+    # BOLD voxels that can see the head: the support at volume 0, dilated for motion
+    v2v0 = inv_tpl @ bold_to_tpl @ bold_aff
+    support_bold = _sample(tpl.support.astype(np.float32), v2v0, bold_shape) > 0.5
+    support_bold = ndimage.binary_dilation(support_bold, iterations=1)
+    idx = np.argwhere(support_bold).T.astype(np.float64)  # (3, Vb)
+    vals = np.empty((idx.shape[1], n_t), dtype=np.float32)
+    for j in range(n_t):
+        vol[tpl.support] = sig[:, j]
+        minv = np.linalg.inv(motion_matrix(motion[j], centre))
+        v2v = inv_tpl @ bold_to_tpl @ minv @ bold_aff
+        coords = v2v[:3, :3] @ idx + v2v[:3, 3:4]
+        vals[:, j] = ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0,
+                                             prefilter=False)
+    vals += noise_sd * rng.standard_normal(vals.shape, dtype=np.float32)
+    raw[support_bold] = vals
+    raw = np.clip(np.rint(raw), 0, 32767).astype(np.int16, order="F")
+    func_dir = bids / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
+    code = 4 if p.space == "template" else 1
+    _save_nifti(_img(raw, bold_aff, code=code, tr=p.tr), func_dir / f"{ent}_bold.nii.gz")
+    _write_json(func_dir / f"{ent}_bold.json",
+                {"TaskName": p.task, "RepetitionTime": p.tr, "SliceTiming": [float(s) for s in st],
+                 "SliceEncodingDirection": "k", "EchoTime": 0.03, "FlipAngle": 90,
+                 "MagneticFieldStrength": 3, "Manufacturer": "dpnbids-synth",
+                 "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05})
+
+    # ---- truth for the run
+    tdir = truth / f"sub-{sub}"
+    tc = pd.DataFrame(evaluate_signals(freqs, coefs, onsets).T, columns=list(p.networks))
+    tc["physio"] = evaluate_signals(pf, pc, onsets)[0]
+    tc.insert(0, "onset", onsets)
+    _write_tsv(tdir / f"{ent}_timecourses.tsv", tc)
+    mot = pd.DataFrame(motion, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
+    _write_tsv(tdir / f"{ent}_motion.tsv", mot)
+    _write_tsv(tdir / f"{ent}_slice_timing.tsv",
+               pd.DataFrame({"slice": np.arange(n_slices), "offset": st}))
+    np.savetxt(tdir / f"{ent}_from-bold_to-T1w_affine.txt", b_bold_to_t1, fmt="%.10f")
+
+    # ---- fMRIPrep-style derivatives (template mode)
+    if p.space == "template":
+        clean = field(np.zeros(len(base)))
+        clean += noise_sd * rng.standard_normal(clean.shape, dtype=np.float32)
+        data = np.zeros(tpl.shape + (n_t,), dtype=np.float32, order="F")
+        data[tpl.support] = clean
+        fdir = fmriprep / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
+        stem = f"{ent}_space-{SPACE}_res-{res}"
+        _save_nifti(_scaled_int16(data, tpl.affine, tr=p.tr),
+                    fdir / f"{stem}_desc-preproc_bold.nii.gz")
+        _write_json(fdir / f"{stem}_desc-preproc_bold.json",
+                    {"RepetitionTime": p.tr, "TaskName": p.task, "SkullStripped": False,
+                     "SliceTimingCorrected": True, "StartTime": 0.0,
+                     "Resolution": f"{p.template_resolution:g} mm isotropic"})
+        _save_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
+                    fdir / f"{stem}_desc-brain_mask.nii.gz")
+        conf, meta = _confounds(data, motion, tpl)
+        _write_tsv(fdir / f"{ent}_desc-confounds_timeseries.tsv", conf)
+        _write_json(fdir / f"{ent}_desc-confounds_timeseries.json", meta)
+
+
+def _write_top_level(bids, p, subjects, labels, ages, sexes, res):
+    _write_json(bids / "dataset_description.json", {
+        "Name": "dpnbids synthetic resting-state dataset",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["dpnbids-synth"],
+        "GeneratedBy": [{"Name": "dpnbids-synth", "Version": __version__,
+                         "Description": "Synthetic data from the generative model in "
+                                        "dpnbids.synthetic"}],
+    })
+    mode = "null (labels independent of the images)" if p.null else (
+        f"planted (effect_size={p.effect_size:g} SD on {', '.join(p.effect_networks)})")
+    (bids / "README").write_text(
+        "Synthetic resting-state fMRI dataset written by dpnbids-synth.\n\n"
+        f"{len(subjects)} participants ({p.n_responders} responders, {p.n_nonresponders} "
+        f"non-responders), seed {p.seed}, {p.space} space, mode: {mode}.\n"
+        "The generative model is documented in the dpnbids.synthetic module; the ground "
+        "truth is in the sibling folder <this folder>_truth.\n")
+    (bids / "CHANGES").write_text("1.0.0 synthetic\n  - Generated by dpnbids-synth.\n")
+    _write_tsv(bids / "participants.tsv", pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in subjects],
+        "responder": labels.astype(int), "age": ages.astype(int), "sex": sexes}))
+    _write_json(bids / "participants.json", {
+        "participant_id": {"Description": "Participant identifier"},
+        "responder": {"Description": "Response to intravenous lidocaine (>= 50% pain "
+                                     "reduction); synthetic label",
+                      "Levels": {"1": "responder", "0": "non-responder"}},
+        "age": {"Description": "Age at scan (synthetic)", "Units": "year"},
+        "sex": {"Description": "Sex (synthetic)", "Levels": {"F": "female", "M": "male"}},
+    })
+    if p.space == "template":
+        _write_json(bids / "derivatives" / "fmriprep" / "dataset_description.json", {
+            "Name": "fMRIPrep-style outputs (synthetic)",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "dpnbids-synth", "Version": __version__,
+                             "Description": "fMRIPrep-style derivatives simulated without "
+                                            "motion, slice-timing corrected to time 0"}],
+            "SourceDatasets": [{"URL": "bids::"}],
+        })
+
+
+def _truth_description(p: SynthParams, subjects) -> dict:
+    return {
+        "params": dataclasses.asdict(p),
+        "generator": {"name": "dpnbids-synth", "version": __version__},
+        "space": SPACE,
+        "template_resolution_mm": p.template_resolution,
+        "networks": list(p.networks),
+        "effect_rule": (
+            "amplitude a_sn = 1 + amplitude_sd * N(0,1); responders (unless null) get "
+            "+ effect_size * amplitude_sd on every network in effect_networks, so "
+            "effect_size is Cohen's d of the true map amplitude between classes."),
+        "subjects": [f"sub-{s}" for s in subjects],
+        "files": {
+            "labels.tsv": "participant_id, responder, effect_applied, amplitude_<net>, "
+                          "shift_<net>_<x|y|z> (mm)",
+            "group_maps.nii.gz": "4D group network maps G_n (template grid), order = networks",
+            "sub-XX/sub-XX_maps.nii.gz": "4D true subject maps S_sn (template grid)",
+            "sub-XX/sub-XX_from-T1w_to-template_affine.txt":
+                "4x4 A, x_template = A @ x_T1w (world mm)",
+            "sub-XX/<run>_from-bold_to-T1w_affine.txt": "4x4 B, x_T1w = B @ x_BOLD (world mm)",
+            "sub-XX/<run>_timecourses.tsv": "x_n(t_j) at volume onsets, and physio",
+            "sub-XX/<run>_motion.tsv": "trans_x..rot_z (mm, rad), relative to volume 0",
+            "sub-XX/<run>_slice_timing.tsv": "acquisition offset (s) of each BOLD slice",
+        },
+    }
