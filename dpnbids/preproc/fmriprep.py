@@ -1,0 +1,294 @@
+"""Discovery of fMRIPrep derivatives (``--fmriprep-dir``).
+
+File names are parsed with pybids' entity parser
+(:func:`bids.layout.parse_file_entities` with the ``bids`` and
+``derivatives`` configurations), without indexing the whole dataset.
+
+Resolution matching
+-------------------
+fMRIPrep's ``res-`` label is a *template resolution index* (``res-2`` is
+2 mm for MNI152NLin2009cAsym, but an index can mean another voxel size in
+another template), while dpnbids writes ``res-<mm>`` (``2``, ``1p5``). So:
+
+1. a file whose ``res`` label equals the requested one (a string label is
+   used as given; a number in mm is written as dpnbids does: 2.0 -> ``2``,
+   1.5 -> ``1p5``) is taken first, *if* its header voxel size equals the
+   requested millimetres (when a number was given);
+2. otherwise, the file (with any or no ``res`` label) whose header voxel
+   size equals the requested millimetres (within 0.01 mm, isotropic) is
+   taken;
+3. with no resolution requested, a single available resolution is taken;
+   several are an error that lists them.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from dpnbids.exceptions import DimensionError, InputError
+
+__all__ = ["find_fmriprep_inputs", "available_spaces"]
+
+_RUN_KEYS = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
+             "direction", "run", "echo")
+_ENTITY_SHORT = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
+                 "ceagent": "ce", "reconstruction": "rec", "direction": "dir", "run": "run",
+                 "echo": "echo", "space": "space", "res": "res"}
+_ORDER = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
+          "direction", "run", "echo", "space", "res")
+_VOXEL_TOL_MM = 0.01
+
+
+def _parse(path: Path) -> dict:
+    from bids.layout import parse_file_entities
+
+    ents = parse_file_entities(str(path), config=["bids", "derivatives"])
+    if "run" in ents and ents["run"] is not None:
+        ents["run"] = int(ents["run"])
+    return ents
+
+
+def _res_label(resolution) -> str | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, str):
+        return resolution[4:] if resolution.startswith("res-") else resolution
+    value = float(resolution)
+    return str(int(value)) if value.is_integer() else f"{value:g}".replace(".", "p")
+
+
+def _voxel_mm(path: Path) -> tuple[float, ...]:
+    zooms = nib.load(str(path)).header.get_zooms()[:3]
+    return tuple(round(float(z), 4) for z in zooms)
+
+
+def _matches_mm(zooms, resolution) -> bool:
+    return all(abs(z - float(resolution)) <= _VOXEL_TOL_MM for z in zooms)
+
+
+def _name(ents: dict, desc: str, suffix: str, ext: str, *, with_space=True) -> str:
+    parts = []
+    for key in _ORDER:
+        if key in ("space", "res") and not with_space:
+            continue
+        value = ents.get(key)
+        if value is None:
+            continue
+        if key == "run":
+            value = f"{int(value)}"
+        parts.append(f"{_ENTITY_SHORT[key]}-{value}")
+    return "_".join(parts + [f"desc-{desc}", suffix]) + ext
+
+
+def _as_list(value):
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, set)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _check_dataset(root: Path) -> None:
+    if not root.is_dir():
+        raise InputError(f"--fmriprep-dir {root} does not exist or is not a directory. "
+                         "Expected the fMRIPrep output folder (the one holding "
+                         "dataset_description.json and sub-*/ folders).")
+    desc = root / "dataset_description.json"
+    if not desc.exists():
+        nested = [p.parent for p in (root / "fmriprep" / "dataset_description.json",)
+                  if p.exists()]
+        hint = (f" It contains {nested[0]}, which looks like the fMRIPrep folder: pass that."
+                if nested else "")
+        raise InputError(
+            f"--fmriprep-dir {root} is not an fMRIPrep derivatives dataset: it has no "
+            f"dataset_description.json.{hint} Expected the folder fMRIPrep wrote "
+            "(with dataset_description.json naming fMRIPrep in GeneratedBy).")
+    try:
+        info = json.loads(desc.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{desc} is not valid JSON ({exc}); fix or regenerate it.") from exc
+    names = [str(g.get("Name", "")) for g in info.get("GeneratedBy", []) if isinstance(g, dict)]
+    names.append(str(info.get("PipelineDescription", {}).get("Name", "")))
+    if not any("fmriprep" in n.lower() for n in names):
+        warnings.warn(f"{desc} does not name fMRIPrep in GeneratedBy ({[n for n in names if n]});"
+                      " reading it as fMRIPrep-compatible derivatives.", UserWarning,
+                      stacklevel=3)
+
+
+def _func_files(root: Path, subject: str) -> list[tuple[Path, dict]]:
+    sub_dir = root / f"sub-{subject}"
+    out = []
+    for path in sorted(sub_dir.glob("**/func/*")):
+        if path.is_file() and path.name.startswith(f"sub-{subject}_"):
+            out.append((path, _parse(path)))
+    return out
+
+
+def _is_preproc_bold(ents: dict) -> bool:
+    return (ents.get("suffix") == "bold" and ents.get("desc") == "preproc"
+            and ents.get("extension") in (".nii.gz", ".nii"))
+
+
+def _space_label(ents: dict) -> str:
+    space = ents.get("space") or "(no space entity: native BOLD)"
+    return f"{space}:res-{ents['res']}" if ents.get("res") else space
+
+
+def available_spaces(fmriprep_dir, subject: str, task: str | None = None) -> list[str]:
+    """``space[:res-label]`` values of the subject's ``desc-preproc_bold`` files."""
+    files = _func_files(Path(fmriprep_dir), str(subject).removeprefix("sub-"))
+    return sorted({_space_label(e) for _, e in files
+                   if _is_preproc_bold(e) and (task is None or e.get("task") == task)})
+
+
+def _pick_resolution(cands: list[tuple[Path, dict]], resolution, where: str):
+    """One (path, entities) among same-space candidates (see the module docstring)."""
+    label = _res_label(resolution)
+    numeric = resolution is not None and not isinstance(resolution, str)
+    zooms = {p: _voxel_mm(p) for p, _ in cands}
+    if resolution is None:
+        if len(cands) == 1:
+            return cands[0]
+        raise InputError(
+            f"{where}: several resolutions exist ("
+            + ", ".join(f"{p.name} [{'x'.join(f'{z:g}' for z in zooms[p])} mm]"
+                        for p, _ in cands)
+            + "). Choose one with --output-resolution.")
+    by_label = [(p, e) for p, e in cands if e.get("res") == label]
+    for p, e in by_label:
+        if not numeric or _matches_mm(zooms[p], resolution):
+            return p, e
+    if numeric:
+        by_size = [(p, e) for p, e in cands if _matches_mm(zooms[p], resolution)]
+        if by_size:
+            return by_size[0]
+    return None
+
+
+def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
+                         resolution=None, session=None, run=None) -> list[dict]:
+    """fMRIPrep files of every run of one subject and task, in one space.
+
+    Parameters
+    ----------
+    fmriprep_dir : str or Path
+        fMRIPrep's output folder (holds ``dataset_description.json``).
+    subject : str
+        Label with or without ``sub-``.
+    task : str
+    space : str
+        Template name (``--output-space``), e.g. ``MNI152NLin2009cAsym``.
+    resolution : float (mm), str (res label) or None
+        See the module docstring.
+    session, run : str/int or list, optional
+        Restrict to these sessions / runs.
+
+    Returns
+    -------
+    list of dict
+        One per run, sorted by session/run: ``bold``, ``bold_json`` (None when
+        absent), ``mask``, ``confounds``, ``confounds_json`` (None when
+        absent), and ``entities`` (subject, session, task, acquisition, run,
+        ..., space, res; None where absent).
+
+    Raises
+    ------
+    InputError
+        Not an fMRIPrep dataset; no such subject or task; the space,
+        resolution, mask or confounds missing (the message names the missing
+        files and lists the spaces that exist for the subject).
+    DimensionError
+        A mask is not on its BOLD series' grid.
+    """
+    root = Path(str(fmriprep_dir))
+    _check_dataset(root)
+    subject = str(subject).removeprefix("sub-")
+    if not (root / f"sub-{subject}").is_dir():
+        subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+        raise InputError(f"--fmriprep-dir {root} has no sub-{subject} folder. Subjects "
+                         f"there: {subs or 'none'}. Run fMRIPrep on this participant or "
+                         "drop it from --participant-label.")
+    files = _func_files(root, subject)
+    sessions = _as_list(session)
+    runs_wanted = None if run is None else {int(r) for r in _as_list(run)}
+    bolds = [(p, e) for p, e in files if _is_preproc_bold(e)]
+    tasks = sorted({e.get("task") for _, e in bolds if e.get("task")})
+    bolds = [(p, e) for p, e in bolds if e.get("task") == task
+             and (sessions is None or e.get("session") in sessions)
+             and (runs_wanted is None or e.get("run") in runs_wanted)]
+    if not bolds:
+        raise InputError(
+            f"{root}: no desc-preproc_bold for sub-{subject}, task {task!r}"
+            + (f", session(s) {sessions}" if sessions else "")
+            + (f", run(s) {sorted(runs_wanted)}" if runs_wanted else "")
+            + f". Tasks with desc-preproc_bold for this subject: {tasks or 'none'}. "
+            "Check --task-id / --session-label, or run fMRIPrep on this task.")
+    spaces_here = sorted({_space_label(e) for _, e in bolds})
+    groups = defaultdict(list)
+    for p, e in bolds:
+        groups[tuple(e.get(k) for k in _RUN_KEYS)].append((p, e))
+    index = {p: e for p, e in files}
+    results, missing = [], []
+    wanted = f"space-{space}" + (f" at {resolution} mm" if resolution is not None
+                                 and not isinstance(resolution, str) else
+                                 f" res-{_res_label(resolution)}" if resolution else "")
+    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+        cands = [(p, e) for p, e in groups[key] if e.get("space") == space]
+        run_ents = dict(zip(_RUN_KEYS, key))
+        name = _name({**run_ents, "space": space, "res": _res_label(resolution)}, "preproc",
+                     "bold", ".nii.gz")
+        picked = _pick_resolution(cands, resolution, name) if cands else None
+        if picked is None:
+            have = [f"{p.name} [{'x'.join(f'{z:g}' for z in _voxel_mm(p))} mm]"
+                    for p, _ in groups[key] if p.name]
+            missing.append(f"{name} ({wanted}); found instead: {have}")
+            continue
+        bold, ents = picked
+        func_dir = bold.parent
+        mask_names = [_name(ents, "brain", "mask", ext) for ext in (".nii.gz", ".nii")]
+        mask = next((func_dir / n for n in mask_names if (func_dir / n) in index),
+                    func_dir / mask_names[0])
+        conf_names = [_name(run_ents, "confounds", "timeseries", ".tsv", with_space=False),
+                      _name(run_ents, "confounds", "regressors", ".tsv", with_space=False)]
+        confounds = next((func_dir / n for n in conf_names if (func_dir / n) in index), None)
+        problems = []
+        if mask not in index:
+            problems.append(str(mask.relative_to(root)))
+        if confounds is None:
+            problems.append(str((func_dir / conf_names[0]).relative_to(root)))
+        if problems:
+            missing.extend(problems)
+            continue
+        mask_img, bold_img = nib.load(str(mask)), nib.load(str(bold))
+        if (mask_img.shape[:3] != bold_img.shape[:3]
+                or not np.allclose(mask_img.affine, bold_img.affine, atol=1e-3)):
+            raise DimensionError(
+                f"{mask.name} (shape {mask_img.shape[:3]}) is not on the grid of {bold.name} "
+                f"(shape {bold_img.shape[:3]}). Expected fMRIPrep's mask of the same space "
+                "and resolution; re-run fMRIPrep or fix the file names.")
+        bold_json = bold.with_name(bold.name.split(".", 1)[0] + ".json")
+        conf_json = confounds.with_suffix(".json")
+        entities = {k: v for k, v in run_ents.items()}
+        entities.update(space=ents.get("space"), res=ents.get("res"))
+        results.append({"bold": str(bold),
+                        "bold_json": str(bold_json) if bold_json.exists() else None,
+                        "mask": str(mask), "confounds": str(confounds),
+                        "confounds_json": str(conf_json) if conf_json.exists() else None,
+                        "entities": entities})
+    if missing:
+        raise InputError(
+            f"--fmriprep-dir {root} lacks files dpnbids needs for sub-{subject}, task "
+            f"{task!r} in {wanted}:\n  - " + "\n  - ".join(missing)
+            + f"\n--output-space values (with res labels) that exist for sub-{subject}, "
+            f"task {task!r}: {spaces_here}. "
+            + ("Re-run fMRIPrep on this subject to regenerate the missing files."
+               if any(s.split(":")[0] == space for s in spaces_here) else
+               "Pass one of them (with --output-resolution matching its voxel size), or "
+               f"re-run fMRIPrep with `--output-spaces {space}` (and the resolution you "
+               "need)."))
+    return results
