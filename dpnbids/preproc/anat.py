@@ -67,8 +67,9 @@ Threads and seeds
 With ``omp_nthreads=1`` a run is bit-identical for a given seed (checked on the
 planted-affine image). With more threads ITK's multi-threaded metric sums are
 not order-stable: two 2-thread runs with the same seed differed by up to
-1.5 mm at single brain points, with normalised-mask Dice within 0.001. Use ``omp_nthreads=1`` when bit-for-bit reproducibility
-matters more than speed.
+1.5 mm at single brain points, with normalised-mask Dice within 0.001.
+Use ``omp_nthreads=1`` when bit-for-bit reproducibility matters more than
+speed.
 """
 from __future__ import annotations
 
