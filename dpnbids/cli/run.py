@@ -42,7 +42,12 @@ def _add_file_logging(log_file: Path) -> None:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
     logging.getLogger("dpnbids").addHandler(handler)
-    logging.getLogger("nipype").addHandler(handler)
+    import nipype  # noqa: F401 - configures its loggers; we then route them to the file
+
+    nipype_logger = logging.getLogger("nipype")
+    nipype_logger.addHandler(handler)
+    # node tracebacks go to the log and crash files, not the console
+    nipype_logger.propagate = False
 
 
 def _error(message: str) -> None:

@@ -145,7 +145,7 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     js.write_text(json.dumps(meta, indent=2, default=str))
     fwhm = smoothing_fwhm if smoothing_fwhm and smoothing_fwhm > 0 else None
     smoothed = smooth(img, fwhm) if fwhm else img
-    denoised = denoise(smoothed, confounds, mask, tr, strategy=strategy,
+    denoised = denoise(smoothed, confounds, mask, tr, strategy=strategy, confounds_meta=meta,
                        low_pass=low_pass or None, high_pass=high_pass or None)
     data = np.asanyarray(denoised.dataobj, dtype=np.float32)
     data *= (mask.get_fdata() > 0)[..., None]
