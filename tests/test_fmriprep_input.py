@@ -155,3 +155,43 @@ def test_mask_off_grid(tmp_path):
             f"sub-01_task-rest_run-1_space-{SPACE}_res-2_desc-brain_mask.nii.gz (shape "
             "(7, 8, 10)) is not on the grid of")):
         find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE, resolution=2.0)
+
+
+# ----------------------------------------------------------------- synthetic generator
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from dpnbids.synthetic import SynthParams, generate_dataset
+
+    params = SynthParams(n_responders=1, n_nonresponders=1, n_volumes=80, n_runs=2, seed=3)
+    return generate_dataset(tmp_path_factory.mktemp("synth") / "bids", params)
+
+
+def test_synthetic_fmriprep_tree_end_to_end(synth):
+    import pandas as pd
+
+    from dpnbids.preproc.checks import load_bold
+    from dpnbids.preproc.confounds import framewise_displacement
+    from dpnbids.preproc.signal import denoise
+
+    runs = find_fmriprep_inputs(synth.fmriprep_dir, subject="01", task="rest",
+                                space="MNI152NLin2009aSym", resolution=4.0)
+    assert [r["entities"]["run"] for r in runs] == [1, 2]
+    assert all(r["entities"]["res"] == "4" for r in runs)
+    run = runs[0]
+    img, tr = load_bold(run["bold"], sidecar=json.loads(Path(run["bold_json"]).read_text()),
+                        min_volumes=50)
+    assert tr == pytest.approx(2.6)
+    conf = pd.read_csv(run["confounds"], sep="\t", na_values=["n/a"])
+    motion = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
+    # Power FD agrees between the generator and dpnbids.preproc.confounds
+    np.testing.assert_allclose(framewise_displacement(motion)[1:],
+                               conf["framewise_displacement"].iloc[1:], atol=1e-5)
+    mask = nib.load(run["mask"])
+    out = denoise(img, conf, mask, tr, strategy="conn",
+                  confounds_meta=json.loads(Path(run["confounds_json"]).read_text()))
+    inside = out.get_fdata()[np.asanyarray(mask.dataobj) > 0]
+    assert inside.std() > 0 and np.allclose(inside.mean(axis=1), 0, atol=1e-3 * inside.std())
+    with pytest.raises(InputError, match=re.escape(
+            "['MNI152NLin2009aSym:res-4']")):
+        find_fmriprep_inputs(synth.fmriprep_dir, subject="01", task="rest",
+                             space="MNI152NLin2009aSym", resolution=2.0)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.preproc.signal import (STRATEGIES, denoise, detect_nonsteady_states, smooth,
-                                    slice_time_correct, slice_timing_from_order,
-                                    strategy_columns)
+from dpnbids.preproc.signal import (STRATEGIES, denoise, detect_nonsteady_states,
+                                    fft_bandpass, slice_time_correct,
+                                    slice_timing_from_order, smooth, strategy_columns)
 
 SHAPE = (7, 8, 9)
 
@@ -123,7 +123,22 @@ def _confounds(rng, n_t):
     return df
 
 
-def test_denoise_removes_confound_and_keeps_band(rng):
+def test_fft_bandpass_keeps_band_and_removes_mean():
+    tr, n_t = 2.0, 50  # short run; DCT-II cosines are exact on the mirror-padded grid
+
+    def dct(k):  # frequency k / (2 T tr) Hz
+        return np.cos(np.pi * k * (2 * np.arange(n_t) + 1) / (2 * n_t))
+
+    inband = dct(10)  # 0.05 Hz
+    out = fft_bandpass(np.stack([inband + 7.0 + dct(40) + 2 * dct(1),  # 0.2 and 0.005 Hz
+                                 np.full(n_t, 3.0)], axis=1), tr, high_pass=0.008,
+                       low_pass=0.09)
+    np.testing.assert_allclose(out[:, 0], inband, atol=1e-10)
+    np.testing.assert_allclose(out[:, 1], 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("filt", ["fft", "butterworth"])
+def test_denoise_removes_confound_and_keeps_band(rng, filt):
     tr, n_t = 2.0, 400
     t = np.arange(n_t) * tr
     conf = _confounds(rng, n_t)
@@ -134,7 +149,7 @@ def test_denoise_removes_confound_and_keeps_band(rng):
     mask = np.zeros(SHAPE, np.uint8)
     mask[1:-1, 1:-1, 1:-1] = 1
     out = denoise(_img(data, tr), conf, nib.Nifti1Image(mask, np.diag([3.0, 3, 3, 1])), tr,
-                  strategy="acompcor").get_fdata()
+                  strategy="acompcor", filter=filt).get_fdata()
     assert np.all(out[mask == 0] == 0)
     ts = out[3, 4, 4]
     # 17 random regressors take ~13% of the in-band variance by chance
@@ -195,3 +210,16 @@ def test_denoise_shape_errors(rng):
     with pytest.raises(DimensionError, match=re.escape("Mask shape (7, 8, 10) differs from "
                                                        "the BOLD grid (7, 8, 9)")):
         denoise(img, _confounds(rng, 25), bad_mask, 2.0)
+
+
+def test_denoise_refuses_to_remove_all_band_signal(rng):
+    tr, n_t = 2.0, 50  # 17 bins in 0.008-0.09 Hz, 17 "conn" regressors
+    conf = _confounds(rng, n_t)
+    img = _img(100 + rng.normal(size=SHAPE + (n_t,)))
+    mask = nib.Nifti1Image(np.ones(SHAPE, np.uint8), np.diag([3.0, 3, 3, 1]))
+    with pytest.raises(InputError, match=re.escape(
+            "denoise: 17 confound regressors (rank 17) for 17 degrees of freedom in the "
+            "0.008-0.09 Hz band (50 volumes, TR 2 s) would remove all signal.")):
+        denoise(img, conf, mask, tr, strategy="acompcor")
+    out = denoise(img, conf, mask, tr, strategy="minimal").get_fdata()
+    assert out.std() > 0

@@ -114,6 +114,7 @@ def _check_dataset(root: Path) -> None:
         raise InputError(f"{desc} is not valid JSON ({exc}); fix or regenerate it.") from exc
     names = [str(g.get("Name", "")) for g in info.get("GeneratedBy", []) if isinstance(g, dict)]
     names.append(str(info.get("PipelineDescription", {}).get("Name", "")))
+    names.append(str(info.get("Name", "")))  # e.g. "fMRIPrep - fMRI PREProcessing workflow"
     if not any("fmriprep" in n.lower() for n in names):
         warnings.warn(f"{desc} does not name fMRIPrep in GeneratedBy ({[n for n in names if n]});"
                       " reading it as fMRIPrep-compatible derivatives.", UserWarning,

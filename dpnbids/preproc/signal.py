@@ -40,7 +40,7 @@ import pandas as pd
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["STRATEGIES", "SCRUB_THRESHOLDS", "detect_nonsteady_states",
-           "slice_timing_from_order", "slice_time_correct", "smooth", "denoise",
+           "slice_timing_from_order", "slice_time_correct", "smooth", "denoise", "fft_bandpass",
            "strategy_columns"]
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
@@ -318,10 +318,38 @@ def _scrub_regressors(confounds: pd.DataFrame, thresholds: dict) -> np.ndarray:
     return spikes
 
 
+def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.ndarray:
+    """CONN's band-pass: zero the FFT bins outside the band of a mirror-padded series.
+
+    Parameters
+    ----------
+    signals : array (T, N)
+    tr : float
+    high_pass, low_pass : float or None
+        Band edges in Hz; a high-pass also removes the mean (DC bin).
+
+    Returns
+    -------
+    ndarray (T, N)
+    """
+    x = np.asarray(signals, dtype=np.float64)
+    T = x.shape[0]
+    padded = np.concatenate([x, x[::-1]], axis=0)
+    freqs = np.fft.rfftfreq(2 * T, d=float(tr))
+    keep = np.ones(freqs.shape, bool)
+    if high_pass is not None:
+        keep &= freqs >= high_pass
+    if low_pass is not None:
+        keep &= freqs <= low_pass
+    spec = np.fft.rfft(padded, axis=0)
+    spec[~keep] = 0
+    return np.fft.irfft(spec, n=2 * T, axis=0)[:T]
+
+
 def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str = "conn",
             columns=None, confounds_meta: dict | None = None, low_pass=0.09,
             high_pass=0.008, detrend: bool = True, standardize=False,
-            scrub: bool | None = None):
+            scrub: bool | None = None, filter: str = "fft"):
     """Confound regression and band-pass filtering with ``nilearn.signal.clean``.
 
     Parameters
@@ -349,6 +377,12 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     scrub : bool, optional
         Add spike regressors (:data:`SCRUB_THRESHOLDS`); default: as the
         strategy says.
+    filter : "fft" or "butterworth"
+        ``"fft"`` (default): CONN's filter (:func:`fft_bandpass`) applied to
+        the detrended data and confounds, then the band-limited confounds are
+        regressed out with ``nilearn.signal.clean`` (CONN's simultaneous
+        regression and band-pass); exact and free of edge transients on short
+        runs. ``"butterworth"``: nilearn's own filter inside ``clean``.
 
     Returns
     -------
@@ -393,13 +427,44 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
         low_pass = None
     if high_pass is not None and high_pass <= 0:
         high_pass = None
-    filt = "butterworth" if (low_pass is not None or high_pass is not None) else False
+    # degrees of freedom left in the band (bins of the mirror-padded spectrum)
+    freqs = np.fft.rfftfreq(2 * n_t, d=float(tr))
+    in_band = np.ones(freqs.shape, bool)
+    if high_pass is not None:
+        in_band &= freqs >= high_pass
+    if low_pass is not None:
+        in_band &= freqs <= low_pass
+    band_dof = int(in_band.sum()) if (low_pass is not None or high_pass is not None) else n_t
+    if regs.shape[1] and np.linalg.matrix_rank(regs) >= band_dof - 2:
+        raise InputError(
+            f"denoise: {regs.shape[1]} confound regressors (rank "
+            f"{np.linalg.matrix_rank(regs)}) for {band_dof} degrees of freedom in the "
+            f"{high_pass}-{low_pass} Hz band ({n_t} volumes, TR {tr:g} s) would remove all "
+            "signal. Use a lighter --denoise-strategy (e.g. 'minimal') or a longer run.")
+    if filter not in ("fft", "butterworth"):
+        raise InputError(f"Unknown filter {filter!r}; expected 'fft' or 'butterworth'.")
     if standardize is False:
         standardize = None  # nilearn >= 0.14 spelling of "no standardisation"
     signals = data[mask].T.astype(np.float64)  # (T, V)
-    cleaned = clean(signals, confounds=regs if regs.shape[1] else None, t_r=float(tr),
-                    detrend=detrend, standardize=standardize, standardize_confounds=True,
-                    filter=filt, low_pass=low_pass, high_pass=high_pass)
+    band = low_pass is not None or high_pass is not None
+    if filter == "fft" and band:
+        from scipy.signal import detrend as _detrend
+
+        if detrend:
+            signals = _detrend(signals, axis=0, type="linear")
+            regs = _detrend(regs, axis=0, type="linear") if regs.shape[1] else regs
+        signals = fft_bandpass(signals, tr, high_pass=high_pass, low_pass=low_pass)
+        if regs.shape[1]:
+            regs = fft_bandpass(regs, tr, high_pass=high_pass, low_pass=low_pass)
+            regs = regs[:, regs.std(axis=0) > 1e-12 * max(1.0, np.abs(regs).max())]
+        cleaned = clean(signals, confounds=regs if regs.shape[1] else None, t_r=float(tr),
+                        detrend=False, standardize=standardize, standardize_confounds=True,
+                        filter=False)
+    else:
+        cleaned = clean(signals, confounds=regs if regs.shape[1] else None, t_r=float(tr),
+                        detrend=detrend, standardize=standardize, standardize_confounds=True,
+                        filter="butterworth" if band else False, low_pass=low_pass,
+                        high_pass=high_pass)
     out = np.zeros(data.shape, np.float32)
     out[mask] = cleaned.T.astype(np.float32)
     header = img.header.copy()
