@@ -1,4 +1,4 @@
-"""Anatomical preprocessing: input checks, planted-affine recovery, real subject."""
+"""Anatomical preprocessing: input checks, generator truth recovered, real subject."""
 from __future__ import annotations
 
 import gzip
@@ -40,39 +40,14 @@ def _rotation(ax, ay, az):
     return rz @ ry @ rx
 
 
-def _planted_subject(path: Path, rng):
-    """The template T1w moved by a known affine onto an oblique LAS int16 grid.
+@pytest.fixture(scope="module")
+def synthetic_native(tmp_path_factory):
+    """Two native-space subjects from the generator (sub-02: LAS grid, int16)."""
+    from dpnbids.synthetic import SynthParams, generate_dataset
 
-    Returns ``truth`` (4x4, RAS mm): template point x -> subject point truth @ x.
-    """
-    from dpnbids.templates import get_template
-
-    tpl = nib.load(str(get_template(SPACE, 2.0, "T1w")))
-    tdata = np.asarray(tpl.dataobj, dtype=np.float32)
-    truth = np.eye(4)
-    truth[:3, :3] = _rotation(0.12, -0.08, 0.15) @ np.diag([1.06, 0.95, 1.02])
-    truth[:3, 3] = [6.0, -9.0, 12.0]
-    # subject grid: LAS, oblique (10 degrees about z), 2.2 mm, unequal shape
-    shape = (92, 108, 90)
-    grid = np.eye(4)
-    grid[:3, :3] = _rotation(0.0, 0.0, np.deg2rad(10)) @ np.diag([-2.2, 2.2, 2.2])
-    centre = tpl.affine @ np.r_[(np.array(tdata.shape) - 1) / 2.0, 1.0]
-    centre = truth @ centre
-    grid[:3, 3] = centre[:3] - grid[:3, :3] @ ((np.array(shape) - 1) / 2.0)
-    ijk = np.indices(shape).reshape(3, -1)
-    subj_ras = grid @ np.vstack([ijk, np.ones((1, ijk.shape[1]))])
-    tpl_vox = np.linalg.inv(tpl.affine) @ np.linalg.inv(truth) @ subj_ras
-    data = ndimage.map_coordinates(tdata, tpl_vox[:3], order=1, cval=0.0).reshape(shape)
-    # smooth multiplicative bias field and a little noise, then Philips-like scaled ints
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    data = data * (1.0 + 0.2 * x - 0.15 * z) + rng.normal(0, 2.0, shape)
-    data = np.clip(data, 0, None)
-    img = nib.Nifti1Image(np.round(data / 0.25).astype(np.int16), grid)
-    img.header.set_slope_inter(0.25, 0.0)
-    img.set_qform(grid, code=1)
-    img.set_sform(grid, code=1)
-    nib.save(img, str(path))
-    return truth
+    out = tmp_path_factory.mktemp("synth") / "bids"
+    return generate_dataset(out, SynthParams(space="native", n_responders=1, n_nonresponders=1,
+                                             n_volumes=40, tr=2.6, seed=0))
 
 
 # --------------------------------------------------------------------- checks at the door
@@ -155,14 +130,17 @@ def test_nifti_to_ants_keeps_physical_space(rng):
 
 # --------------------------------------------------------------------- planted truth
 @pytest.mark.slow
-def test_planted_affine_is_recovered(tmp_path, rng):
-    """Template moved by a known affine: mask Dice >= 0.9 and points map to the truth."""
+def test_synthetic_native_subject_matches_truth(synthetic_native, tmp_path):
+    """Generator's T1w (template moved by a known affine): Dice >= 0.9, points on truth."""
     import ants
+    import pandas as pd
 
     from dpnbids.templates import get_template
 
-    t1w = tmp_path / "sub-01_T1w.nii.gz"
-    truth = _planted_subject(t1w, rng)
+    t1w = synthetic_native.bids_dir / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    a_t1w_to_tpl = np.loadtxt(synthetic_native.truth_dir / "sub-02"
+                              / "sub-02_from-T1w_to-template_affine.txt")
+    truth = np.linalg.inv(a_t1w_to_tpl)  # template point -> T1w point (RAS mm)
     res = preprocess_anat(t1w, tmp_path / "anat", omp_nthreads=2, random_seed=3)
     assert res.dice_std_mask >= 0.9, res
     assert res.warnings == []
@@ -170,24 +148,22 @@ def test_planted_affine_is_recovered(tmp_path, rng):
                                                            "t1w_to_std_0GenericAffine.mat"]
     # native outputs keep the input grid
     src = nib.load(str(t1w))
-    for key in ("t1w_preproc", "t1w_mask", "wm_probseg", "csf_probseg", "gm_probseg"):
+    for key in ("t1w_preproc", "t1w_brain", "t1w_mask", "wm_probseg", "csf_probseg",
+                "gm_probseg"):
         out = nib.load(getattr(res, key))
         assert out.shape == src.shape, key
         np.testing.assert_allclose(out.affine, src.affine, atol=1e-3)
-    # the native brain mask equals the planted template mask moved into the subject
+    # the native brain mask equals the template mask moved into the subject by the truth
     tmask = nib.load(str(get_template(SPACE, 2.0, "mask")))
+    grid = np.vstack([np.indices(src.shape).reshape(3, -1),
+                      np.ones((1, int(np.prod(src.shape))))])
     planted = ndimage.map_coordinates(
-        tmask.get_fdata(),
-        (np.linalg.inv(tmask.affine) @ np.linalg.inv(truth) @ src.affine
-         @ np.vstack([np.indices(src.shape).reshape(3, -1),
-                      np.ones((1, int(np.prod(src.shape))))]))[:3],
+        tmask.get_fdata(), (np.linalg.inv(tmask.affine) @ a_t1w_to_tpl @ src.affine @ grid)[:3],
         order=1).reshape(src.shape) > 0.5
     assert dice(nib.load(res.t1w_mask).get_fdata() > 0.5, planted) >= 0.9
-    # template points inside the brain map to the planted subject points (LPS in ANTs)
+    # template points inside the brain map to the true T1w points (LPS in ANTs)
     ijk = np.argwhere(tmask.get_fdata() > 0.5)[::97]
     ras = (tmask.affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
-    import pandas as pd
-
     pts = pd.DataFrame(ras * [-1, -1, 1], columns=["x", "y", "z"])
     mapped = ants.apply_transforms_to_points(3, pts, res.xfm_t1w_to_std).to_numpy()
     expected = ((truth @ np.c_[ras, np.ones(len(ras))].T)[:3].T) * [-1, -1, 1]
