@@ -72,7 +72,9 @@ are then imaged, through known transforms, by a simulated scanner.
      ``A`` (rotations up to 5 degrees about each axis, translations up to 8 mm,
      per-axis scaling within 5 %, small shears): ``x_template = A x_T1w``. The
      T1w (``t1w_voxel_size`` mm) is the template T1w sampled through ``A`` with
-     a smooth multiplicative bias field and Gaussian noise. Each run's BOLD
+     a smooth multiplicative bias field (``exp`` of a random linear ramp of at
+     most +-8 % per axis plus a quadratic term along x) and Gaussian noise
+     (1.5 % of the template maximum). Each run's BOLD
      grid (``bold_voxel_size`` mm) is related to the T1w by a rigid
      ``B`` (rotations up to 3 degrees, translations up to 4 mm):
      ``x_T1w = B x_BOLD``. Voxel grids are oblique for some subjects and
@@ -260,7 +262,7 @@ def _write_json(path: Path, obj) -> None:
 
 def _write_tsv(path: Path, df: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.6g",
+    df.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.10g",
               lineterminator="\n")
 
 
@@ -636,9 +638,9 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
     t1 = _sample(tpl.t1_hi, v2v, t1_shape)
     ijk = np.indices(t1_shape, dtype=np.float32)
     ctr = [(s - 1) / 2 for s in t1_shape]
-    poly = sum(rng.uniform(-0.15, 0.15) * ((ijk[d] - ctr[d]) / max(t1_shape)) * 2
+    poly = sum(rng.uniform(-0.08, 0.08) * ((ijk[d] - ctr[d]) / max(t1_shape)) * 2
                for d in range(3))
-    poly += rng.uniform(-0.1, 0.1) * (((ijk[0] - ctr[0]) / max(t1_shape)) * 2) ** 2
+    poly += rng.uniform(-0.05, 0.05) * (((ijk[0] - ctr[0]) / max(t1_shape)) * 2) ** 2
     t1 = t1 * np.exp(poly) + rng.normal(0, 0.015 * tpl.t1_hi.max(), t1_shape)
     t1 = np.clip(t1 / tpl.t1_hi.max() * 1000.0, 0, 32000).round().astype(np.int16)
     anat_dir = bids / f"sub-{sub}" / (f"ses-{sessions[0]:02d}" if sessions[0] else "") / "anat"
