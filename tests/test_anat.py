@@ -83,20 +83,24 @@ def test_nan_inf_2d_4d_are_input_errors(tmp_path, rng):
     data[1, 2, 3] = np.inf
     nan_file = tmp_path / "sub-01_T1w.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), nan_file)
-    with pytest.raises(InputError, match=r"sub-01_T1w\.nii\.gz contains 2 NaN or Inf"):
+    with pytest.raises(InputError, match=r"sub-01_T1w\.nii\.gz contains 1 NaN and 1 Inf"):
         preprocess_anat(nan_file, tmp_path / "out")
     flat = tmp_path / "sub-02_T1w.nii.gz"
     nib.save(nib.Nifti1Image(rng.normal(size=(17, 18)).astype(np.float32), np.eye(4)), flat)
-    with pytest.raises(InputError, match=r"sub-02_T1w\.nii\.gz has shape \(17, 18\).*3D"):
+    with pytest.raises(InputError, match=r"sub-02_T1w\.nii\.gz is 2D with shape \(17, 18\).*Expected a 3D"):
         preprocess_anat(flat, tmp_path / "out")
     four = tmp_path / "sub-03_T1w.nii.gz"
     nib.save(nib.Nifti1Image(rng.normal(size=(17, 18, 19, 2)).astype(np.float32), np.eye(4)),
              four)
-    with pytest.raises(InputError, match=r"sub-03_T1w\.nii\.gz has shape \(17, 18, 19, 2\)"):
+    with pytest.raises(InputError, match=r"sub-03_T1w\.nii\.gz is 4D with shape \(17, 18, 19, 2\)"):
         load_t1w(four)
     missing = tmp_path / "sub-04_T1w.nii.gz"
     with pytest.raises(InputError, match=r"sub-04_T1w\.nii\.gz does not exist"):
         load_t1w(missing)
+    const = tmp_path / "sub-05_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((17, 18, 19), 7.0, np.float32), np.eye(4)), const)
+    with pytest.raises(InputError, match=r"sub-05_T1w\.nii\.gz is constant"):
+        load_t1w(const)
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

@@ -2,7 +2,8 @@
 
 Steps (:func:`preprocess_anat`)
 -------------------------------
-1. **Checks at the door** (:func:`load_t1w`): the file must be readable (a
+1. **Checks at the door** (:func:`load_t1w`, built on
+   :func:`dpnbids.preproc.checks.load_anat`): the file must be readable (a
    corrupt or truncated ``.nii.gz`` is an :class:`~dpnbids.exceptions.InputError`),
    3D (a 4D image with a single volume is accepted and squeezed), finite and
    not constant. Scaled integers (``scl_slope``) are applied by nibabel;
@@ -73,11 +74,9 @@ speed.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +84,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from dpnbids.exceptions import InputError
+from dpnbids.exceptions import DimensionError, InputError
 
 LOGGER = logging.getLogger("dpnbids.preproc.anat")
 
@@ -138,8 +137,6 @@ def dice(a, b) -> float:
     a = np.asarray(a) != 0
     b = np.asarray(b) != 0
     if a.shape != b.shape:
-        from dpnbids.exceptions import DimensionError
-
         raise DimensionError(f"dice() needs two arrays of the same shape; got {a.shape} and "
                              f"{b.shape}. Resample one onto the grid of the other first.")
     denom = int(a.sum()) + int(b.sum())
@@ -151,52 +148,36 @@ def dice(a, b) -> float:
 def load_t1w(t1w_file) -> nib.Nifti1Image:
     """Load and check a T1w image; return a float32 3D image on its own grid.
 
+    The checks shared with the rest of dpnbids come from
+    :func:`dpnbids.preproc.checks.load_anat`; registration additionally needs
+    at least 8 voxels per axis, a non-constant image and an invertible affine.
+
     Raises
     ------
     InputError
         When the file is missing, unreadable (corrupt or truncated gzip),
-        not 3D (a single-volume 4D image is accepted), contains NaN/Inf, or is
-        constant. The message names the file and says how to fix it.
+        contains NaN/Inf, is all zeros or constant, is too small, or has a
+        singular affine. The message names the file and says how to fix it.
+    DimensionError
+        Not 3D (a 4D image with a single volume is accepted and squeezed).
     """
-    path = Path(t1w_file)
-    name = str(path)
-    if not path.is_file():
-        raise InputError(f"T1w image {name} does not exist. Check the path or the BIDS dataset.")
-    try:
-        img = nib.load(name)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError,
-            nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(
-            f"T1w image {name} cannot be read ({type(exc).__name__}: {exc}); the file is "
-            "corrupt or truncated. Re-export or re-download it and check it with "
-            "`python -c \"import nibabel; nibabel.load('FILE').get_fdata()\"`.") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(
-            f"T1w image {name} has shape {data.shape}: expected a 3D volume (or a 4D image "
-            "with one volume). Select the anatomical volume, e.g. with "
-            "`nilearn.image.index_img`, and save it as its own file.")
+    from dpnbids.preproc.checks import load_anat
+
+    img = load_anat(t1w_file)
+    name = Path(str(t1w_file)).name
+    data = np.asarray(img.dataobj, dtype=np.float32)
     if min(data.shape) < 8:
         raise InputError(
-            f"T1w image {name} has shape {data.shape}: expected a whole-head 3D volume with at "
+            f"T1w file {name} has shape {data.shape}: expected a whole-head 3D volume with at "
             "least 8 voxels along each axis. Check that this is the anatomical scan.")
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_bad = int((~finite).sum())
-        raise InputError(
-            f"T1w image {name} contains {n_bad} NaN or Inf voxels: expected finite "
-            "intensities. Replace them (e.g. `numpy.nan_to_num`) or re-export the image "
-            "from the scanner data.")
     if float(data.max()) <= float(data.min()):
-        raise InputError(f"T1w image {name} is constant ({float(data.min())}): expected an "
+        raise InputError(f"T1w file {name} is constant ({float(data.min())}): expected an "
                          "anatomical image. Check that the right file was given.")
     affine = img.affine
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        raise InputError(f"T1w image {name} has an invalid affine (singular or non-finite): "
-                         "fix the NIfTI header (qform/sform) before running dpnbids.")
-    out = nib.Nifti1Image(data.astype(np.float32, copy=False), affine)
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise InputError(f"T1w file {name} has a singular affine: fix the NIfTI header "
+                         "(qform/sform) with the converter that wrote it (e.g. dcm2niix).")
+    out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm")
     return out
 
