@@ -334,16 +334,24 @@ def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.nda
     """
     x = np.asarray(signals, dtype=np.float64)
     T = x.shape[0]
-    padded = np.concatenate([x, x[::-1]], axis=0)
     freqs = np.fft.rfftfreq(2 * T, d=float(tr))
     keep = np.ones(freqs.shape, bool)
     if high_pass is not None:
         keep &= freqs >= high_pass
     if low_pass is not None:
         keep &= freqs <= low_pass
-    spec = np.fft.rfft(padded, axis=0)
-    spec[~keep] = 0
-    return np.fft.irfft(spec, n=2 * T, axis=0)[:T]
+    out = np.empty_like(x)
+    step = 8192  # columns per block: bounds the complex temporaries
+    for start in range(0, max(x.shape[1], 1) if x.ndim > 1 else 1, step):
+        block = x[:, start:start + step] if x.ndim > 1 else x
+        spec = np.fft.rfft(np.concatenate([block, block[::-1]], axis=0), axis=0)
+        spec[~keep] = 0
+        filtered = np.fft.irfft(spec, n=2 * T, axis=0)[:T]
+        if x.ndim > 1:
+            out[:, start:start + step] = filtered
+        else:
+            out = filtered
+    return out
 
 
 def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str = "conn",
