@@ -84,6 +84,21 @@ def test_slice_axis_and_reference_float(rng):
         np.sin(2 * np.pi * 0.03 * t)[8:-8], out[..., 8:-8].shape), atol=0.02)
 
 
+def test_slice_encoding_direction_negative_reverses(rng):
+    tr, n_t = 2.0, 80
+    st = slice_timing_from_order(SHAPE[1], tr, "ascending")  # listed from the last slice
+    t = np.arange(n_t) * tr
+    data = np.empty(SHAPE + (n_t,))
+    for s in range(SHAPE[1]):
+        data[:, s] = np.sin(2 * np.pi * 0.03 * (t + st[SHAPE[1] - 1 - s]))
+    out = slice_time_correct(_img(data), st, tr, reference=0.0,
+                             slice_encoding_direction="j-").get_fdata()
+    np.testing.assert_allclose(out[..., 8:-8], np.broadcast_to(
+        np.sin(2 * np.pi * 0.03 * t)[8:-8], out[..., 8:-8].shape), atol=0.02)
+    with pytest.raises(InputError, match="SliceEncodingDirection must be one of"):
+        slice_time_correct(_img(data), st, tr, slice_encoding_direction="z")
+
+
 def test_slice_timing_errors(rng):
     img = _img(rng.normal(size=SHAPE + (10,)))
     with pytest.raises(DimensionError, match=re.escape(

@@ -178,7 +178,8 @@ def _cubic_shift(ts: np.ndarray, shift: float) -> np.ndarray:
 
 
 def slice_time_correct(img, slice_timing, tr: float, *, slice_axis: int = 2,
-                       reference="middle", method: str = "fourier"):
+                       reference="middle", method: str = "fourier",
+                       slice_encoding_direction: str | None = None):
     """Interpolate every slice's time series to a common reference time.
 
     Slice ``s`` of volume ``n`` was acquired at ``n * tr + slice_timing[s]``;
@@ -200,6 +201,10 @@ def slice_time_correct(img, slice_timing, tr: float, *, slice_axis: int = 2,
     method : "fourier" or "cubic"
         Fourier phase shift on a mirror-padded series (SPM's sinc
         interpolation) or cubic spline (edges held).
+    slice_encoding_direction : "i", "j", "k", "i-", "j-", "k-", optional
+        BIDS ``SliceEncodingDirection``; when given it sets ``slice_axis``, and
+        a trailing ``-`` means the first ``SliceTiming`` entry is the last
+        slice (the list is reversed), as BIDS specifies.
 
     Returns
     -------
@@ -212,6 +217,14 @@ def slice_time_correct(img, slice_timing, tr: float, *, slice_axis: int = 2,
     if slice_axis not in (0, 1, 2):
         raise InputError(f"slice_axis must be 0, 1 or 2; received {slice_axis}.")
     st = np.asarray(slice_timing, dtype=float).ravel()
+    if slice_encoding_direction is not None:
+        direction = str(slice_encoding_direction)
+        if direction.rstrip("-") not in ("i", "j", "k") or direction.count("-") > 1:
+            raise InputError(f"SliceEncodingDirection must be one of i, j, k, i-, j-, k-; "
+                             f"received {slice_encoding_direction!r}.")
+        slice_axis = "ijk".index(direction[0])
+        if direction.endswith("-"):
+            st = st[::-1]
     n_slices = data.shape[slice_axis]
     if st.size != n_slices:
         raise DimensionError(
