@@ -60,7 +60,8 @@ def test_finds_runs_and_sessions(tmp_path):
         f"sub-01_ses-a_task-rest_run-1_space-{SPACE}_res-2_desc-preproc_bold.nii.gz")
     assert Path(first["mask"]).name == (
         f"sub-01_ses-a_task-rest_run-1_space-{SPACE}_res-2_desc-brain_mask.nii.gz")
-    assert Path(first["confounds"]).name == "sub-01_ses-a_task-rest_run-1_desc-confounds_timeseries.tsv"
+    assert Path(first["confounds"]).name == (
+        "sub-01_ses-a_task-rest_run-1_desc-confounds_timeseries.tsv")
     assert first["confounds_json"].endswith("_desc-confounds_timeseries.json")
     assert first["bold_json"].endswith("_res-2_desc-preproc_bold.json")
     assert first["entities"] == {"subject": "01", "session": "a", "task": "rest",

@@ -192,8 +192,11 @@ def test_strategy_columns_and_missing(rng):
                     "non_steady_state_outlier_00"]
     assert len(strategy_columns("24p", conf)) == 25
     assert strategy_columns("none", conf) == ["non_steady_state_outlier_00"]
-    assert strategy_columns("x", conf, columns=["csf"] if "csf" in conf else ["trans_x"])[0] \
-        == "trans_x"
+    assert strategy_columns("conn", conf, columns=["trans_x", "global_signal"]) == [
+        "trans_x", "global_signal", "non_steady_state_outlier_00"]
+    with pytest.raises(InputError, match=re.escape(
+            "Custom confound columns need ['wm'] that the confounds table lacks")):
+        strategy_columns("conn", conf, columns=["trans_x", "wm"])
     small = conf[["trans_x", "trans_y"]]
     with pytest.raises(InputError, match=re.escape(
             "Denoising strategy 'minimal' needs confound columns ['trans_z', 'rot_x', "

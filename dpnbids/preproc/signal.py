@@ -301,8 +301,10 @@ def strategy_columns(strategy, confounds: pd.DataFrame, *, columns=None,
                          f"{sorted(STRATEGIES)}, or pass columns=[...].")
     missing = [c for c in wanted if c not in confounds.columns]
     if missing:
+        who = ("Custom confound columns need" if columns is not None else
+               f"Denoising strategy {strategy!r} needs confound columns")
         raise InputError(
-            f"Denoising strategy {strategy!r} needs confound columns {missing} that the "
+            f"{who} {missing} that the "
             f"confounds table lacks. Available columns: {list(confounds.columns)}. Choose "
             "another --denoise-strategy, or regenerate the confounds (fMRIPrep >= 20.2 or "
             "dpnbids' own) so that they include these columns.")
