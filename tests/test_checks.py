@@ -42,12 +42,13 @@ def test_missing_file(tmp_path):
         load_bold(tmp_path / "nope_bold.nii.gz", sidecar={"RepetitionTime": 2.0})
 
 
-def test_truncated_gzip_is_detected(tmp_path, rng):
-    path = _save(_bold(rng), tmp_path / "sub-01_task-rest_bold.nii.gz")
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_truncated_file_is_detected(tmp_path, rng, ext):
+    path = _save(_bold(rng), tmp_path / f"sub-01_task-rest_bold{ext}")
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(InputError, match=r"BOLD file sub-01_task-rest_bold\.nii\.gz could "
-                                         r"not be read: it is corrupt or truncated"):
+    with pytest.raises(InputError, match=re.escape(f"BOLD file sub-01_task-rest_bold{ext} could "
+                                                   "not be read: it is corrupt or truncated")):
         load_bold(path, sidecar={"RepetitionTime": 2.0}, min_volumes=10)
 
 
