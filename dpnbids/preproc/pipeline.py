@@ -37,7 +37,9 @@ def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min
     n_dummy = int(detect_nonsteady_states(img)) if detected else int(dummy_scans)
     if n_dummy:
         img = img.slicer[..., n_dummy:]
-    n_slices = img.shape[2]
+    direction = metadata.get("SliceEncodingDirection")
+    axis = {"i": 0, "j": 1, "k": 2}.get(str(direction or "k")[0], 2)
+    n_slices = img.shape[axis]
     slice_timing = metadata.get("SliceTiming")
     applied = False
     if slice_timing is None and slice_order:
@@ -47,7 +49,8 @@ def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min
             skipped.append(f"slice-timing correction: SliceTiming has {len(slice_timing)} "
                            f"entries but the image has {n_slices} slices")
         else:
-            img = slice_time_correct(img, list(slice_timing), tr)
+            img = slice_time_correct(img, list(slice_timing), tr, slice_axis=axis,
+                                     slice_encoding_direction=direction)
             applied = True
     else:
         skipped.append("slice-timing correction: no SliceTiming in the sidecar and no "
@@ -137,7 +140,7 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
         confounds = compute_confounds(
             img, mask, motion_params=params,
             wm_img=nib.load(str(wm_std)) if wm_std else None,
-            csf_img=nib.load(str(csf_std)) if csf_std else None, tr=tr)
+            csf_img=nib.load(str(csf_std)) if csf_std else None, tr=tr, n_dummy=0)
         meta = confounds_metadata(confounds)
     tsv = out_dir / "confounds.tsv"
     write_confounds(confounds, tsv)
