@@ -33,8 +33,8 @@ are then imaged, through known transforms, by a simulated scanner.
 5. **Time courses.** For every run, one continuous band-limited signal per
    network, ``x_n(t) = sum_k a_k cos(2 pi f_k t) + b_k sin(2 pi f_k t)`` over the
    Fourier frequencies ``f_k = k / (n_volumes * tr)`` in 0.01-0.1 Hz, with
-   Gaussian coefficients mixed so that any two networks correlate with
-   ``sqrt(rho)^2 = network_correlation`` in expectation, and scaled to unit SD
+   Gaussian coefficients mixed with a shared component so that any two
+   networks correlate with ``network_correlation`` in expectation, scaled to unit SD
    over the volume onsets ``t_j = j * tr``. A physiological nuisance signal
    ``p(t)`` (same construction, 0.01-0.2 Hz) is independent of the networks.
 6. **Baseline.** A T2*-like image ``B = 1000 * (0.8 GM + 0.6 WM + 1.0 CSF)`` of
