@@ -8,10 +8,10 @@ OUT_ROOT="${1:-demo_out}"
 export TF_CPP_MIN_LOG_LEVEL=2
 BIDS="$OUT_ROOT/bids"
 if [ ! -f "$BIDS/dataset_description.json" ]; then
-    .venv/bin/dpnbids-synth "$BIDS" --space template --seed 0
+    .venv/bin/dpnbids-synth "$BIDS" --space template --seed 0 --n-jobs 2
 fi
 COMMON=(--output-resolution 4 --fmriprep-dir "$BIDS/derivatives/fmriprep"
-        -w "$OUT_ROOT/work" --random-seed 0 --n-components 20 --pca-dim 40)
+        -w "$OUT_ROOT/work" --random-seed 0)
 .venv/bin/dpnbids "$BIDS" "$OUT_ROOT/derivatives" participant "${COMMON[@]}"
 .venv/bin/dpnbids "$BIDS" "$OUT_ROOT/derivatives" group "${COMMON[@]}" --n-permutations 0
 echo "Demo finished: open $OUT_ROOT/derivatives/group.html"

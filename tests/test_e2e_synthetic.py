@@ -33,7 +33,7 @@ def _synth(root: Path, *, null: bool, n_per_class=(16, 16), seed=1, n_volumes=80
 
     params = SynthParams(n_responders=n_per_class[0], n_nonresponders=n_per_class[1],
                          seed=seed, null=null, space="template", n_volumes=n_volumes,
-                         template_resolution=4.0)
+                         template_resolution=4.0, effect_size=2.0)
     return generate_dataset(root, params)
 
 
