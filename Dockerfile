@@ -11,6 +11,7 @@
 #                        `docker run --gpus all` trains on the GPU and CPU-only hosts still
 #                        work) or cpu (tensorflow-cpu, about 3 GB smaller)
 #   TF_VERSION           TensorFlow release, the one in requirements.lock
+#   BIDS_VALIDATOR_VERSION  bids-validator-deno release that checks inputs at run time
 #   VERSION              image version label (default: dpnbids.__version__ of this tree)
 #   IMAGE_TAG            what GeneratedBy[].Container.Tag records (DPNBIDS_CONTAINER)
 #   TEMPLATE_FETCH       TemplateFlow spaces downloaded at build time (space separated)
@@ -24,6 +25,7 @@ FROM ${BASE_IMAGE} AS build
 
 ARG TF_VARIANT=and-cuda
 ARG TF_VERSION=2.21.0
+ARG BIDS_VALIDATOR_VERSION=3.0.2
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \
@@ -36,8 +38,8 @@ COPY dpnbids ./dpnbids
 COPY docker/wheel_requirements.py ./docker/
 
 # A wheel of this tree, its dependencies at the locked versions (TensorFlow swapped
-# for the requested build), then the wheel itself; the last command checks that
-# every dependency of dpnbids is installed.
+# for the requested build) plus the BIDS validator, then the wheel itself; the
+# check command fails the build when a dependency of dpnbids is missing.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python -m pip wheel --no-deps --wheel-dir /src/dist . \
     && case "${TF_VARIANT}" in \
@@ -48,6 +50,7 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python docker/wheel_requirements.py /src/dist/dpnbids-*.whl --tf "${tf}" \
          --lock requirements.lock --out /tmp/requirements.txt --constraints /tmp/constraints.txt \
     && /opt/venv/bin/python -m pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
+         "bids-validator-deno==${BIDS_VALIDATOR_VERSION}" \
     && /opt/venv/bin/python -m pip install --no-deps /src/dist/dpnbids-*.whl \
     && /opt/venv/bin/python docker/wheel_requirements.py --check --tf "${tf}" \
     && /opt/venv/bin/python -m pip freeze > /opt/venv/pip-freeze.txt
