@@ -1,0 +1,327 @@
+"""Report figures: pure functions returning embeddable PNG data URIs.
+
+Every function returns a string ``"data:image/png;base64,..."`` that can be
+placed directly in an ``<img src=...>`` attribute, so the HTML reports are
+self-contained (no external files, no network, no JavaScript). Matplotlib is
+forced onto the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dpnbids.exceptions import InputError  # noqa: E402
+
+__all__ = [
+    "fig_to_data_uri",
+    "plot_registration",
+    "plot_carpet",
+    "plot_confounds",
+    "plot_motion",
+    "plot_component_gallery",
+    "plot_roc",
+    "plot_confusion",
+    "plot_learning_curves",
+    "is_leaky",
+]
+
+_MOTION_COLS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+def fig_to_data_uri(fig, *, dpi=80) -> str:
+    """Render a matplotlib Figure to a base64 PNG data URI and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _load(img):
+    if isinstance(img, nib.spatialimages.SpatialImage):
+        return img
+    return nib.load(str(img))
+
+
+def _display_to_uri(display, fig) -> str:
+    uri = fig_to_data_uri(fig)
+    display.close()
+    return uri
+
+
+def plot_registration(moving_img, fixed_img, *, title="") -> str:
+    """Fixed image with the edges of the moving image, in three views.
+
+    Parameters
+    ----------
+    moving_img, fixed_img : path or nibabel image (3D; 4D is averaged)
+    title : str
+
+    Returns
+    -------
+    str
+        PNG data URI.
+    """
+    from nilearn import image, plotting
+
+    moving = _load(moving_img)
+    fixed = _load(fixed_img)
+    if moving.ndim == 4:
+        moving = image.mean_img(moving, copy_header=True)
+    if fixed.ndim == 4:
+        fixed = image.mean_img(fixed, copy_header=True)
+    fig = plt.figure(figsize=(9, 3))
+    display = plotting.plot_anat(
+        fixed, display_mode="ortho", figure=fig, title=title or None, draw_cross=False
+    )
+    display.add_edges(moving, color="r")
+    return _display_to_uri(display, fig)
+
+
+def plot_carpet(bold_img, mask_img, *, tr, confounds=None) -> str:
+    """Carpet plot (nilearn ``plot_carpet``) of the BOLD series within ``mask_img``.
+
+    ``confounds`` is accepted for API symmetry and currently unused (the FD and
+    DVARS traces are drawn by :func:`plot_confounds`).
+    """
+    from nilearn import plotting
+
+    bold = _load(bold_img)
+    if bold.ndim != 4:
+        raise InputError(
+            f"plot_carpet needs a 4D BOLD image; received shape {bold.shape}. "
+            "Pass the preprocessed 4D series."
+        )
+    mask = _load(mask_img) if mask_img is not None else None
+    fig = plt.figure(figsize=(9, 4))
+    plotting.plot_carpet(bold, mask_img=mask, t_r=tr, figure=fig, standardize="zscore_sample")
+    return fig_to_data_uri(fig)
+
+
+def plot_confounds(
+    confounds_df, columns=("framewise_displacement", "dvars"), *, tr, fd_threshold=0.5
+) -> str:
+    """Line traces of the confound columns against time (s); FD threshold drawn."""
+    df = confounds_df
+    cols = [c for c in columns if c in df.columns]
+    n = max(len(cols), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 1.6 * n), sharex=True, squeeze=False)
+    t = np.arange(len(df)) * float(tr)
+    if not cols:
+        axes[0, 0].text(0.5, 0.5, "no confound columns found", ha="center", va="center")
+    for ax, c in zip(axes[:, 0], cols):
+        ax.plot(t, pd.to_numeric(df[c], errors="coerce").to_numpy(), lw=0.8)
+        ax.set_ylabel(c.replace("_", " "), fontsize=8)
+        if c == "framewise_displacement" and fd_threshold is not None:
+            ax.axhline(fd_threshold, color="r", ls="--", lw=0.8)
+    axes[-1, 0].set_xlabel("time (s)")
+    return fig_to_data_uri(fig)
+
+
+def plot_motion(confounds_df) -> str:
+    """Six rigid-body motion traces (translations in mm, rotations in rad)."""
+    df = confounds_df
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 3.2), sharex=True)
+    for c in _MOTION_COLS[:3]:
+        if c in df.columns:
+            a1.plot(df[c].to_numpy(dtype=float), lw=0.8, label=c)
+    for c in _MOTION_COLS[3:]:
+        if c in df.columns:
+            a2.plot(df[c].to_numpy(dtype=float), lw=0.8, label=c)
+    a1.set_ylabel("translation (mm)", fontsize=8)
+    a2.set_ylabel("rotation (rad)", fontsize=8)
+    a2.set_xlabel("volume")
+    for a in (a1, a2):
+        if a.lines:
+            a.legend(fontsize=7, ncol=3, loc="upper right")
+    return fig_to_data_uri(fig)
+
+
+def _fmt(v, spec=".3g"):
+    try:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "n/a"
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def component_title(row) -> str:
+    """Title string for one component row of the components table."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
+    idx = get("index", "?")
+    label = get("network_label", get("label", "unlabelled"))
+    return (
+        f"#{idx} {label} | stab {_fmt(get('stability'), '.2f')} | "
+        f"t {_fmt(get('t'), '.2f')} p {_fmt(get('p'), '.3f')} r {_fmt(get('r'), '.2f')}"
+    )
+
+
+def plot_component_gallery(components_img, components_df=None, *, bg_img=None) -> list[str]:
+    """One stat-map figure per component, titled with label and statistics.
+
+    Parameters
+    ----------
+    components_img : path or 4D nibabel image (one volume per component)
+    components_df : DataFrame, optional
+        Rows in component order with columns such as ``index``,
+        ``network_label``, ``stability``, ``t``, ``p``, ``r``, ``selected``.
+    bg_img : path or image, optional
+        Background; without it a glass brain is drawn.
+
+    Returns
+    -------
+    list of str
+        PNG data URIs, one per component.
+    """
+    from nilearn import image, plotting
+
+    comps = _load(components_img)
+    if comps.ndim == 3:
+        comps = nib.Nifti1Image(np.asarray(comps.dataobj)[..., None], comps.affine)
+    if comps.ndim != 4:
+        raise InputError(f"components_img must be 4D; received shape {comps.shape}.")
+    n = comps.shape[3]
+    out = []
+    for k in range(n):
+        vol = image.index_img(comps, k)
+        if components_df is not None and k < len(components_df):
+            row = components_df.iloc[k].to_dict()
+        else:
+            row = {"index": k}
+        title = component_title(row)
+        fig = plt.figure(figsize=(7, 2.6))
+        data = np.asarray(vol.dataobj, dtype=float)
+        vmax = float(np.nanmax(np.abs(data))) or 1.0
+        if bg_img is None:
+            display = plotting.plot_glass_brain(
+                vol, figure=fig, title=title, plot_abs=False, colorbar=False, vmax=vmax,
+                threshold=0.3 * vmax,
+            )
+        else:
+            display = plotting.plot_stat_map(
+                vol, bg_img=bg_img, figure=fig, title=title, display_mode="ortho",
+                colorbar=False, vmax=vmax, threshold=0.3 * vmax, draw_cross=False,
+            )
+        out.append(_display_to_uri(display, fig))
+    return out
+
+
+def is_leaky(df: pd.DataFrame) -> pd.Series:
+    """Boolean per row: ``leaky`` column if present, else 'leaky' in ``input_set``."""
+    flag = pd.Series(False, index=df.index)
+    if "leaky" in df.columns:
+        flag |= df["leaky"].fillna(False).astype(bool)
+    if "input_set" in df.columns:
+        flag |= df["input_set"].astype(str).str.lower().str.contains("leaky")
+    return flag
+
+
+def _check_pred(df):
+    need = {"input_set", "model", "true_label", "probability"}
+    missing = need - set(df.columns)
+    if missing:
+        raise InputError(
+            f"predictions table lacks columns {sorted(missing)}; received "
+            f"{list(df.columns)}. Expected participant, repeat, fold, input_set, model, "
+            "true_label, probability."
+        )
+
+
+def _label_of(input_set, leaky):
+    return f"{input_set} [LEAKY]" if leaky else str(input_set)
+
+
+def plot_roc(predictions_df) -> str:
+    """Pooled out-of-fold ROC curves: one panel per input set, one line per model."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    df = predictions_df.copy()
+    _check_pred(df)
+    df["_leaky"] = is_leaky(df)
+    sets = list(dict.fromkeys(df["input_set"].astype(str)))
+    n = max(len(sets), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        sub = df[df["input_set"].astype(str) == s]
+        for model, g in sub.groupby("model", sort=False):
+            y = g["true_label"].to_numpy(dtype=int)
+            p = g["probability"].to_numpy(dtype=float)
+            if len(np.unique(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=1.2, label=f"{model} AUC={roc_auc_score(y, p):.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        leaky = bool(sub["_leaky"].any())
+        ax.set_title(_label_of(s, leaky), color="crimson" if leaky else "black", fontsize=9)
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.legend(fontsize=7, loc="lower right")
+    return fig_to_data_uri(fig)
+
+
+def plot_confusion(predictions_df, *, threshold=0.5) -> str:
+    """Pooled confusion matrices per (input set, model) at ``threshold``."""
+    from sklearn.metrics import confusion_matrix
+
+    df = predictions_df.copy()
+    _check_pred(df)
+    df["_leaky"] = is_leaky(df)
+    groups = list(df.groupby(["input_set", "model"], sort=False))
+    n = max(len(groups), 1)
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.6 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(groups):]:
+        ax.axis("off")
+    for ax, ((s, m), g) in zip(axes.ravel(), groups):
+        y = g["true_label"].to_numpy(dtype=int)
+        yhat = (g["probability"].to_numpy(dtype=float) >= threshold).astype(int)
+        cm = confusion_matrix(y, yhat, labels=[0, 1])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center")
+        ax.set_xticks([0, 1], ["NR", "R"])
+        ax.set_yticks([0, 1], ["NR", "R"])
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        leaky = bool(g["_leaky"].any())
+        ax.set_title(f"{_label_of(s, leaky)}\n{m}", fontsize=8,
+                     color="crimson" if leaky else "black")
+    fig.tight_layout()
+    return fig_to_data_uri(fig)
+
+
+def plot_learning_curves(histories: dict) -> str:
+    """Training and validation loss per epoch, one panel per input set.
+
+    ``histories`` maps ``(input_set, repeat, fold)`` to
+    ``{"loss": [...], "val_loss": [...]}``.
+    """
+    by_set: dict = {}
+    for key, h in histories.items():
+        s = key[0] if isinstance(key, tuple) else key
+        by_set.setdefault(str(s), []).append(h)
+    n = max(len(by_set), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
+    for ax, (s, hs) in zip(axes[0], by_set.items()):
+        for h in hs:
+            if h.get("loss") is not None:
+                ax.plot(h["loss"], color="tab:blue", alpha=0.4, lw=0.8)
+            if h.get("val_loss") is not None:
+                ax.plot(h["val_loss"], color="tab:orange", alpha=0.4, lw=0.8)
+        ax.plot([], [], color="tab:blue", label="train loss")
+        ax.plot([], [], color="tab:orange", label="inner validation loss")
+        ax.set_title(s, fontsize=9, color="crimson" if "leaky" in s.lower() else "black")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return fig_to_data_uri(fig)

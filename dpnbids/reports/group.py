@@ -1,0 +1,234 @@
+"""Group-level HTML report: summary, Table 2, ROC, confusion, learning curves, gallery.
+
+Results from ``--paper-faithful`` mode (rows whose ``input_set`` contains
+"leaky", or whose boolean ``leaky`` column is true; Table 2 columns whose name
+contains "leaky") are labelled "LEAKY (paper-faithful): optimistic" wherever
+they appear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import figures
+from .subject import about_section, dict_table, esc, img, note, page, safe_figure, write_atomic
+
+__all__ = ["render_group_report", "LEAKY_LABEL"]
+
+LEAKY_LABEL = "LEAKY (paper-faithful): optimistic"
+_LEAKY_BADGE = f'<span class="badge leaky">{esc(LEAKY_LABEL)}</span>'
+
+
+def _is_leaky_name(name) -> bool:
+    return "leaky" in str(name).lower()
+
+
+def _df_table(df: pd.DataFrame, *, index=True) -> str:
+    """Escaped HTML table; columns/rows with 'leaky' in their name get the leaky style."""
+    cols = list(df.columns)
+    head = ('<th class="l"></th>' if index else "") + "".join(
+        f'<th class="{"leaky" if _is_leaky_name(c) else ""}">{esc(c)}'
+        f'{"<br>" + esc(LEAKY_LABEL) if _is_leaky_name(c) else ""}</th>'
+        for c in cols
+    )
+    rows = []
+    for idx, r in df.iterrows():
+        flag = r.get("leaky", False)
+        leaky_row = _is_leaky_name(idx) or (isinstance(flag, (bool, np.bool_)) and bool(flag))
+        cells = (f'<td class="l">{esc(idx)}</td>' if index else "") + "".join(
+            f'<td class="{"leaky" if (_is_leaky_name(c) or leaky_row) else ""}">{esc(_cell(v))}</td>'
+            for c, v in r.items()
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _cell(v):
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if np.isnan(v) else f"{v:.3f}"
+    return v
+
+
+def _summary(predictions_df, ica_info, timings, permutation) -> str:
+    parts = []
+    if predictions_df is not None and len(predictions_df):
+        df = predictions_df
+        if "participant" in df.columns and "true_label" in df.columns:
+            subj = df.drop_duplicates("participant")
+            counts = subj["true_label"].value_counts().to_dict()
+            parts.append(
+                dict_table(
+                    {
+                        "subjects": len(subj),
+                        "responders (label 1)": counts.get(1, 0),
+                        "non-responders (label 0)": counts.get(0, 0),
+                    },
+                    header=("cohort", "n"),
+                )
+            )
+        sets = list(dict.fromkeys(df["input_set"].astype(str))) if "input_set" in df else []
+        if sets:
+            parts.append(
+                "<p>Input sets: "
+                + ", ".join(
+                    esc(s) + (" " + _LEAKY_BADGE if _is_leaky_name(s) else "") for s in sets
+                )
+                + "</p>"
+            )
+        if "leaky" in df.columns and df["leaky"].fillna(False).astype(bool).any():
+            parts.append(f"<p>Some predictions are {_LEAKY_BADGE}.</p>")
+    else:
+        parts.append(note("No predictions were given: cohort counts unavailable."))
+    if ica_info:
+        parts.append("<h3>Settings</h3>" + dict_table(ica_info, header=("setting", "value")))
+    if permutation:
+        parts.append("<h3>Permutation test</h3>" + dict_table(permutation, header=("item", "value")))
+    if timings:
+        parts.append("<h3>Timings</h3>" + dict_table(timings, header=("step", "seconds")))
+    return "".join(parts)
+
+
+def _table2(table2_df, metrics_df, permutation) -> str:
+    parts = []
+    if table2_df is not None and len(table2_df):
+        t2 = table2_df
+        parts.append(_df_table(t2.set_index("metric") if "metric" in t2.columns else t2))
+        parts.append(
+            "<p class=\"note\">Rows: metrics (pooled out-of-fold with bootstrap 95% CI, "
+            "and mean ± SD over folds where given). Columns: input sets and baselines on "
+            "identical folds.</p>"
+        )
+    else:
+        parts.append(note("Table 2 not available."))
+    if permutation and "p_value" in permutation:
+        parts.append(f"<p>Label-permutation p-value for AUC: {esc(_cell(permutation['p_value']))}</p>")
+    if metrics_df is not None and len(metrics_df):
+        parts.append("<h3>All metrics</h3>" + _df_table(metrics_df, index=False))
+    return "".join(parts)
+
+
+def _gallery(components_img, components_df) -> str:
+    if components_img is None:
+        if components_df is not None and len(components_df):
+            return note("Component maps not given; table only.") + _df_table(
+                components_df, index=False
+            )
+        return note("Component gallery not available (no components given).")
+    try:
+        uris = figures.plot_component_gallery(components_img, components_df)
+    except Exception as exc:  # noqa: BLE001
+        return note(f"Component gallery could not be drawn ({type(exc).__name__}: {exc}).")
+    head = (
+        "<p>Selected components (SSC, p &lt; threshold) are framed in green. "
+        "The selection shown here uses all subjects: <b>descriptive, all subjects</b>; "
+        "the cross-validated models select on training subjects only.</p>"
+    )
+    figs = []
+    for k, uri in enumerate(uris):
+        row = (
+            components_df.iloc[k].to_dict()
+            if components_df is not None and k < len(components_df)
+            else {"index": k}
+        )
+        sel = bool(row.get("selected", False))
+        badge = '<span class="badge sel">selected (descriptive, all subjects)</span> ' if sel else ""
+        cap = figures.component_title(row)
+        figs.append(
+            f'<figure class="{"selected" if sel else ""}"><img src="{esc(uri)}" alt="{esc(cap)}">'
+            f"<figcaption>{badge}{esc(cap)}</figcaption></figure>"
+        )
+    return head + f'<div class="gallery">{"".join(figs)}</div>'
+
+
+def render_group_report(
+    *, components_img=None, components_df=None, ica_info: dict | None = None,
+    predictions_df=None, table2_df=None, metrics_df=None, histories=None,
+    permutation: dict | None = None, leakage_notes: list[str] | None = None,
+    timings: dict | None = None, out_file=None, command_line=None,
+) -> str:
+    """Render the group HTML report.
+
+    Parameters
+    ----------
+    components_img : path or 4D image, optional
+    components_df : DataFrame, optional
+        index, network_label, spatial_r, dice, stability, t, p, r, selected.
+    ica_info : dict, optional
+        Settings shown in the summary (n components, PCA dim, seeds, ...).
+    predictions_df : DataFrame, optional
+        participant, repeat, fold, input_set, model, true_label, probability
+        (and optionally a boolean ``leaky``).
+    table2_df : DataFrame, optional
+        Metric rows (index or a ``metric`` column), one column per input
+        set / baseline; cells may be preformatted strings such as
+        ``"0.81 [0.66, 0.93]"``.
+    metrics_df : DataFrame, optional
+        Long-form metrics (per fold or summary); shown as a table.
+    histories : dict, optional
+        ``{(input_set, repeat, fold): {"loss": [...], "val_loss": [...]}}``.
+    permutation : dict, optional
+        E.g. ``{"n_permutations": 1000, "p_value": 0.01}``.
+    leakage_notes : list of str, optional
+        Audit notes (manifests, strict mode, paper-faithful caveats).
+    timings : dict, optional
+        Step -> seconds.
+    out_file : path, optional
+        Written atomically when given.
+
+    Returns
+    -------
+    str
+        The HTML document.
+    """
+    any_leaky = False
+    if predictions_df is not None and len(predictions_df):
+        any_leaky = bool(figures.is_leaky(predictions_df).any())
+    if table2_df is not None:
+        any_leaky |= any(_is_leaky_name(c) for c in table2_df.columns)
+
+    summary = _summary(predictions_df, ica_info, timings, permutation)
+    if any_leaky:
+        summary = (
+            f'<div class="warning">This report contains results labelled {esc(LEAKY_LABEL)}: '
+            "components were selected on all subjects, including each test fold, as in the "
+            "original paper. Compare them with the leakage-free results.</div>" + summary
+        )
+
+    if predictions_df is not None and len(predictions_df):
+        roc = safe_figure(figures.plot_roc, "Pooled out-of-fold ROC curves per input set, "
+                          "with the baselines on identical folds.", predictions_df)
+        conf = safe_figure(figures.plot_confusion, "Pooled confusion matrices (threshold 0.5).",
+                           predictions_df)
+        if any_leaky:
+            roc = _LEAKY_BADGE + roc
+            conf = _LEAKY_BADGE + conf
+    else:
+        roc = note("ROC curves not available (no predictions).")
+        conf = note("Confusion matrices not available (no predictions).")
+
+    if histories:
+        lc = safe_figure(figures.plot_learning_curves,
+                         "Training and inner-validation loss per epoch (all folds).", histories)
+    else:
+        lc = note("Learning curves not available.")
+
+    leak = "".join(f"<li>{esc(n)}</li>" for n in (leakage_notes or []))
+    leak = f"<ul>{leak}</ul>" if leak else note("No leakage-audit notes were given.")
+
+    text = page(
+        "dpnbids group report",
+        [
+            ("summary", "Summary", summary),
+            ("table2", "Table 2: classification performance", _table2(table2_df, metrics_df, permutation)),
+            ("roc", "ROC curves", roc),
+            ("confusion", "Confusion matrices", conf),
+            ("learning", "Learning curves", lc),
+            ("components", "Component gallery", _gallery(components_img, components_df)),
+            ("audit", "Leakage audit", leak),
+            ("about", "About", about_section(command_line)),
+        ],
+    )
+    if out_file is not None:
+        write_atomic(text, out_file)
+    return text
