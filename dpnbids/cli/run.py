@@ -44,9 +44,16 @@ def _add_file_logging(log_file: Path) -> None:
     logging.getLogger("dpnbids").addHandler(handler)
     import nipype  # noqa: F401 - configures its loggers; we then route them to the file
 
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    verbose = logging.getLogger("dpnbids").level <= logging.DEBUG
+    ncfg.update_config({"logging": {"workflow_level": "INFO" if verbose else "WARNING",
+                                    "interface_level": "WARNING", "utils_level": "WARNING"}})
+    nlogging.update_logging(ncfg)
     nipype_logger = logging.getLogger("nipype")
-    nipype_logger.addHandler(handler)
     # node tracebacks go to the log and crash files, not the console
+    nipype_logger.handlers[:] = [handler]
     nipype_logger.propagate = False
 
 

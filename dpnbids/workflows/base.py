@@ -102,7 +102,7 @@ def init_single_subject_wf(config, sub_inputs, *, name=None) -> pe.Workflow:
                                   input_names=["subject", "output_dir", "runs", "anat",
                                                "space", "resolution"],
                                   output_names=["out_file"]),
-                     name="subject_report", run_without_submitting=True)
+                     name="subject_report", run_without_submitting=True, overwrite=True)
     report.inputs.subject = sub
     report.inputs.output_dir = str(config.execution.output_dir)
     report.inputs.space = config.preproc.output_space

@@ -297,12 +297,14 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
     if config.cnn.paper_faithful:
         notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
                      "before cross-validation. Its metrics are optimistic.")
-    render_group_report(components_img=str(comps_file), components_df=components_table,
+    from dpnbids.workflows.outputs import atomic_write_text
+
+    html = render_group_report(components_img=str(comps_file), components_df=components_table,
                         ica_info=info, predictions_df=predictions,
                         table2_df=tables["table2"], metrics_df=tables["summary"],
                         histories=histories, permutation=perms, leakage_notes=notes,
-                        timings=timings, out_file=str(config.execution.output_dir /
-                                                      "group.html"))
+                        timings=timings, command_line=config.execution.command_line)
+    atomic_write_text(config.execution.output_dir / "group.html", html)
 
 
 def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel):

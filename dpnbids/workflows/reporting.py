@@ -42,8 +42,10 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
             "dice_std_mask": (anat or {}).get("dice_std_mask"),
             "n_dummy": prep.get("n_dummy"),
         })
+    from dpnbids.workflows.outputs import atomic_write_text
+
     out_file = output_dir / f"sub-{subject}.html"
-    render_subject_report(subject=subject, sessions_runs=run_dicts, out_file=str(out_file))
+    atomic_write_text(out_file, render_subject_report(subject=subject, sessions_runs=run_dicts))
     return str(out_file)
 
 
