@@ -121,10 +121,10 @@ def test_confound_and_motion_figures(confounds):
 
 
 def test_component_gallery_one_figure_per_component(components, components_df, anat):
-    uris = figures.plot_component_gallery(components, components_df)
-    assert len(uris) == 3 and all(_is_png_uri(u) for u in uris)
+    # glass-brain path (bg_img=None) is exercised by test_group_report_full
     uris = figures.plot_component_gallery(components, None, bg_img=anat)
-    assert len(uris) == 3
+    assert len(uris) == 3 and all(_is_png_uri(u) for u in uris)
+    assert len(figures.plot_component_gallery(components.slicer[..., 0], None, bg_img=anat)) == 1
     assert "DefaultMode" in figures.component_title(components_df.iloc[0].to_dict())
 
 
@@ -223,6 +223,8 @@ def test_group_report_full(tmp_path, components, components_df, predictions):
         assert label in text
     assert "descriptive, all subjects" in text
     assert text.count('class="selected"') == 1
+    gallery = text.split('<section id="components">')[1].split("</section>")[0]
+    assert len(re.findall(r'<img src="data:image/png;base64,', gallery)) == 3
     assert html.escape(LEAKY_LABEL) in text
     assert "0.81 [0.66, 0.93]" in text and "0.020" in text
     assert html.escape(note) in text and note not in text

@@ -250,7 +250,8 @@ def plot_roc(predictions_df) -> str:
     df["_leaky"] = is_leaky(df)
     sets = list(dict.fromkeys(df["input_set"].astype(str)))
     n = max(len(sets), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False, sharey=True)
+    axes[0, 0].set_ylabel("sensitivity")
     for ax, s in zip(axes[0], sets):
         sub = df[df["input_set"].astype(str) == s]
         for model, g in sub.groupby("model", sort=False):
@@ -264,7 +265,6 @@ def plot_roc(predictions_df) -> str:
         leaky = bool(sub["_leaky"].any())
         ax.set_title(_label_of(s, leaky), color="crimson" if leaky else "black", fontsize=9)
         ax.set_xlabel("1 - specificity")
-        ax.set_ylabel("sensitivity")
         ax.legend(fontsize=7, loc="lower right")
     return fig_to_data_uri(fig)
 
