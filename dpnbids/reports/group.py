@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
-from .subject import about_section, dict_table, esc, img, note, page, safe_figure, write_atomic
+from .subject import about_section, dict_table, esc, note, page, safe_figure, write_atomic
 
 __all__ = ["render_group_report", "LEAKY_LABEL"]
 
