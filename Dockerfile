@@ -99,7 +99,7 @@ RUN useradd --create-home --home-dir /home/dpnbids --uid 1000 --shell /bin/bash 
     && chmod 1777 /home/dpnbids \
     && strict="" && if [ "${TEMPLATEFLOW_STRICT}" = 1 ]; then strict="--strict"; fi \
     && /opt/venv/bin/python /opt/dpnbids/prefetch_templates.py --home /opt/templateflow \
-         --resolutions 1 2 --fetch ${TEMPLATE_FETCH} ${strict} \
+         --resolutions 1 2 --seed-resolutions 1 2 3 4 --fetch ${TEMPLATE_FETCH} ${strict} \
     && chmod -R a+rX /opt/templateflow \
     && rm -rf /tmp/* \
     && dpnbids --version

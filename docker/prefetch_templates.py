@@ -51,7 +51,12 @@ def fetch_space(space: str, resolutions: list[int]) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Pre-fetch templates for an offline image.")
     parser.add_argument("--home", type=Path, required=True, help="TEMPLATEFLOW_HOME to fill")
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[1, 2],
+                        help="resolutions (mm) downloaded for the --fetch spaces")
+    parser.add_argument("--seed-resolutions", type=float, nargs="+", default=None,
+                        help="resolutions (mm) of the offline MNI152NLin2009aSym seed "
+                             "(default: --resolutions); the image's template folder is "
+                             "read-only at run time, so seed every grid a run may ask for")
     parser.add_argument("--fetch", nargs="*", default=["MNI152NLin2009cAsym"],
                         help="TemplateFlow spaces to download (empty: none)")
     parser.add_argument("--strict", action="store_true",
@@ -78,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fetched {space}: {len(files)} files")
     from dpnbids.templates import seed_templateflow
 
-    seed_templateflow(args.home, tuple(float(r) for r in args.resolutions))
-    print(f"seeded MNI152NLin2009aSym at {args.resolutions} mm from nilearn's copy")
+    seed = args.seed_resolutions or args.resolutions
+    seed_templateflow(args.home, tuple(float(r) for r in seed))
+    print(f"seeded MNI152NLin2009aSym at {seed} mm from nilearn's copy")
     if failed and args.strict:
         print(f"ERROR: template download failed for {', '.join(failed)}. Build with network "
               "access to the TemplateFlow server, or pass "
