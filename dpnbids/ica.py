@@ -575,7 +575,7 @@ class GroupICA:
         self.singular_values_ = s
         self.explained_variance_ = lam / max(res.n_timepoints - 1, 1)
         self.explained_variance_ratio_ = lam / res.total_ss if res.total_ss > 0 else lam * 0
-        comps, stability = icasso(z.astype(np.float32), self.n_components, n_repeats=self.n_repeats,
+        comps, stability = icasso(z, self.n_components, n_repeats=self.n_repeats,
                                   random_state=ica_seed, max_iter=self.max_iter, tol=self.tol,
                                   fun=self.fun)
         comps, _ = flip_signs(_zscore_rows(np.asarray(comps, dtype=np.float64)))

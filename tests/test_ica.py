@@ -193,7 +193,7 @@ def test_fastica_mixing_reconstructs(rng):
 def test_gica1_subject_maps_sum_to_group_and_reconstruct(rng):
     maps, subjects = planted(rng, n_subjects=5, n_voxels=1200, t_range=(45, 55))
     total = sum(s.shape[0] for s in subjects)
-    ica = GroupICA(n_components=5, pca_dim=8, internal_dim=total, random_state=1)
+    ica = GroupICA(n_components=5, pca_dim=8, internal_dim=total, random_state=1, max_iter=2000)
     ica.fit(lambda i: subjects[i], len(subjects))
     outs = [ica.backproject_gica1(s) for s in subjects]
     summed = np.sum([m for m, _ in outs], axis=0)
