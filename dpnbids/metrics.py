@@ -45,16 +45,16 @@ def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict:
 def summarise_folds(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """Per input set and model: mean and SD over folds, and pooled out-of-fold metrics.
 
-    ``predictions`` needs columns input_set, model, repeat, fold, y_true, probability.
+    ``predictions`` needs columns input_set, model, repeat, fold, true_label, probability.
     Pooled values average the probabilities of a subject over repeats first.
     """
     rows = []
     for (input_set, model), df in predictions.groupby(["input_set", "model"], sort=False):
-        per_fold = pd.DataFrame([binary_metrics(g["y_true"], g["probability"], threshold)
+        per_fold = pd.DataFrame([binary_metrics(g["true_label"], g["probability"], threshold)
                                  for _, g in df.groupby(["repeat", "fold"])])
-        pooled_df = df.groupby("participant_id").agg(y_true=("y_true", "first"),
+        pooled_df = df.groupby("participant_id").agg(true_label=("true_label", "first"),
                                                      probability=("probability", "mean"))
-        pooled = binary_metrics(pooled_df["y_true"], pooled_df["probability"], threshold)
+        pooled = binary_metrics(pooled_df["true_label"], pooled_df["probability"], threshold)
         row = {"input_set": input_set, "model": model, "n_subjects": int(len(pooled_df)),
                "n_folds": int(len(per_fold))}
         for m in METRICS:

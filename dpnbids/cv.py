@@ -1,0 +1,316 @@
+"""Leakage-free nested cross-validation of the VoxNet and baselines on identical folds.
+
+Outer loop: stratified K folds at subject level, repeated with derived seeds.
+Inside each outer training fold only (never the outer test fold):
+
+1. component selection (``select_fn(train_idx)``; SSC uses
+   :func:`dpnbids.stats.select_components` on the training subjects);
+2. feature scaling (per-channel z-score over the training subjects' brain voxels);
+3. an inner stratified validation split that drives early stopping;
+4. with ``tune=True``, a grid search over hyperparameters judged on the inner
+   validation loss only.
+
+Baselines (linear SVM, L2 logistic regression, majority class) see the same
+selected, scaled features of the same folds.  :func:`check_no_leakage` raises
+:class:`~dpnbids.exceptions.DataLeakageError` on any overlap of training,
+validation and test subjects; it is called for every fold before training.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from dpnbids.exceptions import DataLeakageError, InputError
+
+#: The paper's hyperparameter grids (used with ``tune=True``).
+PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
+              "dropout": (0.3, 0.5), "batch_size": (4, 8), "epochs": (50, 100)}
+
+
+def derive_seeds(random_state, n: int) -> list[int]:
+    """``n`` independent 32-bit seeds from one integer seed."""
+    seq = np.random.SeedSequence(None if random_state is None else int(random_state))
+    return [int(s.generate_state(1, dtype=np.uint32)[0]) for s in seq.spawn(n)]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One outer fold: subject IDs of the inner-training, validation and test sets."""
+
+    repeat: int
+    fold: int
+    train_ids: tuple
+    val_ids: tuple
+    test_ids: tuple
+    seed: int
+
+    @property
+    def outer_train_ids(self) -> tuple:
+        return tuple(self.train_ids) + tuple(self.val_ids)
+
+
+def check_no_leakage(fold: Fold) -> None:
+    """Raise DataLeakageError if a subject is in two of train/val/test, or duplicated."""
+    sets = {"train": list(fold.train_ids), "validation": list(fold.val_ids),
+            "test": list(fold.test_ids)}
+    for name, ids in sets.items():
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise DataLeakageError(f"repeat {fold.repeat} fold {fold.fold}: subject(s) {dup} "
+                                   f"appear more than once in the {name} set")
+    for (a, ia), (b, ib) in itertools.combinations(sets.items(), 2):
+        overlap = sorted(set(ia) & set(ib))
+        if overlap:
+            raise DataLeakageError(
+                f"repeat {fold.repeat} fold {fold.fold}: subject(s) {overlap} are in both the "
+                f"{a} and {b} sets; the outer test fold must never be seen in training, "
+                "selection, scaling or early stopping.")
+
+
+def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int = 1,
+                      val_fraction: float = 0.2, random_state=None) -> list[Fold]:
+    """Stratified, seeded subject-level outer folds with an inner validation split."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    ids = np.asarray(list(subject_ids))
+    y = np.asarray(labels, dtype=int)
+    if ids.size != y.size:
+        raise InputError(f"{ids.size} subject IDs but {y.size} labels")
+    if len(set(ids.tolist())) != ids.size:
+        raise DataLeakageError("duplicated subject IDs: splits must be at subject level")
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise InputError(f"only one class among the labelled subjects ({n_pos} responders, "
+                         f"{n_neg} non-responders); cross-validation needs both.")
+    if min(n_pos, n_neg) < n_folds:
+        raise InputError(f"{n_pos} responders and {n_neg} non-responders, but --folds "
+                         f"{n_folds} needs at least {n_folds} per class; use --folds "
+                         f"{max(2, min(n_pos, n_neg))} or fewer.")
+    folds = []
+    for repeat, seed in enumerate(derive_seeds(random_state, n_repeats)):
+        skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
+        for k, (train, test) in enumerate(skf.split(ids, y)):
+            fold_seed = derive_seeds(seed, k + 1)[k]
+            n_val = max(2, int(round(val_fraction * train.size)))
+            ytr = y[train]
+            strat = ytr if min((ytr == 1).sum(), (ytr == 0).sum()) >= 2 else None
+            inner, val = train_test_split(train, test_size=n_val, stratify=strat,
+                                          random_state=fold_seed % (2**31))
+            fold = Fold(repeat, k, tuple(ids[np.sort(inner)].tolist()),
+                        tuple(ids[np.sort(val)].tolist()), tuple(ids[np.sort(test)].tolist()),
+                        fold_seed)
+            check_no_leakage(fold)
+            folds.append(fold)
+    return folds
+
+
+def splits_to_dataframe(folds) -> pd.DataFrame:
+    """One row per (repeat, fold, subject) with its role: train, validation or test."""
+    rows = []
+    for f in folds:
+        for role, ids in (("train", f.train_ids), ("validation", f.val_ids),
+                          ("test", f.test_ids)):
+            rows.extend({"repeat": f.repeat, "fold": f.fold, "participant_id": f"sub-{i}",
+                         "role": role, "seed": f.seed} for i in ids)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- scaling
+def fit_scaler(x: np.ndarray) -> dict:
+    """Per-channel mean/SD over subjects and non-zero (in-brain) voxels of ``x`` (S,X,Y,Z,C)."""
+    nz = np.any(x != 0, axis=(0, 4))
+    vals = x[:, nz, :]  # (S, V, C)
+    mean = vals.mean(axis=(0, 1))
+    sd = vals.std(axis=(0, 1))
+    sd[sd == 0] = 1.0
+    return {"mean": mean.astype(np.float32).tolist(), "sd": sd.astype(np.float32).tolist(),
+            "support": nz}
+
+
+def apply_scaler(x: np.ndarray, scaler: dict) -> np.ndarray:
+    out = (x - np.asarray(scaler["mean"], np.float32)) / np.asarray(scaler["sd"], np.float32)
+    out[:, ~np.asarray(scaler["support"], bool), :] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- training
+def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
+    import keras
+
+    from dpnbids.model import build_voxnet
+
+    keras.utils.set_random_seed(int(seed) % (2**31))
+    if train_params.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = build_voxnet(x_tr.shape[1:], **model_params)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss",
+                                               patience=int(train_params.get("patience", 10)),
+                                               restore_best_weights=True)]
+    started = time.perf_counter()
+    hist = model.fit(x_tr, y_tr.astype(np.float32), validation_data=(x_val,
+                                                                    y_val.astype(np.float32)),
+                     epochs=int(train_params.get("epochs", 100)),
+                     batch_size=int(train_params.get("batch_size", 4)), shuffle=True,
+                     callbacks=callbacks, verbose=0)
+    seconds = time.perf_counter() - started
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()
+               if k in ("loss", "val_loss")}
+    return model, history, seconds
+
+
+def _tune(x_tr, y_tr, x_val, y_val, model_params, train_params, grid, seed):
+    """Pick hyperparameters on the inner validation loss only."""
+    keys = sorted(grid)
+    best, best_loss = None, np.inf
+    for values in itertools.product(*(grid[k] for k in keys)):
+        cand = dict(zip(keys, values))
+        mp = {**model_params, **{k: v for k, v in cand.items()
+                                 if k in ("learning_rate", "epsilon", "dropout")}}
+        tp = {**train_params, **{k: v for k, v in cand.items() if k in ("batch_size", "epochs")}}
+        _, hist, _ = _fit_cnn(x_tr, y_tr, x_val, y_val, mp, tp, seed)
+        loss = min(hist["val_loss"])
+        if loss < best_loss:
+            best, best_loss = (mp, tp, cand), loss
+    return best
+
+
+def _baseline_probs(name, x_tr, y_tr, x_te, seed):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if name == "svm":
+        clf = LinearSVC(C=1.0, max_iter=20000, random_state=seed % (2**31)).fit(x_tr, y_tr)
+        return 1.0 / (1.0 + np.exp(-clf.decision_function(x_te)))
+    if name == "logreg":
+        clf = LogisticRegression(C=1.0, max_iter=5000).fit(x_tr, y_tr)
+        return clf.predict_proba(x_te)[:, 1]
+    if name == "majority":
+        clf = DummyClassifier(strategy="prior").fit(x_tr, y_tr)
+        return clf.predict_proba(x_te)[:, list(clf.classes_).index(1)] \
+            if 1 in clf.classes_ else np.zeros(len(x_te))
+    raise InputError(f"unknown baseline {name!r}; choose svm, logreg or majority")
+
+
+@dataclass
+class CVResult:
+    """Predictions, fold manifests, learning curves and timings of one nested CV."""
+
+    predictions: pd.DataFrame
+    manifests: list = field(default_factory=list)
+    histories: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
+                  model_params=None, train_params=None, tune=False, tune_grid=None,
+                  baselines=("svm", "logreg", "majority"), random_state=None,
+                  progress=None) -> CVResult:
+    """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=int)
+    ids = list(subject_ids)
+    if x.ndim != 5 or x.shape[0] != len(ids) or y.size != len(ids):
+        raise InputError(f"features {x.shape}, {y.size} labels and {len(ids)} subjects do not "
+                         "agree; expected (subjects, X, Y, Z, channels)")
+    index = {s: i for i, s in enumerate(ids)}
+    model_params = dict(model_params or {})
+    train_params = dict(train_params or {})
+    rows, manifests, histories = [], [], {}
+    fold_seconds, epoch_seconds = [], []
+    for fold in folds:
+        check_no_leakage(fold)
+        tr = np.array([index[s] for s in fold.train_ids])
+        va = np.array([index[s] for s in fold.val_ids])
+        te = np.array([index[s] for s in fold.test_ids])
+        outer = np.concatenate([tr, va])
+        started = time.perf_counter()
+        channels = np.arange(x.shape[-1])
+        if select_fn is not None:
+            channels = np.asarray(select_fn(np.sort(outer)), dtype=int)
+            if channels.size == 0:
+                raise InputError(f"{input_set}: component selection returned no component "
+                                 f"in repeat {fold.repeat} fold {fold.fold}")
+        xs = x[..., channels]
+        scaler = fit_scaler(xs[outer])
+        xs_outer = apply_scaler(xs[outer], scaler)
+        xs_test = apply_scaler(xs[te], scaler)
+        n_tr = tr.size
+        x_tr, x_val = xs_outer[:n_tr], xs_outer[n_tr:]
+        mp, tp, chosen = model_params, train_params, None
+        if tune:
+            mp, tp, chosen = _tune(x_tr, y[tr], x_val, y[va], model_params, train_params,
+                                   tune_grid or PAPER_GRID, fold.seed)
+        model, hist, seconds = _fit_cnn(x_tr, y[tr], x_val, y[va], mp, tp, fold.seed)
+        prob = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
+        del model
+        n_epochs = len(hist.get("loss", [])) or 1
+        epoch_seconds.append(seconds / n_epochs)
+        histories[(fold.repeat, fold.fold)] = hist
+        for s, p in zip(te, prob):
+            rows.append({"participant_id": f"sub-{ids[s]}", "repeat": fold.repeat,
+                         "fold": fold.fold, "input_set": input_set, "model": "cnn",
+                         "true_label": int(y[s]), "probability": float(p)})
+        flat_tr = xs_outer.reshape(len(outer), -1)
+        flat_te = xs_test.reshape(len(te), -1)
+        for name in baselines:
+            probs = _baseline_probs(name, flat_tr, y[outer], flat_te, fold.seed)
+            for s, p in zip(te, probs):
+                rows.append({"participant_id": f"sub-{ids[s]}", "repeat": fold.repeat,
+                             "fold": fold.fold, "input_set": input_set, "model": name,
+                             "true_label": int(y[s]), "probability": float(p)})
+        fold_seconds.append(time.perf_counter() - started)
+        manifests.append({"repeat": fold.repeat, "fold": fold.fold,
+                          "train_ids": list(fold.train_ids), "val_ids": list(fold.val_ids),
+                          "test_ids": list(fold.test_ids),
+                          "selected_components": [int(c) for c in channels],
+                          "seed": int(fold.seed), "epochs_trained": n_epochs,
+                          "tuned_hyperparameters": chosen,
+                          "scaling": "per-channel z-score fitted on the outer training fold"})
+        if progress:
+            progress(f"repeat {fold.repeat} fold {fold.fold}: {n_epochs} epochs, "
+                     f"{fold_seconds[-1]:.1f} s")
+    timings = {"seconds_per_fold_mean": float(np.mean(fold_seconds)) if fold_seconds else 0.0,
+               "seconds_per_epoch_mean": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
+               "seconds_per_fold": [float(v) for v in fold_seconds]}
+    return CVResult(pd.DataFrame(rows), manifests, histories, timings)
+
+
+def permutation_test(run_fn, y, *, n_permutations: int, random_state=None, observed=None):
+    """Label-permutation test: ``run_fn(labels) -> auc`` reruns the whole CV.
+
+    p = (1 + #{null >= observed}) / (1 + n_permutations).
+    """
+    y = np.asarray(y, dtype=int)
+    if observed is None:
+        observed = run_fn(y)
+    rng = np.random.default_rng(random_state)
+    null = np.array([run_fn(rng.permutation(y)) for _ in range(int(n_permutations))])
+    p = (1.0 + np.sum(null >= observed)) / (1.0 + len(null))
+    return float(observed), null, float(p)
+
+
+def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None,
+                    val_fraction=0.2, random_state=None):
+    """Train on all labelled subjects (inner validation split for early stopping only)."""
+    from sklearn.model_selection import train_test_split
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=int)
+    if channels is not None:
+        x = x[..., np.asarray(channels, dtype=int)]
+    seed = derive_seeds(random_state, 1)[0]
+    scaler = fit_scaler(x)
+    xs = apply_scaler(x, scaler)
+    idx = np.arange(len(y))
+    tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
+                              stratify=y, random_state=seed % (2**31))
+    model, history, _ = _fit_cnn(xs[tr], y[tr], xs[va], y[va], dict(model_params or {}),
+                                 dict(train_params or {}), seed)
+    scaling = {"mean": scaler["mean"], "sd": scaler["sd"],
+               "support": np.asarray(scaler["support"], bool)}
+    return model, scaling, None if channels is None else [int(c) for c in channels], history
