@@ -1,0 +1,168 @@
+"""Leakage-free nested CV: splits, leakage checks, in-fold selection, learning, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from dpnbids.cv import (Fold, check_no_leakage, derive_seeds, fit_final_model, make_outer_splits,
+                        permutation_test, run_nested_cv, splits_to_dataframe)
+from dpnbids.exceptions import DataLeakageError, InputError
+
+GRID = (14, 16, 13)
+FAST = {"epochs": 10, "batch_size": 4, "patience": 10}
+
+
+def _ids(n):
+    return [f"{i:02d}" for i in range(1, n + 1)]
+
+
+def _planted(rng, n=20, channels=2, amplitude=3.0):
+    """Responders carry a blob in channel 0; everything else is noise."""
+    y = np.array([1, 0] * (n // 2))
+    x = rng.normal(size=(n,) + GRID + (channels,)).astype(np.float32)
+    x[y == 1, 4:10, 5:11, 4:9, 0] += amplitude
+    return x, y
+
+
+def test_splits_are_stratified_disjoint_and_seeded():
+    ids, y = _ids(23), np.array([1] * 11 + [0] * 12)
+    folds = make_outer_splits(ids, y, n_folds=5, n_repeats=2, random_state=7)
+    assert len(folds) == 10
+    for r in range(2):
+        tests = [s for f in folds if f.repeat == r for s in f.test_ids]
+        assert sorted(tests) == ids  # every subject tested exactly once per repeat
+    lab = dict(zip(ids, y))
+    for f in folds:
+        check_no_leakage(f)
+        assert set(f.train_ids) | set(f.val_ids) | set(f.test_ids) == set(ids)
+        n_pos = sum(lab[s] for s in f.test_ids)
+        assert n_pos in (2, 3) and len(f.test_ids) - n_pos in (2, 3)
+        assert {lab[s] for s in f.val_ids} == {0, 1}
+    assert [f.test_ids for f in folds[:5]] != [f.test_ids for f in folds[5:]]
+    again = make_outer_splits(ids, y, n_folds=5, n_repeats=2, random_state=7)
+    assert again == folds
+    assert make_outer_splits(ids, y, n_folds=5, random_state=8) != folds[:5]
+    df = splits_to_dataframe(folds)
+    assert len(df) == 10 * 23 and set(df.role) == {"train", "validation", "test"}
+    assert len(set(derive_seeds(3, 50))) == 50 and derive_seeds(3, 4) == derive_seeds(3, 4)
+
+
+def test_too_few_per_class_suggests_folds():
+    y = np.array([1] * 6 + [0] * 14)
+    with pytest.raises(InputError, match=r"6 responders and 14 non-responders.*--folds 6"):
+        make_outer_splits(_ids(20), y, n_folds=10, random_state=0)
+
+
+def test_single_class_and_mismatched_labels():
+    with pytest.raises(InputError, match="only one class.*0 responders, 12 non-responders"):
+        make_outer_splits(_ids(12), np.zeros(12), n_folds=3, random_state=0)
+    with pytest.raises(InputError, match="12 subject IDs but 11 labels"):
+        make_outer_splits(_ids(12), np.zeros(11), n_folds=3, random_state=0)
+    with pytest.raises(DataLeakageError, match="duplicated"):
+        make_outer_splits(["01", "01", "02", "03"], [0, 1, 0, 1], n_folds=2, random_state=0)
+
+
+@pytest.mark.parametrize("fold,msg", [
+    (Fold(0, 1, ("a", "b"), ("c",), ("b", "d"), 1), r"\['b'\].*train and test"),
+    (Fold(0, 1, ("a", "b"), ("a",), ("d",), 1), r"\['a'\].*train and validation"),
+    (Fold(0, 1, ("a",), ("c",), ("c", "d"), 1), r"\['c'\].*validation and test"),
+    (Fold(0, 1, ("a", "a"), ("c",), ("d",), 1), "more than once in the train"),
+])
+def test_leakage_raises(fold, msg):
+    with pytest.raises(DataLeakageError, match=msg):
+        check_no_leakage(fold)
+
+
+def test_run_nested_cv_refuses_a_leaky_fold(rng):
+    x, y = _planted(rng, n=8)
+    ids = _ids(8)
+    leaky = Fold(0, 0, tuple(ids[:5]), (ids[5],), (ids[4], ids[6], ids[7]), 1)
+    with pytest.raises(DataLeakageError):
+        run_nested_cv(x, y, ids, [leaky], train_params=FAST, baselines=())
+
+
+@pytest.mark.slow
+def test_planted_blob_is_learned_and_test_fold_never_seen(rng):
+    x, y = _planted(rng)
+    ids = _ids(len(y))
+    folds = make_outer_splits(ids, y, n_folds=4, random_state=11)
+    seen = []
+
+    def spy(train_idx):
+        seen.append(np.asarray(train_idx).copy())
+        return [0, 1]
+
+    res = run_nested_cv(x, y, ids, folds, input_set="SSC", select_fn=spy, train_params=FAST,
+                        random_state=11)
+    index = {s: i for i, s in enumerate(ids)}
+    assert len(seen) == len(folds)
+    for f, got in zip(folds, seen):
+        assert set(got.tolist()) == {index[s] for s in f.train_ids + f.val_ids}
+        assert not set(got.tolist()) & {index[s] for s in f.test_ids}
+    pred = res.predictions
+    assert set(pred.model) == {"cnn", "svm", "logreg", "majority"}
+    assert list(pred.columns) == ["participant_id", "repeat", "fold", "input_set", "model",
+                                  "true_label", "probability"]
+    for model in ("cnn", "svm", "logreg"):
+        p = pred[pred.model == model].sort_values("participant_id")
+        assert len(p) == len(ids)
+        assert roc_auc_score(p.true_label, p.probability) > 0.9, model
+    maj = pred[pred.model == "majority"]
+    assert maj.groupby("fold").probability.nunique().max() == 1
+    m = res.manifests[0]
+    assert m["selected_components"] == [0, 1] and m["test_ids"] == list(folds[0].test_ids)
+    assert set(res.histories) == {(0, k) for k in range(4)}
+    assert all(len(h["val_loss"]) == len(h["loss"]) >= 1 for h in res.histories.values())
+    assert len(res.timings["seconds_per_fold"]) == 4
+
+
+def _cnn_probs(x, y, seed):
+    ids = _ids(len(y))
+    folds = make_outer_splits(ids, y, n_folds=2, random_state=seed)
+    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 2, "batch_size": 8},
+                        baselines=(), random_state=seed)
+    return res.predictions.sort_values("participant_id").probability.to_numpy()
+
+
+@pytest.mark.slow
+def test_same_seed_same_predictions(rng):
+    x, y = _planted(rng, n=12)
+    a, b = _cnn_probs(x, y, 5), _cnn_probs(x, y, 5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, _cnn_probs(x, y, 6))
+
+
+def test_tuning_picks_from_the_grid(rng):
+    x, y = _planted(rng, n=12)
+    ids = _ids(12)
+    folds = make_outer_splits(ids, y, n_folds=2, random_state=2)[:1]
+    grid = {"learning_rate": (1e-3, 1e-2), "epochs": (2,)}
+    res = run_nested_cv(x, y, ids, folds, train_params={"batch_size": 8}, tune=True,
+                        tune_grid=grid, baselines=(), random_state=2)
+    chosen = res.manifests[0]["tuned_hyperparameters"]
+    assert chosen["learning_rate"] in (1e-3, 1e-2) and chosen["epochs"] == 2
+
+
+def test_permutation_test(rng):
+    y = np.array([1, 0] * 15)
+    signal = y + rng.normal(scale=0.3, size=y.size)
+    noise = rng.normal(size=y.size)
+    obs, null, p = permutation_test(lambda lab: roc_auc_score(lab, signal), y,
+                                    n_permutations=99, random_state=0)
+    assert obs > 0.9 and null.shape == (99,) and p == pytest.approx(0.01)
+    _, _, p_null = permutation_test(lambda lab: roc_auc_score(lab, noise), y,
+                                    n_permutations=99, random_state=0)
+    assert p_null > 0.05
+    again = permutation_test(lambda lab: roc_auc_score(lab, noise), y, n_permutations=99,
+                             random_state=0)
+    assert again[2] == p_null
+
+
+def test_fit_final_model(rng):
+    x, y = _planted(rng, n=16, channels=3)
+    model, scaling, channels, history = fit_final_model(
+        x, y, channels=[0, 2], train_params={"epochs": 2, "batch_size": 8}, random_state=1)
+    assert model.input_shape == (None,) + GRID + (2,)
+    assert channels == [0, 2] and len(scaling["mean"]) == 2
+    assert scaling["support"].shape == GRID and len(history["val_loss"]) == 2
