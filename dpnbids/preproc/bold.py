@@ -222,7 +222,7 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
         reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid",
                                 aff_metric="mattes", aff_sampling=32,
                                 aff_random_sampling_rate=0.3,
-                                aff_iterations=(50, 20), aff_shrink_factors=(2, 1),
+                                aff_iterations=(20, 5), aff_shrink_factors=(2, 1),
                                 aff_smoothing_sigmas=(1, 0), random_seed=int(random_seed),
                                 outprefix=str(tmp / f"vol{t:04d}_"))
         matrices[t] = read_ants_affine(reg["fwdtransforms"][0])
@@ -276,6 +276,8 @@ def bold_reference_and_mask(bold_file, out_dir):
     ref_file = out_dir / f"{stem}_boldref.nii.gz"
     nib.save(ref, ref_file)
     try:
+        if not np.any(np.isfinite(data) & (data > 0)) or np.ptp(data) == 0:
+            raise ValueError("no signal")
         mask = compute_epi_mask(ref)
         n = int(np.count_nonzero(mask.get_fdata() > 0.5))
     except ValueError:
