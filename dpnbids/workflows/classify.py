@@ -203,7 +203,7 @@ def _permutation(config, x, y, subjects, name, summaries):
                                train_params=_train_params(config), tune=False,
                                baselines=(), random_state=config.seed(f"cv.perm.{name}"))
         pred = res.predictions[res.predictions["model"] == "cnn"]
-        return binary_metrics(pred["y_true"].to_numpy(), pred["probability"].to_numpy())["auc"]
+        return binary_metrics(pred["true_label"].to_numpy(), pred["probability"].to_numpy())["auc"]
 
     observed, null, p = cv.permutation_test(run_fn, y, n_permutations=config.cnn.n_permutations,
                                             random_state=config.seed(f"perm.{name}"))
@@ -219,7 +219,7 @@ def _metrics(config, predictions, perms, writer, group_dir):
     writer.write_tsv(summary, group_dir / "metrics.tsv")
     ci_rows = []
     for (input_set, model), pred in predictions.groupby(["input_set", "model"], sort=False):
-        yt, pr = pred["y_true"].to_numpy(), pred["probability"].to_numpy()
+        yt, pr = pred["true_label"].to_numpy(), pred["probability"].to_numpy()
         for metric in ("auc", "accuracy", "f1", "precision", "recall", "balanced_accuracy",
                        "specificity"):
             lo, hi = bootstrap_ci(yt, pr, metric=metric, n_boot=config.cnn.n_bootstrap,
