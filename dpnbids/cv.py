@@ -146,7 +146,10 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     keras.utils.set_random_seed(int(seed) % (2**31))
     if train_params.get("mixed_precision"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = build_voxnet(x_tr.shape[1:], **model_params)
+    try:
+        model = build_voxnet(x_tr.shape[1:], **model_params)
+    finally:  # the policy is global: never let it leak into the next model or the baselines
+        keras.mixed_precision.set_global_policy("float32")
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss",
                                                patience=int(train_params.get("patience", 10)),
                                                restore_best_weights=True)]

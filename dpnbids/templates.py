@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -163,6 +164,35 @@ def _resample_to_resolution(src: Path, dst: Path, resolution: float, kind: str) 
     _atomic_to_filename(new, dst)
 
 
+def _usable(path: Path) -> bool:
+    """A real image file: TemplateFlow's offline skeleton holds zero-byte placeholders."""
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _writable_template_dir(tdir: Path) -> Path:
+    """``tdir`` if we may write there, else a per-user cache (read-only TEMPLATEFLOW_HOME,
+    e.g. a shared site installation or a container's image layer)."""
+    probe = tdir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK):
+        return tdir
+    for base in (Path(os.environ.get("DPNBIDS_CACHE", Path.home() / ".cache" / "dpnbids")),
+                 Path(tempfile.gettempdir()) / f"dpnbids-{os.getuid()}"):
+        cand = base / "templateflow" / tdir.name
+        try:
+            cand.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(cand, os.W_OK):
+            return cand
+    raise InputError(f"Cannot write resampled templates: {tdir} is read-only and no writable "
+                     "cache was found. Set DPNBIDS_CACHE to a writable folder.")
+
+
 def available_spaces() -> list[str]:
     """Template identifiers present locally (after seeding the default)."""
     home = templateflow_home()
@@ -197,20 +227,26 @@ def get_template(space: str = DEFAULT_SPACE, resolution: float = 2.0, kind: str 
     home = templateflow_home()
     tdir = home / f"tpl-{space}"
     target = tdir / template_filename(space, resolution, kind)
-    if target.exists():
+    if _usable(target):
         return target
+    cache = _writable_template_dir(tdir)
+    cached = cache / template_filename(space, resolution, kind)
+    if _usable(cached):
+        return cached
     # TemplateFlow's own names for the probseg/mask can vary (e.g. desc-brain_mask vs
     # label-brain_mask); accept the common alternatives.
     alt = _find_alternative(tdir, space, resolution, kind)
     if alt is not None:
         return alt
     one_mm = tdir / template_filename(space, 1, kind)
-    if not one_mm.exists():
+    if not _usable(one_mm):
         alt1 = _find_alternative(tdir, space, 1, kind)
         if alt1 is not None:
             one_mm = alt1
         elif space == _NILEARN_SPACE:
-            _seed_nilearn_mni(home)
+            one_mm = cache / template_filename(space, 1, kind)
+            if not _usable(one_mm):
+                _seed_nilearn_mni(cache.parent)
         else:
             raise InputError(
                 f"Template {space} ({kind}) is not available offline under TEMPLATEFLOW_HOME={home}. "
@@ -221,8 +257,8 @@ def get_template(space: str = DEFAULT_SPACE, resolution: float = 2.0, kind: str 
             )
     if float(resolution) == 1.0:
         return one_mm
-    _resample_to_resolution(one_mm, target, float(resolution), kind)
-    return target
+    _resample_to_resolution(one_mm, cached, float(resolution), kind)
+    return cached
 
 
 def _find_alternative(tdir: Path, space: str, resolution: float, kind: str) -> Path | None:
@@ -237,7 +273,7 @@ def _find_alternative(tdir: Path, space: str, resolution: float, kind: str) -> P
         "CSF": [f"tpl-{space}_res-{res}_label-CSF_probseg.nii.gz"],
     }[kind]
     for pat in patterns:
-        hits = sorted(tdir.glob(pat))
+        hits = sorted(h for h in tdir.glob(pat) if _usable(h))
         if hits:
             return hits[0]
     return None
