@@ -231,3 +231,13 @@ def config_from_args(args, argv=None) -> Config:
         mixed_precision=args.mixed_precision)
     return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
                   random_seed=args.random_seed)
+
+
+def nipype_poll_seconds(plugin: str) -> float:
+    """How long nipype's scheduler sleeps between polls.
+
+    nipype's default (2 s) suits batch schedulers (SLURM, SGE, PBS), but on one
+    machine it adds ~2 s per node, which dominates short nodes (minutes for a
+    cohort's dual regression); local plugins poll every 50 ms instead.
+    """
+    return 0.05 if plugin in ("MultiProc", "Linear", "LegacyMultiProc") else 2.0

@@ -138,6 +138,18 @@ def img_to_maps(img, mask: np.ndarray) -> np.ndarray:
     return data[mask].T
 
 
+def group_mask_for(group_maps_file) -> Path | None:
+    """The group mask written beside group maps (our group folder or a model bundle)."""
+    maps = Path(str(group_maps_file))
+    if maps.name.endswith("_desc-ica_components.nii.gz"):
+        cand = maps.with_name(maps.name.replace("_components.nii.gz", "_mask.nii.gz"))
+    elif maps.name == "group_maps.nii.gz":
+        cand = maps.with_name("group_mask.nii.gz")
+    else:
+        return None
+    return cand if cand.exists() else None
+
+
 def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dict:
     """Dual regression of one run against 4D group maps, within ``mask_file``."""
     from dpnbids.dual_regression import dual_regression
@@ -152,9 +164,13 @@ def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dic
             f"{Path(bold_file).name} (grid {bold.shape[:3]}) are not on the same grid; run the "
             "participant level with the --output-space/--output-resolution of the maps.")
     mask = nib.load(str(mask_file)).get_fdata() > 0.5
-    gmask_path = Path(str(group_maps_file).replace("_components.nii.gz", "_mask.nii.gz"))
-    if gmask_path.exists():
-        mask &= nib.load(str(gmask_path)).get_fdata() > 0.5
+    gmask_path = group_mask_for(group_maps_file)
+    if gmask_path is not None:
+        gmask = np.asarray(nib.load(str(gmask_path)).dataobj)
+        if gmask.shape != mask.shape:
+            raise DimensionError(f"group mask {gmask_path.name} (grid {gmask.shape}) does not "
+                                 f"match {Path(bold_file).name} (grid {mask.shape}).")
+        mask &= gmask > 0.5
     data = load_run_matrix(bold_file, mask, normalise=True)
     group = img_to_maps(maps_img, mask)
     result = dual_regression(data, group, des_norm=True)

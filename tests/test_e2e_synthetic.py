@@ -116,7 +116,7 @@ def test_group_ica_labels_planted_networks(planted):
             assert best_p > 0.01, (network, best_p)
 
 
-def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
+def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path, capsys):
     synth, out, root = planted
     model = out / "group" / "model"
     assert (model / "model.keras").exists() and (model / "bundle.json").exists()
@@ -130,36 +130,41 @@ def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
     row = pd.read_csv(pred[0], sep="\t").iloc[0]
     assert 0.0 <= row["probability_response"] <= 1.0
     assert "probability" in (new_out / "sub-01.html").read_text().lower()
-    # a model on another grid is refused before anything is written
+    # a model trained on another grid is refused before anything is written
+    other = tmp_path / "model_2mm"
+    shutil.copytree(model, other)
+    meta = json.loads((other / "bundle.json").read_text())
+    meta["resolution"] = 2.0
+    (other / "bundle.json").write_text(json.dumps(meta))
     bad_out = tmp_path / "bad"
-    code = main([str(synth.bids_dir), str(bad_out), "participant", "--skip-bids-validation",
-                 "--output-resolution", "2", "--fmriprep-dir", str(synth.fmriprep_dir),
-                 "--participant-label", "01", "--model", str(model)])
+    code = main([str(synth.bids_dir), str(bad_out), "participant", *FAST, "--fmriprep-dir",
+                 str(synth.fmriprep_dir), "--participant-label", "01", "--model", str(other)])
     assert code == 2 and not bad_out.exists()
+    assert "does not match" in capsys.readouterr().err
 
 
 def test_null_cohort_finds_nothing(tmp_path):
-    synth = _synth(tmp_path / "bids", null=True, seed=5)
+    """Labels independent of the images: nothing flagged, chance AUC, permutation p > 0.05."""
+    synth = _synth(tmp_path / "bids", null=True, seed=5, n_per_class=(12, 12))
     out = tmp_path / "out"
     _participant(synth, out, tmp_path / "work")
     code = main([str(synth.bids_dir), str(out), "group", *FAST, "--fmriprep-dir",
-                 str(synth.fmriprep_dir), "-w", str(tmp_path / "work"), "--folds", "4",
-                 "--epochs", "8", "--patience", "3", "--n-bootstrap", "200",
-                 "--input-sets", "ASC", "SSC", "--n-permutations", "3"])
+                 str(synth.fmriprep_dir), "-w", str(tmp_path / "work"), "--folds", "3",
+                 "--epochs", "6", "--patience", "3", "--n-bootstrap", "200",
+                 "--input-sets", "ASC", "--n-permutations", "19"])
     assert code == 0
     # no component differs between classes beyond the false-positive rate
     comps = pd.read_csv(next((out / "group").glob("*_desc-ica_components.tsv")), sep="\t")
     n_flagged = int((comps["p"] < 0.05).sum())
     assert n_flagged <= 2, comps[["network", "p"]]
-    # no model, CNN or baseline, on any input set, is far from chance
-    for input_set in ("ASC", "SSC"):
-        for model in ("cnn", "svm", "logreg"):
-            auc = _auc(out, input_set, model)
-            print(f"null {input_set}/{model} AUC = {auc:.3f}")
-            assert 0.2 <= auc <= 0.8, (input_set, model, auc)
-    # the permutation test ran through the CLI and reports a valid p-value
+    # no model, CNN or baseline, is far from chance
+    for model in ("cnn", "svm", "logreg"):
+        auc = _auc(out, "ASC", model)
+        print(f"null ASC/{model} AUC = {auc:.3f}")
+        assert 0.2 <= auc <= 0.8, (model, auc)
     perm = json.loads((out / "group" / "metrics.json").read_text())["permutation"]["ASC"]
-    assert perm["n_permutations"] == 3 and 0.25 <= perm["p_value"] <= 1.0
+    print(f"null ASC permutation p = {perm['p_value']:.3f}")
+    assert perm["n_permutations"] == 19 and perm["p_value"] > 0.05
 
 
 def test_same_seed_identical_predictions(planted, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Deterministic kernels on CPU; must be set before any backend import.
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 LOGGER = logging.getLogger("dpnbids")

@@ -343,7 +343,7 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
         (sinks["mask"], outputnode, [("out_file", "mask")]),
         (summary, outputnode, [("summary", "summary")]),
     ])
-    predict = _add_dualreg(config, workflow, bold_file, outputnode)
+    predict = _add_dualreg(config, workflow, bold_file, sinks)
     if predict is not None:
         workflow.connect(predict, "out_file", summary, "prediction")
     return workflow
@@ -398,7 +398,7 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
         (sinks["mask"], outputnode, [("out_file", "mask")]),
         (summary, outputnode, [("summary", "summary")]),
     ])
-    predict = _add_dualreg(config, workflow, source, outputnode)
+    predict = _add_dualreg(config, workflow, source, sinks)
     if predict is not None:
         workflow.connect(predict, "out_file", summary, "prediction")
     return workflow
@@ -415,8 +415,12 @@ def _raw_like_source(run: dict) -> str:
     return str(Path("func") / name)
 
 
-def _add_dualreg(config, workflow, source, outputnode):
-    """Dual regression (and prediction) against --group-maps or --model."""
+def _add_dualreg(config, workflow, source, sinks):
+    """Dual regression (and prediction) against --group-maps or --model.
+
+    Reads the written denoised series and mask from their sinks (not from the
+    outputnode, which also carries the summary that the prediction feeds).
+    """
     maps = None
     if config.ica.group_maps is not None:
         maps = str(config.ica.group_maps)
@@ -440,7 +444,8 @@ def _add_dualreg(config, workflow, source, outputnode):
                                    entities={**std, "desc": "stage2z"}),
                    name="ds_stage2_z", run_without_submitting=True)
     workflow.connect([
-        (outputnode, dual_regression, [("denoised", "bold_file"), ("mask", "mask_file")]),
+        (sinks["denoised"], dual_regression, [("out_file", "bold_file")]),
+        (sinks["mask"], dual_regression, [("out_file", "mask_file")]),
         (dual_regression, ds_tc, [("timecourses", "in_file")]),
         (dual_regression, ds_pe, [("maps_pe", "in_file")]),
         (dual_regression, ds_z, [("maps_z", "in_file")]),
@@ -493,11 +498,15 @@ def run_participant_level(config, inputs, writer) -> None:
     """Build and run the participant workflow; name failed subjects on failure."""
     from nipype import config as ncfg
 
+    from dpnbids.config import nipype_poll_seconds
+
     logs = config.execution.output_dir / "logs"
     ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
                                       "stop_on_first_crash": config.execution.stop_on_first_crash,
                                       "remove_unnecessary_outputs": False,
-                                      "hash_method": "content"},
+                                      "hash_method": "content",
+                                      "poll_sleep_duration":
+                                          nipype_poll_seconds(config.execution.plugin)},
                         "monitoring": {"enabled": False}})
     config.execution.work_dir.mkdir(parents=True, exist_ok=True)
     workflow = init_dpnbids_wf(config, inputs)

@@ -45,7 +45,7 @@ def fit_group_ica(runs, mask, config):
 
     def loader(i):
         LOGGER.info("group ICA: loading %s (%d/%d)", runs[i].key, i + 1, len(runs))
-        return load_run_matrix(runs[i].denoised, mask, normalise=True)
+        return load_run_matrix(runs[i].denoised, mask, normalise=False)  # GroupICA normalises
 
     ica = GroupICA(n_components=config.ica.n_components, pca_dim=config.ica.pca_dim,
                    n_repeats=config.ica.ica_repeats, random_state=config.seed("ica"))
@@ -92,9 +92,13 @@ def run_dual_regression(config, runs, group_maps_file) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
     from nipype import config as ncfg
 
+    from dpnbids.config import nipype_poll_seconds
+
     logs = config.execution.output_dir / "logs"
     ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
-                                      "hash_method": "content"}})
+                                      "hash_method": "content",
+                                      "poll_sleep_duration":
+                                          nipype_poll_seconds(config.execution.plugin)}})
     config.execution.work_dir.mkdir(parents=True, exist_ok=True)
     workflow = init_dualreg_wf(config, runs, group_maps_file)
     try:
