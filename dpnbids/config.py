@@ -104,6 +104,7 @@ class CNNConfig:
     dropout: float = 0.3
     dense_units: int = 128
     patience: int = 10
+    min_epochs: int = 10
     cnn_voxel_size: float | None = None
     mixed_precision: bool = False
 
@@ -153,7 +154,10 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     from dpnbids.exceptions import InputError
 
     if path is None:
-        args = {"n_procs": nprocs, "raise_insufficient": False, "maxtasksperchild": 1}
+        # forkserver, as fMRIPrep: a worker forked from a process that already runs
+        # TensorFlow threads (a Python session, a test runner) can hang forever
+        args = {"n_procs": nprocs, "raise_insufficient": False, "maxtasksperchild": 1,
+                "mp_context": "forkserver"}
         if mem_gb:
             args["memory_gb"] = mem_gb
         return ("MultiProc" if nprocs > 1 else "Linear"), args
@@ -172,6 +176,7 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
         raise InputError(f"plugin file {path}: 'plugin_args' must be a mapping")
     if data["plugin"] == "MultiProc":
         plugin_args.setdefault("n_procs", nprocs)
+        plugin_args.setdefault("mp_context", "forkserver")
         if mem_gb:
             plugin_args.setdefault("memory_gb", mem_gb)
     return data["plugin"], plugin_args
@@ -227,7 +232,8 @@ def config_from_args(args, argv=None) -> Config:
         paper_faithful=args.paper_faithful, ica_in_folds=args.ica_in_folds, tune=args.tune,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         adam_epsilon=args.adam_epsilon, dropout=args.dropout, dense_units=args.dense_units,
-        patience=args.patience, cnn_voxel_size=args.cnn_voxel_size,
+        patience=args.patience, min_epochs=args.min_epochs,
+        cnn_voxel_size=args.cnn_voxel_size,
         mixed_precision=args.mixed_precision)
     return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
                   random_seed=args.random_seed)
@@ -241,3 +247,16 @@ def nipype_poll_seconds(plugin: str) -> float:
     cohort's dual regression); local plugins poll every 50 ms instead.
     """
     return 0.05 if plugin in ("MultiProc", "Linear", "LegacyMultiProc") else 2.0
+
+
+#: Modules the forkserver imports once, so each nipype worker starts in milliseconds.
+FORKSERVER_PRELOAD = ["numpy", "scipy.ndimage", "nibabel", "pandas", "nipype.pipeline.engine",
+                      "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.group_pipeline"]
+
+
+def prepare_nipype_plugin(plugin: str, plugin_args: dict) -> None:
+    """Preload the forkserver of a MultiProc run (no-op for other plugins)."""
+    if plugin == "MultiProc" and plugin_args.get("mp_context") == "forkserver":
+        import multiprocessing
+
+        multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)

@@ -152,6 +152,8 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
         keras.mixed_precision.set_global_policy("float32")
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss",
                                                patience=int(train_params.get("patience", 10)),
+                                               start_from_epoch=int(
+                                                   train_params.get("min_epochs", 0)),
                                                restore_best_weights=True)]
     started = time.perf_counter()
     hist = model.fit(x_tr, y_tr.astype(np.float32), validation_data=(x_val,

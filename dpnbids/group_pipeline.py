@@ -171,7 +171,9 @@ def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dic
             raise DimensionError(f"group mask {gmask_path.name} (grid {gmask.shape}) does not "
                                  f"match {Path(bold_file).name} (grid {mask.shape}).")
         mask &= gmask > 0.5
-    data = load_run_matrix(bold_file, mask, normalise=True)
+    # as FSL's dual_regression: the data are not variance-normalised (that would erase
+    # the amplitude the classifier needs); they are in percent signal change already
+    data = load_run_matrix(bold_file, mask, normalise=False)
     group = img_to_maps(maps_img, mask)
     result = dual_regression(data, group, des_norm=True)
     cols = [f"component_{k:02d}" for k in range(group.shape[0])]

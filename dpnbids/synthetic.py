@@ -42,10 +42,11 @@ are then imaged, through known transforms, by a simulated scanner.
    voxel (zero elsewhere).
 7. **BOLD signal.** In head (template) coordinates ``v`` at time ``t``::
 
-       F(v, t) = B(v) * (1 + signal_percent/100 * sum_n S_sn(v) x_n(t + o(v))
+       F(v, t) = B(v) * (1 + signal_percent/100 * GM(v) * sum_n S_sn(v) x_n(t + o(v))
                           + physio_percent/100 * W(v) p(t))
 
-   where ``W = CSF + 0.5 WM + 0.2 GM`` and ``o(v)`` is the acquisition offset of
+   where ``GM`` is the template's grey-matter probability (network signal is
+   neuronal, so it lives in grey matter), ``W = CSF + 0.5 WM + 0.2 GM`` and ``o(v)`` is the acquisition offset of
    the scanner slice that contains ``v`` (``SliceTiming``; ``slice_order``
    ascending, descending or interleaved along the third voxel axis of the
    BOLD grid). Gaussian noise of SD
@@ -509,8 +510,9 @@ def _confounds(data: np.ndarray, motion: np.ndarray, tpl: _Template) -> tuple[pd
     cols["dvars"] = np.r_[np.nan, dvars]
     cols["std_dvars"] = np.r_[np.nan, dvars / expected if expected > 0 else dvars]
     cols["global_signal"] = ts.mean(1)
-    wm = mask & (tpl.wm > 0.9)
-    csf = mask & (tpl.csf > 0.5)
+    # as fMRIPrep: thresholded tissue masks, eroded to keep grey-matter signal out
+    wm = ndimage.binary_erosion(mask & (tpl.wm > 0.9))
+    csf = ndimage.binary_erosion(mask & (tpl.csf > 0.5))
     if wm.sum() < 10:
         wm = mask & (tpl.wm >= np.percentile(tpl.wm[mask], 90))
     if csf.sum() < 10:
@@ -754,7 +756,9 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
     slc = np.clip(np.rint(kvox).astype(int), 0, n_slices - 1)
     offsets = st[slc]
 
-    brain_maps = maps[tpl.support]  # (V, N)
+    # neuronal (network) BOLD lives in grey matter: weight the maps by P(GM), so white
+    # matter and CSF carry noise and physiology, as the confound model assumes
+    brain_maps = maps[tpl.support] * tpl.gm[tpl.support, None]  # (V, N)
     base = tpl.baseline[tpl.support]
     pw = tpl.physio_weight[tpl.support]
     noise_sd = p.noise_level * p.signal_percent / 100.0 * tpl.baseline[tpl.mask].mean()

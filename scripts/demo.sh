@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 OUT_ROOT="${1:-demo_out}"
-export TF_CPP_MIN_LOG_LEVEL=2
+export TF_CPP_MIN_LOG_LEVEL=3
 BIDS="$OUT_ROOT/bids"
 if [ ! -f "$BIDS/dataset_description.json" ]; then
     .venv/bin/dpnbids-synth "$BIDS" --space template --seed 0 --n-jobs 2

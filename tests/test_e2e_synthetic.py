@@ -24,16 +24,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 #: Small but honest: 4 mm grid, 10 components; CV/epochs trimmed for CI time.
 FAST = ["--output-resolution", "4", "--n-components", "10", "--pca-dim", "20",
         "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1"]
-CV_FAST = ["--folds", "5", "--epochs", "25", "--patience", "6", "--n-bootstrap", "200",
-           "--input-sets", "ASC", "SSC"]
+CV_FAST = ["--folds", "4", "--epochs", "25", "--patience", "6", "--min-epochs", "10",
+           "--n-bootstrap", "200", "--input-sets", "ASC", "SSC"]
 
 
-def _synth(root: Path, *, null: bool, n_per_class=(16, 16), seed=1, n_volumes=80):
+def _synth(root: Path, *, null: bool, n_per_class=(16, 16), seed=1, n_volumes=80,
+           effect_size=3.0):
+    """A template-space cohort. The planted effect is large (Cohen's d = 3 on the amplitude
+    of two networks) because CI trains the CNN for at most 25 epochs on 24 subjects."""
     from dpnbids.synthetic import SynthParams, generate_dataset
 
     params = SynthParams(n_responders=n_per_class[0], n_nonresponders=n_per_class[1],
                          seed=seed, null=null, space="template", n_volumes=n_volumes,
-                         template_resolution=4.0, effect_size=2.0)
+                         template_resolution=4.0, effect_size=effect_size)
     return generate_dataset(root, params)
 
 
@@ -90,7 +93,7 @@ def test_planted_effect_recovered(planted):
     assert {"ASC", "SSC"} <= set(table.columns)
     assert any("leaky" in c.lower() for c in table.columns)
     manifests = list((out / "group" / "cv").glob("manifest_*.json"))
-    assert len(manifests) >= 10
+    assert len(manifests) >= 8
     for path in manifests:
         m = json.loads(path.read_text())
         test = set(m["test_ids"])
@@ -104,7 +107,7 @@ def test_group_ica_labels_planted_networks(planted):
     planted_networks = set(truth["params"]["networks"])
     found = set(comps.loc[comps["matched"].astype(bool), "network"])
     assert planted_networks <= found, (planted_networks, found)
-    # the planted effect (d = 2 on these networks) shows up in the component statistics,
+    # the planted effect (d = 3 on these networks) shows up in the component statistics,
     # and the networks without an effect do not
     effect = set(truth["params"]["effect_networks"])
     matched = comps[comps["matched"].astype(bool)]

@@ -241,3 +241,25 @@ def test_denoise_refuses_to_remove_all_band_signal(rng):
         denoise(img, conf, mask, tr, strategy="acompcor")
     out = denoise(img, conf, mask, tr, strategy="minimal").get_fdata()
     assert out.std() > 0
+
+
+def test_percent_signal_change_removes_gain_and_baseline(rng):
+    import nibabel as nib
+
+    from dpnbids.preproc.signal import percent_signal_change
+
+    base = rng.uniform(500, 1500, (6, 7, 5)).astype(np.float32)
+    fluct = rng.standard_normal((6, 7, 5, 40)).astype(np.float32)
+    mask = np.ones((6, 7, 5), np.uint8)
+    mask[0] = 0
+    base[1, 0, 0] = 1.0  # a dropout voxel inside the mask
+    data = base[..., None] * (1 + 0.01 * fluct)
+    out1 = percent_signal_change(nib.Nifti1Image(data, np.eye(4)), nib.Nifti1Image(mask, np.eye(4)))
+    out2 = percent_signal_change(nib.Nifti1Image(7.5 * data, np.eye(4)),
+                                 nib.Nifti1Image(mask, np.eye(4)))
+    a, b = np.asarray(out1.dataobj), np.asarray(out2.dataobj)
+    np.testing.assert_allclose(a, b, atol=1e-4)                 # scanner gain cancels
+    assert np.all(a[0] == 0) and np.all(a[1, 0, 0] == 0)        # outside mask, dropout
+    np.testing.assert_allclose(a[2:].mean(axis=-1), 0, atol=1e-3)
+    # 1 % fluctuations of unit SD -> SD of ~1 percent whatever the baseline
+    np.testing.assert_allclose(a[2:].std(axis=-1), fluct[2:].std(axis=-1), rtol=0.05)

@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="units of the dense layer")
     g_cnn.add_argument("--patience", dest="patience", type=_positive_int, default=10,
                        help="early-stopping patience (epochs) on the inner validation loss")
+    g_cnn.add_argument("--min-epochs", dest="min_epochs", type=_nonneg_int, default=10,
+                       help="epochs trained before early stopping may stop (a warm-up: the "
+                            "validation loss of a few subjects is noisy while the network "
+                            "starts to learn)")
     g_cnn.add_argument("--cnn-voxel-size", dest="cnn_voxel_size", type=_positive_float,
                        default=None,
                        help="voxel size (mm) of the CNN input grid (default: the model's "

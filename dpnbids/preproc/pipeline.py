@@ -126,7 +126,7 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
                           strategy="conn", high_pass=0.008, low_pass=0.09, out_dir=".") -> dict:
     """Confounds TSV/JSON (computed or taken from fMRIPrep), smoothing and denoising."""
     from dpnbids.preproc.confounds import compute_confounds, confounds_metadata, write_confounds
-    from dpnbids.preproc.signal import denoise, smooth
+    from dpnbids.preproc.signal import denoise, percent_signal_change, smooth
 
     out_dir = Path(out_dir)
     img = nib.load(str(bold_std))
@@ -148,6 +148,9 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     js.write_text(json.dumps(meta, indent=2, default=str))
     fwhm = smoothing_fwhm if smoothing_fwhm and smoothing_fwhm > 0 else None
     smoothed = smooth(img, fwhm) if fwhm else img
+    # percent signal change before denoising (CONN's units): amplitudes then compare
+    # across subjects and scanners, which the dual-regression estimates rely on
+    smoothed = percent_signal_change(smoothed, mask)
     denoised = denoise(smoothed, confounds, mask, tr, strategy=strategy, confounds_meta=meta,
                        low_pass=low_pass or None, high_pass=high_pass or None)
     data = np.asanyarray(denoised.dataobj, dtype=np.float32)

@@ -369,6 +369,42 @@ def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.nda
     return out
 
 
+def percent_signal_change(img, mask_img, *, min_fraction: float = 0.1):
+    """Scale a BOLD series to percent signal change, voxel by voxel (CONN's BOLD units).
+
+    ``100 * (x - mean_t x) / mean_t x`` inside the mask. Voxels whose temporal mean
+    is below ``min_fraction`` of the median in-mask mean (edges, dropout, air) are
+    set to zero rather than amplified. The result is free of scanner gain and of
+    the baseline intensity, so dual-regression amplitudes are comparable across
+    subjects and sites (the classifier's input).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32, zeros outside the mask.
+    """
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 4:
+        raise DimensionError(f"percent_signal_change needs a 4D image; received shape "
+                             f"{data.shape}.")
+    mask = np.asanyarray(mask_img.dataobj) > 0.5
+    if mask.shape != data.shape[:3]:
+        raise DimensionError(f"Mask shape {mask.shape} differs from the BOLD grid "
+                             f"{data.shape[:3]}; resample the mask to the BOLD grid.")
+    mean = data.mean(axis=3)
+    inside = mean[mask]
+    if not inside.size or not np.any(inside > 0):
+        raise InputError("percent_signal_change: the BOLD series has no positive signal "
+                         "inside the brain mask; check the mask and the input scaling.")
+    floor = min_fraction * float(np.median(inside[inside > 0]))
+    good = mask & (mean > floor)
+    out = np.zeros_like(data)
+    out[good] = 100.0 * (data[good] - mean[good, None]) / mean[good, None]
+    res = nib.Nifti1Image(out, img.affine, img.header)
+    res.set_data_dtype(np.float32)
+    return res
+
+
 def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str = "conn",
             columns=None, confounds_meta: dict | None = None, low_pass=0.09,
             high_pass=0.008, detrend: bool = True, standardize=False,

@@ -291,7 +291,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
     meta_den.inputs.skull_stripped = True
     meta_den.inputs.extra = {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
                              "DenoiseStrategy": config.preproc.denoise_strategy,
-                             "BandPass": [config.preproc.high_pass, config.preproc.low_pass]}
+                             "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
+         "Units": "percent signal change"}
     sinks = _bold_sinks(config, bold_file, with_preproc=True)
     summary = pe.Node(niu.Function(function=_run_summary,
                                    input_names=["bold_file", "prep", "geometry", "denoise",
@@ -377,6 +378,7 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
         {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
          "DenoiseStrategy": config.preproc.denoise_strategy,
          "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
+         "Units": "percent signal change",
          "Sources": [str(run["bold"])]})
     summary = pe.Node(niu.Function(function=_run_summary,
                                    input_names=["bold_file", "prep", "geometry", "denoise",
@@ -498,7 +500,7 @@ def run_participant_level(config, inputs, writer) -> None:
     """Build and run the participant workflow; name failed subjects on failure."""
     from nipype import config as ncfg
 
-    from dpnbids.config import nipype_poll_seconds
+    from dpnbids.config import nipype_poll_seconds, prepare_nipype_plugin
 
     logs = config.execution.output_dir / "logs"
     ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
@@ -509,6 +511,7 @@ def run_participant_level(config, inputs, writer) -> None:
                                           nipype_poll_seconds(config.execution.plugin)},
                         "monitoring": {"enabled": False}})
     config.execution.work_dir.mkdir(parents=True, exist_ok=True)
+    prepare_nipype_plugin(config.execution.plugin, config.execution.plugin_args)
     workflow = init_dpnbids_wf(config, inputs)
     LOGGER.info("running participant level for %d subject(s) with the %s plugin",
                 len(inputs), config.execution.plugin)

@@ -35,7 +35,8 @@ def _model_params(config) -> dict:
 
 def _train_params(config) -> dict:
     return {"epochs": config.cnn.epochs, "batch_size": config.cnn.batch_size,
-            "patience": config.cnn.patience, "mixed_precision": config.cnn.mixed_precision}
+            "patience": config.cnn.patience, "min_epochs": config.cnn.min_epochs,
+            "mixed_precision": config.cnn.mixed_precision}
 
 
 def _maps_volume(maps_kv: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -328,7 +329,8 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel):
         per_sub: dict[str, list] = {}
         for r in runs:
             if r.subject in index:
-                res = dual_regression(load_run_matrix(r.denoised, mask), ica.components_)
+                res = dual_regression(load_run_matrix(r.denoised, mask, normalise=False),
+                                      ica.components_)
                 per_sub.setdefault(r.subject, []).append(res.maps)
         stack = np.stack([np.mean(per_sub[s], axis=0) for s in subjects])
         x, _ = resample_maps_to_grid(_maps_volume(stack, mask), affine, voxel, mask=mask)

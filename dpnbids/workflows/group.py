@@ -92,7 +92,7 @@ def run_dual_regression(config, runs, group_maps_file) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
     from nipype import config as ncfg
 
-    from dpnbids.config import nipype_poll_seconds
+    from dpnbids.config import nipype_poll_seconds, prepare_nipype_plugin
 
     logs = config.execution.output_dir / "logs"
     ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
@@ -100,6 +100,7 @@ def run_dual_regression(config, runs, group_maps_file) -> list[dict]:
                                       "poll_sleep_duration":
                                           nipype_poll_seconds(config.execution.plugin)}})
     config.execution.work_dir.mkdir(parents=True, exist_ok=True)
+    prepare_nipype_plugin(config.execution.plugin, config.execution.plugin_args)
     workflow = init_dualreg_wf(config, runs, group_maps_file)
     try:
         graph = workflow.run(plugin=config.execution.plugin,
