@@ -29,7 +29,8 @@ def derive_seed(base_seed: int, purpose: str) -> int:
     """
     key = zlib.crc32(purpose.encode("utf-8"))
     seq = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(key,))
-    return int(seq.generate_state(1, dtype=np.uint32)[0])
+    # 31 bits: ANTs (and other C libraries) take a signed 32-bit seed and fail above 2**31 - 1
+    return int(seq.generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

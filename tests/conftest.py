@@ -74,3 +74,15 @@ def run_validator(path: Path) -> subprocess.CompletedProcess:
         pytest.fail("bids-validator-deno is not installed; install the test extras "
                     "(pip install -e .[test])")
     return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=600)
+
+
+def run_cli(argv) -> int:
+    """Run the installed ``dpnbids`` CLI in a fresh process, as users do; echo its stderr.
+
+    A fresh process per run also keeps TensorFlow and nipype state of one run out of
+    the next. The last stderr is kept in ``run_cli.last_stderr``."""
+    proc = subprocess.run([str(Path(sys.executable).with_name("dpnbids")), *map(str, argv)],
+                          capture_output=True, text=True)
+    sys.stderr.write(proc.stderr[-3000:])
+    run_cli.last_stderr = proc.stderr
+    return proc.returncode

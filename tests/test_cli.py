@@ -227,3 +227,13 @@ def test_cross_option_errors(capsys):
     code, _, err = _run(["/b", "/o", "group", "--pca-dim", "10", "--n-components", "20"],
                         capsys)
     assert code == 2 and "--pca-dim (10) must be >= --n-components (20)" in err
+
+
+def test_derived_seeds_fit_a_signed_32_bit_int():
+    """ANTs takes a signed 32-bit seed and fails on anything larger."""
+    from dpnbids.config import derive_seed
+
+    seeds = [derive_seed(base, purpose) for base in (0, 1, 42, 2**40)
+             for purpose in ("anat", "bold", "ica", "cv", "perm.ASC")]
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert len(set(seeds)) == len(seeds)

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpnbids.cli.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -38,7 +37,9 @@ def native_run(tmp_path_factory):
         n_responders=1, n_nonresponders=1, seed=7, space="native", n_volumes=80,
         motion_mm=1.0, template_resolution=4.0, bold_voxel_size=4.0, t1w_voxel_size=2.0))
     out = root / "out"
-    code = main([str(synth.bids_dir), str(out), "participant", "--participant-label", "01",
+    from conftest import run_cli
+
+    code = run_cli([str(synth.bids_dir), str(out), "participant", "--participant-label", "01",
                  "--output-resolution", "4", "--dummy-scans", "0", "--skip-bids-validation",
                  "--nprocs", "1", "--omp-nthreads", "2", "-w", str(root / "work")])
     assert code == 0

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dpnbids.cli.run import main
+from conftest import run_cli as main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
