@@ -361,9 +361,13 @@ def coregister_bold_to_t1w(bold_ref_file, t1w_brain_file, t1w_mask_file=None, ou
 # One-shot resampling
 # --------------------------------------------------------------------------------------
 def resample_bold_to_std(bold_file, out_file, *, hmc_matrices_file, coreg_xfm, anat_xfms,
-                         reference_img_file, interpolation="lanczosWindowedSinc",
+                         reference_img_file, interpolation="bSpline",
                          omp_nthreads=1) -> str:
     """Resample every BOLD volume once into template space.
+
+    The default interpolation is ANTs' cubic B-spline, close to SPM's (the paper's)
+    B-spline reslicing; windowed sinc (``"lanczosWindowedSinc"``, fMRIPrep's choice) is
+    about 5x slower (measured 1.45 vs 0.27 s per volume onto the 2 mm template, 2 threads).
 
     Volume ``t`` is sampled through ``anat_xfms + [coreg_xfm, hmc_t]`` (template ->
     T1w -> BOLD reference -> volume t) with one interpolation. Volumes are streamed;
