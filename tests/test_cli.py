@@ -237,3 +237,26 @@ def test_derived_seeds_fit_a_signed_32_bit_int():
              for purpose in ("anat", "bold", "ica", "cv", "perm.ASC")]
     assert all(0 <= s < 2**31 for s in seeds)
     assert len(set(seeds)) == len(seeds)
+
+
+@pytest.mark.parametrize("label", ["../01", "01/..", "a/b"])
+def test_label_with_path_characters(tiny_bids, tmp_path, capsys, label):
+    out_dir = tmp_path / "out"
+    code, _, err = _run([tiny_bids, out_dir, "participant", "--skip-bids-validation",
+                         "--participant-label", label], capsys)
+    _assert_clean_failure(code, err, out_dir, label)
+
+
+def test_no_bold_for_the_task(tiny_bids, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, _, err = _run([tiny_bids, out_dir, "participant", "--skip-bids-validation",
+                         "--task-id", "nback"], capsys)
+    _assert_clean_failure(code, err, out_dir, "nback")
+
+
+def test_group_without_participants_tsv(tiny_bids, tmp_path, capsys):
+    (tiny_bids / "participants.tsv").unlink()
+    out_dir = tmp_path / "out"
+    code, _, err = _run([tiny_bids, out_dir, "group", "--skip-bids-validation", "--folds", "2"],
+                        capsys)
+    _assert_clean_failure(code, err, out_dir, "participants.tsv")
