@@ -17,5 +17,9 @@ COMMON=(--output-resolution 4 --fmriprep-dir "$BIDS/derivatives/fmriprep"
 # permutation test. The paper's protocol is the default without these flags:
 # 10 folds, up to 100 epochs; add --n-permutations 1000 for the permutation p-values.
 .venv/bin/dpnbids "$BIDS" "$OUT_ROOT/derivatives" group "${COMMON[@]}" \
-    --folds 5 --epochs 40 --input-sets ASC SSC RSP --n-permutations 0
+    --folds 5 --epochs 40 --input-sets ASC SSC RSP --n-permutations 0 \
+    --n-components 15 --pca-dim 30
+# 15 components, not the paper's 30: the synthetic runs are 100 volumes, and after the
+# 0.008-0.09 Hz band-pass and 17 confound regressors they keep ~25 temporal degrees of
+# freedom, too few for 30 stage-1 time courses (dual regression refuses collinear ones).
 echo "Demo finished: open $OUT_ROOT/derivatives/group.html"
