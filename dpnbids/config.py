@@ -255,9 +255,23 @@ FORKSERVER_PRELOAD = ["numpy", "scipy.ndimage", "nibabel", "pandas", "nipype.pip
                       "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.group_pipeline"]
 
 
-def prepare_nipype_plugin(plugin: str, plugin_args: dict) -> None:
-    """Preload the forkserver of a MultiProc run (no-op for other plugins)."""
-    if plugin == "MultiProc" and plugin_args.get("mp_context") == "forkserver":
+def prepare_nipype(config: "Config", execution: dict | None = None) -> None:
+    """Set nipype up for one workflow run of ``config``.
+
+    Crash files go to ``OUTPUT_DIR/logs`` (as text), node hashes use file content,
+    the scheduler polls at :func:`nipype_poll_seconds`, the work directory exists,
+    and a MultiProc forkserver preloads :data:`FORKSERVER_PRELOAD`. ``execution``
+    adds or overrides nipype ``execution`` options.
+    """
+    from nipype import config as ncfg
+
+    ex = config.execution
+    options = {"crashdump_dir": str(ex.output_dir / "logs"), "crashfile_format": "txt",
+               "hash_method": "content", "poll_sleep_duration": nipype_poll_seconds(ex.plugin)}
+    options.update(execution or {})
+    ncfg.update_config({"execution": options, "monitoring": {"enabled": False}})
+    ex.work_dir.mkdir(parents=True, exist_ok=True)
+    if ex.plugin == "MultiProc" and ex.plugin_args.get("mp_context") == "forkserver":
         import multiprocessing
 
         multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)

@@ -498,20 +498,11 @@ def _subject_report(subject, output_dir, runs, anat, space, resolution):
 
 def run_participant_level(config, inputs, writer) -> None:
     """Build and run the participant workflow; name failed subjects on failure."""
-    from nipype import config as ncfg
-
-    from dpnbids.config import nipype_poll_seconds, prepare_nipype_plugin
+    from dpnbids.config import prepare_nipype
 
     logs = config.execution.output_dir / "logs"
-    ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
-                                      "stop_on_first_crash": config.execution.stop_on_first_crash,
-                                      "remove_unnecessary_outputs": False,
-                                      "hash_method": "content",
-                                      "poll_sleep_duration":
-                                          nipype_poll_seconds(config.execution.plugin)},
-                        "monitoring": {"enabled": False}})
-    config.execution.work_dir.mkdir(parents=True, exist_ok=True)
-    prepare_nipype_plugin(config.execution.plugin, config.execution.plugin_args)
+    prepare_nipype(config, {"stop_on_first_crash": config.execution.stop_on_first_crash,
+                            "remove_unnecessary_outputs": False})
     workflow = init_dpnbids_wf(config, inputs)
     LOGGER.info("running participant level for %d subject(s) with the %s plugin",
                 len(inputs), config.execution.plugin)

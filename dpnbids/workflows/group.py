@@ -90,17 +90,10 @@ def init_dualreg_wf(config, runs, group_maps_file, *, name="dualreg_wf") -> pe.W
 
 def run_dual_regression(config, runs, group_maps_file) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
-    from nipype import config as ncfg
-
-    from dpnbids.config import nipype_poll_seconds, prepare_nipype_plugin
+    from dpnbids.config import prepare_nipype
 
     logs = config.execution.output_dir / "logs"
-    ncfg.update_config({"execution": {"crashdump_dir": str(logs), "crashfile_format": "txt",
-                                      "hash_method": "content",
-                                      "poll_sleep_duration":
-                                          nipype_poll_seconds(config.execution.plugin)}})
-    config.execution.work_dir.mkdir(parents=True, exist_ok=True)
-    prepare_nipype_plugin(config.execution.plugin, config.execution.plugin_args)
+    prepare_nipype(config)
     workflow = init_dualreg_wf(config, runs, group_maps_file)
     try:
         graph = workflow.run(plugin=config.execution.plugin,
