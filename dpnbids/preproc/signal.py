@@ -369,6 +369,23 @@ def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.nda
     return out
 
 
+def _bold_and_mask(img, mask_img, caller: str):
+    """(float32 4D data, boolean mask) after checking they share one grid."""
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 4:
+        raise DimensionError(f"{caller} needs a 4D image; received shape {data.shape}.")
+    mask = np.asanyarray(mask_img.dataobj) > 0.5
+    if mask.shape != data.shape[:3]:
+        raise DimensionError(f"Mask shape {mask.shape} differs from the BOLD grid "
+                             f"{data.shape[:3]}; resample the mask to the BOLD grid.")
+    if not np.allclose(mask_img.affine, img.affine, atol=1e-3):
+        raise DimensionError("The mask and the BOLD series have different affines; "
+                             "resample the mask onto the BOLD grid.")
+    if not mask.any():
+        raise InputError(f"{caller}: the brain mask is empty; check the mask.")
+    return data, mask
+
+
 def percent_signal_change(img, mask_img, *, min_fraction: float = 0.1):
     """Scale a BOLD series to percent signal change, voxel by voxel (CONN's BOLD units).
 
@@ -383,14 +400,7 @@ def percent_signal_change(img, mask_img, *, min_fraction: float = 0.1):
     nibabel.Nifti1Image
         float32, zeros outside the mask.
     """
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
-    if data.ndim != 4:
-        raise DimensionError(f"percent_signal_change needs a 4D image; received shape "
-                             f"{data.shape}.")
-    mask = np.asanyarray(mask_img.dataobj) > 0.5
-    if mask.shape != data.shape[:3]:
-        raise DimensionError(f"Mask shape {mask.shape} differs from the BOLD grid "
-                             f"{data.shape[:3]}; resample the mask to the BOLD grid.")
+    data, mask = _bold_and_mask(img, mask_img, "percent_signal_change")
     mean = data.mean(axis=3)
     inside = mean[mask]
     if not inside.size or not np.any(inside > 0):
@@ -450,18 +460,7 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     """
     from nilearn.signal import clean
 
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
-    if data.ndim != 4:
-        raise DimensionError(f"denoise needs a 4D image; received shape {data.shape}.")
-    mask = np.asanyarray(mask_img.dataobj) > 0.5
-    if mask.shape != data.shape[:3]:
-        raise DimensionError(f"Mask shape {mask.shape} differs from the BOLD grid "
-                             f"{data.shape[:3]}; resample the mask to the BOLD grid.")
-    if not np.allclose(mask_img.affine, img.affine, atol=1e-3):
-        raise DimensionError("The mask and the BOLD series have different affines; "
-                             "resample the mask onto the BOLD grid.")
-    if not mask.any():
-        raise InputError("denoise: the brain mask is empty; check the mask.")
+    data, mask = _bold_and_mask(img, mask_img, "denoise")
     n_t = data.shape[3]
     if len(confounds) != n_t:
         raise DimensionError(
