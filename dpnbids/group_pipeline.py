@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dpnbids.exceptions import DimensionError, InputError
+from dpnbids.nifti_io import save_nifti
 
 LOGGER = logging.getLogger("dpnbids.group")
 
@@ -181,8 +182,8 @@ def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dic
     pd.DataFrame(result.timecourses, columns=cols).to_csv(tc_file, sep="\t", index=False)
     pe_file = out_dir / "stage2_pe.nii.gz"
     z_file = out_dir / "stage2_z.nii.gz"
-    nib.save(maps_to_img(result.maps, mask, bold.affine), str(pe_file))
-    nib.save(maps_to_img(result.zmaps, mask, bold.affine), str(z_file))
+    save_nifti(maps_to_img(result.maps, mask, bold.affine), str(pe_file))
+    save_nifti(maps_to_img(result.zmaps, mask, bold.affine), str(z_file))
     return {"timecourses": str(tc_file), "maps_pe": str(pe_file), "maps_z": str(z_file)}
 
 

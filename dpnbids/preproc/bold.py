@@ -28,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from dpnbids.exceptions import InputError
+from dpnbids.nifti_io import save_nifti
 
 LOGGER = logging.getLogger("dpnbids.preproc.bold")
 
@@ -244,7 +245,7 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
     ref_img.set_qform(img.affine, code=1)
     ref_img.set_sform(img.affine, code=1)
     reference_file = out_dir / f"{stem}_hmcref.nii.gz"
-    nib.save(ref_img, reference_file)
+    save_nifti(ref_img, reference_file)
     return HMCResult(params=params, params_file=str(params_file),
                      matrices_file=str(matrices_file), reference_file=str(reference_file),
                      rms_displacement=rms_displacement(matrices))
@@ -274,7 +275,7 @@ def bold_reference_and_mask(bold_file, out_dir):
     ref = nib.Nifti1Image(data, img.affine)
     stem = Path(str(bold_file)).name.split(".")[0]
     ref_file = out_dir / f"{stem}_boldref.nii.gz"
-    nib.save(ref, ref_file)
+    save_nifti(ref, ref_file)
     try:
         if not np.any(np.isfinite(data) & (data > 0)) or np.ptp(data) == 0:
             raise ValueError("no signal")
@@ -287,7 +288,7 @@ def bold_reference_and_mask(bold_file, out_dir):
                          "passed the intensity threshold. Expected an EPI with brain "
                          "signal; check that the file is not blank or corrupt.")
     mask_file = out_dir / f"{stem}_boldmask.nii.gz"
-    nib.save(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), img.affine), mask_file)
+    save_nifti(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), img.affine), mask_file)
     return str(ref_file), str(mask_file)
 
 
@@ -407,7 +408,7 @@ def resample_bold_to_std(bold_file, out_file, *, hmc_matrices_file, coreg_xfm, a
     zooms = ref_nib.header.get_zooms()[:3]
     res.header.set_zooms(tuple(zooms) + (float(img.header.get_zooms()[3]),))
     res.header.set_xyzt_units("mm", "sec")
-    nib.save(res, out_file)
+    save_nifti(res, out_file)
     return str(out_file)
 
 
@@ -422,6 +423,6 @@ def resample_mask_to_std(mask_file, out_file, *, coreg_xfm, anat_xfms,
                                    transformlist=list(anat_xfms) + [str(coreg_xfm)],
                                    interpolator="nearestNeighbor")
     ref_nib = nib.load(str(reference_img_file))
-    nib.save(nib.Nifti1Image((warped.numpy() > 0.5).astype(np.uint8), ref_nib.affine),
+    save_nifti(nib.Nifti1Image((warped.numpy() > 0.5).astype(np.uint8), ref_nib.affine),
              out_file)
     return str(out_file)

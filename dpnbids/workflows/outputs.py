@@ -10,7 +10,6 @@ participant jobs on one OUTPUT_DIR (``dataset_description.json``,
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -108,9 +107,18 @@ def atomic_write_text(target: Path, text: str) -> Path:
 
 
 def atomic_copy(src: Path, target: Path) -> Path:
+    """Copy ``src`` to ``target`` atomically; an uncompressed ``.nii`` copied to a
+    ``.nii.gz`` target is gzip-compressed on the way (work-directory intermediates
+    are written uncompressed, see :mod:`dpnbids.nifti_io`)."""
+    from dpnbids.nifti_io import gzip_copy
+
+    src, target = Path(src), Path(target)
     with _atomic_path(target) as tmp:
-        shutil.copyfile(src, tmp)
-    return Path(target)
+        if target.name.endswith(".nii.gz") and src.name.endswith(".nii"):
+            gzip_copy(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+    return target
 
 
 def _lock(path: Path):
@@ -162,14 +170,13 @@ class DerivativesWriter:
         import nibabel as nib
         import numpy as np
 
+        from dpnbids.nifti_io import save_nifti
+
         target = Path(target)
         with _atomic_path(target) as tmp:
-            if target.name.endswith(".nii.gz"):
-                if not isinstance(img, nib.Nifti1Image):
-                    img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-                tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
-            else:
-                nib.save(img, str(tmp))
+            if target.name.endswith(".nii.gz") and not isinstance(img, nib.Nifti1Image):
+                img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+            save_nifti(img, tmp)
         return target
 
     def write_json(self, obj: dict, target: Path) -> Path:

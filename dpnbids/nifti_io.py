@@ -1,0 +1,86 @@
+"""Fast, reproducible NIfTI writing.
+
+Compressing a template-space BOLD series (about 700 MB of float32 at 2 mm) with
+Python's zlib takes 12-18 s on one core; Intel's ISA-L (``isal.igzip``, a
+regular dependency) writes the same gzip stream format in about 1 s. Every
+``.nii.gz`` dpnbids writes goes through :func:`save_nifti` or
+:func:`gzip_copy`, which use ISA-L when it is importable and fall back to
+:mod:`gzip`. The gzip header carries no timestamp (``mtime=0``), so the same
+image gives the same bytes.
+
+Large 4D intermediates in the nipype work directory are written as
+uncompressed ``.nii``: they are read again at once by the next node, and
+reading them costs no decompression. They are compressed only once, when the
+derivatives writer copies them into OUTPUT_DIR.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+try:  # ISA-L: same gzip format, several times faster
+    from isal import igzip as _gzip
+
+    #: igzip levels are 0-3; 1 gives zlib-level-6-like ratios on NIfTI data.
+    DEFAULT_LEVEL = 1
+except ImportError:  # pragma: no cover - isal is a dependency; keep working without it
+    import gzip as _gzip
+
+    DEFAULT_LEVEL = 1
+
+_CHUNK = 16 << 20
+
+
+class _open_gz:
+    """Gzip writer with no name and no timestamp in its header (reproducible bytes:
+    files are written under random temporary names before their atomic rename)."""
+
+    def __init__(self, path, level):
+        self._raw = open(path, "wb")
+        try:
+            self._gz = _gzip.GzipFile(filename="", mode="wb", compresslevel=level,
+                                      fileobj=self._raw, mtime=0)
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def __enter__(self):
+        return self._gz
+
+    def __exit__(self, *exc):
+        try:
+            self._gz.close()
+        finally:
+            self._raw.close()
+        return False
+
+
+def save_nifti(img, path: str | os.PathLike, *, compresslevel: int | None = None) -> str:
+    """Save a nibabel image; ``.nii.gz`` paths are gzip-compressed with ISA-L.
+
+    Returns the path as a string. Not atomic by itself: the derivatives writer
+    wraps it in its atomic rename.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.name.endswith(".nii.gz"):
+        nib.save(img, str(path))
+        return str(path)
+    if not isinstance(img, nib.Nifti1Image):  # e.g. Nifti2 or Analyze: nibabel's own writer
+        nib.save(img, str(path))
+        return str(path)
+    level = DEFAULT_LEVEL if compresslevel is None else int(compresslevel)
+    with _open_gz(path, level) as fobj:
+        img.to_stream(fobj)
+    return str(path)
+
+
+def gzip_copy(src: str | os.PathLike, dst: str | os.PathLike, *,
+              compresslevel: int | None = None) -> str:
+    """Stream-compress file ``src`` into the gzip file ``dst``."""
+    level = DEFAULT_LEVEL if compresslevel is None else int(compresslevel)
+    with open(src, "rb") as fin, _open_gz(dst, level) as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+    return str(dst)
