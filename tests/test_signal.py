@@ -123,6 +123,29 @@ def test_smooth_fwhm(rng):
         smooth(_img(data), -1)
 
 
+def test_smooth_matches_nilearn_and_mask_box_changes_nothing_inside(rng):
+    from nilearn.image import smooth_img
+
+    data = rng.normal(100, 5, (30, 34, 28, 4))
+    data[3, 4, 5, 1] = np.nan  # non-finite values become 0 first, as in nilearn
+    affine = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0.3, -126], [0, 0, 2.5, -72],
+                       [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    mask = np.zeros(data.shape[:3], dtype=bool)
+    mask[9:20, 12:25, 8:21] = True
+    ref = smooth_img(img, fwhm=5.0).get_fdata()
+    full = smooth(img, 5.0).get_fdata()
+    np.testing.assert_allclose(full, ref, rtol=1e-5, atol=1e-3)
+    boxed = smooth(img, 5.0, mask=nib.Nifti1Image(mask.astype(np.uint8), affine))
+    assert boxed.get_data_dtype() == np.float32
+    np.testing.assert_allclose(boxed.get_fdata()[mask], ref[mask], rtol=1e-5, atol=1e-3)
+    # outside the box (mask + kernel radius) the data are left unsmoothed
+    far = boxed.get_fdata()[0, 0, 0]
+    np.testing.assert_allclose(far, data[0, 0, 0], rtol=1e-6)
+    with pytest.raises(DimensionError, match="does not match the image grid"):
+        smooth(img, 5.0, mask=mask[:-1])
+
+
 # ----------------------------------------------------------------- denoising
 def _confounds(rng, n_t):
     cols = {c: rng.normal(size=n_t) for c in STRATEGIES["acompcor"]}

@@ -19,8 +19,9 @@ LOGGER = logging.getLogger("dpnbids.preproc")
 
 
 def _save(img, path: Path) -> str:
-    nib.save(img, str(path))
-    return str(path)
+    from dpnbids.nifti_io import save_nifti
+
+    return save_nifti(img, path)
 
 
 def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min_volumes=50,
@@ -61,7 +62,7 @@ def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min
     out = nib.Nifti1Image(data, img.affine)
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
-    return {"out_file": _save(out, out_dir / "bold_prepared.nii.gz"), "tr": float(tr),
+    return {"out_file": _save(out, out_dir / "bold_prepared.nii"), "tr": float(tr),
             "n_dummy": n_dummy, "dummy_detected": bool(detected),
             "slice_timing_applied": applied, "skipped": skipped}
 
@@ -94,7 +95,7 @@ def bold_to_std(bold_file, *, tr, t1w_brain, t1w_mask, wm_probseg, csf_probseg,
                                          omp_nthreads=omp_nthreads, random_seed=random_seed)
     reference = get_template(space, resolution, "T1w")
     bold_std = pbold.resample_bold_to_std(
-        bold_file, str(out_dir / "bold_std.nii.gz"), hmc_matrices_file=hmc.matrices_file,
+        bold_file, str(out_dir / "bold_std.nii"), hmc_matrices_file=hmc.matrices_file,
         coreg_xfm=coreg.xfm_file, anat_xfms=list(xfm_t1w_to_std),
         reference_img_file=str(reference), omp_nthreads=omp_nthreads)
     xfms = list(xfm_t1w_to_std) + [coreg.xfm_file]
@@ -130,6 +131,10 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
 
     out_dir = Path(out_dir)
     img = nib.load(str(bold_std))
+    # read (and decompress) once: the confounds, smoothing and denoising all use it
+    img = nib.Nifti1Image(np.asanyarray(img.dataobj, dtype=np.float32), img.affine, img.header)
+    img.header.set_data_dtype(np.float32)
+    img.header.set_slope_inter(1.0, 0.0)
     mask = nib.load(str(mask_std))
     if confounds_file is not None:
         confounds = pd.read_csv(confounds_file, sep="\t", na_values=["n/a"])
@@ -147,7 +152,7 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     js = out_dir / "confounds.json"
     js.write_text(json.dumps(meta, indent=2, default=str))
     fwhm = smoothing_fwhm if smoothing_fwhm and smoothing_fwhm > 0 else None
-    smoothed = smooth(img, fwhm) if fwhm else img
+    smoothed = smooth(img, fwhm, mask=mask) if fwhm else img
     # percent signal change before denoising (CONN's units): amplitudes then compare
     # across subjects and scanners, which the dual-regression estimates rely on
     smoothed = percent_signal_change(smoothed, mask)
@@ -158,7 +163,8 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     out = nib.Nifti1Image(data, img.affine)
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
-    denoised_file = _save(out, out_dir / "denoised.nii.gz")
+    # uncompressed in the work directory; the derivatives writer compresses it
+    denoised_file = _save(out, out_dir / "denoised.nii")
     return {"confounds_tsv": str(tsv), "confounds_json": str(js), "denoised": denoised_file,
             "motion_summary": motion_summary(confounds)}
 
