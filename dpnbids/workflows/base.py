@@ -215,14 +215,16 @@ def _bold_sinks(config, source, *, with_preproc: bool):
     sinks = {}
     if with_preproc:
         sinks["preproc"] = pe.Node(DerivativesSink(
-            output_dir=out, source_file=source, entities={**std, "desc": "preproc"}),
+            output_dir=out, source_file=source, entities={**std, "desc": "preproc"},
+            extension=".nii.gz"),
             name="ds_bold_preproc", run_without_submitting=True)
     sinks["mask"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, suffix="mask", entities={**std, "desc": "brain"},
         metadata={"Type": "Brain", "SpatialReference": space, **_res_meta(config)}),
         name="ds_bold_mask", run_without_submitting=True)
     sinks["denoised"] = pe.Node(DerivativesSink(
-        output_dir=out, source_file=source, entities={**std, "desc": "denoised"}),
+        output_dir=out, source_file=source, entities={**std, "desc": "denoised"},
+        extension=".nii.gz"),
         name="ds_bold_denoised", run_without_submitting=True)
     sinks["confounds"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, suffix="timeseries", extension=".tsv",
@@ -307,7 +309,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                         run_without_submitting=True)
     geo_dict = pe.Node(niu.Function(function=_geo_dict,
                                     input_names=["boldref_std", "coreg_costs", "warnings",
-                                                 "boldref", "t1w_brain", "t1w_std"],
+                                                 "boldref", "t1w_brain", "t1w_std",
+                                                 "bold_std"],
                                     output_names=["out"]), name="geo_dict",
                        run_without_submitting=True)
     workflow.connect([
@@ -333,7 +336,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                                    ("slice_timing_applied", "slice_timing_applied"),
                                    ("skipped", "skipped"), ("tr", "tr")]),
         (bold_to_std, geo_dict, [("boldref_std", "boldref_std"), ("coreg_costs", "coreg_costs"),
-                                 ("warnings", "warnings"), ("boldref", "boldref")]),
+                                 ("warnings", "warnings"), ("boldref", "boldref"),
+                                 ("bold_std", "bold_std")]),
         (inputnode, geo_dict, [("t1w_brain", "t1w_brain"), ("t1w_std", "t1w_std")]),
         (prep_dict, summary, [("out", "prep")]),
         (geo_dict, summary, [("out", "geometry")]),
@@ -479,10 +483,10 @@ def _as_dict(n_dummy, dummy_detected, slice_timing_applied, skipped, tr):
             "tr": float(tr)}
 
 
-def _geo_dict(boldref_std, coreg_costs, warnings, boldref, t1w_brain, t1w_std):
+def _geo_dict(boldref_std, coreg_costs, warnings, boldref, t1w_brain, t1w_std, bold_std=None):
     return {"boldref_std": boldref_std, "coreg_costs": dict(coreg_costs),
             "warnings": list(warnings), "boldref": boldref, "t1w_brain": t1w_brain,
-            "t1w_std": t1w_std}
+            "t1w_std": t1w_std, "bold_std": bold_std}
 
 
 def _run_summary(bold_file, prep, geometry, denoise, denoised, mask, prediction=None):

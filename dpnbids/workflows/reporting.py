@@ -30,7 +30,10 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
             "template": template,
             "bold_ref": geometry.get("boldref"),
             "t1w": geometry.get("t1w_brain"),
-            "bold_std": str(preproc) if preproc.exists() else summary["denoised"],
+            # the work directory's uncompressed series when there is one (memory-mapped,
+            # no decompression); otherwise the derivative
+            "bold_std": _first_existing(geometry.get("bold_std"), preproc,
+                                        summary["denoised"]),
             "mask_std": summary.get("mask"),
             "confounds_tsv": confounds if Path(confounds).exists() else None,
             "tr": prep.get("tr"),
@@ -47,6 +50,13 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
     out_file = output_dir / f"sub-{subject}.html"
     atomic_write_text(out_file, render_subject_report(subject=subject, sessions_runs=run_dicts))
     return str(out_file)
+
+
+def _first_existing(*paths):
+    for path in paths:
+        if path and Path(str(path)).exists():
+            return str(path)
+    return str(paths[-1])
 
 
 def _read_prediction(path):
