@@ -76,6 +76,10 @@ def main(argv=None):
                     help="NAME:CHANNELS pairs")
     ap.add_argument("--cpus", type=int, default=2, help="pin to this many cores (0: no pinning)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="float32",
+                    choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                    help="Keras dtype policy (dpnbids --mixed-precision picks mixed_bfloat16 "
+                         "on CPU and mixed_float16 on a GPU)")
     args = ap.parse_args(argv)
     if args.cpus and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))[: args.cpus]
@@ -99,7 +103,8 @@ def main(argv=None):
     peak = n_cores * mhz / 1000 * per_cycle
     print(f"CPU: {name}; {n_cores} cores used; {mhz:.0f} MHz; peak assumption "
           f"{per_cycle} fp32 FLOPs/cycle/core -> {peak:.0f} GFLOP/s")
-    print(f"keras {keras.__version__}, backend {keras.backend.backend()}; devices: "
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, precision "
+          f"{args.precision}; devices: "
           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'default')}")
     n_test = int(np.ceil(args.subjects / args.folds))
     n_outer = args.subjects - n_test
@@ -127,7 +132,9 @@ def main(argv=None):
         x = rng.normal(size=(n_outer + n_test,) + shape + (ch,)).astype(np.float32)
         y = np.array([0, 1] * ((n_outer + n_test) // 2 + 1))[: n_outer + n_test]
         keras.utils.set_random_seed(args.seed)
+        keras.mixed_precision.set_global_policy(args.precision)
         model = build_voxnet(shape + (ch,))
+        keras.mixed_precision.set_global_policy("float32")
         timer = Timer()
         t0 = time.perf_counter()
         model.fit(x[:n_train], y[:n_train].astype(np.float32),

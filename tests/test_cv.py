@@ -166,3 +166,25 @@ def test_fit_final_model(rng):
     assert model.input_shape == (None,) + GRID + (2,)
     assert channels == [0, 2] and len(scaling["mean"]) == 2
     assert scaling["support"].shape == GRID and len(history["val_loss"]) == 2
+
+
+def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
+    import keras
+
+    from dpnbids.cv import mixed_precision_policy
+
+    assert mixed_precision_policy() == "mixed_bfloat16"  # the test machines have no GPU
+    x, y = _planted(rng)
+    ids = _ids(len(y))
+    folds = make_outer_splits(ids, y, n_folds=4, random_state=3)
+    res = run_nested_cv(x, y, ids, folds, train_params={**FAST, "mixed_precision": True},
+                        baselines=(), random_state=3)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    p = res.predictions.sort_values("participant_id")
+    assert p.probability.between(0, 1).all()
+    assert roc_auc_score(p.true_label, p.probability) > 0.9
+    model, *_ = fit_final_model(x, y, channels=[0], random_state=1,
+                                train_params={"epochs": 2, "batch_size": 8,
+                                              "mixed_precision": True})
+    assert model.layers[1].compute_dtype == "bfloat16"
+    assert model.output.dtype == "float32"  # the sigmoid output stays float32

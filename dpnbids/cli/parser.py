@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="voxel size (mm) of the CNN input grid (default: the model's "
                             "documented default)")
     g_cnn.add_argument("--mixed-precision", dest="mixed_precision", action="store_true",
-                       help="train with mixed float16 precision (GPU)")
+                       help="train in mixed precision: float16 on a GPU, bfloat16 on a CPU "
+                            "(fast on CPUs with AVX-512 BF16/AMX; see benchmarks/README.md)")
 
     g_other = parser.add_argument_group("Other options")
     g_other.add_argument("--random-seed", dest="random_seed", type=_nonneg_int, default=0,
