@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "plugin_args: {...}) as in fMRIPrep")
     g_perf.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
                         help="nipype working directory; rerunning with the same one resumes a "
-                             "killed run (default: OUTPUT_DIR/../work... see README)")
+                             "killed run (default: .NAME_work beside OUTPUT_DIR, NAME being "
+                             "OUTPUT_DIR's name; it can be deleted after a successful run)")
     g_perf.add_argument("--stop-on-first-crash", dest="stop_on_first_crash", action="store_true",
                         help="stop at the first failed node instead of finishing other subjects")
 
