@@ -148,4 +148,36 @@ assert group, "no group-level outputs"
 print(f"{len(subjects)} subjects, {len(group)} group outputs, GeneratedBy.Container = {gen['Container']}")
 EOF
 
+step "read-only root: participant level with only /tmp, /out and /work writable"
+# docker run --read-only --tmpfs /tmp: buildah has no read-only root, so chroot into a
+# read-only bind mount of the container's root with a tmpfs /tmp, in a private mount
+# namespace, as a non-root uid, with the image's environment.
+mnt="$(buildah mount "$ctr")"
+mkdir -p "$mnt/data" "$mnt/out" "$mnt/work" "$WORK/ro_out" "$WORK/ro_work"
+chmod 0777 "$WORK/ro_out" "$WORK/ro_work"
+buildah inspect --type image --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$IMAGE" \
+    | grep -v '^$' > "$WORK/env.list"
+first_sub="$(cd "$WORK/data/bids" && ls -d sub-* | head -1)"
+unshare -m bash -euc '
+    mnt=$1 work=$2 uid=$3 sub=$4
+    root=$(mktemp -d)
+    mount --bind "$mnt" "$root"
+    mount -o remount,bind,ro "$root"
+    mount --bind "$work/data" "$root/data"
+    mount --bind "$work/ro_out" "$root/out"
+    mount --bind "$work/ro_work" "$root/work"
+    mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+    mount --rbind /dev "$root/dev"
+    mount -t proc proc "$root/proc"
+    if touch "$root/usr/.probe" 2>/dev/null; then echo "root is writable" >&2; exit 1; fi
+    mapfile -t envs < "$work/env.list"
+    chroot --userspec="$uid" "$root" /usr/bin/env -i "${envs[@]}" \
+        /opt/venv/bin/dpnbids /data/bids /out participant --participant-label "${sub#sub-}" \
+        --output-resolution 4 --fmriprep-dir /data/bids/derivatives/fmriprep -w /work \
+        --random-seed 0 --nprocs 1 --skip-bids-validation
+' _ "$mnt" "$WORK" "$RUN_UID" "$first_sub" || fail "participant level on a read-only root"
+buildah umount "$ctr" >/dev/null
+ls "$WORK/ro_out/$first_sub/func/"*desc-denoised_bold.nii.gz >/dev/null \
+    || fail "no denoised output from the read-only run"
+
 step "all container checks passed (build ${build_s} s, image ${size})"
