@@ -260,3 +260,22 @@ def test_group_without_participants_tsv(tiny_bids, tmp_path, capsys):
     code, _, err = _run([tiny_bids, out_dir, "group", "--skip-bids-validation", "--folds", "2"],
                         capsys)
     _assert_clean_failure(code, err, out_dir, "participants.tsv")
+
+
+@pytest.mark.parametrize("func,value,ok", [
+    ("positive_int", "3", 3), ("positive_int", "0", None), ("positive_int", "1.5", None),
+    ("nonneg_int", "0", 0), ("nonneg_int", "-1", None),
+    ("positive_float", "0.5", 0.5), ("positive_float", "0", None),
+    ("positive_float", "nan", None), ("positive_float", "inf", None),
+    ("nonneg_float", "0", 0.0), ("nonneg_float", "nan", None), ("nonneg_float", "-0.1", None),
+    ("probability", "0.1", 0.1), ("probability", "1", None)])
+def test_shared_argument_validators(func, value, ok):
+    import argparse
+
+    from dpnbids.cli import types
+
+    if ok is None:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+            getattr(types, func)(value)
+    else:
+        assert getattr(types, func)(value) == ok

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from dpnbids import __version__
+from dpnbids.cli import types
 
 INPUT_SETS = ("ASC", "SSC", "RSP")
 SLICE_ORDERS = ("ascending", "descending", "interleaved")
@@ -53,51 +54,11 @@ def _task_label(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if ivalue < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return ivalue
-
-
-def _nonneg_int(value: str) -> int:
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if ivalue < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return ivalue
-
-
-def _positive_float(value: str) -> float:
-    try:
-        fvalue = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not fvalue > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return fvalue
-
-
-def _nonneg_float(value: str) -> float:
-    try:
-        fvalue = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if fvalue < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return fvalue
-
-
-def _probability(value: str) -> float:
-    fvalue = _positive_float(value)
-    if fvalue >= 1:
-        raise argparse.ArgumentTypeError(f"expected a p threshold in (0, 1), got {value!r}")
-    return fvalue
+_positive_int = types.positive_int
+_nonneg_int = types.nonneg_int
+_positive_float = types.positive_float
+_nonneg_float = types.nonneg_float
+_probability = types.probability
 
 
 def _dropout(value: str) -> float:

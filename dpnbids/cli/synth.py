@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from . import types
 from ..exceptions import DpnbidsError
 
 
@@ -21,31 +22,9 @@ def _defaults():
     return SynthParams()
 
 
-def _positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return v
-
-
-def _nonneg_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if v < 0 or v != v:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return v
-
-
-def _positive_float(value: str) -> float:
-    v = _nonneg_float(value)
-    if v == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return v
+_positive_int = types.positive_int
+_nonneg_float = types.nonneg_float
+_positive_float = types.positive_float
 
 
 def _csv(value: str) -> tuple:

@@ -247,6 +247,41 @@ def _bold_metadata(tr, space, skull_stripped, extra=None, coreg_costs=None, n_du
     return meta
 
 
+def _denoised_extra(config) -> dict:
+    """Sidecar fields of the denoised series, whichever preprocessing produced it."""
+    return {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
+            "DenoiseStrategy": config.preproc.denoise_strategy,
+            "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
+            "Units": "percent signal change"}
+
+
+def _run_summary_node():
+    return pe.Node(niu.Function(function=_run_summary,
+                                input_names=["bold_file", "prep", "geometry", "denoise",
+                                             "denoised", "mask", "prediction"],
+                                output_names=["summary"]),
+                   name="run_summary", run_without_submitting=True)
+
+
+def _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source):
+    """Denoising results -> derivative sinks -> run summary and outputs (+ dual
+    regression and prediction with --group-maps/--model): shared by both BOLD paths."""
+    workflow.connect([
+        (denoise, sinks["denoised"], [("denoised", "in_file")]),
+        (denoise, sinks["confounds"], [("confounds_tsv", "in_file")]),
+        (denoise, sinks["confounds_json"], [("confounds_json", "in_file")]),
+        (denoise, summary, [("motion_summary", "denoise")]),
+        (sinks["denoised"], summary, [("out_file", "denoised")]),
+        (sinks["mask"], summary, [("out_file", "mask")]),
+        (sinks["denoised"], outputnode, [("out_file", "denoised")]),
+        (sinks["mask"], outputnode, [("out_file", "mask")]),
+        (summary, outputnode, [("summary", "summary")]),
+    ])
+    predict = _add_dualreg(config, workflow, source, sinks)
+    if predict is not None:
+        workflow.connect(predict, "out_file", summary, "prediction")
+
+
 def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
     """Built-in BOLD preprocessing of one run.
 
@@ -291,16 +326,9 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                        run_without_submitting=True)
     meta_den.inputs.space = config.preproc.output_space
     meta_den.inputs.skull_stripped = True
-    meta_den.inputs.extra = {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
-                             "DenoiseStrategy": config.preproc.denoise_strategy,
-                             "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
-         "Units": "percent signal change"}
+    meta_den.inputs.extra = _denoised_extra(config)
     sinks = _bold_sinks(config, bold_file, with_preproc=True)
-    summary = pe.Node(niu.Function(function=_run_summary,
-                                   input_names=["bold_file", "prep", "geometry", "denoise",
-                                                "denoised", "mask", "prediction"],
-                                   output_names=["summary"]),
-                      name="run_summary", run_without_submitting=True)
+    summary = _run_summary_node()
     summary.inputs.bold_file = bold_file
     prep_dict = pe.Node(niu.Function(function=_as_dict,
                                      input_names=["n_dummy", "dummy_detected",
@@ -328,10 +356,7 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
         (bold_to_std, sinks["preproc"], [("bold_std", "in_file")]),
         (meta, sinks["preproc"], [("metadata", "metadata")]),
         (bold_to_std, sinks["mask"], [("mask_std", "in_file")]),
-        (denoise, sinks["denoised"], [("denoised", "in_file")]),
         (meta_den, sinks["denoised"], [("metadata", "metadata")]),
-        (denoise, sinks["confounds"], [("confounds_tsv", "in_file")]),
-        (denoise, sinks["confounds_json"], [("confounds_json", "in_file")]),
         (prepare_bold, prep_dict, [("n_dummy", "n_dummy"), ("dummy_detected", "dummy_detected"),
                                    ("slice_timing_applied", "slice_timing_applied"),
                                    ("skipped", "skipped"), ("tr", "tr")]),
@@ -341,16 +366,8 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
         (inputnode, geo_dict, [("t1w_brain", "t1w_brain"), ("t1w_std", "t1w_std")]),
         (prep_dict, summary, [("out", "prep")]),
         (geo_dict, summary, [("out", "geometry")]),
-        (denoise, summary, [("motion_summary", "denoise")]),
-        (sinks["denoised"], summary, [("out_file", "denoised")]),
-        (sinks["mask"], summary, [("out_file", "mask")]),
-        (sinks["denoised"], outputnode, [("out_file", "denoised")]),
-        (sinks["mask"], outputnode, [("out_file", "mask")]),
-        (summary, outputnode, [("summary", "summary")]),
     ])
-    predict = _add_dualreg(config, workflow, bold_file, sinks)
-    if predict is not None:
-        workflow.connect(predict, "out_file", summary, "prediction")
+    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, bold_file)
     return workflow
 
 
@@ -379,34 +396,13 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
     sinks["mask"].inputs.in_file = run["mask"]
     sinks["denoised"].inputs.metadata = _bold_metadata(
         tr, config.preproc.output_space, True,
-        {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
-         "DenoiseStrategy": config.preproc.denoise_strategy,
-         "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
-         "Units": "percent signal change",
-         "Sources": [str(run["bold"])]})
-    summary = pe.Node(niu.Function(function=_run_summary,
-                                   input_names=["bold_file", "prep", "geometry", "denoise",
-                                                "denoised", "mask", "prediction"],
-                                   output_names=["summary"]),
-                      name="run_summary", run_without_submitting=True)
+        {**_denoised_extra(config), "Sources": [str(run["bold"])]})
+    summary = _run_summary_node()
     summary.inputs.bold_file = str(run["bold"])
     summary.inputs.prep = {"tr": tr, "skipped": ["built-in preprocessing: fMRIPrep input "
                                                  f"from {config.preproc.fmriprep_dir}"]}
     summary.inputs.geometry = {}
-    workflow.connect([
-        (denoise, sinks["denoised"], [("denoised", "in_file")]),
-        (denoise, sinks["confounds"], [("confounds_tsv", "in_file")]),
-        (denoise, sinks["confounds_json"], [("confounds_json", "in_file")]),
-        (denoise, summary, [("motion_summary", "denoise")]),
-        (sinks["denoised"], summary, [("out_file", "denoised")]),
-        (sinks["mask"], summary, [("out_file", "mask")]),
-        (sinks["denoised"], outputnode, [("out_file", "denoised")]),
-        (sinks["mask"], outputnode, [("out_file", "mask")]),
-        (summary, outputnode, [("summary", "summary")]),
-    ])
-    predict = _add_dualreg(config, workflow, source, sinks)
-    if predict is not None:
-        workflow.connect(predict, "out_file", summary, "prediction")
+    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source)
     return workflow
 
 
