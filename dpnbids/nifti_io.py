@@ -21,14 +21,11 @@ from pathlib import Path
 
 try:  # ISA-L: same gzip format, several times faster
     from isal import igzip as _gzip
-
-    #: igzip levels are 0-3; 1 gives zlib-level-6-like ratios on NIfTI data.
-    DEFAULT_LEVEL = 1
 except ImportError:  # pragma: no cover - isal is a dependency; keep working without it
     import gzip as _gzip
 
-    DEFAULT_LEVEL = 1
-
+#: Compression level (igzip's levels are 0-3; 1 gives zlib-level-6-like ratios on NIfTI).
+DEFAULT_LEVEL = 1
 _CHUNK = 16 << 20
 
 
@@ -36,7 +33,8 @@ class _open_gz:
     """Gzip writer with no name and no timestamp in its header (reproducible bytes:
     files are written under random temporary names before their atomic rename)."""
 
-    def __init__(self, path, level):
+    def __init__(self, path, level=None):
+        level = DEFAULT_LEVEL if level is None else int(level)
         self._raw = open(path, "wb")
         try:
             self._gz = _gzip.GzipFile(filename="", mode="wb", compresslevel=level,
@@ -65,14 +63,11 @@ def save_nifti(img, path: str | os.PathLike, *, compresslevel: int | None = None
     import nibabel as nib
 
     path = Path(path)
-    if not path.name.endswith(".nii.gz"):
+    # uncompressed, or not NIfTI-1 (e.g. NIfTI-2, Analyze): nibabel's own writer
+    if not path.name.endswith(".nii.gz") or not isinstance(img, nib.Nifti1Image):
         nib.save(img, str(path))
         return str(path)
-    if not isinstance(img, nib.Nifti1Image):  # e.g. Nifti2 or Analyze: nibabel's own writer
-        nib.save(img, str(path))
-        return str(path)
-    level = DEFAULT_LEVEL if compresslevel is None else int(compresslevel)
-    with _open_gz(path, level) as fobj:
+    with _open_gz(path, compresslevel) as fobj:
         img.to_stream(fobj)
     return str(path)
 
@@ -80,7 +75,6 @@ def save_nifti(img, path: str | os.PathLike, *, compresslevel: int | None = None
 def gzip_copy(src: str | os.PathLike, dst: str | os.PathLike, *,
               compresslevel: int | None = None) -> str:
     """Stream-compress file ``src`` into the gzip file ``dst``."""
-    level = DEFAULT_LEVEL if compresslevel is None else int(compresslevel)
-    with open(src, "rb") as fin, _open_gz(dst, level) as fout:
+    with open(src, "rb") as fin, _open_gz(dst, compresslevel) as fout:
         shutil.copyfileobj(fin, fout, _CHUNK)
     return str(dst)

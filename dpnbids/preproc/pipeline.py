@@ -15,13 +15,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from dpnbids.nifti_io import save_nifti
+
 LOGGER = logging.getLogger("dpnbids.preproc")
-
-
-def _save(img, path: Path) -> str:
-    from dpnbids.nifti_io import save_nifti
-
-    return save_nifti(img, path)
 
 
 def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min_volumes=50,
@@ -62,7 +58,7 @@ def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min
     out = nib.Nifti1Image(data, img.affine)
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
-    return {"out_file": _save(out, out_dir / "bold_prepared.nii"), "tr": float(tr),
+    return {"out_file": save_nifti(out, out_dir / "bold_prepared.nii"), "tr": float(tr),
             "n_dummy": n_dummy, "dummy_detected": bool(detected),
             "slice_timing_applied": applied, "skipped": skipped}
 
@@ -107,7 +103,7 @@ def bold_to_std(bold_file, *, tr, t1w_brain, t1w_mask, wm_probseg, csf_probseg,
     mdata = (mimg.get_fdata() > 0.5) & tmask
     mask_img = nib.Nifti1Image(mdata.astype(np.uint8), mimg.affine)
     check_mask_not_empty(mask_img, f"template-space brain mask of {Path(bold_file).name}")
-    mask_std = _save(mask_img, out_dir / "mask_std.nii.gz")
+    mask_std = save_nifti(mask_img, out_dir / "mask_std.nii.gz")
     boldref_std = warp_to_std(ref_file, reference, xfms, out_dir / "boldref_std.nii.gz")
     wm_std = warp_to_std(wm_probseg, reference, xfm_t1w_to_std, out_dir / "wm_std.nii.gz")
     csf_std = warp_to_std(csf_probseg, reference, xfm_t1w_to_std, out_dir / "csf_std.nii.gz")
@@ -164,7 +160,7 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
     # uncompressed in the work directory; the derivatives writer compresses it
-    denoised_file = _save(out, out_dir / "denoised.nii")
+    denoised_file = save_nifti(out, out_dir / "denoised.nii")
     return {"confounds_tsv": str(tsv), "confounds_json": str(js), "denoised": denoised_file,
             "motion_summary": motion_summary(confounds)}
 
