@@ -31,9 +31,10 @@ def test_failed_subject_is_named_others_finish_and_rerun_resumes(cohort, tmp_pat
     conf = next((fmriprep / "sub-02" / "func").glob("*desc-confounds_timeseries.tsv"))
     good = tmp_path / "confounds_backup.tsv"
     shutil.copyfile(conf, good)
-    # sub-02's confounds lose the columns the default strategy regresses: the files all
-    # exist (the up-front checks pass), its denoising node fails inside the workflow
-    pd.read_csv(conf, sep="\t")[["trans_x"]].to_csv(conf, sep="\t", index=False)
+    # sub-02's confounds table loses its last rows: the files exist and hold every column
+    # (the up-front checks pass), its denoising node fails inside the workflow
+    table = pd.read_csv(conf, sep="\t")
+    table.iloc[:-5].to_csv(conf, sep="\t", index=False)
     argv = [bids, out, "participant", "--fmriprep-dir", fmriprep, "--output-resolution", "4",
             "-w", work, "--nprocs", "2", "--skip-bids-validation"]
     try:
@@ -55,3 +56,23 @@ def test_failed_subject_is_named_others_finish_and_rerun_resumes(cohort, tmp_pat
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert _denoised(out, "02")
     assert (out / "sub-02.html").exists()
+
+
+def test_missing_confound_column_is_refused_up_front(cohort, tmp_path):
+    fmriprep = cohort.fmriprep_dir
+    conf = next((fmriprep / "sub-03" / "func").glob("*desc-confounds_timeseries.tsv"))
+    good = tmp_path / "confounds_backup.tsv"
+    shutil.copyfile(conf, good)
+    out = tmp_path / "out"
+    pd.read_csv(conf, sep="\t").drop(columns=["trans_x"]).to_csv(conf, sep="\t", index=False)
+    try:
+        code = run_cli([cohort.bids_dir, out, "participant", "--fmriprep-dir", fmriprep,
+                        "--output-resolution", "4", "-w", tmp_path / "work",
+                        "--skip-bids-validation"])
+    finally:
+        shutil.copyfile(good, conf)
+    err = run_cli.last_stderr
+    assert code == 2, err
+    assert conf.name in err and "['trans_x']" in err and "--denoise-strategy" in err
+    assert "Traceback" not in err
+    assert not out.exists(), "OUTPUT_DIR must not be created on bad input"

@@ -36,13 +36,32 @@ def check_participant_inputs(config, inputs) -> None:
                           + (config.preproc.dummy_scans or 0))
             load_anat(sub_inputs.t1w)
         else:
-            _fmriprep_runs(config, sub, sub_inputs)
+            for run in _fmriprep_runs(config, sub, sub_inputs):
+                _check_confound_columns(config, run["confounds"])
     if config.cnn.model is not None:
         from dpnbids.bundle import check_compatible, load_bundle
 
         bundle = load_bundle(config.cnn.model)
         check_compatible(bundle, space=config.preproc.output_space,
                          resolution=config.preproc.output_resolution)
+
+
+def _check_confound_columns(config, confounds_file) -> None:
+    """The denoising strategy's columns are in an fMRIPrep confounds TSV (header only)."""
+    import json
+
+    import pandas as pd
+
+    from dpnbids.preproc.signal import strategy_columns
+
+    path = Path(str(confounds_file))
+    sidecar = Path(str(path)[:-4] + ".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    try:
+        strategy_columns(config.preproc.denoise_strategy, pd.read_csv(path, sep="\t", nrows=0),
+                         confounds_meta=meta)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
