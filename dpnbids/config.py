@@ -73,6 +73,7 @@ class PreprocConfig:
     high_pass: float = 0.008
     low_pass: float = 0.09
     min_volumes: int = 50
+    fd_thresh: float | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ def config_from_args(args, argv=None) -> Config:
         fmriprep_dir=args.fmriprep_dir, dummy_scans=args.dummy_scans,
         slice_order=args.slice_order, smoothing_fwhm=args.smoothing_fwhm,
         denoise_strategy=args.denoise_strategy, high_pass=args.high_pass,
-        low_pass=args.low_pass, min_volumes=args.min_volumes)
+        low_pass=args.low_pass, min_volumes=args.min_volumes,
+        fd_thresh=args.fd_thresh or None)
     ica = ICAConfig(
         pca_dim=args.pca_dim, n_components=args.n_components, ica_repeats=args.ica_repeats,
         back_projection=args.back_projection, group_maps=args.group_maps, ssc_p=args.ssc_p,

@@ -157,6 +157,8 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     strategy = traits.Str("conn", usedefault=True)
     high_pass = traits.Float(0.008, usedefault=True)
     low_pass = traits.Float(0.09, usedefault=True)
+    fd_thresh = traits.Float(0.0, usedefault=True,
+                             desc="censoring threshold (mm) on framewise displacement; 0: off")
 
 
 class _DenoiseOutputSpec(TraitedSpec):
@@ -183,7 +185,8 @@ class ConfoundsDenoise(SimpleInterface):
             wm_std=inp.wm_std if isdefined(inp.wm_std) else None,
             csf_std=inp.csf_std if isdefined(inp.csf_std) else None,
             n_dummy=inp.n_dummy, smoothing_fwhm=inp.smoothing_fwhm, strategy=inp.strategy,
-            high_pass=inp.high_pass, low_pass=inp.low_pass, out_dir=_cwd())
+            high_pass=inp.high_pass, low_pass=inp.low_pass, out_dir=_cwd(),
+            fd_thresh=inp.fd_thresh or None)
         self._results.update(result)
         return runtime
 

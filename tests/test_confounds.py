@@ -151,3 +151,118 @@ def test_write_confounds_na(tmp_path, rng):
     back = pd.read_csv(path, sep="\t", na_values=["n/a"])
     np.testing.assert_allclose(back["dvars"].iloc[1:], df["dvars"].iloc[1:])
     assert list(tmp_path.iterdir()) == [path]
+
+
+# ----------------------------------------------------------------- fMRIPrep tables
+def _fmriprep_table(rng, n_t=30, *, drop=()):
+    motion = np.cumsum(rng.normal(0, 0.05, (n_t, 6)), axis=0)
+    cols = {}
+    for k, name in enumerate(["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]):
+        x = motion[:, k]
+        d = np.r_[np.nan, np.diff(x)]
+        cols.update({name: x, f"{name}_derivative1": d, f"{name}_power2": x ** 2,
+                     f"{name}_derivative1_power2": d ** 2})
+    for i in range(7):
+        cols[f"a_comp_cor_{i:02d}"] = rng.normal(size=n_t)
+    cols["framewise_displacement"] = np.r_[np.nan, np.abs(rng.normal(0, 0.1, n_t - 1))]
+    cols["non_steady_state_outlier00"] = np.eye(n_t)[0]
+    cols["motion_outlier00"] = np.eye(n_t)[7]
+    table = pd.DataFrame(cols)
+    return table.drop(columns=list(drop)), table
+
+
+def _write(tmp_path, table, meta=None):
+    path = tmp_path / "sub-01_task-rest_desc-confounds_timeseries.tsv"
+    table.to_csv(path, sep="\t", na_rep="n/a", index=False)
+    if meta is not None:
+        path.with_suffix(".json").write_text(__import__("json").dumps(meta))
+    return path
+
+
+def test_read_confounds_na_and_nothing_computed_when_complete(tmp_path, rng):
+    from dpnbids.preproc.confounds import read_confounds
+
+    table, _ = _fmriprep_table(rng)
+    path = _write(tmp_path, table)
+    df, notes = read_confounds(path, strategy="24p")
+    assert notes == [] and list(df.columns) == list(table.columns)
+    assert np.isnan(df["trans_x_derivative1"].iloc[0])
+    np.testing.assert_allclose(df["trans_x"], table["trans_x"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["24p", "conn", "acompcor"])
+def test_read_confounds_computes_missing_derivatives_as_fmriprep(tmp_path, rng, strategy):
+    from dpnbids.preproc.confounds import read_confounds
+    from dpnbids.preproc.signal import strategy_columns
+
+    expansions = [c for c in _fmriprep_table(rng)[1].columns
+                  if c.endswith(("_derivative1", "_power2"))]
+    table, full = _fmriprep_table(np.random.default_rng(1), drop=expansions)
+    path = _write(tmp_path, table)
+    df, notes = read_confounds(path, strategy=strategy)
+    wanted = strategy_columns(strategy, df)
+    full = _fmriprep_table(np.random.default_rng(1))[1]
+    for col in wanted:
+        np.testing.assert_allclose(df[col].to_numpy(), full[col].to_numpy(), equal_nan=True,
+                                   rtol=1e-10, atol=1e-12, err_msg=col)
+    assert np.isnan(df["trans_x_derivative1"].iloc[0])
+    if strategy == "24p":
+        assert np.isnan(df["rot_z_derivative1_power2"].iloc[0])
+        assert not np.isnan(df["rot_z_power2"].iloc[0])
+    else:  # only what the strategy needs is added
+        assert "trans_x_power2" not in df
+    assert notes and all(path.name in n and "computed" in n for n in notes)
+    assert any("'trans_x'" in n for n in notes)
+    # the fMRIPrep 23 spelling of non-steady-state outliers is regressed
+    assert "non_steady_state_outlier00" in wanted
+
+
+def test_missing_base_column_is_refused_with_file_named(tmp_path, rng):
+    from dpnbids.exceptions import InputError
+    from dpnbids.preproc.confounds import check_confounds_header, read_confounds
+
+    table, _ = _fmriprep_table(rng, drop=["rot_y", "rot_y_derivative1"])
+    path = _write(tmp_path, table)
+    with pytest.raises(InputError, match=r"(?s)sub-01_task-rest.*rot_y_derivative1"):
+        read_confounds(path, strategy="conn")
+    with pytest.raises(InputError, match=r"(?s)sub-01_task-rest.*\['rot_y'\] that"):
+        check_confounds_header(path, "minimal")
+    table, _ = _fmriprep_table(rng, drop=["rot_y_derivative1"])
+    assert "rot_y_derivative1" in check_confounds_header(_write(tmp_path, table), "conn")
+
+
+def test_check_confounds_header_accepts_computable_derivatives(tmp_path, rng):
+    from dpnbids.preproc.confounds import check_confounds_header
+
+    table, _ = _fmriprep_table(rng, drop=[c for c in _fmriprep_table(rng)[1].columns
+                                          if "_derivative1" in c or "_power2" in c])
+    meta = {f"a_comp_cor_{i:02d}": {"Mask": "combined" if i >= 2 else "CSF", "Retained": True}
+            for i in range(7)}
+    path = _write(tmp_path, table, meta)
+    cols = check_confounds_header(path, "conn")
+    assert "trans_x_derivative1" in cols
+    # combined-mask components from the JSON; the padded expansion columns are never picked
+    assert [c for c in cols if c.startswith("a_comp_cor")] == [f"a_comp_cor_{i:02d}"
+                                                                for i in range(2, 7)]
+    assert len(check_confounds_header(path, "24p")) == 24 + 1
+
+
+def test_read_confounds_of_fmriprep_fixture(tmp_path):
+    from fmriprep_fixtures import make_fmriprep_dataset
+
+    from dpnbids.preproc.confounds import n_censored, read_confounds
+
+    fx = make_fmriprep_dataset(tmp_path, subjects={"01": 1}, n_volumes=24, layouts=(),
+                               n_nonsteady=1, n_spikes=2,
+                               drop_columns=[f"{m}_derivative1" for m in
+                                             ("trans_x", "trans_y", "trans_z",
+                                              "rot_x", "rot_y", "rot_z")])
+    path = fx["subjects"]["01"]["runs"][0]["confounds"]
+    df, notes = read_confounds(path, strategy="conn")
+    assert len(notes) == 6 and df["rot_z_derivative1"].iloc[1:].notna().all()
+    n_spikes = sum(c.startswith("motion_outlier") for c in df.columns)
+    assert n_censored(path, None) == 0
+    assert n_censored(path, 100.0) == n_spikes  # the spike columns alone
+    fd = df["framewise_displacement"].fillna(0).to_numpy()
+    spikes = df[[c for c in df.columns if c.startswith("motion_outlier")]].to_numpy().sum(1) > 0
+    assert n_censored(path, 0.2) == int(((fd > 0.2) | spikes).sum())

@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="high-pass cut-off (Hz) of the band-pass filter (0 disables)")
     g_pre.add_argument("--low-pass", dest="low_pass", type=_nonneg_float, default=0.09,
                        help="low-pass cut-off (Hz) of the band-pass filter (0 disables)")
+    g_pre.add_argument("--fd-thresh", dest="fd_thresh", type=_nonneg_float, default=None,
+                       metavar="MM",
+                       help="censor volumes with framewise displacement above MM (and fMRIPrep "
+                            "motion_outlier spikes) before band-pass; default: off, as the paper")
     g_pre.add_argument("--min-volumes", dest="min_volumes", type=_positive_int, default=50,
                        help="minimum number of BOLD volumes after dropping dummy scans")
 

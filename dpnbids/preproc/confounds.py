@@ -54,7 +54,9 @@ import pandas as pd
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["compute_confounds", "confounds_metadata", "write_confounds",
-           "framewise_displacement", "compute_dvars", "acompcor", "cosine_basis"]
+           "framewise_displacement", "compute_dvars", "acompcor", "cosine_basis",
+           "read_confounds", "check_confounds_header", "expand_confounds", "derivable_columns",
+           "n_censored"]
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 _META_KEY = "dpnbids_confounds_meta"
@@ -339,3 +341,211 @@ def write_confounds(df: pd.DataFrame, tsv_path) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return tsv_path
+
+
+# ----------------------------------------------------------------- reading fMRIPrep tables
+#: Suffixes of fMRIPrep's expansion columns, longest first (so that
+#: ``x_derivative1_power2`` is not read as ``x_derivative1`` + ``_power2``).
+EXPANSION_SUFFIXES = ("_derivative1_power2", "_derivative1", "_power2")
+
+
+def _expansion_base(name: str) -> tuple[str, str] | None:
+    """``(base, suffix)`` when ``name`` is an expansion column, else None."""
+    for suffix in EXPANSION_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)], suffix
+    return None
+
+
+def derivable_columns(columns) -> list[str]:
+    """Expansion columns absent from ``columns`` whose base column is present.
+
+    Parameters
+    ----------
+    columns : iterable of str
+        Header of a confounds table.
+
+    Returns
+    -------
+    list of str
+        ``<x>_derivative1``, ``<x>_power2`` and ``<x>_derivative1_power2`` for
+        every base column ``x`` (itself not an expansion) that lacks them, in
+        header order.
+    """
+    have = list(columns)
+    present = set(have)
+    out = []
+    for col in have:
+        if _expansion_base(col) is not None:
+            continue
+        out += [f"{col}{s}" for s in ("_derivative1", "_power2", "_derivative1_power2")
+                if f"{col}{s}" not in present]
+    return out
+
+
+def expand_confounds(confounds: pd.DataFrame, wanted) -> tuple[pd.DataFrame, list[str]]:
+    """Add the ``wanted`` expansion columns that are absent but computable.
+
+    fMRIPrep's definitions (niworkflows ``ExpandModel``): ``x_derivative1`` is
+    the backward difference ``x[t] - x[t-1]`` with NaN in the first row;
+    ``x_power2`` is ``x ** 2``; ``x_derivative1_power2`` is the square of the
+    derivative (NaN first row). Columns already in the table are never
+    recomputed.
+
+    Parameters
+    ----------
+    confounds : pandas.DataFrame
+    wanted : iterable of str
+        Columns the caller needs (e.g. :func:`dpnbids.preproc.signal.strategy_columns`).
+
+    Returns
+    -------
+    confounds : pandas.DataFrame
+        A copy with the computed columns appended (the input when none are).
+    notes : list of str
+        One sentence per base column that had columns computed (for the log).
+    """
+    added: dict[str, list[str]] = {}
+    new = {}
+    for col in wanted:
+        if col in confounds.columns or col in new:
+            continue
+        parsed = _expansion_base(col)
+        if parsed is None or parsed[0] not in confounds.columns:
+            continue
+        base, suffix = parsed
+        x = confounds[base].to_numpy(dtype=float)
+        deriv = np.concatenate([[np.nan], np.diff(x)]) if x.size else x
+        new[col] = {"_derivative1": deriv, "_power2": x ** 2,
+                    "_derivative1_power2": deriv ** 2}[suffix]
+        added.setdefault(base, []).append(col)
+    if not new:
+        return confounds, []
+    out = pd.concat([confounds, pd.DataFrame(new, index=confounds.index)], axis=1)
+    notes = [f"confounds table lacks {cols}; computed them from {base!r} as fMRIPrep does "
+             "(backward difference with n/a first row; squares)" for base, cols in added.items()]
+    return out, notes
+
+
+def _strategy_needs(strategy, header: pd.DataFrame, columns, confounds_meta) -> list[str]:
+    """Columns ``strategy`` regresses, counting computable expansions as present."""
+    from dpnbids.preproc.signal import strategy_columns
+
+    return strategy_columns(strategy, header, columns=columns, confounds_meta=confounds_meta,
+                            computable=derivable_columns(header.columns))
+
+
+def check_confounds_header(tsv_path, strategy, *, columns=None,
+                           confounds_meta: dict | None = None) -> list[str]:
+    """Check, from the header alone, that a confounds TSV serves a denoising strategy.
+
+    Expansion columns (``_derivative1``, ``_power2``, ``_derivative1_power2``)
+    that are absent but whose base column is present count as available:
+    :func:`read_confounds` computes them.
+
+    Parameters
+    ----------
+    tsv_path : path
+        fMRIPrep ``*_desc-confounds_timeseries.tsv``.
+    strategy : str
+        A key of :data:`dpnbids.preproc.signal.STRATEGIES`.
+    columns : list of str, optional
+        Custom columns (replace the strategy's).
+    confounds_meta : dict, optional
+        The JSON sidecar; read next to ``tsv_path`` when None.
+
+    Returns
+    -------
+    list of str
+        The columns the strategy will regress.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the columns that are neither present nor computable.
+    """
+    path = Path(str(tsv_path))
+    if confounds_meta is None:
+        confounds_meta = _read_sidecar(path)
+    header = pd.read_csv(path, sep="\t", nrows=0)
+    try:
+        return _strategy_needs(strategy, header, columns, confounds_meta)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _read_sidecar(tsv_path: Path) -> dict:
+    import json
+
+    sidecar = Path(str(tsv_path)[:-4] + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+
+
+def read_confounds(tsv_path, *, strategy=None, columns=None,
+                   confounds_meta: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Read an fMRIPrep confounds TSV, computing expansion columns a strategy needs.
+
+    ``n/a`` is read as NaN. When ``strategy`` (or ``columns``) is given, its
+    expansion columns that the table lacks but can be computed from their base
+    column are added (:func:`expand_confounds`), and a missing column that
+    cannot be computed raises. Without a strategy the table is returned as read.
+
+    Parameters
+    ----------
+    tsv_path : path
+    strategy : str, optional
+        A key of :data:`dpnbids.preproc.signal.STRATEGIES`.
+    columns : list of str, optional
+        Custom columns (replace the strategy's).
+    confounds_meta : dict, optional
+        The JSON sidecar (aCompCor masks); read next to ``tsv_path`` when None.
+
+    Returns
+    -------
+    confounds : pandas.DataFrame
+    notes : list of str
+        What was computed, one sentence per base column (for the log).
+    """
+    path = Path(str(tsv_path))
+    confounds = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    if strategy is None and columns is None:
+        return confounds, []
+    if confounds_meta is None:
+        confounds_meta = _read_sidecar(path)
+    try:
+        wanted = _strategy_needs(strategy, confounds.iloc[:0], columns, confounds_meta)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    confounds, notes = expand_confounds(confounds, wanted)
+    return confounds, [f"{path.name}: {n}" for n in notes]
+
+
+def n_censored(confounds_tsv_path, fd_thresh) -> int:
+    """Number of volumes :func:`dpnbids.preproc.signal.censor_mask` would censor.
+
+    Reads only the ``framewise_displacement`` and ``motion_outlierXX`` columns,
+    so input checks can refuse a run with too few volumes left before any
+    computing.
+
+    Parameters
+    ----------
+    confounds_tsv_path : path
+        A confounds TSV (fMRIPrep's or dpnbids').
+    fd_thresh : float or None
+        Threshold in mm; None or 0: censoring off (returns 0).
+
+    Returns
+    -------
+    int
+    """
+    from dpnbids.preproc.signal import censor_mask
+
+    if fd_thresh is None or fd_thresh == 0:
+        return 0
+    path = Path(str(confounds_tsv_path))
+    wanted = lambda c: c == "framewise_displacement" or c.startswith("motion_outlier")  # noqa: E731
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"], usecols=wanted)
+    try:
+        return int(censor_mask(table, fd_thresh).sum())
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None

@@ -120,10 +120,18 @@ def bold_to_std(bold_file, *, tr, t1w_brain, t1w_mask, wm_probseg, csf_probseg,
 
 def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion_params=None,
                           wm_std=None, csf_std=None, n_dummy=0, smoothing_fwhm=5.0,
-                          strategy="conn", high_pass=0.008, low_pass=0.09, out_dir=".") -> dict:
-    """Confounds TSV/JSON (computed or taken from fMRIPrep), smoothing and denoising."""
-    from dpnbids.preproc.confounds import compute_confounds, confounds_metadata, write_confounds
-    from dpnbids.preproc.signal import denoise, percent_signal_change, smooth
+                          strategy="conn", high_pass=0.008, low_pass=0.09, out_dir=".",
+                          fd_thresh=None) -> dict:
+    """Confounds TSV/JSON (computed or taken from fMRIPrep), smoothing and denoising.
+
+    With ``fd_thresh`` (mm) the volumes of :func:`~dpnbids.preproc.signal.censor_mask`
+    are censored (interpolated, then dropped from the denoised series), and
+    ``motion_summary`` gains ``fd_thresh``, ``n_censored``, ``n_kept`` and
+    ``censored_volumes`` (0-based indices).
+    """
+    from dpnbids.preproc.confounds import (compute_confounds, confounds_metadata,
+                                           read_confounds, write_confounds)
+    from dpnbids.preproc.signal import censor_mask, denoise, percent_signal_change, smooth
 
     out_dir = Path(out_dir)
     img = nib.load(str(bold_std))
@@ -133,9 +141,11 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     img.header.set_slope_inter(1.0, 0.0)
     mask = nib.load(str(mask_std))
     if confounds_file is not None:
-        confounds = pd.read_csv(confounds_file, sep="\t", na_values=["n/a"])
         sidecar = Path(str(confounds_file)[:-4] + ".json")
         meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        confounds, notes = read_confounds(confounds_file, strategy=strategy, confounds_meta=meta)
+        for note in notes:
+            LOGGER.info(note)
     else:
         params = pd.read_csv(motion_params, sep="\t").to_numpy()
         confounds = compute_confounds(
@@ -152,8 +162,10 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     # percent signal change before denoising (CONN's units): amplitudes then compare
     # across subjects and scanners, which the dual-regression estimates rely on
     smoothed = percent_signal_change(smoothed, mask)
+    censor = censor_mask(confounds, fd_thresh)
     denoised = denoise(smoothed, confounds, mask, tr, strategy=strategy, confounds_meta=meta,
-                       low_pass=low_pass or None, high_pass=high_pass or None)
+                       low_pass=low_pass or None, high_pass=high_pass or None,
+                       censor=censor if censor.any() else None)
     data = np.asanyarray(denoised.dataobj, dtype=np.float32)
     data *= (mask.get_fdata() > 0)[..., None]
     out = nib.Nifti1Image(data, img.affine)
@@ -161,8 +173,13 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
     out.header["pixdim"][4] = tr
     # uncompressed in the work directory; the derivatives writer compresses it
     denoised_file = save_nifti(out, out_dir / "denoised.nii")
+    summary = motion_summary(confounds)
+    if fd_thresh:
+        summary.update(fd_thresh=float(fd_thresh), n_censored=int(censor.sum()),
+                       n_kept=int((~censor).sum()),
+                       censored_volumes=[int(i) for i in np.flatnonzero(censor)])
     return {"confounds_tsv": str(tsv), "confounds_json": str(js), "denoised": denoised_file,
-            "motion_summary": motion_summary(confounds)}
+            "motion_summary": summary}
 
 
 def motion_summary(confounds: pd.DataFrame, fd_threshold: float = 0.5) -> dict:

@@ -25,12 +25,21 @@ fMRIPrep-style confounds table (see :mod:`dpnbids.preproc.confounds`):
 ``"none"``
     No confound regression (detrending and band-pass only).
 
-All strategies also regress any ``non_steady_state_outlier_XX`` column
-present (as nilearn's ``load_confounds`` does). Custom column lists are
-accepted through ``denoise(..., columns=[...])``.
+All strategies also regress any ``non_steady_state_outlierXX`` column
+present (fMRIPrep 23 spells them ``non_steady_state_outlier00``, dpnbids'
+own table ``non_steady_state_outlier_00``; both are matched), as
+nilearn's ``load_confounds`` does. Custom column lists are accepted through
+``denoise(..., columns=[...])``.
+
+Censoring (``--fd-thresh``, XCP-D style, off by default) is separate from
+the strategies' spike regressors: :func:`censor_mask` flags volumes with
+framewise displacement above the threshold and those of fMRIPrep's
+``motion_outlierXX`` spike columns, and ``denoise(..., censor=mask)``
+interpolates them before filtering and drops them from its output.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import nibabel as nib
@@ -41,7 +50,7 @@ from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["STRATEGIES", "SCRUB_THRESHOLDS", "detect_nonsteady_states",
            "slice_timing_from_order", "slice_time_correct", "smooth", "denoise", "fft_bandpass",
-           "strategy_columns"]
+           "strategy_columns", "censor_mask", "interpolate_censored"]
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 _MOTION12 = MOTION + [f"{c}_derivative1" for c in MOTION]
@@ -309,9 +318,13 @@ def smooth(img, fwhm_mm, mask=None):
 
 
 # ----------------------------------------------------------------- denoising
+_ACOMPCOR_RE = re.compile(r"^a_comp_cor_\d+$")
+_NONSTEADY_RE = re.compile(r"^non_steady_state_outlier_?\d+$")
+
+
 def _combined_acompcor(confounds: pd.DataFrame, meta: dict | None, n: int = 5) -> list[str]:
     """First ``n`` combined-mask aCompCor columns, using fMRIPrep's JSON when given."""
-    cols = sorted(c for c in confounds.columns if c.startswith("a_comp_cor_"))
+    cols = sorted(c for c in confounds.columns if _ACOMPCOR_RE.match(c))
     if meta:
         combined = [c for c in cols
                     if str(meta.get(c, {}).get("Mask", "combined")).lower() == "combined"
@@ -322,8 +335,13 @@ def _combined_acompcor(confounds: pd.DataFrame, meta: dict | None, n: int = 5) -
 
 
 def strategy_columns(strategy, confounds: pd.DataFrame, *, columns=None,
-                     confounds_meta: dict | None = None) -> list[str]:
-    """Columns a strategy regresses (custom ``columns`` win); raises on missing ones."""
+                     confounds_meta: dict | None = None, computable=()) -> list[str]:
+    """Columns a strategy regresses (custom ``columns`` win); raises on missing ones.
+
+    ``computable`` names columns absent from ``confounds`` that the caller can
+    compute (derivatives and squares, see
+    :func:`dpnbids.preproc.confounds.read_confounds`); they count as present.
+    """
     if columns is not None:
         wanted = list(columns)
     elif strategy in STRATEGIES:
@@ -335,7 +353,8 @@ def strategy_columns(strategy, confounds: pd.DataFrame, *, columns=None,
     else:
         raise InputError(f"Unknown denoising strategy {strategy!r}. Expected one of "
                          f"{sorted(STRATEGIES)}, or pass columns=[...].")
-    missing = [c for c in wanted if c not in confounds.columns]
+    have = set(confounds.columns) | set(computable)
+    missing = [c for c in wanted if c not in have]
     if missing:
         who = ("Custom confound columns need" if columns is not None else
                f"Denoising strategy {strategy!r} needs confound columns")
@@ -345,7 +364,7 @@ def strategy_columns(strategy, confounds: pd.DataFrame, *, columns=None,
             "another --denoise-strategy, or regenerate the confounds (fMRIPrep >= 20.2 or "
             "dpnbids' own) so that they include these columns.")
     wanted += [c for c in confounds.columns
-               if c.startswith("non_steady_state_outlier") and c not in wanted]
+               if _NONSTEADY_RE.match(str(c)) and c not in wanted]
     return wanted
 
 
@@ -367,6 +386,95 @@ def _scrub_regressors(confounds: pd.DataFrame, thresholds: dict) -> np.ndarray:
     spikes = np.zeros((n, idx.size))
     spikes[idx, np.arange(idx.size)] = 1.0
     return spikes
+
+
+_MOTION_OUTLIER_RE = re.compile(r"^motion_outlier_?\d+$")
+
+
+def censor_mask(confounds: pd.DataFrame, fd_thresh: float | None) -> np.ndarray:
+    """Volumes to censor (True) for a framewise-displacement threshold, XCP-D style.
+
+    A volume is censored when its ``framewise_displacement`` exceeds
+    ``fd_thresh`` (mm; the first row's ``n/a`` is never censored) or when one
+    of fMRIPrep's ``motion_outlierXX`` spike columns flags it (fMRIPrep flags FD
+    > 0.5 mm or standardised DVARS > 1.5). The spike columns are honoured
+    whenever censoring is on, whatever the threshold.
+
+    Parameters
+    ----------
+    confounds : pandas.DataFrame
+        One row per volume.
+    fd_thresh : float or None
+        Threshold in mm; None or 0 turns censoring off.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_volumes,)
+        All False when censoring is off.
+    """
+    n = len(confounds)
+    if fd_thresh is None or fd_thresh == 0:
+        return np.zeros(n, bool)
+    if not np.isfinite(fd_thresh) or fd_thresh < 0:
+        raise InputError(f"fd_thresh must be a positive number of mm (0 or None: off); "
+                         f"received {fd_thresh}.")
+    if "framewise_displacement" not in confounds:
+        raise InputError(
+            "Censoring by framewise displacement needs a 'framewise_displacement' column, "
+            f"which the confounds table lacks (columns: {list(confounds.columns)}). Drop "
+            "--fd-thresh, or regenerate the confounds with fMRIPrep or dpnbids.")
+    fd = confounds["framewise_displacement"].to_numpy(dtype=float)
+    mask = np.nan_to_num(fd, nan=0.0) > float(fd_thresh)
+    for col in confounds.columns:
+        if _MOTION_OUTLIER_RE.match(str(col)):
+            mask |= np.nan_to_num(confounds[col].to_numpy(dtype=float)) > 0.5
+    return mask
+
+
+def interpolate_censored(signals, censor) -> np.ndarray:
+    """Replace censored frames by a cubic spline through the retained ones (XCP-D).
+
+    The spline (not-a-knot) is fitted on the retained frames' indices and
+    evaluated at the censored ones; censored frames before the first or after
+    the last retained frame take the nearest retained value (a spline would
+    extrapolate wildly there), as XCP-D does. Filling the gaps this way keeps
+    the series evenly sampled, so the FFT band-pass remains valid and a
+    high-motion spike cannot ring into the neighbouring frames.
+
+    Parameters
+    ----------
+    signals : array (T,) or (T, N)
+    censor : array of bool (T,)
+        True for frames to replace; at least two frames must be retained.
+
+    Returns
+    -------
+    ndarray, float64, same shape as ``signals``
+    """
+    from scipy.interpolate import CubicSpline
+
+    x = np.array(signals, dtype=np.float64)
+    censor = np.asarray(censor, bool).ravel()
+    if censor.size != x.shape[0]:
+        raise DimensionError(f"censor mask has {censor.size} entries but the signals have "
+                             f"{x.shape[0]} frames; expected one entry per frame.")
+    if not censor.any():
+        return x
+    kept = np.flatnonzero(~censor)
+    if kept.size < 2:
+        raise InputError(f"Only {kept.size} of {censor.size} volumes survive censoring; "
+                         "at least 2 are needed to interpolate. Raise --fd-thresh.")
+    gaps = np.flatnonzero(censor)
+    inner = gaps[(gaps > kept[0]) & (gaps < kept[-1])]
+    flat = x.reshape(x.shape[0], -1)
+    step = 8192  # columns per block: bounds the spline coefficients' memory
+    for start in range(0, flat.shape[1], step):
+        block = flat[:, start:start + step]
+        if inner.size:
+            block[inner] = CubicSpline(kept, block[kept], axis=0, bc_type="not-a-knot")(inner)
+        block[gaps[gaps < kept[0]]] = block[kept[0]]
+        block[gaps[gaps > kept[-1]]] = block[kept[-1]]
+    return flat.reshape(x.shape)
 
 
 def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.ndarray:
@@ -454,7 +562,7 @@ def percent_signal_change(img, mask_img, *, min_fraction: float = 0.1):
 def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str = "conn",
             columns=None, confounds_meta: dict | None = None, low_pass=0.09,
             high_pass=0.008, detrend: bool = True, standardize=False,
-            scrub: bool | None = None, filter: str = "fft"):
+            scrub: bool | None = None, filter: str = "fft", censor=None):
     """Confound regression and band-pass filtering with ``nilearn.signal.clean``.
 
     Parameters
@@ -488,11 +596,21 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
         regressed out with ``nilearn.signal.clean`` (CONN's simultaneous
         regression and band-pass); exact and free of edge transients on short
         runs. ``"butterworth"``: nilearn's own filter inside ``clean``.
+    censor : array of bool (T,), optional
+        Volumes to censor (True), e.g. from :func:`censor_mask`. As XCP-D does,
+        the censored volumes of the data and of the confounds are replaced by
+        a cubic spline through the retained volumes
+        (:func:`interpolate_censored`), regression and band-pass run on the
+        full, evenly sampled series, and the censored volumes are then
+        dropped: the output has ``T - censor.sum()`` volumes. Regressors that
+        are nonzero only on censored volumes (spikes) are dropped first. None
+        or all False: no censoring (the result is unchanged).
 
     Returns
     -------
     nibabel.Nifti1Image
-        float32 denoised series, zeros outside the mask.
+        float32 denoised series, zeros outside the mask; with ``censor``, only
+        the retained volumes.
     """
     from nilearn.signal import clean
 
@@ -510,6 +628,22 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     if scrub:
         regs = np.hstack([regs, _scrub_regressors(confounds, SCRUB_THRESHOLDS.get(
             strategy, SCRUB_THRESHOLDS["conn"]))])
+    censoring = censor is not None and bool(np.any(censor))
+    if censor is not None:
+        censor = np.asarray(censor, bool).ravel()
+        if censor.size != n_t:
+            raise DimensionError(f"The censor mask has {censor.size} entries but the BOLD "
+                                 f"series has {n_t} volumes; expected one per volume.")
+    if censoring:
+        support = regs != 0
+        only_censored = support.any(axis=0) & ~support[~censor].any(axis=0)
+        regs = regs[:, ~only_censored]
+        n_kept = int((~censor).sum())
+        if n_kept <= regs.shape[1] + 2:
+            raise InputError(
+                f"denoise: censoring leaves {n_kept} of {n_t} volumes for {regs.shape[1]} "
+                "confound regressors. Raise --fd-thresh, use a lighter --denoise-strategy, "
+                "or exclude this run.")
     if regs.shape[1] >= n_t - 2:
         raise InputError(
             f"denoise: {regs.shape[1]} confound regressors for {n_t} volumes leave no degrees "
@@ -540,6 +674,9 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     if standardize is False:
         standardize = None  # nilearn >= 0.14 spelling of "no standardisation"
     signals = data[mask].T.astype(np.float64)  # (T, V)
+    if censoring:
+        signals = interpolate_censored(signals, censor)
+        regs = interpolate_censored(regs, censor) if regs.shape[1] else regs
     band = low_pass is not None or high_pass is not None
     if filter == "fft" and band:
         from scipy.signal import detrend as _detrend
@@ -559,7 +696,9 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
                         detrend=detrend, standardize=standardize, standardize_confounds=True,
                         filter="butterworth" if band else False, low_pass=low_pass,
                         high_pass=high_pass)
-    out = np.zeros(data.shape, np.float32)
+    if censoring:
+        cleaned = cleaned[~censor]
+    out = np.zeros(data.shape[:3] + (cleaned.shape[0],), np.float32)
     out[mask] = cleaned.T.astype(np.float32)
     header = img.header.copy()
     header.set_data_dtype(np.float32)
