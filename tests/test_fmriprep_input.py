@@ -67,7 +67,7 @@ def test_finds_runs_and_sessions(tmp_path):
     assert first["entities"] == {"subject": "01", "session": "a", "task": "rest",
                                  "acquisition": None, "ceagent": None,
                                  "reconstruction": None, "direction": None, "run": 1,
-                                 "echo": None, "space": SPACE, "res": "2"}
+                                 "echo": None, "space": SPACE, "cohort": None, "res": "2"}
     assert [(r["entities"]["session"], r["entities"]["run"]) for r in runs] == [
         ("a", 1), ("a", 2), ("b", 1), ("b", 2)]
     only = find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE,
@@ -86,8 +86,12 @@ def test_resolution_by_header_when_label_is_an_index(tmp_path):
     runs = find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE,
                                 resolution="res-2")
     assert runs[0]["entities"]["res"] == "2"
-    with pytest.raises(InputError, match="several resolutions exist"):
-        find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE)
+    # no resolution asked: the data's, the finest of several (2 mm here)
+    runs = find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE)
+    assert runs[0]["entities"]["res"] == "1" and runs[0]["voxel_size"] == (2.0, 2.0, 2.0)
+    # a res label in the space, as fMRIPrep spells it
+    runs = find_fmriprep_inputs(root, subject="01", task="rest", space=f"{SPACE}:res-2")
+    assert runs[0]["entities"]["res"] == "2"
 
 
 def test_missing_space_lists_existing_spaces(tmp_path):
@@ -97,8 +101,9 @@ def test_missing_space_lists_existing_spaces(tmp_path):
                              resolution=2.0)
     msg = str(err.value)
     assert "sub-01_task-rest_run-1_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz" in msg
-    assert f"--output-space values (with res labels) that exist for sub-01, task 'rest': " \
+    assert f"Spaces (with cohort/res labels) that exist for sub-01, task 'rest': " \
            f"['{SPACE}:res-2', 'T1w']" in msg
+    assert f"--output-space {SPACE}" in msg
     assert available_spaces(root, "01") == [f"{SPACE}:res-2", "T1w"]
 
 
@@ -107,8 +112,11 @@ def test_missing_resolution(tmp_path):
     with pytest.raises(InputError, match=re.escape(
             f"space-{SPACE}_res-1_desc-preproc_bold.nii.gz (space-{SPACE} at 1.0 mm); found "
             f"instead: ['sub-01_task-rest_run-1_space-{SPACE}_res-2_desc-preproc_bold.nii.gz "
-            "[2x2x2 mm]'")):
+            "[2x2x2 mm]'")) as err:
         find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE, resolution=1.0)
+    # the files are there at another resolution: never "re-run fMRIPrep"
+    assert "re-run" not in str(err.value).lower()
+    assert "drop --output-resolution" in str(err.value)
 
 
 def test_missing_mask_and_confounds_named(tmp_path):
@@ -196,3 +204,37 @@ def test_synthetic_fmriprep_tree_end_to_end(synth):
             "['MNI152NLin2009aSym:res-4']")):
         find_fmriprep_inputs(synth.fmriprep_dir, subject="01", task="rest",
                              space="MNI152NLin2009aSym", resolution=2.0)
+
+
+def test_no_res_entity_native_voxels_taken_by_default(tmp_path):
+    # fMRIPrep's default --output-spaces MNI152NLin2009cAsym: the BOLD's own 3 mm voxels
+    # and no res- entity; dpnbids takes it with no --output-resolution
+    root = make_fmriprep(tmp_path / "fmriprep", spaces=((SPACE, None, 3.0),))
+    runs = find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE)
+    assert Path(runs[0]["bold"]).name == f"sub-01_task-rest_run-1_space-{SPACE}_desc-preproc_bold.nii.gz"
+    assert runs[0]["entities"]["res"] is None and runs[0]["voxel_size"] == (3.0, 3.0, 3.0)
+    # an explicit resolution that is not there names what is, and how to take it
+    with pytest.raises(InputError) as err:
+        find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE, resolution=2.0)
+    assert "[3x3x3 mm]" in str(err.value) and "drop --output-resolution" in str(err.value)
+
+
+def test_cohort_entity(tmp_path):
+    root = make_fmriprep(tmp_path / "fmriprep", spaces=(
+        ("MNIPediatricAsym_cohort-1", "2", 2.0), ("MNIPediatricAsym_cohort-2", "2", 2.0)))
+    runs = find_fmriprep_inputs(root, subject="01", task="rest",
+                                space="MNIPediatricAsym:cohort-2")
+    assert "_space-MNIPediatricAsym_cohort-2_res-2_desc-preproc_bold" in runs[0]["bold"]
+    assert runs[0]["mask"].endswith("_space-MNIPediatricAsym_cohort-2_res-2_desc-brain_mask.nii.gz")
+    assert runs[0]["entities"]["cohort"] == "2"
+    with pytest.raises(InputError, match="several cohorts"):
+        find_fmriprep_inputs(root, subject="01", task="rest", space="MNIPediatricAsym")
+    with pytest.raises(InputError) as err:
+        find_fmriprep_inputs(root, subject="01", task="rest", space="MNI152NLin6Asym")
+    assert "--output-space MNIPediatricAsym:cohort-1" in str(err.value)
+
+
+def test_bad_space_syntax(tmp_path):
+    root = make_fmriprep(tmp_path / "fmriprep")
+    with pytest.raises(InputError, match="not a space name"):
+        find_fmriprep_inputs(root, subject="01", task="rest", space="MNI152:res_2")

@@ -17,12 +17,23 @@ another template), while dpnbids writes ``res-<mm>`` (``2``, ``1p5``). So:
 2. otherwise, the file (with any or no ``res`` label) whose header voxel
    size equals the requested millimetres (within 0.01 mm, isotropic) is
    taken;
-3. with no resolution requested, a single available resolution is taken;
-   several are an error that lists them.
+3. with no resolution requested (the default), the resolution is the data's:
+   the one ``desc-preproc_bold`` of the space is taken, with or without a
+   ``res-`` label (fMRIPrep's default ``--output-spaces MNI152NLin2009cAsym``
+   writes the BOLD at its own, often anisotropic, voxel size with no
+   ``res-``); when several exist the finest is taken and the choice is logged.
+
+Spaces are given as fMRIPrep spells them on its command line:
+``NAME[:cohort-<label>][:res-<label>]`` (e.g. ``MNI152NLin2009cAsym:res-2``,
+``MNIPediatricAsym:cohort-1``); see :func:`parse_space`. A ``res-`` given in
+the space is matched as a label, exactly as ``--output-resolution`` with a
+label would be.
 """
 from __future__ import annotations
 
 import json
+import logging
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -32,15 +43,40 @@ import numpy as np
 
 from dpnbids.exceptions import DimensionError, InputError
 
-__all__ = ["find_fmriprep_inputs", "available_spaces"]
+__all__ = ["find_fmriprep_inputs", "available_spaces", "parse_space"]
+
+LOGGER = logging.getLogger("dpnbids.fmriprep")
 
 _RUN_KEYS = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
              "direction", "run", "echo")
 _ENTITY_SHORT = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
                  "ceagent": "ce", "reconstruction": "rec", "direction": "dir", "run": "run",
-                 "echo": "echo", "space": "space", "res": "res"}
+                 "echo": "echo", "space": "space", "cohort": "cohort", "res": "res"}
 _ORDER = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
-          "direction", "run", "echo", "space", "res")
+          "direction", "run", "echo", "space", "cohort", "res")
+_COHORT_RE = re.compile(r"_cohort-([a-zA-Z0-9]+)(?=_)")
+_SPACE_RE = re.compile(r"^([A-Za-z0-9]+)((?::(?:cohort|res)-[A-Za-z0-9]+)*)$")
+
+
+def parse_space(spec: str) -> tuple[str, dict]:
+    """Split fMRIPrep's space syntax into (template, {"cohort": .., "res": ..}).
+
+    >>> parse_space("MNIPediatricAsym:cohort-1:res-2")
+    ('MNIPediatricAsym', {'cohort': '1', 'res': '2'})
+    >>> parse_space("MNI152NLin2009cAsym")
+    ('MNI152NLin2009cAsym', {})
+    """
+    match = _SPACE_RE.match(str(spec or ""))
+    if not match:
+        raise InputError(
+            f"--output-space {spec!r} is not a space name. Expected a TemplateFlow "
+            "identifier, optionally with fMRIPrep's modifiers, e.g. MNI152NLin2009cAsym, "
+            "MNI152NLin2009cAsym:res-2 or MNIPediatricAsym:cohort-1.")
+    mods = {}
+    for part in match.group(2).split(":")[1:]:
+        key, value = part.split("-", 1)
+        mods[key] = value
+    return match.group(1), mods
 _VOXEL_TOL_MM = 0.01
 
 
@@ -50,6 +86,8 @@ def _parse(path: Path) -> dict:
     ents = parse_file_entities(str(path), config=["bids", "derivatives"])
     if "run" in ents and ents["run"] is not None:
         ents["run"] = int(ents["run"])
+    cohort = _COHORT_RE.search(Path(path).name)  # a TemplateFlow entity pybids does not know
+    ents["cohort"] = cohort.group(1) if cohort else None
     return ents
 
 
@@ -137,7 +175,13 @@ def _is_preproc_bold(ents: dict) -> bool:
 
 def _space_label(ents: dict) -> str:
     space = ents.get("space") or "(no space entity: native BOLD)"
+    if ents.get("cohort"):
+        space += f":cohort-{ents['cohort']}"
     return f"{space}:res-{ents['res']}" if ents.get("res") else space
+
+
+def _zooms_text(zooms) -> str:
+    return "x".join(f"{z:g}" for z in zooms) + " mm"
 
 
 def available_spaces(fmriprep_dir, subject: str, task: str | None = None) -> list[str]:
@@ -155,11 +199,13 @@ def _pick_resolution(cands: list[tuple[Path, dict]], resolution, where: str):
     if resolution is None:
         if len(cands) == 1:
             return cands[0]
-        raise InputError(
-            f"{where}: several resolutions exist ("
-            + ", ".join(f"{p.name} [{'x'.join(f'{z:g}' for z in zooms[p])} mm]"
-                        for p, _ in cands)
-            + "). Choose one with --output-resolution.")
+        finest = min(cands, key=lambda c: (float(np.prod(zooms[c[0]])), max(zooms[c[0]]),
+                                           c[0].name))
+        LOGGER.info("%s: several resolutions exist (%s); taking the finest, %s. Pass "
+                    "--output-resolution to choose another.", where,
+                    ", ".join(f"{p.name} [{_zooms_text(zooms[p])}]" for p, _ in cands),
+                    finest[0].name)
+        return finest
     by_label = [(p, e) for p, e in cands if e.get("res") == label]
     for p, e in by_label:
         if not numeric or _matches_mm(zooms[p], resolution):
@@ -183,9 +229,11 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
         Label with or without ``sub-``.
     task : str
     space : str
-        Template name (``--output-space``), e.g. ``MNI152NLin2009cAsym``.
+        Space as fMRIPrep spells it (``--output-space``), e.g.
+        ``MNI152NLin2009cAsym``, ``MNI152NLin2009cAsym:res-2`` or
+        ``MNIPediatricAsym:cohort-1`` (:func:`parse_space`).
     resolution : float (mm), str (res label) or None
-        See the module docstring.
+        See the module docstring; None (the default) takes the data's.
     session, run : str/int or list, optional
         Restrict to these sessions / runs.
 
@@ -194,20 +242,28 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
     list of dict
         One per run, sorted by session/run: ``bold``, ``bold_json`` (None when
         absent), ``mask``, ``confounds``, ``confounds_json`` (None when
-        absent), and ``entities`` (subject, session, task, acquisition, run,
-        ..., space, res; None where absent).
+        absent), ``voxel_size`` (mm, per axis), ``shape``, and ``entities``
+        (subject, session, task, acquisition, run, ..., space, cohort, res;
+        None where absent).
 
     Raises
     ------
     InputError
         Not an fMRIPrep dataset; no such subject or task; the space,
         resolution, mask or confounds missing (the message names the missing
-        files and lists the spaces that exist for the subject).
+        files, lists what exists for the subject and gives the flag to use).
     DimensionError
         A mask is not on its BOLD series' grid.
     """
     root = Path(str(fmriprep_dir))
     _check_dataset(root)
+    template, mods = parse_space(space)
+    if mods.get("res") is not None:
+        if resolution is not None:
+            raise InputError(f"--output-space {space} names a resolution and "
+                             f"--output-resolution {resolution} gives another; pass one.")
+        resolution = mods["res"]
+    cohort = mods.get("cohort")
     subject = str(subject).removeprefix("sub-")
     if not (root / f"sub-{subject}").is_dir():
         subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
@@ -229,24 +285,30 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
             + (f", run(s) {sorted(runs_wanted)}" if runs_wanted else "")
             + f". Tasks with desc-preproc_bold for this subject: {tasks or 'none'}. "
             "Check --task-id / --session-label, or run fMRIPrep on this task.")
-    spaces_here = sorted({_space_label(e) for _, e in bolds})
     groups = defaultdict(list)
     for p, e in bolds:
         groups[tuple(e.get(k) for k in _RUN_KEYS)].append((p, e))
     index = {p: e for p, e in files}
-    results, missing = [], []
-    wanted = f"space-{space}" + (f" at {resolution} mm" if resolution is not None
-                                 and not isinstance(resolution, str) else
-                                 f" res-{_res_label(resolution)}" if resolution else "")
+    results, missing, other_res = [], [], []
+    wanted = f"space-{template}" + (f" cohort-{cohort}" if cohort else "") + (
+        f" at {resolution} mm" if resolution is not None and not isinstance(resolution, str)
+        else f" res-{_res_label(resolution)}" if resolution else "")
     for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
-        cands = [(p, e) for p, e in groups[key] if e.get("space") == space]
+        in_space = [(p, e) for p, e in groups[key] if e.get("space") == template]
+        cohorts = sorted({e.get("cohort") for _, e in in_space if e.get("cohort")})
+        cands = [(p, e) for p, e in in_space if cohort is None or e.get("cohort") == cohort]
         run_ents = dict(zip(_RUN_KEYS, key))
-        name = _name({**run_ents, "space": space, "res": _res_label(resolution)}, "preproc",
-                     "bold", ".nii.gz")
+        name = _name({**run_ents, "space": template, "cohort": cohort,
+                      "res": _res_label(resolution)}, "preproc", "bold", ".nii.gz")
+        if cohort is None and len(cohorts) > 1:
+            raise InputError(
+                f"{name}: space {template} exists for several cohorts ({cohorts}). Choose "
+                f"one, e.g. --output-space {template}:cohort-{cohorts[0]}.")
         picked = _pick_resolution(cands, resolution, name) if cands else None
         if picked is None:
-            have = [f"{p.name} [{'x'.join(f'{z:g}' for z in _voxel_mm(p))} mm]"
-                    for p, _ in groups[key] if p.name]
+            have = [f"{p.name} [{_zooms_text(_voxel_mm(p))}]" for p, _ in groups[key]]
+            if cands:
+                other_res.extend(have)
             missing.append(f"{name} ({wanted}); found instead: {have}")
             continue
         bold, ents = picked
@@ -275,21 +337,67 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
         bold_json = bold.with_name(bold.name.split(".", 1)[0] + ".json")
         conf_json = confounds.with_suffix(".json")
         entities = {k: v for k, v in run_ents.items()}
-        entities.update(space=ents.get("space"), res=ents.get("res"))
-        results.append({"bold": str(bold),
+        entities.update(space=ents.get("space"), cohort=ents.get("cohort"), res=ents.get("res"))
+        refs = _reference_images(root, func_dir, ents, index)
+        results.append({**refs, "bold": str(bold),
                         "bold_json": str(bold_json) if bold_json.exists() else None,
                         "mask": str(mask), "confounds": str(confounds),
                         "confounds_json": str(conf_json) if conf_json.exists() else None,
+                        "voxel_size": _voxel_mm(bold),
+                        "shape": tuple(int(n) for n in bold_img.shape[:3]),
                         "entities": entities})
     if missing:
-        raise InputError(
-            f"--fmriprep-dir {root} lacks files dpnbids needs for sub-{subject}, task "
-            f"{task!r} in {wanted}:\n  - " + "\n  - ".join(missing)
-            + f"\n--output-space values (with res labels) that exist for sub-{subject}, "
-            f"task {task!r}: {spaces_here}. "
-            + ("Re-run fMRIPrep on this subject to regenerate the missing files."
-               if any(s.split(":")[0] == space for s in spaces_here) else
-               "Pass one of them (with --output-resolution matching its voxel size), or "
-               f"re-run fMRIPrep with `--output-spaces {space}` (and the resolution you "
-               "need)."))
+        raise InputError(_missing_message(root, subject, task, template, cohort, wanted,
+                                          missing, other_res, bolds))
     return results
+
+
+def _reference_images(root: Path, func_dir: Path, ents: dict, index: dict) -> dict:
+    """fMRIPrep's BOLD reference and T1w in the run's space (report backgrounds), or None."""
+    space_ents = {k: ents.get(k) for k in ("space", "cohort", "res")}
+    run_ents = {k: ents.get(k) for k in _RUN_KEYS}
+    stem = _name({**run_ents, **space_ents}, "x", "x", "").rsplit("_desc-x", 1)[0]
+    boldref = next((func_dir / f"{stem}_boldref{ext}" for ext in (".nii.gz", ".nii")
+                    if (func_dir / f"{stem}_boldref{ext}") in index), None)
+    t1w = None
+    sub, ses = ents.get("subject"), ents.get("session")
+    for folder, prefix in ((root / f"sub-{sub}" / f"ses-{ses}" / "anat", f"sub-{sub}_ses-{ses}"),
+                           (root / f"sub-{sub}" / "anat", f"sub-{sub}")):
+        if ses is None and "ses-" in str(folder):
+            continue
+        name = _name({"subject": None, **space_ents}, "preproc", "T1w", ".nii.gz")
+        cand = folder / f"{prefix}_{name}"
+        if cand.is_file():
+            t1w = cand
+            break
+    return {"boldref": str(boldref) if boldref else None, "t1w_std": str(t1w) if t1w else None}
+
+
+def _missing_message(root, subject, task, template, cohort, wanted, missing, other_res,
+                     bolds) -> str:
+    """What is missing, what exists, and the exact flags that select what exists."""
+    spaces_here = sorted({_space_label(e) for _, e in bolds})
+    head = (f"--fmriprep-dir {root} lacks files dpnbids needs for sub-{subject}, task "
+            f"{task!r} in {wanted}:\n  - " + "\n  - ".join(missing)
+            + f"\nSpaces (with cohort/res labels) that exist for sub-{subject}, task "
+            f"{task!r}: {spaces_here}. ")
+    if other_res:
+        # the space is there, at another resolution: say how to take it
+        return head + ("The space exists at another resolution: drop --output-resolution "
+                       "to take the data's own (the finest when several exist), or pass "
+                       "the res label or voxel size (mm) of one of the files listed above.")
+    in_space = [e for _, e in bolds if e.get("space") == template
+                and (cohort is None or e.get("cohort") == cohort)]
+    if in_space:
+        return head + "Re-run fMRIPrep on this subject to regenerate the missing files."
+    flags = []
+    for label in spaces_here:
+        if label.startswith("("):
+            continue
+        name, _, rest = label.partition(":")
+        mods = [m for m in rest.split(":") if m.startswith("cohort-")] if rest else []
+        flags.append("--output-space " + ":".join([name, *mods]))
+    flags = sorted(set(flags))
+    return head + (f"Pass one of them ({'; '.join(flags)})" if flags else
+                   "None is a template space") + (
+        f", or re-run fMRIPrep with `--output-spaces {template}` to add this space.")

@@ -24,7 +24,7 @@ from dpnbids.exceptions import InputError
 #: BIDS entity order (schema order) used to build file names.
 ENTITY_ORDER = ("sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
                 "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part",
-                "proc", "hemi", "space", "split", "recording", "chunk", "seg", "res", "den",
+                "proc", "hemi", "space", "cohort", "split", "recording", "chunk", "seg", "res", "den",
                 "label", "from", "to", "mode", "desc")
 _LONG_NAMES = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstruction": "rec",
                "direction": "dir", "resolution": "res", "description": "desc",

@@ -13,15 +13,21 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
     from dpnbids.templates import get_template
     from dpnbids.workflows.outputs import split_bids_name
 
+    from dpnbids.workflows.outputs import DerivativesWriter
+
     output_dir = Path(output_dir)
-    template = str(get_template(space, resolution, "T1w"))
+    # the template is only the background of the built-in normalisation figure; fMRIPrep
+    # input (no anat summary) needs none, so no template has to be available offline
+    template = str(get_template(space, resolution, "T1w")) if anat else None
+    writer = DerivativesWriter(output_dir)
     run_dicts = []
     for summary in runs:
         ents, _, _ = split_bids_name(summary["bold_file"])
         geometry = summary.get("geometry") or {}
         prep = summary.get("prep") or {}
-        confounds = str(summary["denoised"]).replace(
-            f"_space-{space}", "").split("_res-")[0] + "_desc-confounds_timeseries.tsv"
+        confounds = str(writer.path(source=summary["denoised"], suffix="timeseries",
+                                    extension=".tsv", drop=("space", "cohort", "res"),
+                                    desc="confounds"))
         preproc = Path(str(summary["denoised"]).replace("desc-denoised", "desc-preproc"))
         warnings = list(geometry.get("warnings", [])) + list((anat or {}).get("warnings", []))
         run_dicts.append({
