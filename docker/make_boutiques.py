@@ -29,6 +29,8 @@ _TYPES: dict[str, dict] = {
     "_strip_ses": {"type": "String"},
     "_task_label": {"type": "String"},
     "_input_set": {"type": "String"},
+    "_n_components": {"type": "String"},  # a positive integer or "auto"
+    "_resolution": {"type": "String"},  # mm or a res label (res-2)
     "str": {"type": "String"},
     "Path": {"type": "String"},
     "PosixPath": {"type": "String"},

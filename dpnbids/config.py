@@ -64,7 +64,9 @@ class SelectionConfig:
 @dataclass(frozen=True)
 class PreprocConfig:
     output_space: str = "MNI152NLin2009aSym"
-    output_resolution: float = 2.0
+    #: mm (float), a res label (str) or None: built-in preprocessing 2 mm, fMRIPrep input
+    #: the data's own (see :mod:`dpnbids.preproc.fmriprep`)
+    output_resolution: float | str | None = None
     fmriprep_dir: Path | None = None
     dummy_scans: int | None = None
     slice_order: str | None = None
@@ -75,11 +77,19 @@ class PreprocConfig:
     min_volumes: int = 50
     fd_thresh: float | None = None
 
+    @property
+    def resolution_mm(self) -> float:
+        """Isotropic voxel size (mm) of the built-in preprocessing's template-space outputs."""
+        if self.output_resolution is None:
+            return 2.0
+        return float(self.output_resolution)
+
 
 @dataclass(frozen=True)
 class ICAConfig:
     pca_dim: int = 64
-    n_components: int = 30
+    n_components: int | str = "auto"
+    dim_est: str = "lap"
     ica_repeats: int = 1
     back_projection: str = "dual_regression"
     group_maps: Path | None = None
@@ -225,7 +235,8 @@ def config_from_args(args, argv=None) -> Config:
         low_pass=args.low_pass, min_volumes=args.min_volumes,
         fd_thresh=args.fd_thresh or None)
     ica = ICAConfig(
-        pca_dim=args.pca_dim, n_components=args.n_components, ica_repeats=args.ica_repeats,
+        pca_dim=args.pca_dim, n_components=args.n_components, dim_est=args.dim_est,
+        ica_repeats=args.ica_repeats,
         back_projection=args.back_projection, group_maps=args.group_maps, ssc_p=args.ssc_p,
         component_threshold=args.component_threshold)
     cnn = CNNConfig(

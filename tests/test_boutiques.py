@@ -119,7 +119,8 @@ def _valid_value(inp, action, tmp_path):
         else:
             value = 1.5
     else:
-        value = {"participant_label": "01", "session_label": "02", "task_id": "rest"}.get(inp["id"], "abc")
+        value = {"participant_label": "01", "session_label": "02", "task_id": "rest",
+                 "n_components": "auto", "output_resolution": "res-2"}.get(inp["id"], "abc")
     return [value] if inp.get("list") else value
 
 
@@ -155,6 +156,8 @@ def test_simulated_command_with_every_option_parses(tmp_path, descriptor, parser
             assert Path(got) == Path(want), inp["id"]
         elif inp["type"] == "Number":
             assert got == pytest.approx(want), inp["id"]
+        elif inp["id"] == "output_resolution":
+            assert got == "2"  # a res label, its "res-" stripped
         elif inp["type"] == "String" and inp["id"] not in ("work_dir",):
             assert got == want, inp["id"]
 
@@ -162,7 +165,7 @@ def test_simulated_command_with_every_option_parses(tmp_path, descriptor, parser
 def test_simulated_group_command_parses(tmp_path):
     (tmp_path / "out").mkdir()
     argv = _simulate({"bids_dir": str(tmp_path), "output_dir_name": str(tmp_path / "out"),
-                      "analysis_level": "group", "n_components": 5, "pca_dim": 8,
+                      "analysis_level": "group", "n_components": "5", "pca_dim": 8,
                       "input_sets": ["ASC", "SSC"]}, tmp_path)
     from dpnbids.cli.parser import parse_args
 

@@ -36,7 +36,7 @@ def test_participant_workflow_builds(tiny_bids, tmp_path, extra):
     prep = workflow.get_node("sub_01_wf").get_node("bold_00_wf").get_node("prepare_bold")
     assert prep.inputs.metadata["RepetitionTime"] == 2.0  # inherited top-level sidecar
     res = workflow.get_node("sub_01_wf").get_node("bold_00_wf").get_node("bold_to_std")
-    assert res.inputs.resolution == config.preproc.output_resolution
+    assert res.inputs.resolution == config.preproc.resolution_mm == (config.preproc.output_resolution or 2.0)
     assert not (tmp_path / "out").exists()  # building writes nothing
 
 

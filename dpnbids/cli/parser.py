@@ -19,6 +19,7 @@ INPUT_SETS = ("ASC", "SSC", "RSP")
 SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
+DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 
@@ -58,6 +59,27 @@ _positive_int = types.positive_int
 _nonneg_int = types.nonneg_int
 _positive_float = types.positive_float
 _nonneg_float = types.nonneg_float
+
+
+def _n_components(value: str):
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return types.positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {value!r}") from None
+
+
+def _resolution(value: str):
+    """--output-resolution: millimetres (float) or a res label ('res-2' -> '2')."""
+    text = value.strip()
+    if text.startswith("res-"):
+        label = text[4:]
+        if not label or not label.isalnum():
+            raise argparse.ArgumentTypeError(f"expected a res label like res-2, got {value!r}")
+        return label
+    return types.positive_float(text)
 _probability = types.probability
 
 
@@ -174,10 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     g_pre = parser.add_argument_group("Preprocessing (participant level)")
     g_pre.add_argument("--output-space", dest="output_space", default="MNI152NLin2009aSym",
-                       help="template space (TemplateFlow name) of all template-space outputs; "
-                            "MNI152NLin2009aSym works offline")
-    g_pre.add_argument("--output-resolution", dest="output_resolution", type=_positive_float,
-                       default=2.0, help="isotropic voxel size (mm) of template-space BOLD outputs")
+                       help="template space of all template-space outputs, spelt as in "
+                            "fMRIPrep (NAME[:cohort-X][:res-Y], e.g. MNI152NLin2009cAsym, "
+                            "MNIPediatricAsym:cohort-1); MNI152NLin2009aSym works offline "
+                            "for the built-in preprocessing; with --fmriprep-dir any space "
+                            "fMRIPrep wrote works offline")
+    g_pre.add_argument("--output-resolution", dest="output_resolution",
+                       type=_resolution, default=None,
+                       help="voxel size of template-space BOLD: mm (2, 1.5) or a res label "
+                            "(res-2). Built-in preprocessing: default 2 mm. With "
+                            "--fmriprep-dir: default the data's (the desc-preproc_bold that "
+                            "exists, with or without res-; the finest of several); anisotropic "
+                            "or mixed grids are resampled once, at the group level, onto one "
+                            "isotropic grid of the coarsest input voxel size (or this one)")
     g_pre.add_argument("--fmriprep-dir", dest="fmriprep_dir", type=_existing_dir, metavar="DIR",
                        help="use fMRIPrep derivatives in DIR instead of built-in preprocessing "
                             "(desc-preproc_bold in --output-space plus confounds)")
@@ -205,8 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     g_ica = parser.add_argument_group("Group ICA and dual regression")
     g_ica.add_argument("--pca-dim", dest="pca_dim", type=_positive_int, default=64,
                        help="group PCA dimension (MIGP) before ICA")
-    g_ica.add_argument("--n-components", dest="n_components", type=_positive_int, default=30,
-                       help="number of independent components")
+    g_ica.add_argument("--n-components", dest="n_components", type=_n_components,
+                       default="auto",
+                       help="number of independent components, or 'auto': estimated from the "
+                            "data (see --dim-est) and capped by the smallest run's temporal "
+                            "degrees of freedom and --pca-dim; the paper used 30 "
+                            "(--paper-faithful uses 30 unless this is given)")
+    g_ica.add_argument("--dim-est", dest="dim_est", choices=DIM_ESTIMATORS, default="lap",
+                       help="model-order estimator of --n-components auto: Laplace (Minka "
+                            "2000, MELODIC's default), MDL (GIFT; Li et al. 2007), AIC or BIC, "
+                            "with a correction for spatial smoothness")
     g_ica.add_argument("--ica-repeats", dest="ica_repeats", type=_positive_int, default=1,
                        help="FastICA runs clustered ICASSO-style for a stability index (1: no reruns)")
     g_ica.add_argument("--back-projection", dest="back_projection", choices=BACK_PROJECTIONS,
@@ -285,7 +324,18 @@ def parse_args(argv=None):
     """Parse ``argv`` into an :class:`argparse.Namespace` (exit 2 on bad options)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pca_dim < args.n_components:
+    if args.fmriprep_dir is None:
+        if ":" in str(args.output_space):
+            parser.error(f"--output-space {args.output_space}: cohort/res modifiers select "
+                         "fMRIPrep files and need --fmriprep-dir; for the built-in "
+                         "preprocessing give the voxel size with --output-resolution")
+        if isinstance(args.output_resolution, str) and not args.output_resolution.isdigit():
+            parser.error(f"--output-resolution res-{args.output_resolution}: a res label "
+                         "selects fMRIPrep files (--fmriprep-dir); for the built-in "
+                         "preprocessing give millimetres, e.g. --output-resolution 2")
+    if args.n_components == "auto" and args.paper_faithful:
+        args.n_components = 30  # the paper's fixed order
+    if args.n_components != "auto" and args.pca_dim < args.n_components:
         parser.error(f"--pca-dim ({args.pca_dim}) must be >= --n-components "
                      f"({args.n_components}); lower --n-components or raise --pca-dim")
     if args.low_pass and args.high_pass and args.low_pass <= args.high_pass:

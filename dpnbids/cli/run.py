@@ -78,6 +78,9 @@ def check_inputs(config):
     if ex.analysis_level == "group":
         labels = bids.load_labels(ex.bids_dir, sel.responder_column, list(inputs),
                                   min_per_class=config.cnn.folds)
+        from dpnbids.workflows.group import check_group_inputs
+
+        check_group_inputs(config, inputs)
     else:
         from dpnbids.workflows.base import check_participant_inputs
 

@@ -24,44 +24,141 @@ LOGGER = logging.getLogger("dpnbids.workflows")
 
 
 def check_participant_inputs(config, inputs) -> None:
-    """Door checks of every BOLD run (and fMRIPrep files / model) before computing."""
+    """Door checks of every BOLD run (and fMRIPrep files / model) before computing.
+
+    Besides the images themselves, each run's temporal degrees of freedom after
+    denoising (:mod:`dpnbids.preproc.dof`) are computed from its volume count,
+    TR, band-pass, censoring and confounds, so a run that cannot be denoised
+    (or dual-regressed against ``--group-maps``/``--model``) is refused here,
+    in seconds, instead of failing after the compute.
+    """
     from dpnbids import bids
     from dpnbids.preproc.checks import load_anat, load_bold
+    from dpnbids.preproc.dof import builtin_run_dof
 
+    n_maps = _n_group_maps(config)
     for sub, sub_inputs in inputs.items():
         if config.preproc.fmriprep_dir is None:
             for bold in sub_inputs.bold:
                 meta = bids.read_sidecar(bold, config.execution.bids_dir)
-                load_bold(bold, sidecar=meta, min_volumes=config.preproc.min_volumes
-                          + (config.preproc.dummy_scans or 0))
+                img, tr = load_bold(bold, sidecar=meta, min_volumes=config.preproc.min_volumes
+                                    + (config.preproc.dummy_scans or 0))
+                pp = config.preproc
+                budget = builtin_run_dof(img.shape[3], tr, strategy=pp.denoise_strategy,
+                                         high_pass=pp.high_pass, low_pass=pp.low_pass,
+                                         n_dummy=pp.dummy_scans or 0)
+                _check_dof(config, Path(str(bold)).name, budget, n_maps)
+                del img
             load_anat(sub_inputs.t1w)
         else:
             for run in _fmriprep_runs(config, sub, sub_inputs):
                 _check_confound_columns(config, run["confounds"])
+                _check_dof(config, Path(run["bold"]).name, fmriprep_run_dof(config, run),
+                           n_maps)
     if config.cnn.model is not None:
         from dpnbids.bundle import check_compatible, load_bundle
 
         bundle = load_bundle(config.cnn.model)
         check_compatible(bundle, space=config.preproc.output_space,
-                         resolution=config.preproc.output_resolution)
+                         resolution=None if config.preproc.fmriprep_dir is not None
+                         else config.preproc.resolution_mm)
+
+
+def _n_group_maps(config) -> int | None:
+    """Number of maps runs will be dual-regressed against (--group-maps/--model)."""
+    import nibabel as nib
+
+    if config.ica.group_maps is not None:
+        shape = nib.load(str(config.ica.group_maps)).shape
+        return int(shape[3]) if len(shape) == 4 else 1
+    if config.cnn.model is not None:
+        from dpnbids.bundle import load_bundle
+
+        return int(load_bundle(config.cnn.model).n_components)
+    return None
+
+
+def fmriprep_run_tr(run: dict) -> float:
+    """Repetition time of an fMRIPrep run: its JSON sidecar, else the NIfTI header."""
+    import json
+
+    import nibabel as nib
+
+    from dpnbids.preproc.checks import TR_RANGE_S
+
+    if run.get("bold_json"):
+        meta = json.loads(Path(run["bold_json"]).read_text())
+        if meta.get("RepetitionTime") is not None:
+            try:
+                return float(meta["RepetitionTime"])
+            except (TypeError, ValueError):
+                raise InputError(f"{run['bold_json']}: RepetitionTime is "
+                                 f"{meta['RepetitionTime']!r}; expected seconds.") from None
+    tr = float(nib.load(run["bold"]).header["pixdim"][4])
+    if not TR_RANGE_S[0] <= tr <= TR_RANGE_S[1]:
+        raise InputError(f"{Path(run['bold']).name} has no RepetitionTime (no JSON sidecar "
+                         f"and header pixdim[4] = {tr:g}); add the sidecar fMRIPrep wrote.")
+    return tr
+
+
+def fmriprep_run_dof(config, run: dict):
+    """:class:`~dpnbids.preproc.dof.RunDof` of one fMRIPrep run, from its confounds."""
+    from dpnbids.preproc.confounds import read_confounds
+    from dpnbids.preproc.dof import run_dof
+    from dpnbids.preproc.signal import censor_mask
+
+    pp = config.preproc
+    confounds, _notes = read_confounds(run["confounds"], strategy=pp.denoise_strategy)
+    meta = {}
+    if run.get("confounds_json"):
+        import json
+
+        meta = json.loads(Path(run["confounds_json"]).read_text())
+    try:
+        censored = censor_mask(confounds, pp.fd_thresh)
+    except InputError as exc:
+        raise InputError(f"{run['confounds']}: {exc}") from None
+    return run_dof(confounds, fmriprep_run_tr(run), strategy=pp.denoise_strategy,
+                   high_pass=pp.high_pass, low_pass=pp.low_pass, confounds_meta=meta,
+                   censored=censored)
+
+
+def _check_dof(config, name: str, budget, n_maps: int | None) -> None:
+    """Refuse a run whose denoised series keeps too few temporal degrees of freedom."""
+    from dpnbids.preproc.dof import DUALREG_MARGIN, MIN_DOF
+
+    pp = config.preproc
+    need, why = MIN_DOF, "denoising"
+    if n_maps is not None and n_maps + DUALREG_MARGIN > need:
+        need, why = n_maps + DUALREG_MARGIN, (f"dual regression against the {n_maps} maps "
+                                              "of --group-maps/--model")
+    kept = budget.n_volumes - budget.n_censored
+    if budget.dof >= need and kept >= pp.min_volumes:
+        if budget.dof < 10:
+            LOGGER.warning("%s: %s; group ICA will be limited to about %d components.",
+                           name, budget.describe(pp.denoise_strategy, pp.high_pass,
+                                                 pp.low_pass), budget.dof - DUALREG_MARGIN)
+        return
+    if kept < pp.min_volumes:
+        raise InputError(
+            f"{name}: {budget.n_censored} of {budget.n_volumes} volumes are censored by "
+            f"--fd-thresh {pp.fd_thresh:g}, leaving {kept}; at least --min-volumes "
+            f"{pp.min_volumes} must remain. Raise --fd-thresh, lower --min-volumes, or "
+            "exclude this run (--participant-label / --bids-filter-file).")
+    raise InputError(
+        f"{name}: {budget.describe(pp.denoise_strategy, pp.high_pass, pp.low_pass)} "
+        f"temporal degrees of freedom; {why} needs at least {need}. Use a lighter "
+        "--denoise-strategy (e.g. 'minimal': 6 regressors), a wider band (--low-pass 0 or "
+        "--high-pass 0), " + ("a higher --fd-thresh, " if budget.n_censored else "")
+        + "or exclude this run (--participant-label / --bids-filter-file).")
 
 
 def _check_confound_columns(config, confounds_file) -> None:
-    """The denoising strategy's columns are in an fMRIPrep confounds TSV (header only)."""
-    import json
+    """The denoising strategy's columns are in an fMRIPrep confounds TSV (header only;
+    derivative and squared columns that can be computed from their base count)."""
+    from dpnbids.preproc.confounds import check_confounds_header
 
-    import pandas as pd
-
-    from dpnbids.preproc.signal import strategy_columns
-
-    path = Path(str(confounds_file))
-    sidecar = Path(str(path)[:-4] + ".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    try:
-        strategy_columns(config.preproc.denoise_strategy, pd.read_csv(path, sep="\t", nrows=0),
-                         confounds_meta=meta)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    check_confounds_header(confounds_file, config.preproc.denoise_strategy)
 
 
 def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
@@ -125,7 +222,7 @@ def init_single_subject_wf(config, sub_inputs, *, name=None) -> pe.Workflow:
     report.inputs.subject = sub
     report.inputs.output_dir = str(config.execution.output_dir)
     report.inputs.space = config.preproc.output_space
-    report.inputs.resolution = config.preproc.output_resolution
+    report.inputs.resolution = config.preproc.resolution_mm
     merge = pe.Node(niu.Merge(len(report_inputs)), name="merge_runs",
                     run_without_submitting=True)
     for i, bold_wf in enumerate(report_inputs, start=1):
@@ -176,7 +273,7 @@ def init_anat_wf(config, t1w_file, *, name="anat_wf") -> pe.Workflow:
                                      output_names=["summary"]),
                         name="summarise", run_without_submitting=True)
     summarise.inputs.space = space
-    summarise.inputs.resolution = config.preproc.output_resolution
+    summarise.inputs.resolution = config.preproc.resolution_mm
     xfm_entities = pe.Node(niu.Function(function=_xfm_entities,
                                         input_names=["xfms", "space"],
                                         output_names=["entities"]),
@@ -215,22 +312,35 @@ def _anat_summary(t1w_std, std_mask, dice, warnings, space, resolution):
             "warnings": list(warnings), "space": space, "resolution": resolution}
 
 
-def _res_meta(config) -> dict:
-    res = res_label(config.preproc.output_resolution)
-    return {"Resolution": {res: f"{config.preproc.output_resolution:g} mm isotropic voxels "
-                                f"on the {config.preproc.output_space} template grid"}}
+def _res_meta(config, run: dict | None = None) -> dict:
+    """``Resolution`` sidecar field of template-space outputs (built-in or fMRIPrep run)."""
+    if run is None:
+        mm = config.preproc.resolution_mm
+        return {"Resolution": {res_label(mm): f"{mm:g} mm isotropic voxels on the "
+                               f"{config.preproc.output_space} template grid"}}
+    zooms = "x".join(f"{z:g}" for z in run["voxel_size"])
+    shape = "x".join(str(n) for n in run["shape"])
+    text = (f"{zooms} mm voxels, grid {shape}, as fMRIPrep wrote the "
+            f"{run['entities']['space']} series")
+    label = run["entities"].get("res")
+    return {"Resolution": {label: text}} if label else {"VoxelSize": text}
 
 
-def _bold_entities(config):
-    return {"space": config.preproc.output_space,
-            "res": res_label(config.preproc.output_resolution)}
+def _bold_entities(config, run: dict | None = None) -> dict:
+    """Space entities of a run's template-space outputs: the built-in grid's, or the
+    fMRIPrep run's own (space, cohort and res exactly as fMRIPrep named them)."""
+    if run is None:
+        return {"space": config.preproc.output_space,
+                "res": res_label(config.preproc.resolution_mm)}
+    ents = run["entities"]
+    return {"space": ents["space"], "cohort": ents.get("cohort"), "res": ents.get("res")}
 
 
-def _bold_sinks(config, source, *, with_preproc: bool):
+def _bold_sinks(config, source, *, with_preproc: bool, run: dict | None = None):
     """Derivative sinks of one run; returns a dict of nodes keyed by output."""
     out = str(config.execution.output_dir)
-    space = config.preproc.output_space
-    std = _bold_entities(config)
+    std = _bold_entities(config, run)
+    space = std["space"]
     sinks = {}
     if with_preproc:
         sinks["preproc"] = pe.Node(DerivativesSink(
@@ -239,7 +349,7 @@ def _bold_sinks(config, source, *, with_preproc: bool):
             name="ds_bold_preproc", run_without_submitting=True)
     sinks["mask"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, suffix="mask", entities={**std, "desc": "brain"},
-        metadata={"Type": "Brain", "SpatialReference": space, **_res_meta(config)}),
+        metadata={"Type": "Brain", "SpatialReference": space, **_res_meta(config, run)}),
         name="ds_bold_mask", run_without_submitting=True)
     sinks["denoised"] = pe.Node(DerivativesSink(
         output_dir=out, source_file=source, entities={**std, "desc": "denoised"},
@@ -266,11 +376,12 @@ def _bold_metadata(tr, space, skull_stripped, extra=None, coreg_costs=None, n_du
     return meta
 
 
-def _denoised_extra(config) -> dict:
+def _denoised_extra(config, run: dict | None = None) -> dict:
     """Sidecar fields of the denoised series, whichever preprocessing produced it."""
-    return {**_res_meta(config), "SmoothingFWHM": config.preproc.smoothing_fwhm,
+    return {**_res_meta(config, run), "SmoothingFWHM": config.preproc.smoothing_fwhm,
             "DenoiseStrategy": config.preproc.denoise_strategy,
             "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
+            "FramewiseDisplacementThreshold": config.preproc.fd_thresh,
             "Units": "percent signal change"}
 
 
@@ -282,7 +393,8 @@ def _run_summary_node():
                    name="run_summary", run_without_submitting=True)
 
 
-def _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source):
+def _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source,
+                         run=None):
     """Denoising results -> derivative sinks -> run summary and outputs (+ dual
     regression and prediction with --group-maps/--model): shared by both BOLD paths."""
     workflow.connect([
@@ -296,7 +408,7 @@ def _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, 
         (sinks["mask"], outputnode, [("out_file", "mask")]),
         (summary, outputnode, [("summary", "summary")]),
     ])
-    predict = _add_dualreg(config, workflow, source, sinks)
+    predict = _add_dualreg(config, workflow, source, sinks, run)
     if predict is not None:
         workflow.connect(predict, "out_file", summary, "prediction")
 
@@ -321,13 +433,14 @@ def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
                                        min_volumes=config.preproc.min_volumes),
                            name="prepare_bold", mem_gb=2)
     bold_to_std = pe.Node(BoldToStd(space=config.preproc.output_space,
-                                    resolution=config.preproc.output_resolution,
+                                    resolution=config.preproc.resolution_mm,
                                     omp_nthreads=nthreads, random_seed=config.seed("bold")),
                           name="bold_to_std", n_procs=nthreads, mem_gb=4)
     denoise = pe.Node(ConfoundsDenoise(smoothing_fwhm=config.preproc.smoothing_fwhm,
                                        strategy=config.preproc.denoise_strategy,
                                        high_pass=config.preproc.high_pass,
-                                       low_pass=config.preproc.low_pass),
+                                       low_pass=config.preproc.low_pass,
+                                       fd_thresh=config.preproc.fd_thresh or 0.0),
                       name="confounds_denoise", mem_gb=4)
     meta = pe.Node(niu.Function(function=_bold_metadata,
                                 input_names=["tr", "space", "skull_stripped", "extra",
@@ -408,20 +521,23 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
                                        smoothing_fwhm=config.preproc.smoothing_fwhm,
                                        strategy=config.preproc.denoise_strategy,
                                        high_pass=config.preproc.high_pass,
-                                       low_pass=config.preproc.low_pass),
+                                       low_pass=config.preproc.low_pass,
+                                       fd_thresh=config.preproc.fd_thresh or 0.0),
                       name="confounds_denoise", mem_gb=4)
     source = _raw_like_source(run)
-    sinks = _bold_sinks(config, source, with_preproc=False)
+    sinks = _bold_sinks(config, source, with_preproc=False, run=run)
     sinks["mask"].inputs.in_file = run["mask"]
+    budget = fmriprep_run_dof(config, run)
     sinks["denoised"].inputs.metadata = _bold_metadata(
-        tr, config.preproc.output_space, True,
-        {**_denoised_extra(config), "Sources": [str(run["bold"])]})
+        tr, run["entities"]["space"], True,
+        {**_denoised_extra(config, run), **budget.as_dict(), "Sources": [str(run["bold"])]})
     summary = _run_summary_node()
     summary.inputs.bold_file = str(run["bold"])
     summary.inputs.prep = {"tr": tr, "skipped": ["built-in preprocessing: fMRIPrep input "
                                                  f"from {config.preproc.fmriprep_dir}"]}
-    summary.inputs.geometry = {}
-    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source)
+    summary.inputs.geometry = {"boldref": run.get("boldref"), "t1w_brain": run.get("t1w_std"),
+                               "warnings": []}
+    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source, run)
     return workflow
 
 
@@ -436,7 +552,7 @@ def _raw_like_source(run: dict) -> str:
     return str(Path("func") / name)
 
 
-def _add_dualreg(config, workflow, source, sinks):
+def _add_dualreg(config, workflow, source, sinks, run=None):
     """Dual regression (and prediction) against --group-maps or --model.
 
     Reads the written denoised series and mask from their sinks (not from the
@@ -452,7 +568,7 @@ def _add_dualreg(config, workflow, source, sinks):
     if maps is None:
         return None
     out = str(config.execution.output_dir)
-    std = _bold_entities(config)
+    std = _bold_entities(config, run)
     dual_regression = pe.Node(DualRegression(group_maps=maps), name="dual_regression",
                               mem_gb=2)
     ds_tc = pe.Node(DerivativesSink(output_dir=out, source_file=source, suffix="timeseries",
