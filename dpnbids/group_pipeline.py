@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ class RunFiles:
     session: str | None = None
     run: str | None = None
     extra: dict = field(default_factory=dict)
+    #: raw-like name (sub/ses/task/acq/run entities + ``_bold``) in the run's ``func``
+    #: folder: the source of the run's group-level derivative names
+    source: str | None = None
 
     @property
     def key(self) -> str:
@@ -43,31 +47,194 @@ class RunFiles:
         return "_".join(parts)
 
 
-def find_participant_outputs(output_dir, subjects, *, task, space, res) -> list[RunFiles]:
-    """Denoised series + masks written by the participant level, per run."""
-    from dpnbids.workflows.outputs import split_bids_name
+_SPACE_KEYS = ("space", "cohort", "res", "desc")
 
+
+def _space_of(ents: dict) -> str:
+    return ents.get("space", "") + (f":cohort-{ents['cohort']}" if ents.get("cohort") else "")
+
+
+def find_participant_outputs(output_dir, subjects, *, task, space, resolution=None
+                             ) -> list[RunFiles]:
+    """Denoised series + masks written by the participant level, per run.
+
+    ``space`` is ``--output-space`` (``NAME[:cohort-X][:res-Y]``). Runs of any
+    resolution in that space are found (fMRIPrep input keeps each run's own
+    grid); when one run exists at several resolutions the one matching
+    ``resolution`` (a res label or mm) is taken, else the finest.
+    """
+    from dpnbids.preproc.fmriprep import parse_space
+    from dpnbids.workflows.outputs import build_name, res_label, split_bids_name
+
+    template, mods = parse_space(space)
+    want_res = mods.get("res")
+    if want_res is None and resolution is not None:
+        want_res = resolution if isinstance(resolution, str) else res_label(resolution)
     output_dir = Path(output_dir)
     runs, missing = [], []
     for sub in subjects:
-        pattern = f"sub-{sub}/**/func/sub-{sub}_*task-{task}_*space-{space}_res-{res}_desc-denoised_bold.nii.gz"
-        found = sorted(output_dir.glob(pattern))
-        if not found:
+        pattern = (f"sub-{sub}/**/func/sub-{sub}_*task-{task}_*space-{template}_"
+                   "*desc-denoised_bold.nii.gz")
+        by_run: dict[tuple, list] = {}
+        for den in sorted(output_dir.glob(pattern)):
+            ents, _, _ = split_bids_name(den)
+            if ents.get("space") != template or (
+                    mods.get("cohort") and ents.get("cohort") != mods["cohort"]):
+                continue
+            key = tuple((k, v) for k, v in ents.items() if k not in _SPACE_KEYS)
+            by_run.setdefault(key, []).append((den, ents))
+        if not by_run:
             missing.append(sub)
             continue
-        for den in found:
-            ents, _, _ = split_bids_name(den)
-            mask = Path(str(den).replace("desc-denoised_bold", "desc-brain_mask"))
+        for key, cands in by_run.items():
+            den, ents = _pick_run_resolution(cands, want_res)
+            mask = den.with_name(den.name.replace("desc-denoised_bold", "desc-brain_mask"))
             if not mask.exists():
                 raise InputError(f"{mask} is missing next to {den.name}; rerun the participant "
                                  f"level for sub-{sub}.")
-            runs.append(RunFiles(sub, den, mask, ents.get("ses"), ents.get("run")))
+            source = den.parent / build_name(dict(key), "bold", ".nii.gz")
+            runs.append(RunFiles(sub, den, mask, ents.get("ses"), ents.get("run"),
+                                 extra={"entities": ents}, source=str(source)))
     if missing:
         raise InputError(
-            f"no denoised BOLD (space-{space}, res-{res}, task-{task}) in {output_dir} for "
+            f"no denoised BOLD (space-{template}, task-{task}) in {output_dir} for "
             f"{', '.join('sub-' + s for s in missing)}; run the participant level first "
-            "(with the same --output-space, --output-resolution and --task-id).")
+            "(with the same --output-space and --task-id).")
+    spaces = sorted({_space_of(r.extra["entities"]) for r in runs})
+    if len(spaces) > 1:
+        raise InputError(f"participant outputs in {output_dir} are in several cohorts of "
+                         f"{template} ({spaces}); choose one with --output-space, e.g. "
+                         f"--output-space {spaces[0]}.")
     return runs
+
+
+def _pick_run_resolution(cands, want_res):
+    """One (path, entities) of a run found at several resolutions."""
+    if len(cands) == 1:
+        return cands[0]
+    if want_res is not None:
+        for den, ents in cands:
+            if ents.get("res") == str(want_res):
+                return den, ents
+    zooms = {den: float(np.prod(nib.load(str(den)).header.get_zooms()[:3])) for den, _ in cands}
+    return min(cands, key=lambda c: (zooms[c[0]], c[0].name))
+
+
+@dataclass(frozen=True)
+class AnalysisGrid:
+    """The one grid every run is analysed on at the group level."""
+
+    shape: tuple
+    affine: np.ndarray
+    voxel_mm: tuple
+    res: str
+    resampled: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"Shape": [int(n) for n in self.shape],
+                "VoxelSize": [float(v) for v in self.voxel_mm],
+                "Affine": np.asarray(self.affine, dtype=float).round(6).tolist(),
+                "ResLabel": self.res, "Resampled": bool(self.resampled),
+                "Reason": self.reason}
+
+
+def _grid_text(shape, zooms) -> str:
+    return "x".join(str(int(n)) for n in shape) + " at " + "x".join(f"{z:g}" for z in zooms) + " mm"
+
+
+def analysis_grid(runs: list[RunFiles], resolution=None) -> AnalysisGrid:
+    """Choose the group's analysis grid from the runs' headers (no image data is read).
+
+    When every run shares one isotropic grid (and ``resolution``, if given,
+    is its voxel size) that grid is used as it is. Otherwise (fMRIPrep's
+    native, often anisotropic, voxel size; subjects on different grids) all
+    runs are resampled once onto one axis-aligned isotropic grid covering every
+    run's field of view, at ``resolution`` mm or else the coarsest input voxel
+    size (so no run is upsampled beyond what it holds).
+    """
+    from dpnbids.workflows.outputs import res_label
+
+    headers = [nib.load(str(r.denoised)) for r in runs]
+    grids = {}
+    for r, img in zip(runs, headers):
+        zooms = tuple(round(float(z), 4) for z in nib.affines.voxel_sizes(img.affine))
+        grids.setdefault((img.shape[:3], tuple(np.round(img.affine, 3).ravel())), []).append(
+            (r, img, zooms))
+    want = None
+    if resolution is not None:
+        try:
+            want = float(resolution)
+        except ValueError:
+            raise InputError(f"--output-resolution res-{resolution}: the group level needs "
+                             "the analysis voxel size in mm (e.g. --output-resolution 2), "
+                             "or none to take the data's.") from None
+    first = next(iter(grids.values()))[0]
+    zooms0 = first[2]
+    iso = max(zooms0) - min(zooms0) < 0.01
+    if len(grids) == 1 and iso and (want is None or abs(zooms0[0] - want) < 0.01):
+        label = first[0].extra.get("entities", {}).get("res") or res_label(zooms0[0])
+        return AnalysisGrid(tuple(first[1].shape[:3]), first[1].affine, zooms0, label, False,
+                            f"every run is on the same isotropic grid "
+                            f"({_grid_text(first[1].shape[:3], zooms0)}); used as it is")
+    coarsest = max(max(z) for _, _, z in (g[0] for g in grids.values()))
+    for members in grids.values():
+        coarsest = max(coarsest, max(members[0][2]))
+    mm = want if want is not None else coarsest
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for members in grids.values():
+        img = members[0][1]
+        corners = np.array([[i, j, k] for i in (-0.5, img.shape[0] - 0.5)
+                            for j in (-0.5, img.shape[1] - 0.5)
+                            for k in (-0.5, img.shape[2] - 0.5)])
+        world = nib.affines.apply_affine(img.affine, corners)
+        lo, hi = np.minimum(lo, world.min(axis=0)), np.maximum(hi, world.max(axis=0))
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / mm - 1e-6).astype(int))
+    affine = np.diag([mm, mm, mm, 1.0])
+    affine[:3, 3] = lo + mm / 2.0
+    described = "; ".join(f"{len(m)} run(s) on {_grid_text(m[0][1].shape[:3], m[0][2])}"
+                          for m in grids.values())
+    why = (f"--output-resolution {mm:g} mm" if want is not None else
+           f"the coarsest input voxel size, {mm:g} mm")
+    return AnalysisGrid(shape, affine, (mm, mm, mm), res_label(mm), True,
+                        f"input grids: {described}; every run was resampled once (trilinear; "
+                        f"masks at 0.5) onto a common isotropic grid of "
+                        f"{_grid_text(shape, (mm, mm, mm))}, {why}")
+
+
+def resample_runs(runs: list[RunFiles], grid: AnalysisGrid, work_dir) -> list[RunFiles]:
+    """Runs on ``grid``: the inputs when no resampling is needed, else resampled copies
+    (uncompressed, in ``work_dir/analysis_grid``; reused by a rerun)."""
+    import dataclasses
+
+    from nilearn.image import resample_img
+
+    if not grid.resampled:
+        return runs
+    out_dir = Path(work_dir) / "analysis_grid" / f"res-{grid.res}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in runs:
+        den = out_dir / r.denoised.name.replace(".nii.gz", ".nii")
+        mask = out_dir / r.mask.name.replace(".nii.gz", ".nii")
+        fresh = all(p.exists() and p.stat().st_mtime >= r.denoised.stat().st_mtime
+                    for p in (den, mask))
+        if not fresh:
+            LOGGER.info("resampling %s onto the analysis grid", r.key)
+            kw = dict(target_affine=grid.affine, target_shape=grid.shape, force_resample=True,
+                      copy_header=True, interpolation="linear")
+            m = resample_img(nib.load(str(r.mask)), **kw)
+            m_data = (np.asarray(m.dataobj) > 0.5).astype(np.uint8)
+            b = resample_img(nib.load(str(r.denoised)), **kw)
+            b_data = np.asarray(b.dataobj, dtype=np.float32) * m_data[..., None]
+            tmp = den.with_name(den.name + ".tmp.nii")
+            save_nifti(nib.Nifti1Image(b_data, grid.affine), str(tmp))
+            os.replace(tmp, den)
+            tmp = mask.with_name(mask.name + ".tmp.nii")
+            save_nifti(nib.Nifti1Image(m_data, grid.affine), str(tmp))
+            os.replace(tmp, mask)
+        out.append(dataclasses.replace(r, denoised=den, mask=mask))
+    return out
 
 
 def check_same_grid(runs: list[RunFiles]) -> tuple[tuple, np.ndarray]:
@@ -89,6 +256,30 @@ def check_same_grid(runs: list[RunFiles]) -> tuple[tuple, np.ndarray]:
     return shape, affine
 
 
+def run_dof_from_outputs(run: RunFiles, config):
+    """:class:`~dpnbids.preproc.dof.RunDof` of a participant-level output, from its
+    confounds TSV and the denoised series' JSON sidecar (no image is read)."""
+    from dpnbids.preproc.confounds import read_confounds
+    from dpnbids.preproc.dof import run_dof
+    from dpnbids.preproc.signal import censor_mask
+    from dpnbids.workflows.outputs import DerivativesWriter
+
+    sidecar = Path(str(run.denoised).replace(".nii.gz", ".json"))
+    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    writer = DerivativesWriter(config.execution.output_dir)
+    conf = writer.path(source=run.source, suffix="timeseries", extension=".tsv",
+                       desc="confounds")
+    if not conf.exists() or "RepetitionTime" not in meta:
+        raise InputError(f"{conf.name} or the RepetitionTime of {sidecar.name} is missing; "
+                         f"rerun the participant level for sub-{run.subject}.")
+    strategy = meta.get("DenoiseStrategy", config.preproc.denoise_strategy)
+    band = meta.get("BandPass", [config.preproc.high_pass, config.preproc.low_pass])
+    confounds, _ = read_confounds(conf, strategy=strategy)
+    censored = censor_mask(confounds, meta.get("FramewiseDisplacementThreshold"))
+    return run_dof(confounds, float(meta["RepetitionTime"]), strategy=strategy,
+                   high_pass=band[0], low_pass=band[1], censored=censored)
+
+
 def group_mask(runs: list[RunFiles], *, coverage: float = 0.9, space=None, resolution=None):
     """Voxels inside the brain mask of at least ``coverage`` of the runs (and the template)."""
     acc = None
@@ -101,7 +292,8 @@ def group_mask(runs: list[RunFiles], *, coverage: float = 0.9, space=None, resol
             from dpnbids.templates import load_template
 
             t = load_template(space, resolution, "mask")
-            if t.shape == mask.shape:
+            ref = nib.load(str(runs[0].mask))
+            if t.shape == mask.shape and np.allclose(t.affine, ref.affine, atol=1e-3):
                 mask &= np.asarray(t.dataobj) > 0.5
         except InputError:
             pass

@@ -178,6 +178,30 @@ def plot_confounds(
     return fig_to_data_uri(fig)
 
 
+def plot_scree(spectrum, criterion, n_components, *, method="lap", cap=None) -> str:
+    """Scree plot of the eigenvalue spectrum and the model-order criterion, choice marked."""
+    spec = np.asarray(spectrum, dtype=float)
+    crit = np.asarray(criterion, dtype=float)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 2.8))
+    a1.plot(np.arange(1, spec.size + 1), spec, "o-", ms=3, lw=0.8)
+    a1.set_yscale("log")
+    a1.set_xlabel("component")
+    a1.set_ylabel("normalised eigenvalue")
+    a1.set_title("eigenvalue spectrum", fontsize=9)
+    ks = np.arange(crit.size)
+    a2.plot(ks, crit, "o-", ms=3, lw=0.8)
+    a2.set_xlabel("number of components k")
+    a2.set_ylabel(f"{method} criterion (0 = best)", fontsize=8)
+    a2.set_title("model-order criterion (mean over runs)", fontsize=9)
+    for a in (a1, a2):
+        a.axvline(n_components, color="r", ls="--", lw=0.9, label=f"chosen: {n_components}")
+        if cap is not None:
+            a.axvline(cap, color="0.5", ls=":", lw=0.9, label=f"cap: {cap}")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig_to_data_uri(fig)
+
+
 def plot_motion(confounds_df) -> str:
     """Six rigid-body motion traces (translations in mm, rotations in rad)."""
     df = confounds_df

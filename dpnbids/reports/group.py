@@ -141,11 +141,34 @@ def _gallery(components_img, components_df) -> str:
     return head + f'<div class="gallery">{"".join(figs)}</div>'
 
 
+def _model_order(record: dict | None) -> str:
+    if not record:
+        return note("Model-order record not available.")
+    k = record.get("NumberOfComponents")
+    rows = {"components": k, "requested": record.get("Requested"),
+            "cap (shortest run's dof - 2)": record.get("Cap"),
+            "PCA dimension": record.get("PCADimension")}
+    text = ""
+    if "Method" in record:
+        rows.update({"estimator": record.get("MethodDescription", record["Method"]),
+                     "median of run estimates": record.get("Estimate"),
+                     "capped": record.get("Capped")})
+        text = safe_figure(figures.plot_scree, "Eigenvalue spectrum and model-order criterion; "
+                           "red: the number of components used, grey: the cap.",
+                           record.get("Spectrum", []), record.get("Criterion", []), k,
+                           method=record.get("Method"), cap=record.get("Cap"))
+    else:
+        text = note("The number of components was fixed (--n-components); no estimate was "
+                    "made.")
+    return dict_table(rows, header=("setting", "value")) + text
+
+
 def render_group_report(
     *, components_img=None, components_df=None, ica_info: dict | None = None,
     predictions_df=None, table2_df=None, metrics_df=None, histories=None,
     permutation: dict | None = None, leakage_notes: list[str] | None = None,
     timings: dict | None = None, out_file=None, command_line=None,
+    model_order: dict | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -173,6 +196,9 @@ def render_group_report(
         Audit notes (manifests, strict mode, paper-faithful caveats).
     timings : dict, optional
         Step -> seconds.
+    model_order : dict, optional
+        The ``ModelOrder`` record of the components JSON (chosen number, method,
+        spectrum, criterion, cap); shown with a scree plot.
     out_file : path, optional
         Written atomically when given.
 
@@ -224,6 +250,7 @@ def render_group_report(
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
             ("learning", "Learning curves", lc),
+            ("order", "Model order", _model_order(model_order)),
             ("components", "Component gallery", _gallery(components_img, components_df)),
             ("audit", "Leakage audit", leak),
             ("about", "About", about_section(command_line)),

@@ -74,7 +74,8 @@ def build_rsp_features(runs, subjects, mask, affine, voxel_size, n_volumes):
 
 
 def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask, affine, ica,
-                       comps_file, mask_file, components_table, group_dir, prefix):
+                       comps_file, mask_file, components_table, group_dir, prefix, grid=None,
+                       space=None, order=None):
     """Everything after dual regression at the group level."""
     from dpnbids import cv
     from dpnbids.model import default_cnn_voxel_size
@@ -145,7 +146,8 @@ def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask,
             perms[name] = _permutation(config, x, y, subjects, name, summaries)
 
     if config.cnn.ica_in_folds:
-        strict = _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel)
+        strict = _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel,
+                                ica.components_.shape[0])
         all_preds.append(strict["predictions"])
         manifests.extend(strict["manifests"])
         timings.update(strict["timings"])
@@ -165,9 +167,13 @@ def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask,
     writer.write_json(timings, group_dir / "timings.json")
 
     bundle_dir = _final_model(config, writer, features, summaries, y, subjects, comps_file,
-                              mask_file, grid_affine, group_dir, tables, voxel)
+                              mask_file, grid_affine, group_dir, tables, voxel,
+                              space=space or config.preproc.output_space,
+                              resolution=float(grid.voxel_mm[0]) if grid is not None
+                              else config.preproc.resolution_mm)
     _group_report(config, writer, comps_file, components_table, predictions, tables,
-                  histories, perms, timings, group_dir, labels, bundle_dir)
+                  histories, perms, timings, group_dir, labels, bundle_dir, grid=grid,
+                  order=order, n_components=int(ica.components_.shape[0]))
     print(tables["table2"].to_string())
 
 
@@ -243,7 +249,7 @@ def _metrics(config, predictions, perms, writer, group_dir):
 
 
 def _final_model(config, writer, features, summaries, y, subjects, comps_file, mask_file,
-                 grid_affine, group_dir, tables, voxel):
+                 grid_affine, group_dir, tables, voxel, *, space, resolution):
     """Train the ASC (or SSC) CNN on all labelled subjects and save the bundle."""
     from dpnbids import __version__
     from dpnbids.bundle import save_bundle
@@ -274,8 +280,8 @@ def _final_model(config, writer, features, summaries, y, subjects, comps_file, m
         selected_components=None if selected is None else [int(c) for c in selected],
         grid_affine=np.asarray(grid_affine), grid_shape=tuple(int(v) for v in x.shape[1:4]),
         scaling=scaling, input_set=input_set, feature="pe",
-        config=config.to_dict(), cv_metrics=cv_metrics, space=config.preproc.output_space,
-        resolution=config.preproc.output_resolution,
+        config=config.to_dict(), cv_metrics=cv_metrics, space=space,
+        resolution=resolution,
         n_components=int(summaries.shape[1]), voxel_size=float(voxel),
         history=history, dpnbids_version=__version__)
     LOGGER.info("final %s model saved in %s", input_set, path)
@@ -283,14 +289,18 @@ def _final_model(config, writer, features, summaries, y, subjects, comps_file, m
 
 
 def _group_report(config, writer, comps_file, components_table, predictions, tables, histories,
-                  perms, timings, group_dir, labels, bundle_dir):
+                  perms, timings, group_dir, labels, bundle_dir, *, grid=None, order=None,
+                  n_components=None):
     from dpnbids.reports.group import render_group_report
 
     n_pos = sum(1 for v in labels.values() if v == 1)
     n_neg = sum(1 for v in labels.values() if v == 0)
     n_na = sum(1 for v in labels.values() if v is None)
     info = {"n_responders": n_pos, "n_nonresponders": n_neg, "n_unlabelled": n_na,
-            "n_components": config.ica.n_components, "pca_dim": config.ica.pca_dim,
+            "n_components": n_components or config.ica.n_components,
+            "n_components_requested": config.ica.n_components,
+            "pca_dim": config.ica.pca_dim,
+            "analysis_grid": grid.reason if grid is not None else "",
             "ica_repeats": config.ica.ica_repeats, "folds": config.cnn.folds,
             "cv_repeats": config.cnn.cv_repeats, "epochs": config.cnn.epochs,
             "random_seed": config.random_seed, "model_dir": str(bundle_dir or "")}
@@ -304,11 +314,12 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
                         ica_info=info, predictions_df=predictions,
                         table2_df=tables["table2"], metrics_df=tables["summary"],
                         histories=histories, permutation=perms, leakage_notes=notes,
-                        timings=timings, command_line=config.execution.command_line)
+                        timings=timings, command_line=config.execution.command_line,
+                        model_order=order)
     atomic_write_text(config.execution.output_dir / "group.html", html)
 
 
-def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel):
+def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_components):
     """Strict mode: per outer fold, group ICA + dual regression on training runs only."""
     from dpnbids import cv
     from dpnbids.dual_regression import dual_regression
@@ -322,7 +333,7 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel):
     for fold in folds:
         train = set(fold.train_ids) | set(fold.val_ids)
         train_runs = [r for r in runs if r.subject in train]
-        ica = GroupICA(n_components=config.ica.n_components, pca_dim=config.ica.pca_dim,
+        ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
                        n_repeats=config.ica.ica_repeats,
                        random_state=config.seed(f"ica.fold{fold.repeat}.{fold.fold}"))
         ica.fit(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))

@@ -19,7 +19,6 @@ from nipype.pipeline import engine as pe
 
 from dpnbids.exceptions import DimensionError, InputError, WorkflowError
 from dpnbids.interfaces import DerivativesSink, DualRegression
-from dpnbids.workflows.outputs import res_label
 
 LOGGER = logging.getLogger("dpnbids.group")
 
@@ -29,25 +28,24 @@ LOGGER = logging.getLogger("dpnbids.group")
 CLASSIFIER_FEATURE = "pe"
 
 
-def fit_group_ica(runs, mask, config):
+def fit_group_ica(runs, mask, config, n_components: int):
     """Fit :class:`dpnbids.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded)."""
     from dpnbids.group_pipeline import load_run_matrix
     from dpnbids.ica import GroupICA
 
-    n_needed = config.ica.n_components
     for r in runs:
         n_t = nib.load(str(r.denoised)).shape[-1]
-        if n_t < n_needed:
+        if n_t < config.ica.pca_dim:
             raise DimensionError(
-                f"{r.key} has {n_t} volumes but --n-components {config.ica.n_components} needs "
-                f"at least {n_needed}; lower --n-components (and --pca-dim) or drop this run.")
+                f"{r.key} has {n_t} volumes but --pca-dim {config.ica.pca_dim} needs at least "
+                f"{config.ica.pca_dim} per run; lower --pca-dim or drop this run.")
     started = time.time()
 
     def loader(i):
         LOGGER.info("group ICA: loading %s (%d/%d)", runs[i].key, i + 1, len(runs))
         return load_run_matrix(runs[i].denoised, mask, normalise=False)  # GroupICA normalises
 
-    ica = GroupICA(n_components=config.ica.n_components, pca_dim=config.ica.pca_dim,
+    ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
                    n_repeats=config.ica.ica_repeats, random_state=config.seed("ica"))
     ica.fit(loader, len(runs), subject_ids=[r.key for r in runs])
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
@@ -55,15 +53,80 @@ def fit_group_ica(runs, mask, config):
     return ica
 
 
-def init_dualreg_wf(config, runs, group_maps_file, *, name="dualreg_wf") -> pe.Workflow:
-    """One dual-regression node per run (parallel under MultiProc/SLURM), with sinks."""
+def estimate_n_components(runs, mask, config, cap: int):
+    """``--n-components auto``: :func:`dpnbids.model_order.estimate_group_order`."""
+    from dpnbids.group_pipeline import load_run_matrix
+    from dpnbids.model_order import estimate_group_order
+
+    started = time.time()
+
+    def loader(i):
+        return load_run_matrix(runs[i].denoised, mask, normalise=False)
+
+    est = estimate_group_order(loader, len(runs), mask, method=config.ica.dim_est,
+                               max_order=cap, pca_dim=config.ica.pca_dim)
+    LOGGER.info("model order (%s): %d components (median of run estimates %.1f; cap %d) in "
+                "%.1f s", config.ica.dim_est, est.n_components, est.raw_n_components, est.cap,
+                time.time() - started)
+    return est
+
+
+def cohort_dof(config, runs) -> dict:
+    """Temporal dof of every run (from confounds TSVs and sidecars, no image data)."""
+    from dpnbids.group_pipeline import run_dof_from_outputs
+
+    return {r.key: run_dof_from_outputs(r, config) for r in runs}
+
+
+def check_model_order(config, runs, dofs: dict) -> int:
+    """The ICA order cap of the cohort; refuses a fixed --n-components above it.
+
+    With ``--back-projection gica1`` a fixed order above the cap is accepted
+    (GICA1 needs no stage-1 time courses) and dual regression is skipped.
+    """
+    from dpnbids.preproc.dof import DUALREG_MARGIN, ica_order_cap
+
+    cap = ica_order_cap(d.dof for d in dofs.values())
+    worst = min(dofs, key=lambda k: dofs[k].dof)
+    k = config.ica.n_components
+    if cap < 1:
+        raise InputError(
+            f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
+            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}); "
+            f"dual regression needs at least {DUALREG_MARGIN + 1}. Exclude it "
+            "(--participant-label) or rerun the participant level with a lighter "
+            "--denoise-strategy.")
+    if k != "auto" and int(k) > cap and config.ica.back_projection != "gica1":
+        raise InputError(
+            f"--n-components {k} is more than the cohort's runs can be dual-regressed into: "
+            f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
+            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}), "
+            f"so at most {cap} components fit ({DUALREG_MARGIN} residual degrees of freedom "
+            f"kept). Use --n-components auto (the default), --n-components {cap} or fewer, "
+            "--back-projection gica1, or longer runs.")
+    return cap
+
+
+def check_group_inputs(config, inputs) -> None:
+    """Group-level checks before anything is written or any image is loaded."""
+    from dpnbids.group_pipeline import find_participant_outputs
+
+    runs = find_participant_outputs(config.execution.output_dir, list(inputs),
+                                    task=config.selection.task_id,
+                                    space=config.preproc.output_space,
+                                    resolution=config.preproc.output_resolution)
+    check_model_order(config, runs, cohort_dof(config, runs))
+
+
+def init_dualreg_wf(config, runs, group_maps_file, std, *, name="dualreg_wf") -> pe.Workflow:
+    """One dual-regression node per run (parallel under MultiProc/SLURM), with sinks.
+
+    ``std`` holds the space entities (space, cohort, res) of the analysis grid.
+    """
     workflow = pe.Workflow(name=name, base_dir=str(config.execution.work_dir))
-    std = {"space": config.preproc.output_space,
-           "res": res_label(config.preproc.output_resolution)}
     out = str(config.execution.output_dir)
     for i, run in enumerate(runs):
-        source = str(run.denoised).replace(
-            f"_space-{std['space']}_res-{std['res']}_desc-denoised_bold", "_bold")
+        source = run.source
         dual_regression = pe.Node(DualRegression(bold_file=str(run.denoised),
                                                  group_maps=str(group_maps_file),
                                                  mask_file=str(run.mask)),
@@ -88,13 +151,13 @@ def init_dualreg_wf(config, runs, group_maps_file, *, name="dualreg_wf") -> pe.W
     return workflow
 
 
-def run_dual_regression(config, runs, group_maps_file) -> list[dict]:
+def run_dual_regression(config, runs, group_maps_file, std) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
     from dpnbids.config import prepare_nipype
 
     logs = config.execution.output_dir / "logs"
     prepare_nipype(config)
-    workflow = init_dualreg_wf(config, runs, group_maps_file)
+    workflow = init_dualreg_wf(config, runs, group_maps_file, std)
     try:
         graph = workflow.run(plugin=config.execution.plugin,
                              plugin_args=config.execution.plugin_args)
@@ -121,16 +184,13 @@ def subject_maps(runs, dr_files, mask, feature=CLASSIFIER_FEATURE):
     return {s: np.mean(v, axis=0).astype(np.float32) for s, v in acc.items()}
 
 
-def gica1_maps(config, writer, runs, ica, mask, affine) -> dict:
+def gica1_maps(config, writer, runs, ica, mask, affine, std) -> dict:
     """GIFT GICA1 back-projection of every run; written as desc-gica1 derivatives."""
     from dpnbids.group_pipeline import load_run_matrix, maps_to_img
 
-    std = {"space": config.preproc.output_space,
-           "res": res_label(config.preproc.output_resolution)}
     acc: dict[str, list] = {}
     for run in runs:
-        source = str(run.denoised).replace(
-            f"_space-{std['space']}_res-{std['res']}_desc-denoised_bold", "_bold")
+        source = run.source
         maps_kv, tcs = ica.backproject_gica1(load_run_matrix(run.denoised, mask,
                                                              normalise=False))
         writer.write_nifti(maps_to_img(maps_kv, mask, affine),
@@ -146,28 +206,51 @@ def gica1_maps(config, writer, runs, ica, mask, affine) -> dict:
 
 def run_group_level(config, inputs, labels, writer) -> None:
     """The whole group level."""
-    from dpnbids.group_pipeline import check_same_grid, find_participant_outputs, group_mask
+    from dpnbids.group_pipeline import (analysis_grid, find_participant_outputs, group_mask,
+                                        maps_to_img, resample_runs)
     from dpnbids.networks import match_networks, network_templates
+    from dpnbids.preproc.fmriprep import parse_space
     from dpnbids.stats import compare_groups, component_summary
 
-    space = config.preproc.output_space
-    res = res_label(config.preproc.output_resolution)
+    template, mods = parse_space(config.preproc.output_space)
     subjects = list(inputs)
     runs = find_participant_outputs(config.execution.output_dir, subjects,
-                                    task=config.selection.task_id, space=space, res=res)
-    shape, affine = check_same_grid(runs)
-    mask = group_mask(runs, space=space, resolution=config.preproc.output_resolution)
+                                    task=config.selection.task_id,
+                                    space=config.preproc.output_space,
+                                    resolution=config.preproc.output_resolution)
+    dofs = cohort_dof(config, runs)
+    cap = check_model_order(config, runs, dofs)
+    grid = analysis_grid(runs, mods.get("res") or config.preproc.output_resolution)
+    LOGGER.info("analysis grid: %s", grid.reason)
+    runs = resample_runs(runs, grid, config.execution.work_dir)
+    shape, affine = grid.shape, grid.affine
+    cohort = runs[0].extra.get("entities", {}).get("cohort")
+    std = {"space": template, "cohort": cohort, "res": grid.res}
+    space_text = template + (f":cohort-{cohort}" if cohort else "")
+    mask = group_mask(runs, space=template if not cohort else None, resolution=grid.voxel_mm[0])
     group_dir = config.execution.output_dir / "group"
-    prefix = f"task-{config.selection.task_id}_space-{space}_res-{res}"
+    prefix = f"task-{config.selection.task_id}_space-{template}" + (
+        f"_cohort-{cohort}" if cohort else "") + f"_res-{grid.res}"
 
-    # ---- group ICA
-    ica = fit_group_ica(runs, mask, config)
-    from dpnbids.group_pipeline import maps_to_img
+    # ---- model order and group ICA
+    order = None
+    if config.ica.n_components == "auto":
+        order = estimate_n_components(runs, mask, config, cap)
+        n_components = order.n_components
+    else:
+        n_components = int(config.ica.n_components)
+    ica = fit_group_ica(runs, mask, config, n_components)
+    order_record = _order_record(config, order, n_components, cap, dofs)
 
     comps_file = group_dir / f"{prefix}_desc-ica_components.nii.gz"
     mask_file = group_dir / f"{prefix}_desc-ica_mask.nii.gz"
     writer.write_nifti(maps_to_img(ica.components_, mask, affine), comps_file)
     writer.write_nifti(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_file)
+    grid_meta = {"AnalysisGrid": grid.as_dict(), "SpatialReference": space_text,
+                 "TemplateNote": _template_note(template)}
+    writer.write_json({"Description": "Group brain mask of the ICA (voxels inside the brain "
+                                      "mask of at least 90% of the runs).", **grid_meta},
+                      mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")))
     mixing = pd.DataFrame(np.asarray(ica.mixing_),
                           columns=[f"component_{k:02d}" for k in range(ica.components_.shape[0])])
     writer.write_tsv(mixing, group_dir / f"{prefix}_desc-ica_mixing.tsv")
@@ -181,9 +264,13 @@ def run_group_level(config, inputs, labels, writer) -> None:
     table["stability"] = np.asarray(ica.stability_, dtype=float)
 
     # ---- subject maps: dual regression (parallel nodes) or GICA1 back-projection
-    dr_files = run_dual_regression(config, runs, comps_file)
+    if config.ica.back_projection == "gica1" and n_components > cap:
+        LOGGER.info("dual regression skipped: %d components exceed the %d the shortest run "
+                    "can be dual-regressed into; GICA1 back-projection only", n_components, cap)
+    else:
+        dr_files = run_dual_regression(config, runs, comps_file, std)
     if config.ica.back_projection == "gica1":
-        maps = gica1_maps(config, writer, runs, ica, mask, affine)
+        maps = gica1_maps(config, writer, runs, ica, mask, affine, std)
     else:
         maps = subject_maps(runs, dr_files, mask)
 
@@ -206,7 +293,11 @@ def run_group_level(config, inputs, labels, writer) -> None:
         "summary": f"mean stage-2 {CLASSIFIER_FEATURE} value within the component's group map "
                    f"thresholded at z > {config.ica.component_threshold}",
         "n_components": int(ica.components_.shape[0]), "pca_dim": config.ica.pca_dim,
-        "ica_repeats": config.ica.ica_repeats, "seed": config.seed("ica")},
+        "ica_repeats": config.ica.ica_repeats, "seed": config.seed("ica"),
+        "ModelOrder": order_record,
+        "NetworkLabels": "Seitzman et al. (2018) network coordinates in MNI space, rendered "
+                         f"on this grid; {_template_note(template)}",
+        **grid_meta},
         group_dir / f"{prefix}_desc-ica_components.json")
 
     # ---- classification
@@ -215,4 +306,42 @@ def run_group_level(config, inputs, labels, writer) -> None:
     run_classification(config, writer, runs=runs, labels=labels, subjects=labelled, y=y,
                        maps=maps, mask=mask, affine=affine, ica=ica, comps_file=comps_file,
                        mask_file=mask_file, components_table=table, group_dir=group_dir,
-                       prefix=prefix)
+                       prefix=prefix, grid=grid, space=space_text, order=order_record)
+
+
+def _template_note(template: str) -> str:
+    if template.startswith("MNI152") or template.startswith("MNI"):
+        return (f"{template} is an MNI152 variant: MNI coordinates (network labels, report "
+                "backgrounds) hold for it to within a few millimetres")
+    return (f"{template} is not an MNI152 variant: MNI-coordinate network labels are only "
+            "indicative")
+
+
+def _order_record(config, order, n_components, cap, dofs) -> dict:
+    """What the components JSON says about how the number of components was chosen."""
+    dof_values = [d.dof for d in dofs.values()]
+    record = {"NumberOfComponents": int(n_components),
+              "Requested": config.ica.n_components,
+              "Cap": int(cap),
+              "CapReason": "smallest run's temporal degrees of freedom after denoising "
+                           f"({min(dof_values)}) minus 2 residual degrees of freedom of the "
+                           "dual-regression stage 2",
+              "PCADimension": config.ica.pca_dim,
+              "RunTemporalDegreesOfFreedom": {k: int(d.dof) for k, d in dofs.items()}}
+    if order is not None:
+        record.update({
+            "Method": config.ica.dim_est,
+            "MethodDescription": {"lap": "Laplace approximation of the PPCA evidence (Minka "
+                                         "2000; MELODIC's default)",
+                                  "mdl": "minimum description length (Li et al. 2007; GIFT)",
+                                  "aic": "Akaike information criterion",
+                                  "bic": "Bayesian information criterion (Minka 2000)"}[
+                                      config.ica.dim_est],
+            "Estimate": float(order.raw_n_components),
+            "Capped": bool(order.capped),
+            "EstimateCap": int(order.cap),
+            "RunEstimates": [int(k) for k in order.subject_n_components],
+            "RunEffectiveSamples": [float(v) for v in order.n_eff],
+            "Spectrum": [float(v) for v in order.spectrum],
+            "Criterion": [float(v) for v in order.criterion]})
+    return record
