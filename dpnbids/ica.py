@@ -473,8 +473,14 @@ class GroupICA:
 
     Parameters
     ----------
-    n_components : int
-        Number of independent components K (``--n-components``).
+    n_components : int or "auto"
+        Number of independent components K (``--n-components``). ``"auto"``:
+        estimated after MIGP by :mod:`dpnbids.model_order` (per-subject
+        estimates on temporally whitened, rank-reduced data with a smoothness
+        correction of the sample size, combined by the median; see
+        :func:`dpnbids.model_order.estimate_group_order`), then capped by
+        ``pca_dim``, ``max_components`` and the smallest subject's temporal
+        degrees of freedom after denoising; at least 1.
     pca_dim : int
         Group PCA dimension (``--pca-dim``); must be >= n_components.
     n_repeats : int
@@ -488,6 +494,18 @@ class GroupICA:
         FastICA stopping rule.
     fun : {"cube", "logcosh", "exp"}
         FastICA contrast (see :func:`fastica`).
+    dim_est : {"lap", "bic", "mdl", "aic"}
+        Model-order criterion for ``n_components="auto"`` (MELODIC's default
+        "lap"). Ignored for an integer ``n_components``.
+    max_components : int, optional
+        Extra cap on the automatic order (e.g. the cohort's smallest temporal
+        dof from :mod:`dpnbids.preproc.dof`). Ignored for an integer
+        ``n_components``.
+    mask : array_like of bool, 3D, optional
+        Group mask whose True voxels (C order) are the loader's columns; gives
+        the geometry of the smoothness correction for ``"auto"``. Without it
+        the automatic order uses N = number of voxels (biased upward on
+        smoothed data) and a RuntimeWarning is issued.
 
     Attributes
     ----------
@@ -498,6 +516,8 @@ class GroupICA:
         ICASSO stability index Iq per component (NaN when n_repeats == 1).
     n_components_ : int
         Number of components actually returned.
+    order_estimate_ : dpnbids.model_order.GroupOrderEstimate or None
+        The automatic model-order estimate (``n_components="auto"``), else None.
     pca_components_ : ndarray, shape (pca_dim, V)
         Orthonormal spatial eigenvectors ``P`` of the concatenated data.
     singular_values_ : ndarray, shape (pca_dim,)
@@ -523,7 +543,8 @@ class GroupICA:
     """
 
     def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=200, tol=1e-4, fun="cube"):
+                 internal_dim=None, max_iter=200, tol=1e-4, fun="cube", dim_est="lap",
+                 max_components=None, mask=None):
         self.n_components = n_components
         self.pca_dim = pca_dim
         self.n_repeats = n_repeats
@@ -532,8 +553,26 @@ class GroupICA:
         self.max_iter = max_iter
         self.tol = tol
         self.fun = fun
+        self.dim_est = dim_est
+        self.max_components = max_components
+        self.mask = mask
 
     def _check_params(self):
+        if isinstance(self.n_components, str) and self.n_components == "auto":
+            from dpnbids.model_order import METHODS
+
+            for name in ("pca_dim", "n_repeats"):
+                val = getattr(self, name)
+                if not isinstance(val, (int, np.integer)) or val < 1:
+                    raise InputError(f"{name} must be a positive integer; received {val!r}.")
+            if self.dim_est not in METHODS:
+                raise InputError(f"dim_est must be one of {', '.join(METHODS)}; received "
+                                 f"{self.dim_est!r}.")
+            mc = self.max_components
+            if mc is not None and (not isinstance(mc, (int, np.integer)) or mc < 1):
+                raise InputError(f"max_components must be a positive integer or None; "
+                                 f"received {mc!r}.")
+            return
         for name in ("n_components", "pca_dim", "n_repeats"):
             val = getattr(self, name)
             if not isinstance(val, (int, np.integer)) or val < 1:
@@ -555,8 +594,31 @@ class GroupICA:
         rng = _rng(self.random_state)
         migp_seed, ica_seed = (int(s) for s in rng.integers(0, _MAX_SEED, size=2))
 
+        auto = isinstance(self.n_components, str)
+        order_subjects = {}
+
         def load(i):
             return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
+
+        if auto:
+            from dpnbids.model_order import estimate_subject_order
+
+            mask = None if self.mask is None else np.asarray(self.mask, dtype=bool)
+            if mask is None:
+                warnings.warn("n_components='auto' without a mask: the model order uses N = "
+                              "number of voxels (no smoothness correction) and is biased "
+                              "upward on smoothed data.", RuntimeWarning, stacklevel=2)
+            plain_load = load
+
+            def load(i):  # noqa: F811 - one pass: the estimate rides along with MIGP
+                y = plain_load(i)
+                if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
+                    raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
+                                         f"in-mask voxels but the mask has {int(mask.sum())}.")
+                if y.ndim == 2 and np.isfinite(y).all():
+                    order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
+                                                               max_order=self.pca_dim)
+                return y
 
         res = _migp(load, n_subjects, dim=self.pca_dim, internal_dim=self.internal_dim,
                     random_state=migp_seed, subject_ids=subject_ids)
@@ -565,9 +627,19 @@ class GroupICA:
             raise DimensionError(f"the subjects have {res.n_timepoints} time points in total, "
                                  f"fewer than --pca-dim {dim}; lower --pca-dim.")
         lam = res.eigenvalues[:dim]
-        if lam[self.n_components - 1] <= lam[0] * 1e-10:
+        self.order_estimate_ = None
+        if auto:
+            from dpnbids.model_order import combine_subject_orders
+
+            self.order_estimate_ = combine_subject_orders(
+                [order_subjects[i] for i in sorted(order_subjects)], method=self.dim_est,
+                max_order=self.max_components, pca_dim=dim, migp_eigenvalues=res.eigenvalues)
+            n_comp = int(self.order_estimate_.n_components)
+        else:
+            n_comp = self.n_components
+        if lam[n_comp - 1] <= lam[0] * 1e-10:
             raise DimensionError(f"the group data have rank below --n-components "
-                                 f"{self.n_components}; lower --n-components.")
+                                 f"{n_comp}; lower --n-components.")
         s = np.sqrt(lam)
         z = res.maps[:dim].astype(np.float64)
         s_safe = np.where(s > 0, s, 1)
@@ -575,7 +647,7 @@ class GroupICA:
         self.singular_values_ = s
         self.explained_variance_ = lam / max(res.n_timepoints - 1, 1)
         self.explained_variance_ratio_ = lam / res.total_ss if res.total_ss > 0 else lam * 0
-        comps, stability = icasso(z, self.n_components, n_repeats=self.n_repeats,
+        comps, stability = icasso(z, n_comp, n_repeats=self.n_repeats,
                                   random_state=ica_seed, max_iter=self.max_iter, tol=self.tol,
                                   fun=self.fun)
         comps, _ = flip_signs(_zscore_rows(np.asarray(comps, dtype=np.float64)))
