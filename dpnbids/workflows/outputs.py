@@ -34,7 +34,10 @@ _ENTITY_RE = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
 #: Patterns of our files that BIDS has no name for.
 BIDSIGNORE = ("logs/", "group", "figures/", "*.html", "*_xfm.mat", "*_xfm.nii.gz",
               "*_components.nii.gz", "*_components.json", "*_prediction.tsv",
-              "*_prediction.json", "*_timeseries.tsv", "*_timeseries.json", "*.lock")
+              "*_prediction.json", "*_timeseries.tsv", "*_timeseries.json", "*.lock",
+              # BIDS allows cohort- only beside tpl- (atlases); fMRIPrep writes it after
+              # space- for cohort templates (MNIPediatricAsym:cohort-1), and so do we
+              "*_cohort-*")
 
 
 def split_bids_name(filename: str | os.PathLike) -> tuple[dict, str, str]:
