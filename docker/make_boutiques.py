@@ -46,6 +46,7 @@ _TYPES: dict[str, dict] = {
     "probability": {"type": "Number", "minimum": 0, "exclusive-minimum": True,
                      "maximum": 1, "exclusive-maximum": True},
     "_dropout": {"type": "Number", "minimum": 0, "maximum": 1, "exclusive-maximum": True},
+    "_folds": {"type": "Number", "integer": True, "minimum": 2},
 }
 _SKIP_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
 

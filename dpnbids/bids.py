@@ -147,6 +147,23 @@ def check_output_dir(bids_dir: Path, output_dir: Path) -> None:
     if bids in out.parents and out == bids / "derivatives":
         raise InputError(f"OUTPUT_DIR {output_dir} is the derivatives folder itself; use a "
                          f"subfolder such as {bids_dir}/derivatives/dpnbids.")
+    _check_writable(output_dir, out)
+
+
+def _check_writable(output_dir: Path, out: Path) -> None:
+    """OUTPUT_DIR, or its nearest existing parent, must be a writable folder."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != out and not existing.is_dir():
+        raise InputError(f"OUTPUT_DIR {output_dir} cannot be created: {existing} is a file, "
+                         "not a folder. Give a path whose parents are folders, or move the "
+                         "file away.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it is" if existing == out else f"its nearest existing parent {existing} is"
+        raise InputError(f"OUTPUT_DIR {output_dir} is not writable: {where} read-only for "
+                         "this user. Give a folder you can write to, or make it writable "
+                         f"(e.g. `chmod u+w {existing}`).")
 
 
 def validator_executable() -> str | None:

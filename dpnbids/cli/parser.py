@@ -61,6 +61,15 @@ _positive_float = types.positive_float
 _nonneg_float = types.nonneg_float
 
 
+def _folds(value: str) -> int:
+    folds = types.positive_int(value)
+    if folds < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 2 (cross-validation needs a training and a test fold), "
+            f"got {value!r}")
+    return folds
+
+
 def _n_components(value: str):
     if value.strip().lower() == "auto":
         return "auto"
@@ -270,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "RSP (preprocessed BOLD volumes)")
     g_cnn.add_argument("--rsp-volumes", dest="rsp_volumes", type=_positive_int, default=30,
                        help="number of BOLD volumes (channels) in the RSP input set")
-    g_cnn.add_argument("--folds", dest="folds", type=_positive_int, default=10,
-                       help="outer stratified cross-validation folds")
+    g_cnn.add_argument("--folds", dest="folds", type=_folds, default=10,
+                       help="outer stratified cross-validation folds (at least 2)")
     g_cnn.add_argument("--cv-repeats", dest="cv_repeats", type=_positive_int, default=1,
                        help="repeats of the outer cross-validation with different splits")
     g_cnn.add_argument("--n-permutations", dest="n_permutations", type=_nonneg_int, default=0,

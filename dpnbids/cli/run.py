@@ -21,12 +21,21 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 LOGGER = logging.getLogger("dpnbids")
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """One line per record: tracebacks go to the log file, never to the console."""
+
+    def format(self, record):
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def _setup_console_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * min(verbose + 1, 2)  # default INFO, -v DEBUG
-    if verbose == 0:
-        level = logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s",
+    handler.setFormatter(_ConsoleFormatter("%(asctime)s [%(levelname)s] %(message)s",
                                            datefmt="%H:%M:%S"))
     root = logging.getLogger("dpnbids")
     root.handlers[:] = [handler]
@@ -88,24 +97,84 @@ def check_inputs(config):
     return inputs, labels
 
 
-def _write_provenance(config, logs_dir: Path) -> None:
+def _write_provenance(config, logs_dir: Path, run_id: str) -> None:
+    """The configuration and ``pip freeze`` of this run, named by run (never shared)."""
     import subprocess
 
     from dpnbids.workflows.outputs import atomic_write_text
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    atomic_write_text(logs_dir / f"config-{config.execution.analysis_level}-{stamp}.toml",
+    atomic_write_text(logs_dir / f"config-{config.execution.analysis_level}-{run_id}.toml",
                       config.to_toml())
     try:
         freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"],
                                 capture_output=True, text=True, timeout=120, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         freeze = "pip freeze unavailable\n"
-    atomic_write_text(logs_dir / "pip-freeze.txt", freeze)
+    atomic_write_text(logs_dir / f"pip-freeze-{run_id}.txt", freeze)
+
+
+def _write_crash(folder: Path, run_id: str) -> Path | None:
+    """Write the current traceback to ``folder/crash-<run_id>.txt``; None if impossible."""
+    import traceback
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        crash = folder / f"crash-{run_id}.txt"
+        crash.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return crash
+
+
+def _internal_error(folder: Path, run_id: str) -> int:
+    LOGGER.debug("unexpected error", exc_info=True)
+    crash = _write_crash(folder, run_id)
+    where = f"The traceback is in {crash}" if crash else "No traceback could be written"
+    _error(f"unexpected error: {sys.exc_info()[1]!r}. {where}; please report it with the "
+           "log file.")
+    return 1
+
+
+def _start_run_logs(config, run_id: str) -> Path:
+    """Create OUTPUT_DIR/logs, start the log file, write provenance; return the logs folder."""
+    logs_dir = config.execution.output_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    _add_file_logging(logs_dir / f"dpnbids-{config.execution.analysis_level}-{run_id}.log")
+    LOGGER.info("dpnbids %s: %s level on %s -> %s", config.version,
+                config.execution.analysis_level, config.execution.bids_dir,
+                config.execution.output_dir)
+    _write_provenance(config, logs_dir, run_id)
+    return logs_dir
+
+
+def _subject_locks(config, inputs):
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _run_level(config, inputs, labels, writer) -> None:
+    if config.execution.analysis_level == "participant":
+        from dpnbids.workflows.base import run_participant_level
+
+        run_participant_level(config, inputs, writer)
+    else:
+        from dpnbids.workflows.group import run_group_level
+
+        run_group_level(config, inputs, labels, writer)
 
 
 def main(argv=None) -> int:
-    """Run dpnbids; return the process exit code."""
+    """Run dpnbids; return the process exit code.
+
+    Nothing is written before the input checks pass: a refused run leaves
+    OUTPUT_DIR as it was (not even ``logs/``). Every :class:`DpnbidsError` ends
+    in one message on stderr and its exit code; any other error ends in exit 1
+    with the traceback in a crash file (``OUTPUT_DIR/logs`` once it exists,
+    the temporary folder before) and the log, never on the console.
+    """
+    import tempfile
+
     from dpnbids.cli.parser import parse_args
     from dpnbids.exceptions import DpnbidsError
 
@@ -115,40 +184,35 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse: --help/--version (0) or bad options (2)
         return int(exc.code or 0)
     _setup_console_logging(args.verbose)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
     from dpnbids.config import config_from_args
 
-    output_dir = None
-    config = None
     try:
         config = config_from_args(args, argv)
         inputs, labels = check_inputs(config)
     except DpnbidsError as exc:
         _error(str(exc))
         return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted before any output was written")
+        return 130
+    except Exception:  # noqa: BLE001 - OUTPUT_DIR is not touched before the checks pass
+        return _internal_error(Path(tempfile.gettempdir()) / "dpnbids-crashes", run_id)
 
+    # The checks passed: from here on OUTPUT_DIR is written.
     output_dir = config.execution.output_dir
+    logs_dir = output_dir / "logs"
     from dpnbids.workflows.outputs import DerivativesWriter
 
     writer = DerivativesWriter(output_dir)
-    logs_dir = output_dir / "logs"
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_file = logs_dir / f"dpnbids-{config.execution.analysis_level}-{stamp}-{os.getpid()}.log"
-    _add_file_logging(log_file)
-    LOGGER.info("dpnbids %s: %s level on %s -> %s", config.version,
-                config.execution.analysis_level, config.execution.bids_dir, output_dir)
-    _write_provenance(config, logs_dir)
     code = 0
+    started = False
     try:
-        if config.execution.analysis_level == "participant":
-            from dpnbids.workflows.base import run_participant_level
-
-            run_participant_level(config, inputs, writer)
-        else:
-            from dpnbids.workflows.group import run_group_level
-
-            run_group_level(config, inputs, labels, writer)
+        with _subject_locks(config, inputs):
+            logs_dir = _start_run_logs(config, run_id)
+            started = True
+            _run_level(config, inputs, labels, writer)
     except DpnbidsError as exc:
         _error(str(exc))
         LOGGER.debug("error details", exc_info=True)
@@ -156,19 +220,26 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _error("interrupted; rerun with the same --work-dir to resume")
         code = 130
+    except OSError as exc:
+        if started:
+            code = _internal_error(logs_dir, run_id)
+        else:  # OUTPUT_DIR passed the checks but cannot be written after all
+            _error(f"cannot write to OUTPUT_DIR {output_dir}: {exc.strerror or exc} "
+                   f"({exc.filename or logs_dir}). Give a folder you can write to.")
+            code = 2
     except Exception:  # noqa: BLE001 - the traceback goes to the log file only
-        LOGGER.debug("unexpected error", exc_info=True)
-        import traceback
-
-        crash = logs_dir / f"crash-{stamp}-{os.getpid()}.txt"
-        crash.write_text(traceback.format_exc())
-        _error(f"unexpected error: {sys.exc_info()[1]!r}. The traceback is in {crash}; "
-               "please report it with the log file.")
-        code = 1
+        code = _internal_error(logs_dir, run_id)
     finally:
-        writer.write_dataset_description(bids_dir=config.execution.bids_dir,
-                                         container=config.execution.container,
-                                         extra_sources=[config.preproc.fmriprep_dir])
+        if started:
+            try:
+                writer.write_dataset_description(bids_dir=config.execution.bids_dir,
+                                                 container=config.execution.container,
+                                                 extra_sources=[config.preproc.fmriprep_dir])
+            except Exception:  # noqa: BLE001 - never hide the run's own outcome
+                if code == 0:
+                    code = _internal_error(logs_dir, run_id)
+                else:
+                    LOGGER.debug("dataset_description.json not written", exc_info=True)
     if code == 0:
         LOGGER.info("dpnbids finished successfully; outputs in %s", output_dir)
     return code
