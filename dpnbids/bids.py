@@ -60,6 +60,16 @@ def read_participants(bids_dir: Path) -> pd.DataFrame:
         raise InputError(f"{path} has no 'participant_id' column (columns: "
                          f"{', '.join(table.columns)}); add one with values like sub-01")
     table["participant_id"] = table["participant_id"].str.strip()
+    ids = table["participant_id"]
+    label = ids.str.removeprefix("sub-")
+    duplicated = label[label.duplicated(keep=False)]
+    if len(duplicated):
+        lines = {f"sub-{lab}": [i + 2 for i in duplicated.index[duplicated == lab]]
+                 for lab in dict.fromkeys(duplicated)}  # line 1 is the header
+        listing = "; ".join(f"{pid} on lines {', '.join(map(str, ln))}"
+                            for pid, ln in lines.items())
+        raise InputError(f"{path} has a duplicate row for the same participant ({listing}); "
+                         "keep exactly one row per participant_id.")
     table.index = [pid[4:] if pid.startswith("sub-") else pid for pid in table["participant_id"]]
     return table
 

@@ -11,6 +11,7 @@ loaders return an in-memory float32 image with the scaling applied.
 from __future__ import annotations
 
 import gzip
+import numbers
 import warnings
 import zlib
 from pathlib import Path
@@ -20,12 +21,17 @@ import numpy as np
 
 from dpnbids.exceptions import DimensionError, InputError
 
-__all__ = ["load_bold", "load_anat", "check_mask_not_empty", "TR_RANGE_S"]
+__all__ = ["load_bold", "load_anat", "check_bold_has_signal", "check_mask_not_empty",
+           "TR_RANGE_S"]
 
 #: Plausible range of a repetition time, in seconds (header values outside it are ignored).
 TR_RANGE_S = (0.1, 30.0)
 
 _TR_TOLERANCE_S = 1e-3
+
+#: A voxel whose range over time is below this fraction of the image's largest absolute
+#: value counts as constant (float32 rounding of a constant series stays far below it).
+_CONSTANT_RTOL = 1e-6
 
 
 def _name(path) -> str:
@@ -127,7 +133,9 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
     ------
     InputError
         Missing, corrupt or truncated file; too few volumes; NaN/Inf voxels;
-        all-zero data; no usable repetition time.
+        all-zero data or no voxel varying over time; a RepetitionTime that is not
+        a positive number (a string or true/false included); no usable
+        repetition time.
     DimensionError
         The image is not 4D.
 
@@ -156,15 +164,19 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
             "lower --min-volumes if you accept a less reliable estimate.")
     _check_affine(img, bold_file, "BOLD")
     _check_finite(data, bold_file, "BOLD")
+    check_bold_has_signal(data, name=name)
 
     sidecar = sidecar or {}
     header_tr = _header_tr(img)
     tr = sidecar.get("RepetitionTime")
     if tr is not None:
-        try:
-            tr = float(tr)
-        except (TypeError, ValueError):
-            tr = float("nan")
+        # JSON true/false load as bool, a subclass of int: not a number of seconds
+        if isinstance(tr, bool) or not isinstance(tr, numbers.Real):
+            raise InputError(
+                f"BOLD file {name}: RepetitionTime in the JSON sidecar is {tr!r} "
+                f"({type(tr).__name__}). Expected a positive number of seconds, e.g. "
+                "\"RepetitionTime\": 2.0 (no quotes); fix the sidecar.")
+        tr = float(tr)
         if not np.isfinite(tr) or tr <= 0:
             raise InputError(
                 f"BOLD file {name}: RepetitionTime in the JSON sidecar is "
@@ -196,6 +208,51 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
     return out, float(tr)
+
+
+def check_bold_has_signal(bold, *, name: str | None = None) -> None:
+    """Refuse a BOLD run with no signal over time: all zeros, or every voxel constant.
+
+    Such a run passes through denoising and ICA without an error and gives
+    all-zero maps, so it is refused at the door.
+
+    Parameters
+    ----------
+    bold : nibabel image, str, Path or numpy.ndarray
+        The 4D BOLD series (x, y, z, time).
+    name : str, optional
+        The file name for the message (taken from the path when one is given).
+
+    Raises
+    ------
+    InputError
+        All voxels are zero, or no voxel varies over time (temporal range of
+        every voxel below 1e-6 of the largest absolute intensity).
+    """
+    if isinstance(bold, (str, Path)):
+        name = name or _name(bold)
+        _img, data = _read(bold, "BOLD")
+    elif isinstance(bold, np.ndarray):
+        data = bold
+    else:
+        data = np.asanyarray(bold.dataobj, dtype=np.float32)
+        name = name or (_name(bold.get_filename()) if bold.get_filename() else None)
+    name = name or "(in memory)"
+    if data.ndim != 4 or data.shape[3] < 2:
+        return  # the shape checks say what is wrong with the dimensions
+    scale = float(np.max(np.abs(data)))
+    if scale == 0:
+        raise InputError(f"BOLD file {name} is all zeros. Expected an image with signal; "
+                         "check the conversion from DICOM (or the fMRIPrep run).")
+    # range over time per voxel, slice by slice to bound the memory of a large run
+    varies = any(np.any(np.ptp(data[:, :, k, :], axis=-1) > _CONSTANT_RTOL * scale)
+                 for k in range(data.shape[2]))
+    if not varies:
+        raise InputError(
+            f"BOLD file {name} is constant over time: no voxel changes across its "
+            f"{data.shape[3]} volumes. Expected a resting-state series whose intensities "
+            "vary; the file is probably one volume repeated (check the conversion from "
+            "DICOM, or the fMRIPrep run).")
 
 
 def load_anat(t1w_file):
