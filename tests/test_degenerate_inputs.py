@@ -113,3 +113,15 @@ def test_duplicate_participant_rows(tmp_path):
     err = run_cli.last_stderr
     assert code == 2 and "duplicate row" in err and "sub-02" in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("value,fragment", [(True, "(bool)"), ("2", "(str)"), (0, "positive"),
+                                            (2000, "looks like milliseconds")])
+def test_sidecar_repetition_time_for_any_path(value, fragment):
+    """The helper the fMRIPrep path uses for its sidecars as well."""
+    from dpnbids.preproc.checks import sidecar_repetition_time
+
+    with pytest.raises(InputError, match="RepetitionTime") as info:
+        sidecar_repetition_time(value, name="x_bold.nii.gz")
+    assert fragment in str(info.value) and "x_bold.nii.gz" in str(info.value)
+    assert sidecar_repetition_time(0.8, name="x") == 0.8

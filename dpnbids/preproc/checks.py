@@ -21,8 +21,8 @@ import numpy as np
 
 from dpnbids.exceptions import DimensionError, InputError
 
-__all__ = ["load_bold", "load_anat", "check_bold_has_signal", "check_mask_not_empty",
-           "TR_RANGE_S"]
+__all__ = ["load_bold", "load_anat", "check_bold_has_signal", "sidecar_repetition_time",
+           "check_mask_not_empty", "TR_RANGE_S"]
 
 #: Plausible range of a repetition time, in seconds (header values outside it are ignored).
 TR_RANGE_S = (0.1, 30.0)
@@ -170,22 +170,7 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
     header_tr = _header_tr(img)
     tr = sidecar.get("RepetitionTime")
     if tr is not None:
-        # JSON true/false load as bool, a subclass of int: not a number of seconds
-        if isinstance(tr, bool) or not isinstance(tr, numbers.Real):
-            raise InputError(
-                f"BOLD file {name}: RepetitionTime in the JSON sidecar is {tr!r} "
-                f"({type(tr).__name__}). Expected a positive number of seconds, e.g. "
-                "\"RepetitionTime\": 2.0 (no quotes); fix the sidecar.")
-        tr = float(tr)
-        if not np.isfinite(tr) or tr <= 0:
-            raise InputError(
-                f"BOLD file {name}: RepetitionTime in the JSON sidecar is "
-                f"{sidecar.get('RepetitionTime')!r}. Expected a positive number of seconds; "
-                "fix the sidecar.")
-        if tr > TR_RANGE_S[1] and TR_RANGE_S[0] <= tr / 1000.0 <= TR_RANGE_S[1]:
-            raise InputError(
-                f"BOLD file {name}: RepetitionTime in the JSON sidecar is {tr}, which looks "
-                f"like milliseconds. BIDS expects seconds; write {tr / 1000.0:g}.")
+        tr = sidecar_repetition_time(tr, name=name)
         if header_tr is not None and abs(header_tr - tr) > _TR_TOLERANCE_S:
             warnings.warn(
                 f"BOLD file {name}: the NIfTI header says TR = {header_tr:g} s but the JSON "
@@ -208,6 +193,35 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
     out.header.set_xyzt_units("mm", "sec")
     out.header["pixdim"][4] = tr
     return out, float(tr)
+
+
+def sidecar_repetition_time(value, *, name: str) -> float:
+    """The JSON sidecar's ``RepetitionTime`` as seconds; refuse anything but a number.
+
+    JSON ``true``/``false`` load as :class:`bool`, a subclass of ``int`` in
+    Python, and ``"2.0"`` as a string: neither is a number of seconds.
+
+    Raises
+    ------
+    InputError
+        Not a number (bool, string, list ...), not finite or not positive, or a
+        value that looks like milliseconds.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(
+            f"BOLD file {name}: RepetitionTime in the JSON sidecar is {value!r} "
+            f"({type(value).__name__}). Expected a positive number of seconds, e.g. "
+            "\"RepetitionTime\": 2.0 (no quotes); fix the sidecar.")
+    tr = float(value)
+    if not np.isfinite(tr) or tr <= 0:
+        raise InputError(
+            f"BOLD file {name}: RepetitionTime in the JSON sidecar is {value!r}. Expected a "
+            "positive number of seconds; fix the sidecar.")
+    if tr > TR_RANGE_S[1] and TR_RANGE_S[0] <= tr / 1000.0 <= TR_RANGE_S[1]:
+        raise InputError(
+            f"BOLD file {name}: RepetitionTime in the JSON sidecar is {tr:g}, which looks "
+            f"like milliseconds. BIDS expects seconds; write {tr / 1000.0:g}.")
+    return tr
 
 
 def check_bold_has_signal(bold, *, name: str | None = None) -> None:
