@@ -5,21 +5,39 @@ trained against, and ``bundle.json`` (space, resolution, CNN grid, scaling,
 selected components, input set, configuration, software versions and the
 cross-validated performance).  It is written into a temporary folder and
 renamed into place, so a killed run never leaves half a model.
+
+``checksums.sha256`` (``sha256sum`` format) covers every other file of the
+bundle. :func:`load_bundle` validates a bundle completely before it is used:
+the checksums, the schema of ``bundle.json`` (keys and types), the shapes and
+dtypes of the arrays and images, and that ``model.keras`` is a complete
+archive. A damaged bundle is refused with :class:`BundleError`, naming the
+file. A bundle without a checksums file (written by an older dpnbids) is still
+accepted, with a warning, after the same content checks.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import numbers
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dpnbids.exceptions import InputError, ModelMismatchError
+from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
+
+LOGGER = logging.getLogger("dpnbids.bundle")
 
 BUNDLE_VERSION = 1
+CHECKSUMS = "checksums.sha256"
+#: The files of a bundle, besides the checksums file.
+BUNDLE_FILES = ("bundle.json", "model.keras", "group_maps.nii.gz", "group_mask.nii.gz",
+                "scaling_support.npy")
 
 
 @dataclass
@@ -47,7 +65,14 @@ class Bundle:
         if self._model is None:
             import keras
 
-            self._model = keras.saving.load_model(str(self.path / "model.keras"), compile=False)
+            model_file = self.path / "model.keras"
+            try:
+                self._model = keras.saving.load_model(str(model_file), compile=False)
+            except Exception as exc:  # noqa: BLE001 - keras raises many kinds for a bad file
+                raise BundleError(
+                    f"{model_file} could not be loaded as a Keras model ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}). The model file is damaged or was written by an "
+                    "incompatible Keras; copy the model folder again or retrain it.") from None
         return self._model
 
 
@@ -82,6 +107,7 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
                 "cv_metrics": cv_metrics, "versions": _versions(dpnbids_version),
                 "config": config, "history": history or {}}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+        _write_checksums(tmp)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
@@ -98,24 +124,204 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
     return out_dir
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(folder: Path) -> Path:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    target = folder / CHECKSUMS
+    target.write_text("".join(f"{_sha256(folder / n)}  {n}\n" for n in names))
+    return target
+
+
+def _damaged(path: Path, what: str) -> BundleError:
+    return BundleError(f"model file {path} {what}. The model folder is damaged or was edited; "
+                       "copy it again from the group run (OUTPUT_DIR/group/model) or retrain.")
+
+
+def _verify_checksums(path: Path) -> bool:
+    """Check every file against checksums.sha256; False when the bundle has none."""
+    sums = path / CHECKSUMS
+    if not sums.exists():
+        LOGGER.warning("%s has no %s (written by an older dpnbids): its files cannot be "
+                       "verified against the checksums of the group run; checking their "
+                       "contents only", path, CHECKSUMS)
+        return False
+    expected = {}
+    for number, line in enumerate(sums.read_text(errors="replace").splitlines(), start=1):
+        digest, sep, name = line.strip().partition("  ")
+        if not line.strip():
+            continue
+        if not sep or len(digest) != 64 or not name or "/" in name:
+            raise _damaged(sums, f"has a malformed line {number} ({line[:80]!r}; expected "
+                                 "'<sha256>  <file name>')")
+        expected[name] = digest.lower()
+    for name in BUNDLE_FILES:
+        if name not in expected:
+            raise _damaged(sums, f"has no checksum for {name}")
+    for name, digest in expected.items():
+        file = path / name
+        if not file.is_file():
+            raise _damaged(file, "is listed in checksums.sha256 but does not exist")
+        if _sha256(file) != digest:
+            raise _damaged(file, "does not match its checksum in checksums.sha256 "
+                                 f"(size now {file.stat().st_size} bytes)")
+    return True
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and np.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _validate_meta(meta, file: Path) -> None:
+    """Keys and types of bundle.json; raise BundleError naming the first problem."""
+    def bad(key, expected):
+        got = meta.get(key, None) if isinstance(meta, dict) else meta
+        raise _damaged(file, f"has {key}={got!r} ({type(got).__name__}); expected {expected}")
+
+    if not isinstance(meta, dict):
+        raise _damaged(file, f"holds a {type(meta).__name__}; expected a JSON object")
+    required = ("bundle_version", "input_set", "feature", "space", "resolution",
+                "n_components", "voxel_size", "grid_shape", "grid_affine", "scaling")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise _damaged(file, f"lacks the key(s) {', '.join(missing)}")
+    if not _is_int(meta["bundle_version"]):
+        bad("bundle_version", "an integer")
+    if meta["bundle_version"] != BUNDLE_VERSION:
+        raise ModelMismatchError(f"{file.parent}: bundle version {meta['bundle_version']} is "
+                                 f"not supported (expected {BUNDLE_VERSION}); retrain the "
+                                 "model.")
+    if meta["input_set"] not in ("ASC", "SSC"):
+        bad("input_set", "'ASC' or 'SSC'")
+    for key in ("feature", "space"):
+        if not isinstance(meta[key], str) or not meta[key]:
+            bad(key, "a non-empty string")
+    for key in ("resolution", "voxel_size"):
+        if not _is_number(meta[key]) or meta[key] <= 0:
+            bad(key, "a positive number")
+    if not _is_int(meta["n_components"]) or meta["n_components"] < 1:
+        bad("n_components", "a positive integer")
+    shape = meta["grid_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_is_int(v) and v > 0 for v in shape)):
+        bad("grid_shape", "a list of 3 positive integers")
+    affine = meta["grid_affine"]
+    if not (isinstance(affine, list) and len(affine) == 4
+            and all(isinstance(r, list) and len(r) == 4 and all(_is_number(v) for v in r)
+                    for r in affine)):
+        bad("grid_affine", "a 4x4 list of numbers")
+    n = meta["n_components"]
+    selected = meta.get("selected_components")
+    if selected is not None and not (
+            isinstance(selected, list) and selected
+            and all(_is_int(c) and 0 <= c < n for c in selected)):
+        bad("selected_components", f"null or a non-empty list of component indices 0..{n - 1}")
+    scaling = meta["scaling"]
+    if not isinstance(scaling, dict):
+        bad("scaling", "an object with 'mean' and 'sd' lists")
+    channels = len(selected) if selected is not None else n
+    for key in ("mean", "sd"):
+        values = scaling.get(key)
+        if not (isinstance(values, list) and len(values) == channels
+                and all(_is_number(v) for v in values)):
+            raise _damaged(file, f"has scaling.{key}={values!r}; expected a list of "
+                                 f"{channels} numbers (one per CNN input channel)")
+    if any(v <= 0 for v in scaling["sd"]):
+        raise _damaged(file, f"has scaling.sd={scaling['sd']!r}; expected positive numbers")
+    for key in ("cv_metrics", "versions", "config", "history"):
+        if key in meta and not isinstance(meta[key], dict):
+            bad(key, "an object")
+
+
+def _validate_arrays(path: Path, meta: dict, *, verified: bool) -> np.ndarray:
+    """Shapes and dtypes of the .npy file and the images; returns the scaling support.
+
+    Without verified checksums the images are read in full and the Keras archive
+    is tested member by member, so that a truncated file is still detected.
+    """
+    import nibabel as nib
+
+    file = path / "scaling_support.npy"
+    try:
+        support = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _damaged(file, f"could not be read as a .npy array ({type(exc).__name__}: "
+                             f"{exc})") from None
+    if support.dtype != np.bool_ or support.shape != tuple(meta["grid_shape"]):
+        raise _damaged(file, f"holds a {support.dtype} array of shape {support.shape}; expected "
+                             f"bool of shape {tuple(meta['grid_shape'])} (the CNN grid)")
+    shapes = {}
+    for name, ndim in (("group_maps.nii.gz", 4), ("group_mask.nii.gz", 3)):
+        file = path / name
+        try:
+            img = nib.load(str(file))
+            # without checksums, read the whole file: that detects a truncated one
+            shape = img.shape if verified else np.asanyarray(img.dataobj).shape
+        except Exception as exc:  # noqa: BLE001 - nibabel, gzip and zlib raise many kinds
+            raise _damaged(file, f"could not be read as a NIfTI image ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})") from None
+        if len(shape) != ndim:
+            raise _damaged(file, f"is {len(shape)}D with shape {shape}; expected {ndim}D")
+        shapes[name] = tuple(shape)
+    maps, mask = shapes["group_maps.nii.gz"], shapes["group_mask.nii.gz"]
+    if maps[3] != meta["n_components"]:
+        raise _damaged(path / "group_maps.nii.gz",
+                       f"holds {maps[3]} maps but bundle.json says n_components="
+                       f"{meta['n_components']}")
+    if maps[:3] != mask:
+        raise _damaged(path / "group_mask.nii.gz",
+                       f"has shape {mask} but the group maps are on a {maps[:3]} grid")
+    file = path / "model.keras"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            broken = None if verified else archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _damaged(file, f"is not a complete Keras archive ({type(exc).__name__}: "
+                             f"{exc})") from None
+    if broken is not None:
+        raise _damaged(file, f"is a damaged Keras archive (member {broken} fails its CRC)")
+    return support
+
+
 def load_bundle(path) -> Bundle:
-    """Read a bundle folder (the model itself is loaded lazily)."""
+    """Read and validate a bundle folder (the model itself is loaded lazily).
+
+    Raises
+    ------
+    InputError
+        The folder is not a bundle (files missing).
+    BundleError
+        A file is damaged: checksum mismatch, ``bundle.json`` not valid JSON or
+        missing keys or holding wrong types, an array or image of the wrong
+        shape or dtype, a truncated ``.npy``, image or ``model.keras``.
+    ModelMismatchError
+        An unsupported bundle version.
+    """
     path = Path(path)
-    needed = ["bundle.json", "model.keras", "group_maps.nii.gz", "group_mask.nii.gz",
-              "scaling_support.npy"]
-    missing = [n for n in needed if not (path / n).exists()]
+    missing = [n for n in BUNDLE_FILES if not (path / n).is_file()]
     if missing:
         raise InputError(f"{path} is not a dpnbids model folder: missing {', '.join(missing)}. "
                          "Pass the OUTPUT_DIR/group/model folder written by the group level.")
+    verified = _verify_checksums(path)
+    file = path / "bundle.json"
     try:
-        meta = json.loads((path / "bundle.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path / 'bundle.json'} is not valid JSON ({exc})") from None
-    if meta.get("bundle_version") != BUNDLE_VERSION:
-        raise ModelMismatchError(f"{path}: bundle version {meta.get('bundle_version')} is not "
-                                 f"supported (expected {BUNDLE_VERSION}); retrain the model.")
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(file, f"is not valid JSON ({exc})") from None
+    _validate_meta(meta, file)
     scaling = dict(meta["scaling"])
-    scaling["support"] = np.load(path / "scaling_support.npy")
+    scaling["support"] = _validate_arrays(path, meta, verified=verified)
     return Bundle(path=path, group_maps_file=path / "group_maps.nii.gz",
                   mask_file=path / "group_mask.nii.gz", input_set=meta["input_set"],
                   feature=meta["feature"], space=meta["space"],

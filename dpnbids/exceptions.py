@@ -32,6 +32,10 @@ class ModelMismatchError(InputError):
     """A saved model does not match the data it is applied to."""
 
 
+class BundleError(ModelMismatchError):
+    """A saved model folder is damaged: a checksum, key, type, shape or file is wrong."""
+
+
 class WorkflowError(DpnbidsError):
     """One or more nipype nodes failed; the message names subjects and crash files."""
 

@@ -99,8 +99,8 @@ def test_bundle_round_trip_predicts_identically(bundle_dir):
 
     out, model, subj, scaling = bundle_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "bundle.json", "group_maps.nii.gz", "group_mask.nii.gz", "model.keras",
-        "scaling_support.npy"]
+        "bundle.json", "checksums.sha256", "group_maps.nii.gz", "group_mask.nii.gz",
+        "model.keras", "scaling_support.npy"]
     assert not list(out.parent.glob(".tmp-*"))
     meta = json.loads((out / "bundle.json").read_text())
     assert {"dpnbids", "keras", "keras_backend", "numpy"} <= set(meta["versions"])

@@ -1,0 +1,218 @@
+"""A --model bundle is validated completely before use: checksums written at save time,
+the bundle.json schema, the shapes and dtypes of its arrays, complete files. A damaged
+bundle is refused naming the file, never with a KeyError, ValueError or "File not found"."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import make_tiny_bids, run_cli
+from dpnbids.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
+from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
+from dpnbids.model import build_voxnet, cnn_grid
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One bundle written by save_bundle; each test damages a copy of it."""
+    import keras
+
+    tmp = tmp_path_factory.mktemp("bundle")
+    rng = np.random.default_rng(3)
+    vs = 12.0
+    shape, affine = cnn_grid(vs)
+    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    src_affine[:3, 3] = affine[:3, 3]
+    src_shape = tuple(2 * s for s in shape)
+    nib.save(nib.Nifti1Image(rng.normal(size=src_shape + (3,)).astype(np.float32), src_affine),
+             str(tmp / "maps.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine), str(tmp / "mask.nii.gz"))
+    keras.utils.set_random_seed(1)
+    scaling = {"mean": [0.1, -0.2], "sd": [1.5, 0.5], "support": np.ones(shape, bool)}
+    return save_bundle(tmp / "model", build_voxnet(shape + (2,)),
+                       group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
+                       selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
+                       scaling=scaling, input_set="SSC", feature="pe", config={"seed": 1},
+                       cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
+                       n_components=3, voxel_size=vs, dpnbids_version="0.0.test")
+
+
+@pytest.fixture
+def bundle(saved, tmp_path):
+    import shutil
+
+    return shutil.copytree(saved, tmp_path / "model")
+
+
+def _edit_json(folder, edit, *, checksums="update"):
+    meta = json.loads((folder / "bundle.json").read_text())
+    edit(meta)
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    if checksums == "update":
+        _write_checksums(folder)  # a consistently edited bundle: the schema must catch it
+    elif checksums == "remove":
+        (folder / CHECKSUMS).unlink()
+
+
+def _truncate(file, keep=0.5):
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_checksums_cover_every_file(bundle):
+    lines = (bundle / CHECKSUMS).read_text().splitlines()
+    listed = {}
+    for line in lines:
+        digest, name = line.split("  ")
+        listed[name] = digest
+    assert set(listed) == set(BUNDLE_FILES)
+    for name, digest in listed.items():
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
+    loaded = load_bundle(bundle)
+    assert loaded.n_components == 3 and loaded.scaling["support"].dtype == bool
+
+
+@pytest.mark.parametrize("name", ["bundle.json", "scaling_support.npy", "model.keras",
+                                  "group_maps.nii.gz"])
+def test_damaged_file_fails_its_checksum(bundle, name):
+    _truncate(bundle / name)
+    with pytest.raises(BundleError, match="does not match its checksum") as info:
+        load_bundle(bundle)
+    assert str(bundle / name) in str(info.value)
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda m: m.pop("n_components"), "lacks the key(s) n_components"),
+    (lambda m: m.pop("scaling"), "lacks the key(s) scaling"),
+    (lambda m: m.update(resolution="6"), "resolution='6' (str); expected a positive number"),
+    (lambda m: m.update(n_components=3.0), "n_components=3.0"),
+    (lambda m: m.update(n_components=True), "n_components=True"),
+    (lambda m: m.update(voxel_size=-1), "voxel_size=-1"),
+    (lambda m: m.update(grid_shape=[4, 4]), "grid_shape"),
+    (lambda m: m.update(grid_affine="eye"), "grid_affine"),
+    (lambda m: m.update(space=7), "space=7"),
+    (lambda m: m.update(input_set="RSP"), "input_set='RSP'"),
+    (lambda m: m.update(selected_components=[0, 5]), "selected_components"),
+    (lambda m: m["scaling"].update(mean=["a", 1]), "scaling.mean"),
+    (lambda m: m["scaling"].update(sd=[1.0]), "scaling.sd"),
+    (lambda m: m["scaling"].update(sd=[1.0, 0.0]), "positive numbers"),
+    (lambda m: m.update(cv_metrics=[0.8]), "cv_metrics"),
+])
+@pytest.mark.parametrize("checksums", ["update", "remove"])
+def test_schema_errors_name_the_key(bundle, edit, fragment, checksums):
+    _edit_json(bundle, edit, checksums=checksums)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle)
+    message = str(info.value)
+    assert fragment in message and str(bundle / "bundle.json") in message
+
+
+def test_unsupported_version(bundle):
+    _edit_json(bundle, lambda m: m.update(bundle_version=99))
+    with pytest.raises(ModelMismatchError, match="bundle version 99 is not supported"):
+        load_bundle(bundle)
+
+
+def test_not_json(bundle):
+    (bundle / "bundle.json").write_text("{truncated")
+    _write_checksums(bundle)
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("array,fragment", [
+    (np.ones((2, 2, 2), bool), "shape (2, 2, 2)"),
+    (None, "holds a float64 array"),
+])
+def test_npy_shape_and_dtype(bundle, array, fragment):
+    file = bundle / "scaling_support.npy"
+    if array is None:
+        array = np.load(file).astype(float)
+    np.save(file, array)
+    _write_checksums(bundle)
+    with pytest.raises(BundleError, match="expected bool of shape") as info:
+        load_bundle(bundle)
+    assert fragment in str(info.value) and str(file) in str(info.value)
+
+
+def test_maps_must_match_the_component_count(bundle):
+    file = bundle / "group_maps.nii.gz"
+    img = nib.load(str(file))
+    nib.save(nib.Nifti1Image(img.get_fdata()[..., :2], img.affine), str(file))
+    _write_checksums(bundle)
+    with pytest.raises(BundleError, match="holds 2 maps but bundle.json says n_components=3"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("scaling_support.npy", "could not be read as a .npy array"),
+    ("model.keras", "is not a complete Keras archive"),
+    ("group_maps.nii.gz", "could not be read as a NIfTI image"),
+    ("group_mask.nii.gz", "could not be read as a NIfTI image"),
+])
+def test_truncated_files_without_checksums(bundle, name, fragment, caplog):
+    """An older bundle has no checksums: its contents are still checked in full."""
+    (bundle / CHECKSUMS).unlink()
+    _truncate(bundle / name, keep=0.6)
+    with pytest.raises(BundleError, match=fragment) as info:
+        load_bundle(bundle)
+    assert str(bundle / name) in str(info.value)
+
+
+def test_older_bundle_without_checksums_loads_with_a_warning(bundle, caplog):
+    (bundle / CHECKSUMS).unlink()
+    with caplog.at_level(logging.WARNING, logger="dpnbids.bundle"):
+        loaded = load_bundle(bundle)
+    assert loaded.selected_components == [0, 2]
+    assert "no checksums.sha256" in caplog.text and "older dpnbids" in caplog.text
+
+
+def test_malformed_checksums_file(bundle):
+    (bundle / CHECKSUMS).write_text("not a checksum line\n")
+    with pytest.raises(BundleError, match="malformed line 1"):
+        load_bundle(bundle)
+
+
+def test_missing_file_is_not_a_bundle(bundle):
+    (bundle / "model.keras").unlink()
+    with pytest.raises(InputError, match="missing model.keras"):
+        load_bundle(bundle)
+
+
+def test_unloadable_model_is_named(bundle):
+    """A complete zip that Keras cannot read still ends in a message naming the file."""
+    import zipfile
+
+    with zipfile.ZipFile(bundle / "model.keras", "w") as archive:
+        archive.writestr("junk.txt", "not a model")
+    _write_checksums(bundle)
+    loaded = load_bundle(bundle)
+    with pytest.raises(BundleError, match="could not be loaded as a Keras model") as info:
+        loaded.model  # noqa: B018 - the lazy load
+    assert str(bundle / "model.keras") in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["remove_key", "string_number", "truncated_npy",
+                                    "truncated_keras"])
+def test_cli_refuses_a_damaged_model(bundle, tmp_path, damage):
+    if damage == "remove_key":
+        _edit_json(bundle, lambda m: m.pop("voxel_size"), checksums="remove")
+    elif damage == "string_number":
+        _edit_json(bundle, lambda m: m.update(n_components="3"), checksums="remove")
+    elif damage == "truncated_npy":
+        _truncate(bundle / "scaling_support.npy")
+    else:
+        _truncate(bundle / "model.keras")
+    bids = make_tiny_bids(tmp_path / "bids", labels=("1",), n_volumes=120)
+    out = tmp_path / "out"
+    code = run_cli([bids, out, "participant", "--skip-bids-validation", "--model", bundle])
+    err = run_cli.last_stderr
+    assert code == 2, err
+    assert "Traceback" not in err and "KeyError" not in err and "File not found" not in err
+    assert str(bundle) in err
+    assert not out.exists()
