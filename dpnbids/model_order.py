@@ -538,8 +538,28 @@ def _spectrum(w: np.ndarray, rank_rtol: float = 1e-2) -> tuple[np.ndarray, np.nd
     return lam[keep], vecs[:, keep]
 
 
+def _needs_whitening(x: np.ndarray, *, full_rank_fraction: float = 0.9) -> bool:
+    """Whether a (T, V) series needs temporal whitening before the estimate.
+
+    A series that dpnbids' denoising produced has been projected: the FFT
+    band-pass keeps the cosine basis functions of the band and the confound
+    regression then removes the span of the band-limited confounds, an
+    orthogonal projection onto ``r < T`` dimensions. White noise stays white
+    inside that subspace, so reducing to the rank is all it needs; whitening
+    the DCT bins by their median power would instead *colour* it, because the
+    regression removes different fractions of different bins. Measured on
+    denoised synthetic runs (110 volumes, TR 2 s, ``conn``: rank 19, 5 planted
+    networks): "lap" found 17 of 19 with whitening and 5 without. A series
+    with (nearly) full rank (no band-pass: its noise keeps its own temporal
+    colour, e.g. AR(1)) is whitened.
+    """
+    t = x.shape[0]
+    lam, _ = _spectrum(x)
+    return lam.size >= full_rank_fraction * (t - 1)
+
+
 def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
-                           max_order: Optional[int] = None, whiten: bool = True,
+                           max_order: Optional[int] = None, whiten="auto",
                            smoothness_correction: bool = True, bin_rtol: float = 0.05,
                            smooth_bins: int = 9, n_iter: int = 3) -> SubjectOrderEstimate:
     """Model order of one subject's (T, V) data: whiten, reduce to rank, correct N.
@@ -580,8 +600,9 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
         Needed for the smoothness correction; without it N = V.
     method, max_order
         As :func:`estimate_order`.
-    whiten : bool
-        Temporal whitening (see :func:`temporal_whiten`).
+    whiten : bool or "auto"
+        Temporal whitening (see :func:`temporal_whiten`). ``"auto"`` (default):
+        only when the series is (nearly) full rank; see :func:`_needs_whitening`.
     smoothness_correction : bool
         Use N_eff instead of V.
     bin_rtol, smooth_bins
@@ -598,6 +619,8 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
     sd = x.std(axis=0)
     x = x / np.where(sd > 0, sd, 1.0)
     v = x.shape[1]
+    if whiten == "auto":
+        whiten = _needs_whitening(x)
     if whiten:
         c = dct(x, type=2, axis=0, norm="ortho")
         kept, noise = _noise_power(c, bin_rtol, smooth_bins)
@@ -730,7 +753,7 @@ def combine_subject_orders(subject_estimates, *, method: str = "lap",
 def estimate_group_order(subject_loader: Callable[[int], np.ndarray], n_subjects: int,
                          mask_3d=None, *, method: str = "lap",
                          max_order: Optional[int] = None, pca_dim: Optional[int] = None,
-                         migp_result=None, whiten: bool = True,
+                         migp_result=None, whiten="auto",
                          smoothness_correction: bool = True) -> GroupOrderEstimate:
     """Group ICA model order: median of per-subject estimates, capped.
 

@@ -258,3 +258,16 @@ def test_model_order_is_pure():
             "bad = [m for m in sys.modules if m.startswith(('nipype', 'dpnbids.workflows'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("fwhm", [0.0, 2.5])
+def test_denoised_like_series_band_passed_and_regressed(mask, fwhm):
+    """What the pipeline hands group ICA: band-pass, then 17 band-limited confounds
+    regressed (110 volumes at TR 2 s: rank ~19). Whitening the DCT bins by their median
+    power would colour this projected noise; "auto" reduces it to its rank instead."""
+    rng = np.random.default_rng(11)
+    x = planted(rng, mask, 5, t=110, amp=3.0, band=True, n_confounds=17, fwhm=fwhm)
+    for m in ("lap", "mdl"):
+        est = estimate_subject_order(x, mask, method=m)
+        assert within(est.n_components, 5), (m, est.n_components, est.dof)
+        assert est.dof <= 20
