@@ -350,13 +350,20 @@ def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dic
     out_dir = Path(out_dir)
     maps_img = nib.load(str(group_maps_file))
     bold = nib.load(str(bold_file))
+    mask_img = nib.load(str(mask_file))
     if maps_img.shape[:3] != bold.shape[:3] or not np.allclose(maps_img.affine, bold.affine,
                                                                 atol=1e-3):
-        raise DimensionError(
-            f"group maps {Path(group_maps_file).name} (grid {maps_img.shape[:3]}) and "
-            f"{Path(bold_file).name} (grid {bold.shape[:3]}) are not on the same grid; run the "
-            "participant level with the --output-space/--output-resolution of the maps.")
-    mask = nib.load(str(mask_file)).get_fdata() > 0.5
+        # a new patient's fMRIPrep run on its own grid (e.g. 3x3x4 mm, no res-): put it on
+        # the maps' analysis grid, as the group level did for the training cohort
+        from nilearn.image import resample_to_img
+
+        LOGGER.info("%s: resampling onto the grid of %s", Path(bold_file).name,
+                    Path(group_maps_file).name)
+        ref = nib.Nifti1Image(np.zeros(maps_img.shape[:3], np.uint8), maps_img.affine)
+        kw = dict(interpolation="linear", force_resample=True, copy_header=True)
+        mask_img = resample_to_img(mask_img, ref, **kw)
+        bold = resample_to_img(bold, ref, **kw)
+    mask = np.asarray(mask_img.dataobj) > 0.5
     gmask_path = group_mask_for(group_maps_file)
     if gmask_path is not None:
         gmask = np.asarray(nib.load(str(gmask_path)).dataobj)
@@ -366,7 +373,7 @@ def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dic
         mask &= gmask > 0.5
     # as FSL's dual_regression: the data are not variance-normalised (that would erase
     # the amplitude the classifier needs); they are in percent signal change already
-    data = load_run_matrix(bold_file, mask, normalise=False)
+    data = np.ascontiguousarray(np.asarray(bold.dataobj, dtype=np.float32)[mask].T)
     group = img_to_maps(maps_img, mask)
     result = dual_regression(data, group, des_norm=True)
     cols = [f"component_{k:02d}" for k in range(group.shape[0])]

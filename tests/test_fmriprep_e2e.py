@@ -89,6 +89,13 @@ def test_natural_call_both_levels_on_mixed_fmriprep_grids(mixed, tmp_path):
     if validator_exe():
         proc = run_validator(out)
         assert proc.returncode == 0, proc.stdout[-3000:]
+    # the model scores a new patient whose fMRIPrep run is on its own 3x3x4 mm grid
+    new = tmp_path / "new"
+    assert _call(mixed, new, "participant", "--participant-label", "05", "--model",
+                 str(group / "model"), work=tmp_path / "w_new") == 0, run_cli.last_stderr
+    pred = pd.read_csv(next(new.glob("sub-05/func/*_desc-dpnbids_prediction.tsv")), sep="\t")
+    assert 0.0 <= float(pred["probability_response"].iloc[0]) <= 1.0
+    assert next(new.glob(f"sub-05/func/*_space-{SPACE}_res-4_desc-stage2pe_components.nii.gz"))
 
 
 @pytest.mark.slow
@@ -180,3 +187,16 @@ def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
     assert f"keeps {dof} temporal degrees of freedom" in run_cli.last_stderr
     conf = pd.read_csv(next(out.glob("sub-01/func/*desc-confounds_timeseries.tsv")), sep="\t")
     assert len(conf) == 110
+
+
+def test_mixed_repetition_times_refused():
+    from dpnbids.exceptions import InputError
+    from dpnbids.preproc.dof import RunDof
+    from dpnbids.workflows.group import check_same_tr
+
+    same = {"sub-01": RunDof(110, 2.0, 36, 17, 17, 0, 19),
+            "sub-02": RunDof(120, 2.0, 39, 17, 17, 0, 22)}
+    assert check_same_tr(same) == 2.0
+    mixed = {**same, "sub-03": RunDof(100, 2.5, 36, 17, 17, 0, 19)}
+    with pytest.raises(InputError, match=r"TR 2 s: sub-01, sub-02; TR 2.5 s: sub-03"):
+        check_same_tr(mixed)

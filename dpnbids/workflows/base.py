@@ -58,10 +58,25 @@ def check_participant_inputs(config, inputs) -> None:
     if config.cnn.model is not None:
         from dpnbids.bundle import check_compatible, load_bundle
 
+        from dpnbids.preproc.fmriprep import parse_space
+
+        template, mods = parse_space(config.preproc.output_space)
         bundle = load_bundle(config.cnn.model)
-        check_compatible(bundle, space=config.preproc.output_space,
-                         resolution=None if config.preproc.fmriprep_dir is not None
-                         else config.preproc.resolution_mm)
+        check_compatible(bundle, space=template + (f":cohort-{mods['cohort']}"
+                                                   if mods.get("cohort") else ""),
+                         resolution=_model_resolution(config))
+
+
+def _model_resolution(config) -> float | None:
+    """Analysis voxel size a --model must have been trained at: the built-in grid's, or
+    an explicit --output-resolution; fMRIPrep runs on other grids are otherwise resampled
+    onto the model's grid (as the group level did for its cohort)."""
+    if config.preproc.fmriprep_dir is None:
+        return config.preproc.resolution_mm
+    try:
+        return float(config.preproc.output_resolution)
+    except (TypeError, ValueError):
+        return None
 
 
 def _n_group_maps(config) -> int | None:
@@ -567,8 +582,12 @@ def _add_dualreg(config, workflow, source, sinks, run=None):
         maps = str(load_bundle(config.cnn.model).group_maps_file)
     if maps is None:
         return None
+    import nibabel as nib
+
     out = str(config.execution.output_dir)
-    std = _bold_entities(config, run)
+    # the stage-2 maps are on the group maps' grid (a run on another grid is resampled)
+    maps_mm = float(nib.affines.voxel_sizes(nib.load(maps).affine)[0])
+    std = {**_bold_entities(config, run), "res": res_label(maps_mm)}
     dual_regression = pe.Node(DualRegression(group_maps=maps), name="dual_regression",
                               mem_gb=2)
     ds_tc = pe.Node(DerivativesSink(output_dir=out, source_file=source, suffix="timeseries",

@@ -28,8 +28,13 @@ LOGGER = logging.getLogger("dpnbids.group")
 CLASSIFIER_FEATURE = "pe"
 
 
-def fit_group_ica(runs, mask, config, n_components: int):
-    """Fit :class:`dpnbids.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded)."""
+def fit_group_ica(runs, mask, config, cap: int):
+    """Fit :class:`dpnbids.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
+
+    With ``--n-components auto`` the model order is estimated while MIGP reads
+    each run (:mod:`dpnbids.model_order`) and capped at ``cap``, the cohort's
+    dual-regression limit (:func:`check_model_order`).
+    """
     from dpnbids.group_pipeline import load_run_matrix
     from dpnbids.ica import GroupICA
 
@@ -45,30 +50,19 @@ def fit_group_ica(runs, mask, config, n_components: int):
         LOGGER.info("group ICA: loading %s (%d/%d)", runs[i].key, i + 1, len(runs))
         return load_run_matrix(runs[i].denoised, mask, normalise=False)  # GroupICA normalises
 
-    ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
-                   n_repeats=config.ica.ica_repeats, random_state=config.seed("ica"))
+    auto = config.ica.n_components == "auto"
+    ica = GroupICA(n_components="auto" if auto else int(config.ica.n_components),
+                   pca_dim=config.ica.pca_dim, n_repeats=config.ica.ica_repeats,
+                   random_state=config.seed("ica"), dim_est=config.ica.dim_est,
+                   max_components=cap if auto else None, mask=mask if auto else None)
     ica.fit(loader, len(runs), subject_ids=[r.key for r in runs])
+    if auto:
+        est = ica.order_estimate_
+        LOGGER.info("model order (%s): %d components (median of run estimates %.1f, cap %d)",
+                    config.ica.dim_est, est.n_components, est.raw_n_components, est.cap)
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
                 len(runs), time.time() - started)
     return ica
-
-
-def estimate_n_components(runs, mask, config, cap: int):
-    """``--n-components auto``: :func:`dpnbids.model_order.estimate_group_order`."""
-    from dpnbids.group_pipeline import load_run_matrix
-    from dpnbids.model_order import estimate_group_order
-
-    started = time.time()
-
-    def loader(i):
-        return load_run_matrix(runs[i].denoised, mask, normalise=False)
-
-    est = estimate_group_order(loader, len(runs), mask, method=config.ica.dim_est,
-                               max_order=cap, pca_dim=config.ica.pca_dim)
-    LOGGER.info("model order (%s): %d components (median of run estimates %.1f; cap %d) in "
-                "%.1f s", config.ica.dim_est, est.n_components, est.raw_n_components, est.cap,
-                time.time() - started)
-    return est
 
 
 def cohort_dof(config, runs) -> dict:
@@ -76,6 +70,22 @@ def cohort_dof(config, runs) -> dict:
     from dpnbids.group_pipeline import run_dof_from_outputs
 
     return {r.key: run_dof_from_outputs(r, config) for r in runs}
+
+
+def check_same_tr(dofs: dict) -> float:
+    """Group ICA concatenates runs in time: they must share one repetition time."""
+    trs = {k: round(d.tr, 4) for k, d in dofs.items()}
+    values = sorted(set(trs.values()))
+    if len(values) > 1:
+        by_tr = {v: [k for k, t in trs.items() if t == v] for v in values}
+        listing = "; ".join(f"TR {v:g} s: {', '.join(ks[:5])}" + (" ..." if len(ks) > 5 else "")
+                            for v, ks in by_tr.items())
+        raise InputError(
+            f"the runs have different repetition times ({listing}). Group ICA concatenates "
+            "runs in time and the band-pass keeps a different number of degrees of freedom "
+            "at each TR, so they cannot be pooled. Run the group level on one TR at a time "
+            "(--participant-label), or resample the runs in time before dpnbids.")
+    return values[0]
 
 
 def check_model_order(config, runs, dofs: dict) -> int:
@@ -115,7 +125,9 @@ def check_group_inputs(config, inputs) -> None:
                                     task=config.selection.task_id,
                                     space=config.preproc.output_space,
                                     resolution=config.preproc.output_resolution)
-    check_model_order(config, runs, cohort_dof(config, runs))
+    dofs = cohort_dof(config, runs)
+    check_same_tr(dofs)
+    check_model_order(config, runs, dofs)
 
 
 def init_dualreg_wf(config, runs, group_maps_file, std, *, name="dualreg_wf") -> pe.Workflow:
@@ -219,6 +231,7 @@ def run_group_level(config, inputs, labels, writer) -> None:
                                     space=config.preproc.output_space,
                                     resolution=config.preproc.output_resolution)
     dofs = cohort_dof(config, runs)
+    check_same_tr(dofs)
     cap = check_model_order(config, runs, dofs)
     grid = analysis_grid(runs, mods.get("res") or config.preproc.output_resolution)
     LOGGER.info("analysis grid: %s", grid.reason)
@@ -233,13 +246,8 @@ def run_group_level(config, inputs, labels, writer) -> None:
         f"_cohort-{cohort}" if cohort else "") + f"_res-{grid.res}"
 
     # ---- model order and group ICA
-    order = None
-    if config.ica.n_components == "auto":
-        order = estimate_n_components(runs, mask, config, cap)
-        n_components = order.n_components
-    else:
-        n_components = int(config.ica.n_components)
-    ica = fit_group_ica(runs, mask, config, n_components)
+    ica = fit_group_ica(runs, mask, config, cap)
+    order, n_components = ica.order_estimate_, int(ica.n_components_)
     order_record = _order_record(config, order, n_components, cap, dofs)
 
     comps_file = group_dir / f"{prefix}_desc-ica_components.nii.gz"
