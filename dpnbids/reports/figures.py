@@ -230,15 +230,42 @@ def _fmt(v, spec=".3g"):
         return str(v)
 
 
+def _first(get, *keys, default=None):
+    """The first of ``keys`` the row holds with a value (NaN and None count as absent)."""
+    for key in keys:
+        value = get(key, None)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        return value
+    return default
+
+
 def component_title(row) -> str:
-    """Title string for one component row of the components table."""
+    """Title string for one row of the components table.
+
+    Reads the columns the group level writes (``component``, ``network``,
+    ``stability``, ``t``, ``p``, ``r``; :func:`dpnbids.networks.match_networks`)
+    and the older names ``index`` and ``network_label``/``label``. Stability is
+    n/a when ICA ran once (no ICASSO repeats).
+    """
     get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
-    idx = get("index", "?")
-    label = get("network_label", get("label", "unlabelled"))
+    idx = _first(get, "component", "index", default="?")
+    if isinstance(idx, (float, np.floating)) and float(idx).is_integer():
+        idx = int(idx)
+    label = _first(get, "network", "network_label", "label", default="unlabelled")
     return (
         f"#{idx} {label} | stab {_fmt(get('stability'), '.2f')} | "
         f"t {_fmt(get('t'), '.2f')} p {_fmt(get('p'), '.3f')} r {_fmt(get('r'), '.2f')}"
     )
+
+
+def is_selected(row) -> bool:
+    """Whether a components-table row is selected (SSC, descriptive on all subjects)."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: d)
+    value = _first(get, "selected_descriptive_all_subjects", "selected", default=False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def plot_component_gallery(components_img, components_df=None, *, bg_img=None) -> list[str]:
@@ -248,8 +275,9 @@ def plot_component_gallery(components_img, components_df=None, *, bg_img=None) -
     ----------
     components_img : path or 4D nibabel image (one volume per component)
     components_df : DataFrame, optional
-        Rows in component order with columns such as ``index``,
-        ``network_label``, ``stability``, ``t``, ``p``, ``r``, ``selected``.
+        Rows in component order: the group level's components table
+        (``component``, ``network``, ``stability``, ``t``, ``p``, ``r``,
+        ``selected_descriptive_all_subjects``); see :func:`component_title`.
     bg_img : path or image, optional
         Background; without it a glass brain is drawn.
 

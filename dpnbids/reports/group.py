@@ -14,7 +14,7 @@ import pandas as pd
 from . import figures
 from .subject import about_section, dict_table, esc, note, page, safe_figure, write_atomic
 
-__all__ = ["render_group_report", "LEAKY_LABEL"]
+__all__ = ["render_group_report", "timings_table", "LEAKY_LABEL"]
 
 LEAKY_LABEL = "LEAKY (paper-faithful): optimistic"
 _LEAKY_BADGE = f'<span class="badge leaky">{esc(LEAKY_LABEL)}</span>'
@@ -85,8 +85,48 @@ def _summary(predictions_df, ica_info, timings, permutation) -> str:
     if permutation:
         parts.append("<h3>Permutation test</h3>" + dict_table(permutation, header=("item", "value")))
     if timings:
-        parts.append("<h3>Timings</h3>" + dict_table(timings, header=("step", "seconds")))
+        parts.append("<h3>Timings</h3>" + timings_table(timings))
     return "".join(parts)
+
+
+_TIMING_NAMES = {"total_s": "total (s)", "seconds_per_fold_mean": "per fold, mean (s)",
+                 "seconds_per_epoch_mean": "per epoch, mean (s)",
+                 "seconds_per_fold": "per fold (s)"}
+
+
+def _timing_cell(value) -> str:
+    if isinstance(value, (list, tuple)):
+        values = [float(v) for v in value if isinstance(v, (int, float, np.number))]
+        if not values:
+            return "n/a"
+        if len(values) == 1:
+            return f"{values[0]:.1f}"
+        return f"{len(values)} folds, {min(values):.1f}-{max(values):.1f}"
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return f"{float(value):.1f}"
+    return str(value)
+
+
+def timings_table(timings: dict) -> str:
+    """One row per step, one column per measure (seconds), e.g. the CV of each input set.
+
+    ``timings`` maps a step to seconds, or to a dict of measures such as
+    ``total_s``, ``seconds_per_fold_mean`` and ``seconds_per_fold`` (a list).
+    """
+    nested = {k: v for k, v in timings.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in timings.items() if not isinstance(v, dict)}
+    measures = list(dict.fromkeys(m for v in nested.values() for m in v))
+    if flat and "total_s" not in measures:
+        measures.insert(0, "total_s")
+    head = '<th class="l">step</th>' + "".join(
+        f"<th>{esc(_TIMING_NAMES.get(m, m.replace('_', ' ')))}</th>" for m in measures)
+    rows = []
+    for step, value in {**nested, **flat}.items():
+        values = value if isinstance(value, dict) else {"total_s": value}
+        cells = "".join(f"<td>{esc(_timing_cell(values[m]) if m in values else '')}</td>"
+                        for m in measures)
+        rows.append(f'<tr><td class="l">{esc(step)}</td>{cells}</tr>')
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _table2(table2_df, metrics_df, permutation) -> str:
@@ -131,7 +171,7 @@ def _gallery(components_img, components_df) -> str:
             if components_df is not None and k < len(components_df)
             else {"index": k}
         )
-        sel = bool(row.get("selected", False))
+        sel = figures.is_selected(row)
         badge = '<span class="badge sel">selected (descriptive, all subjects)</span> ' if sel else ""
         cap = figures.component_title(row)
         figs.append(

@@ -68,16 +68,37 @@ def safe_figure(func, caption, *args, **kwargs) -> str:
         return note(f"{caption}: figure could not be drawn ({type(exc).__name__}: {exc}).")
 
 
+def _flat_items(d: dict, prefix: str = ""):
+    """``(key, value)`` rows with nested dicts flattened to ``parent / child`` keys."""
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from _flat_items(v, prefix=f"{key} / ")
+        else:
+            yield key, v
+
+
 def dict_table(d: dict, *, header=("item", "value")) -> str:
+    """Two-column table; nested dicts become ``parent / child`` rows, never a dict dump."""
     rows = "".join(
-        f'<tr><td class="l">{esc(k)}</td><td>{esc(_fmtv(v))}</td></tr>' for k, v in d.items()
+        f'<tr><td class="l">{esc(k)}</td><td>{esc(_fmtv(v))}</td></tr>'
+        for k, v in _flat_items(d)
     )
     return f'<table><tr><th class="l">{esc(header[0])}</th><th>{esc(header[1])}</th></tr>{rows}</table>'
 
 
 def _fmtv(v):
+    """A readable cell: floats to 4 significant digits, sequences and dicts spelled out."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmtv(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        items = [str(_fmtv(x)) for x in v[:8]]
+        more = f", ... ({len(v)} in all)" if len(v) > 8 else ""
+        return ", ".join(items) + more if items else "none"
     return v
 
 
