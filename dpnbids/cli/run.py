@@ -148,9 +148,10 @@ def _start_run_logs(config, run_id: str) -> Path:
 
 
 def _subject_locks(config, inputs):
-    import contextlib
+    """Per-subject (or group) locks in OUTPUT_DIR: the same subject never runs twice at once."""
+    from dpnbids.cli.locks import lock_names, run_locks
 
-    return contextlib.nullcontext()
+    return run_locks(config.execution.output_dir, lock_names(config, inputs))
 
 
 def _run_level(config, inputs, labels, writer) -> None:
