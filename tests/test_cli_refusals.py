@@ -150,3 +150,12 @@ def test_logs_and_pip_freeze_are_per_run(tiny_bids, tmp_path, capsys, no_compute
     assert len(list(logs.glob("dpnbids-participant-*.log"))) == 2
     pid = str(os.getpid())
     assert all(p.stem.endswith(pid) for p in logs.glob("pip-freeze-*.txt"))
+
+
+def test_group_without_participant_outputs_writes_nothing(tiny_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = _run([tiny_bids, out, "group", "--skip-bids-validation", "--folds", "2"],
+                     capsys)
+    _assert_refused(code, err, "run the participant level first")
+    assert list(out.iterdir()) == [], "no logs/ before the checks pass"
