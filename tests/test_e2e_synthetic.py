@@ -3,9 +3,9 @@
 One small template-space cohort (fMRIPrep-style derivatives) is generated
 once per module; participant then group levels run through the installed ``dpnbids`` CLI.
 Assertions: outputs pass bids-validator-deno, a planted effect is found
-(ASC AUC >= 0.85), the null cohort finds nothing (AUC within chance bounds,
-permutation p > 0.05), same seed -> identical predictions, the final model
-scores new patients, and a mismatched model is refused.
+(ASC AUC >= 0.85), same seed -> identical predictions, the final model
+scores new patients, and a mismatched model is refused. The null cohort (default flags,
+110-volume runs) is in tests/test_clinical_length.py.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from conftest import run_cli as main  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-#: Small but honest: 4 mm grid, 10 components; CV/epochs trimmed for CI time.
-FAST = ["--output-resolution", "4", "--n-components", "10", "--pca-dim", "20",
+#: Small but honest: 4 mm grid, the default (estimated) number of components; CV/epochs
+#: trimmed for CI time.
+FAST = ["--output-resolution", "4",
         "--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1"]
 #: CI trains for at most 25 epochs; with the paper's Adam epsilon (0.1) the VoxNet needs more
 #: (measured on this cohort: ASC AUC 0.75 at 25 epochs, linear SVM 0.97), so the tests use a
@@ -84,7 +85,7 @@ def test_participant_outputs_validate(planted):
     assert desc["DatasetType"] == "derivative"
     assert list((out / "logs").glob("config-participant-*.toml"))
     assert list((out / "logs").glob("config-group-*.toml"))
-    assert (out / "logs" / "pip-freeze.txt").exists()
+    assert list((out / "logs").glob("pip-freeze-*.txt"))
     assert (out / "sub-01.html").exists() and (out / "group.html").exists()
 
 
@@ -161,30 +162,6 @@ def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
                  str(synth.fmriprep_dir), "--participant-label", "01", "--model", str(other)])
     assert code == 2 and not bad_out.exists()
     assert "does not match" in main.last_stderr
-
-
-def test_null_cohort_finds_nothing(tmp_path):
-    """Labels independent of the images: nothing flagged, chance AUC, permutation p > 0.05."""
-    synth = _synth(tmp_path / "bids", null=True, seed=5, n_per_class=(10, 10))
-    out = tmp_path / "out"
-    _participant(synth, out, tmp_path / "work")
-    code = main([str(synth.bids_dir), str(out), "group", *FAST, "--fmriprep-dir",
-                 str(synth.fmriprep_dir), "-w", str(tmp_path / "work"), "--folds", "3",
-                 "--epochs", "5", "--patience", "3", "--n-bootstrap", "200",
-                 "--input-sets", "ASC", "--n-permutations", "19"])
-    assert code == 0
-    # no component differs between classes beyond the false-positive rate
-    comps = pd.read_csv(next((out / "group").glob("*_desc-ica_components.tsv")), sep="\t")
-    n_flagged = int((comps["p"] < 0.05).sum())
-    assert n_flagged <= 2, comps[["network", "p"]]
-    # no model, CNN or baseline, is far from chance
-    for model in ("cnn", "svm", "logreg"):
-        auc = _auc(out, "ASC", model)
-        print(f"null ASC/{model} AUC = {auc:.3f}")
-        assert 0.2 <= auc <= 0.8, (model, auc)
-    perm = json.loads((out / "group" / "metrics.json").read_text())["permutation"]["ASC"]
-    print(f"null ASC permutation p = {perm['p_value']:.3f}")
-    assert perm["n_permutations"] == 19 and perm["p_value"] > 0.05
 
 
 def test_same_seed_identical_predictions(planted, tmp_path):

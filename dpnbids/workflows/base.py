@@ -33,7 +33,7 @@ def check_participant_inputs(config, inputs) -> None:
     in seconds, instead of failing after the compute.
     """
     from dpnbids import bids
-    from dpnbids.preproc.checks import load_anat, load_bold
+    from dpnbids.preproc.checks import check_bold_has_signal, load_anat, load_bold
     from dpnbids.preproc.dof import builtin_run_dof
 
     n_maps = _n_group_maps(config)
@@ -52,6 +52,7 @@ def check_participant_inputs(config, inputs) -> None:
             load_anat(sub_inputs.t1w)
         else:
             for run in _fmriprep_runs(config, sub, sub_inputs):
+                check_bold_has_signal(run["bold"])
                 _check_confound_columns(config, run["confounds"])
                 _check_dof(config, Path(run["bold"]).name, fmriprep_run_dof(config, run),
                            n_maps)
@@ -104,11 +105,9 @@ def fmriprep_run_tr(run: dict) -> float:
     if run.get("bold_json"):
         meta = json.loads(Path(run["bold_json"]).read_text())
         if meta.get("RepetitionTime") is not None:
-            try:
-                return float(meta["RepetitionTime"])
-            except (TypeError, ValueError):
-                raise InputError(f"{run['bold_json']}: RepetitionTime is "
-                                 f"{meta['RepetitionTime']!r}; expected seconds.") from None
+            from dpnbids.preproc.checks import sidecar_repetition_time
+
+            return sidecar_repetition_time(meta["RepetitionTime"], name=Path(run["bold"]).name)
     tr = float(nib.load(run["bold"]).header["pixdim"][4])
     if not TR_RANGE_S[0] <= tr <= TR_RANGE_S[1]:
         raise InputError(f"{Path(run['bold']).name} has no RepetitionTime (no JSON sidecar "
@@ -680,4 +679,5 @@ def _describe_crashes(crashes, inputs) -> str:
         return ""
     parts = [f"sub-{s}: " + "; ".join(v) for s, v in sorted(failed.items())]
     return ("processing failed for " + ", ".join(f"sub-{s}" for s in sorted(failed)) +
-            " (the other subjects finished). Crash files:\n  " + "\n  ".join(parts))
+            (" (the other subjects finished)" if [x for x in inputs if x not in failed] else "")
+            + ". Crash files:\n  " + "\n  ".join(parts))
