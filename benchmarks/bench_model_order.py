@@ -22,23 +22,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
+import sys
 import time
+from pathlib import Path
 import tracemalloc
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import cpu_model  # noqa: E402
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+
 
 
 def ellipsoid(shape):

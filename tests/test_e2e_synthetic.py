@@ -178,3 +178,48 @@ def test_same_seed_identical_predictions(planted, tmp_path):
         outs.append(pd.read_csv(dest / "group" / "predictions.tsv", sep="\t"))
     pd.testing.assert_frame_equal(outs[0], outs[1])
     assert np.isfinite(outs[0]["probability"]).all()
+
+
+def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
+    """A group rerun killed mid-way (SIGKILL) changes nothing in group/ or group.html; the
+    next run removes its staging folder."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dpnbids.bundle import load_bundle
+    from dpnbids.workflows.group import STAGING_PREFIX, open_group_staging
+
+    synth, out, root = planted
+    dest = tmp_path / "out"
+    shutil.copytree(out, dest)
+
+    def digest():
+        files = sorted(p for p in (dest / "group").rglob("*") if p.is_file())
+        files.append(dest / "group.html")
+        return {str(p.relative_to(dest)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in files}
+
+    before = digest()
+    exe = str(Path(sys.executable).with_name("dpnbids"))
+    proc = subprocess.Popen([exe, str(synth.bids_dir), str(dest), "group", *FAST, *CV_FAST,
+                             "--fmriprep-dir", str(synth.fmriprep_dir), "-w",
+                             str(tmp_path / "w"), "--random-seed", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((dest / "group").glob("../" + STAGING_PREFIX
+                                                                     + "*/*ica_components*")):
+        time.sleep(0.5)
+    assert proc.poll() is None, "the group run ended before it could be killed"
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert digest() == before
+    assert load_bundle(dest / "group" / "model").n_components > 0
+    stale = list(dest.glob(STAGING_PREFIX + "*"))
+    assert stale  # left by the killed process ...
+    fresh = open_group_staging(dest)  # ... and removed by the next run
+    assert not [p for p in stale if p.exists()] and fresh.exists()

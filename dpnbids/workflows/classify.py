@@ -303,7 +303,10 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
             "analysis_grid": grid.reason if grid is not None else "",
             "ica_repeats": config.ica.ica_repeats, "folds": config.cnn.folds,
             "cv_repeats": config.cnn.cv_repeats, "epochs": config.cnn.epochs,
-            "random_seed": config.random_seed, "model_dir": str(bundle_dir or "")}
+            "random_seed": config.random_seed,
+            # where the model will be once the staged results are published
+            "model_dir": str(config.execution.output_dir / "group" / "model")
+            if bundle_dir else ""}
     notes = []
     if config.cnn.paper_faithful:
         notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
@@ -316,7 +319,8 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
                         histories=histories, permutation=perms, leakage_notes=notes,
                         timings=timings, command_line=config.execution.command_line,
                         model_order=order)
-    atomic_write_text(config.execution.output_dir / "group.html", html)
+    # staged with the rest of group/ and published with it (workflows.group)
+    atomic_write_text(group_dir / "group.html", html)
 
 
 def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_components):

@@ -217,7 +217,20 @@ def gica1_maps(config, writer, runs, ica, mask, affine, std) -> dict:
 
 
 def run_group_level(config, inputs, labels, writer) -> None:
-    """The whole group level."""
+    """The whole group level, staged: ``group/`` and group.html change only when it completes."""
+    import shutil
+
+    staging = open_group_staging(config.execution.output_dir)
+    try:
+        _group_level(config, inputs, labels, writer, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_group_staging(staging, config.execution.output_dir)
+
+
+def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
+    """Group ICA, dual regression, statistics and classification into ``group_dir``."""
     from dpnbids.group_pipeline import (analysis_grid, find_participant_outputs, group_mask,
                                         maps_to_img, resample_runs)
     from dpnbids.networks import match_networks, network_templates
@@ -241,7 +254,6 @@ def run_group_level(config, inputs, labels, writer) -> None:
     std = {"space": template, "cohort": cohort, "res": grid.res}
     space_text = template + (f":cohort-{cohort}" if cohort else "")
     mask = group_mask(runs, space=template if not cohort else None, resolution=grid.voxel_mm[0])
-    group_dir = config.execution.output_dir / "group"
     prefix = f"task-{config.selection.task_id}_space-{template}" + (
         f"_cohort-{cohort}" if cohort else "") + f"_res-{grid.res}"
 
@@ -315,6 +327,52 @@ def run_group_level(config, inputs, labels, writer) -> None:
                        maps=maps, mask=mask, affine=affine, ica=ica, comps_file=comps_file,
                        mask_file=mask_file, components_table=table, group_dir=group_dir,
                        prefix=prefix, grid=grid, space=space_text, order=order_record)
+
+
+STAGING_PREFIX = ".group-staging-"
+
+
+def open_group_staging(output_dir: Path) -> Path:
+    """A fresh staging folder for this run's group results (stale ones are removed).
+
+    A staging folder of a run whose process is gone (killed) is deleted; one of a
+    live process is another group run in progress and is left alone (the run
+    lock already refuses two group runs into one OUTPUT_DIR).
+    """
+    import os
+    import shutil
+
+    for old in Path(output_dir).glob(f"{STAGING_PREFIX}*"):
+        try:
+            pid = int(old.name[len(STAGING_PREFIX):])
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    staging = Path(output_dir) / f"{STAGING_PREFIX}{os.getpid()}"
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish_group_staging(staging: Path, output_dir: Path) -> Path:
+    """Swap a completed staging folder in as ``group/`` (and its report as group.html)."""
+    import os
+    import shutil
+
+    final = Path(output_dir) / "group"
+    old = Path(output_dir) / f".group-old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if (final / "group.html").exists():
+        os.replace(final / "group.html", Path(output_dir) / "group.html")
+    shutil.rmtree(old, ignore_errors=True)
+    LOGGER.info("group results published in %s", final)
+    return final
 
 
 def _template_note(template: str) -> str:

@@ -37,7 +37,9 @@ BIDSIGNORE = ("logs/", "group", "figures/", "*.html", "*_xfm.mat", "*_xfm.nii.gz
               "*_prediction.json", "*_timeseries.tsv", "*_timeseries.json", "*.lock",
               # BIDS allows cohort- only beside tpl- (atlases); fMRIPrep writes it after
               # space- for cohort templates (MNIPediatricAsym:cohort-1), and so do we
-              "*_cohort-*")
+              "*_cohort-*",
+              # a group run's staging folder (published as group/ when it completes)
+              ".group-*")
 
 
 def split_bids_name(filename: str | os.PathLike) -> tuple[dict, str, str]:
