@@ -246,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     g_ica.add_argument("--pca-dim", dest="pca_dim", type=_positive_int, default=64,
                        help="group PCA dimension (MIGP) before ICA")
     g_ica.add_argument("--n-components", dest="n_components", type=_n_components,
-                       default="auto",
+                       default=None,
                        help="number of independent components, or 'auto': estimated from the "
                             "data (see --dim-est) and capped by the smallest run's temporal "
-                            "degrees of freedom and --pca-dim; the paper used 30 "
-                            "(--paper-faithful uses 30 unless this is given)")
+                            "degrees of freedom and --pca-dim (default: auto; 30, the "
+                            "paper's, with --paper-faithful unless this is given)")
     g_ica.add_argument("--dim-est", dest="dim_est", choices=DIM_ESTIMATORS, default="lap",
                        help="model-order estimator of --n-components auto: Laplace (Minka "
                             "2000, MELODIC's default), MDL (GIFT; Li et al. 2007), AIC or BIC, "
@@ -342,8 +342,8 @@ def parse_args(argv=None):
             parser.error(f"--output-resolution res-{args.output_resolution}: a res label "
                          "selects fMRIPrep files (--fmriprep-dir); for the built-in "
                          "preprocessing give millimetres, e.g. --output-resolution 2")
-    if args.n_components == "auto" and args.paper_faithful:
-        args.n_components = 30  # the paper's fixed order
+    if args.n_components is None:  # not given: the paper's fixed order in paper mode
+        args.n_components = 30 if args.paper_faithful else "auto"
     if args.n_components != "auto" and args.pca_dim < args.n_components:
         parser.error(f"--pca-dim ({args.pca_dim}) must be >= --n-components "
                      f"({args.n_components}); lower --n-components or raise --pca-dim")
