@@ -63,19 +63,21 @@ with ``xfm_t1w_to_std`` maps template points to T1w points.
 
 Threads and seeds
 -----------------
-``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` is set to ``omp_nthreads`` and
-``random_seed`` is passed to every ``antsRegistration`` call (``--random-seed``).
-With ``omp_nthreads=1`` a run is bit-identical for a given seed (checked on the
-planted-affine image). With more threads ITK's multi-threaded metric sums are
-not order-stable: two 2-thread runs with the same seed differed by up to
-1.5 mm at single brain points, with normalised-mask Dice within 0.001.
-Use ``omp_nthreads=1`` when bit-for-bit reproducibility matters more than
-speed.
+ITK's thread count is ``omp_nthreads``, set by
+:func:`dpnbids.preproc.itk.pin_itk_threads` (ITK reads it once per process, at
+its first filter), and every ``antsRegistration`` call is seeded with
+``random_seed`` through :func:`dpnbids.preproc.itk.seeded_registration`
+(``--random-seed``). With ``omp_nthreads=1`` two runs are bit-identical (the
+CLI test ``tests/test_reproducibility.py``). With more threads ITK's
+multi-threaded metric sums are not order-stable: two 2-thread runs with the
+same seed differed by 0.1-0.2 mm (median over brain voxels) and up to 1.5 mm
+(at single voxels) in the normalisation warp, and their template-space brain
+masks had Dice 0.99. Use ``omp_nthreads=1`` when bit-for-bit reproducibility
+matters more than speed.
 """
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,7 @@ import numpy as np
 from scipy import ndimage
 
 from dpnbids.exceptions import DimensionError, InputError
+from dpnbids.preproc.itk import pin_itk_threads, seeded_registration
 
 LOGGER = logging.getLogger("dpnbids.preproc.anat")
 
@@ -204,24 +207,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _set_threads(omp_nthreads: int) -> None:
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(omp_nthreads))
-
-
-def _register(fixed, moving, *, type_of_transform, outprefix, random_seed, **kwargs):
-    """``ants.registration`` with a seed (ANTsPy reads it from ``ants.config``)."""
-    import ants
-    import ants.config
-
-    previous = ants.config._random_seed
-    ants.config._random_seed = int(random_seed)
-    try:
-        return ants.registration(fixed=fixed, moving=moving, type_of_transform=type_of_transform,
-                                 outprefix=str(outprefix), **kwargs)
-    finally:
-        ants.config._random_seed = previous
-
-
 # --------------------------------------------------------------------- main
 def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_resolution=2.0,
                     omp_nthreads=1, random_seed=0, registration="SyN") -> AnatResult:
@@ -273,7 +258,7 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
     name = Path(t1w_file).name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _set_threads(omp_nthreads)
+    pin_itk_threads(omp_nthreads)
     warnings: list[str] = []
 
     tpl_head = ants.image_read(str(get_template(space, _WORK_RESOLUTION, "T1w")))
@@ -298,8 +283,9 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
 
     # ---- brain extraction: template head -> T1w head at 2 mm
     with tempfile.TemporaryDirectory(prefix="dpnbids_bet_", dir=out) as tmp:
-        bet = _register(tpl_head, work_n4, type_of_transform=_BET_REGISTRATION,
-                        outprefix=Path(tmp) / "bet_", random_seed=random_seed)
+        bet = seeded_registration(tpl_head, work_n4, random_seed=random_seed,
+                                  type_of_transform=_BET_REGISTRATION,
+                                  outprefix=str(Path(tmp) / "bet_"))
         bet_affine = Path(tmp) / "bet_0GenericAffine.mat"
         prob = ants.apply_transforms(t1w_n4, tpl_mask_work, bet["invtransforms"],
                                      interpolator="linear", whichtoinvert=[True, False])
@@ -321,9 +307,10 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
         tpl_brain = tpl * tpl_mask
         step = max(float(template_resolution) / 2.0, float(min(t1w_n4.spacing)))
         moving = ants.resample_image(brain, (step,) * 3, False, 0)
-        reg = _register(tpl_brain, moving, type_of_transform=registration,
-                        outprefix=out / "t1w_to_std_", random_seed=random_seed,
-                        initial_transform=[str(bet_affine)])
+        reg = seeded_registration(tpl_brain, moving, random_seed=random_seed,
+                                  type_of_transform=registration,
+                                  outprefix=str(out / "t1w_to_std_"),
+                                  initial_transform=[str(bet_affine)])
     fwd = [str(p) for p in reg["fwdtransforms"]]
     inv = [str(p) for p in reg["invtransforms"]]
 

@@ -20,7 +20,6 @@ Conventions
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from dpnbids.exceptions import InputError
 from dpnbids.nifti_io import save_nifti
+from dpnbids.preproc.itk import pin_itk_threads, seeded_registration
 
 LOGGER = logging.getLogger("dpnbids.preproc.bold")
 
@@ -165,10 +165,6 @@ def _to_ants(data: np.ndarray, affine: np.ndarray):
                            direction=direction)
 
 
-def _set_threads(omp_nthreads: int) -> None:
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(omp_nthreads))
-
-
 def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads=1,
                          random_seed=0) -> HMCResult:
     """Rigid head-motion estimation of every volume against a reference.
@@ -184,9 +180,14 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
     out_dir : str or Path
     reference : "median" or int
     omp_nthreads : int
+        ITK threads (:func:`dpnbids.preproc.itk.pin_itk_threads`: ITK reads the count
+        once per process).
     random_seed : int
-        Seeds ANTs' metric sampling; results are deterministic for a seed and a number
-        of threads.
+        Seeds antsRegistration's metric sampling
+        (:func:`dpnbids.preproc.itk.seeded_registration`). With one thread the result is
+        bit-identical for a seed; with more, ITK's threaded metric sums are not
+        order-stable and the parameters differ by a few hundredths of a mm or degree
+        (README, Reproducibility).
 
     Returns
     -------
@@ -200,7 +201,7 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _set_threads(omp_nthreads)
+    pin_itk_threads(omp_nthreads)
     img = _load_bold4d(bold_file)
     data = np.asarray(img.dataobj, dtype=np.float32)
     n_vols = data.shape[3]
@@ -220,12 +221,12 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
     tmp.mkdir(exist_ok=True)
     for t in range(n_vols):
         moving = _to_ants(data[..., t], img.affine)
-        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid",
-                                aff_metric="mattes", aff_sampling=32,
-                                aff_random_sampling_rate=0.3,
-                                aff_iterations=(20, 5), aff_shrink_factors=(2, 1),
-                                aff_smoothing_sigmas=(1, 0), random_seed=int(random_seed),
-                                outprefix=str(tmp / f"vol{t:04d}_"))
+        reg = seeded_registration(fixed, moving, random_seed=random_seed,
+                                  type_of_transform="Rigid", aff_metric="mattes",
+                                  aff_sampling=32, aff_random_sampling_rate=0.3,
+                                  aff_iterations=(20, 5), aff_shrink_factors=(2, 1),
+                                  aff_smoothing_sigmas=(1, 0),
+                                  outprefix=str(tmp / f"vol{t:04d}_"))
         matrices[t] = read_ants_affine(reg["fwdtransforms"][0])
         corrected[..., t] = reg["warpedmovout"].numpy()
         for f in reg["fwdtransforms"] + reg["invtransforms"]:
@@ -321,6 +322,9 @@ def coregister_bold_to_t1w(bold_ref_file, t1w_brain_file, t1w_mask_file=None, ou
     A warning is issued when MI improves by less than 5 % over header alignment or the
     final MI is weak (``cost_final > -0.1``): "BOLD and T1w may come from different
     subjects".
+
+    ``random_seed`` seeds the metric sampling and ``omp_nthreads`` sets ITK's threads,
+    as in :func:`estimate_head_motion` (bit-identical with one thread).
     """
     import ants
 
@@ -328,7 +332,7 @@ def coregister_bold_to_t1w(bold_ref_file, t1w_brain_file, t1w_mask_file=None, ou
         raise InputError(f"dof={dof}; only 6 (rigid) coregistration is implemented.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _set_threads(omp_nthreads)
+    pin_itk_threads(omp_nthreads)
     t1w = ants.image_read(str(t1w_brain_file))
     t1w = ants.resample_image(t1w, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
     mask = None
@@ -338,11 +342,10 @@ def coregister_bold_to_t1w(bold_ref_file, t1w_brain_file, t1w_mask_file=None, ou
     ref = ants.image_read(str(bold_ref_file))
     at_identity = ants.resample_image_to_target(ref, t1w, interp_type="linear")
     cost_identity = float(ants.image_mutual_information(t1w, at_identity))
-    reg = ants.registration(fixed=t1w, moving=ref, type_of_transform="Rigid", mask=mask,
-                            aff_metric="mattes", aff_iterations=(200, 100, 50),
-                            aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
-                            random_seed=int(random_seed),
-                            outprefix=str(out_dir / "coreg_"))
+    reg = seeded_registration(t1w, ref, random_seed=random_seed, type_of_transform="Rigid",
+                              mask=mask, aff_metric="mattes", aff_iterations=(200, 100, 50),
+                              aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
+                              outprefix=str(out_dir / "coreg_"))
     cost_final = float(ants.image_mutual_information(t1w, reg["warpedmovout"]))
     xfm_file = out_dir / "from-boldref_to-T1w_xfm.mat"
     Path(reg["fwdtransforms"][0]).replace(xfm_file)
@@ -381,7 +384,7 @@ def resample_bold_to_std(bold_file, out_file, *, hmc_matrices_file, coreg_xfm, a
     """
     import ants
 
-    _set_threads(omp_nthreads)
+    pin_itk_threads(omp_nthreads)
     img = _load_bold4d(bold_file)
     matrices = np.load(str(hmc_matrices_file))
     n_vols = img.shape[3]

@@ -650,9 +650,16 @@ def _subject_report(subject, output_dir, runs, anat, space, resolution):
 
 
 def run_participant_level(config, inputs, writer) -> None:
-    """Build and run the participant workflow; name failed subjects on failure."""
-    from dpnbids.config import prepare_nipype
+    """Build and run the participant workflow; name failed subjects on failure.
 
+    ITK's thread count is pinned here, before any node runs: ITK reads it once per
+    process, so nodes run in this process (Linear) and MultiProc workers (forked from a
+    forkserver that inherits this environment) all start ITK with ``--omp-nthreads``.
+    """
+    from dpnbids.config import prepare_nipype
+    from dpnbids.preproc.itk import pin_itk_threads
+
+    pin_itk_threads(config.execution.omp_nthreads)
     logs = config.execution.output_dir / "logs"
     prepare_nipype(config, {"stop_on_first_crash": config.execution.stop_on_first_crash,
                             "remove_unnecessary_outputs": False})
