@@ -142,3 +142,45 @@ def test_written_layout_passes_bids_validator(tmp_path):
     w.write_dataset_description(bids_dir=tmp_path)
     proc = run_validator(w.output_dir)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from dpnbids.workflows.outputs import _atomic_path
+with _atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.write_bytes(b"half")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_killed_writers_temporary_is_removed_and_live_ones_kept(tmp_path):
+    """A writer killed (SIGKILL) mid-write leaves only a hidden temporary beside the old
+    file; :func:`remove_stale_temporaries` removes it, and keeps a live writer's and
+    another host's."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from dpnbids.workflows.outputs import is_stale_temporary, remove_stale_temporaries
+
+    target = tmp_path / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
+    atomic_write_bytes(target, b"old")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(target)],
+                            stdout=subprocess.PIPE, text=True)
+    left = tmp_path / proc.stdout.readline().strip()
+    assert left.exists() and proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    live = target.with_name(f".tmp-x.tsv~{os.getpid()}@{socket.gethostname()}~abc.tsv")
+    elsewhere = target.with_name(f".tmp-y.tsv~{proc.pid}@not-{socket.gethostname()}~abc.tsv")
+    live.write_text("being written")
+    elsewhere.write_text("another host's run")
+    assert is_stale_temporary(left) and not is_stale_temporary(live)
+    assert not is_stale_temporary(elsewhere) and not is_stale_temporary(target)
+    assert remove_stale_temporaries(tmp_path) == [left]
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(
+        [target.name, live.name, elsewhere.name])
+    assert target.read_bytes() == b"old"

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from dpnbids.exceptions import InputError
+from dpnbids.workflows.outputs import pid_alive
 
 LOGGER = logging.getLogger("dpnbids.locks")
 
@@ -45,23 +46,6 @@ def _read_owner(lock_file: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return owner if isinstance(owner, dict) else {}
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process with this PID runs on this host (a zombie counts as running)."""
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
 
 
 def _describe(owner: dict) -> str:

@@ -155,6 +155,10 @@ def _subject_locks(config, inputs):
 
 
 def _run_level(config, inputs, labels, writer) -> None:
+    from dpnbids.workflows.outputs import remove_stale_temporaries
+
+    for path in remove_stale_temporaries(config.execution.output_dir):
+        LOGGER.info("removed %s, left by a killed run", path)
     if config.execution.analysis_level == "participant":
         from dpnbids.workflows.base import run_participant_level
 

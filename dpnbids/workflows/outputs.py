@@ -4,7 +4,8 @@ Every output path is built here from BIDS entities (the source file's entities
 plus ``space``/``res``/``desc``/``suffix``), and every file is written
 atomically: content goes to a hidden temporary file in the destination folder,
 then :func:`os.replace` moves it under its final name, so a killed run never
-leaves a truncated file under a final name.  Files shared by concurrent
+leaves a truncated file under a final name; the temporary file it leaves names its
+writer and is removed by the next run (:func:`remove_stale_temporaries`).  Files shared by concurrent
 participant jobs on one OUTPUT_DIR (``dataset_description.json``,
 ``.bidsignore``) are updated under a file lock.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +91,7 @@ def _atomic_path(target: Path):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -99,6 +101,56 @@ def _atomic_path(target: Path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TEMP_PREFIX = ".tmp-"
+#: ``.tmp-<final name>~<pid>@<host>~<random><ext>``: the writer is named, so a dead
+#: writer's file can be told from a live one's
+_TEMP_OWNER = re.compile(r"~(\d+)@([^~/]+)~")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f"{TEMP_PREFIX}{target.name}~{os.getpid()}@{socket.gethostname()}~"
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this PID runs on this host (a zombie counts as running)."""
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A temporary file of :func:`_atomic_path` whose writer, on this host, has died."""
+    name = Path(path).name
+    match = _TEMP_OWNER.search(name) if name.startswith(TEMP_PREFIX) else None
+    return bool(match) and match.group(2) == socket.gethostname() \
+        and not pid_alive(match.group(1))
+
+
+def remove_stale_temporaries(output_dir) -> list[Path]:
+    """Delete the temporary files that killed writers left in OUTPUT_DIR; return them.
+
+    A SIGKILL between :func:`_atomic_path`'s create and rename leaves a hidden
+    ``.tmp-<final name>~<pid>@<host>~*`` beside the final file (never a file under the
+    final name). Only files whose writer ran on this host and is gone are removed; a
+    live run's, or another host's, are left alone.
+    """
+    found = sorted(p for p in Path(output_dir).rglob(f"{TEMP_PREFIX}*")
+                   if p.is_file() and is_stale_temporary(p))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> Path:
