@@ -91,6 +91,7 @@ class ICAConfig:
     n_components: int | str = "auto"
     dim_est: str = "lap"
     ica_repeats: int = 1
+    ica_contrast: str = "auto"
     back_projection: str = "dual_regression"
     group_maps: Path | None = None
     ssc_p: float = 0.1
@@ -236,7 +237,7 @@ def config_from_args(args, argv=None) -> Config:
         fd_thresh=args.fd_thresh or None)
     ica = ICAConfig(
         pca_dim=args.pca_dim, n_components=args.n_components, dim_est=args.dim_est,
-        ica_repeats=args.ica_repeats,
+        ica_repeats=args.ica_repeats, ica_contrast=args.ica_contrast,
         back_projection=args.back_projection, group_maps=args.group_maps, ssc_p=args.ssc_p,
         component_threshold=args.component_threshold)
     cnn = CNNConfig(

@@ -229,15 +229,82 @@ def migp(subject_loader: Callable[[int], np.ndarray], n_subjects: int, *, dim: i
 
 
 # --------------------------------------------------------------------------- ICA
+#: FastICA contrasts (``--ica-contrast``). "auto" runs "skew" and "cube" from
+#: the same start and keeps the solution with the larger total negentropy.
+CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+_AUTO_CANDIDATES = ("skew", "cube")
+
+
+def _skew_contrast(x):
+    """FastICA contrast G(u) = u^3 / 3 (skewness): returns g(u) = u^2 and mean g'(u)."""
+    return x * x, (2.0 * x).mean(axis=-1)
+
+
+def _gauss_logcosh() -> float:
+    """E[log cosh(nu)] for a standard normal nu (Gauss-Hermite quadrature, 0.374567...)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(101)
+    return float(np.sum(weights * np.log(np.cosh(nodes))) / np.sqrt(2 * np.pi))
+
+
+_GAUSS_LOGCOSH = _gauss_logcosh()
+
+
+def negentropy(sources) -> np.ndarray:
+    """Negentropy approximation of each row: ``(E[log cosh y] - E[log cosh nu])^2``.
+
+    Hyvarinen's (1999) one-term approximation, with every row standardised
+    first (zero mean, unit variance) and ``nu`` standard normal. It is 0 for
+    a Gaussian row and grows with non-Gaussianity of either sign of skew or
+    kurtosis; FastICA maximises it, whatever contrast it uses to get there.
+
+    Parameters
+    ----------
+    sources : array_like, shape (K, V)
+
+    Returns
+    -------
+    ndarray, shape (K,)
+    """
+    s = _standardise_rows(_check_2d(sources, "sources").astype(np.float64))
+    s *= np.sqrt(s.shape[1])
+    return (np.log(np.cosh(s)).mean(axis=1) - _GAUSS_LOGCOSH) ** 2
+
+
+def _fastica_run(X, n_components, fun, random_state, max_iter, tol):
+    from sklearn.decomposition import FastICA
+    from sklearn.exceptions import ConvergenceWarning
+
+    ica = FastICA(n_components=int(n_components), whiten="unit-variance",
+                  fun=_skew_contrast if fun == "skew" else fun, whiten_solver="eigh",
+                  max_iter=int(max_iter), tol=float(tol), random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sources = ica.fit_transform(X.T)
+    return np.ascontiguousarray(sources.T), ica.mixing_, ica.n_iter_ < max_iter
+
+
 def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
-            tol: float = 1e-4, fun: str = "cube") -> tuple[np.ndarray, np.ndarray]:
+            tol: float = 1e-4, fun: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Spatial FastICA of reduced data (sources are spatial maps).
 
     Wraps :class:`sklearn.decomposition.FastICA` (parallel algorithm,
     ``whiten="unit-variance"``, eigen-solver whitening) with voxels as samples.
-    The default contrast is ``"cube"`` (MELODIC's default ``pow3``): on sparse,
-    non-negative planted networks ``"logcosh"`` and ``"exp"`` converge to 45-degree
-    mixtures of two networks for a fraction of seeds, ``"cube"`` does not.
+
+    Contrasts: ``"cube"`` is MELODIC's default ``pow3`` (kurtosis);
+    ``"skew"`` is G(u) = u^3/3, suited to the positively skewed spatial maps of
+    networks; ``"logcosh"`` and ``"exp"`` are sklearn's. The default
+    ``"auto"`` runs ``"skew"`` and ``"cube"`` from the same seeded start and
+    keeps the one whose sources have the larger total :func:`negentropy`, the
+    quantity every contrast approximates, so the choice is made by the data,
+    not by the contrast. Why: the parallel ``"cube"`` iteration can cycle
+    without converging when two networks have similar kurtosis. Measured on
+    43 denoised 110-volume runs at 5 components it stopped at 200-2000
+    iterations on default-mode/sensorimotor mixtures (best |r| 0.72-0.91 over
+    seeds), while ``"skew"`` converged in 4-6 iterations to the same solution
+    from every seed (|r| 0.918, against 0.925 reachable in that PCA subspace)
+    with larger negentropy *and* larger kurtosis than every ``"cube"`` run.
+    ``"logcosh"`` and ``"exp"`` converge to 45-degree mixtures of two
+    networks for a fraction of seeds.
 
     Parameters
     ----------
@@ -246,10 +313,11 @@ def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
     n_components : int
         Number of independent components K.
     random_state : int or None
-        Seed of FastICA's initial unmixing matrix.
+        Seed of FastICA's initial unmixing matrix (the same for every candidate
+        of ``"auto"``).
     max_iter, tol : int, float
         FastICA stopping rule.
-    fun : {"cube", "logcosh", "exp"}
+    fun : {"auto", "cube", "skew", "logcosh", "exp"}
         FastICA contrast function.
 
     Returns
@@ -259,9 +327,6 @@ def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
     mixing : ndarray, shape (P, K)
         ``X - X.mean(axis=1, keepdims=True) ~= mixing @ components``.
     """
-    from sklearn.decomposition import FastICA
-    from sklearn.exceptions import ConvergenceWarning
-
     X = _check_2d(X, "X")
     p, v = X.shape
     if not 1 <= int(n_components) <= p:
@@ -271,19 +336,22 @@ def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
     if v <= p:
         raise DimensionError(f"spatial ICA needs more voxels than dimensions; received {v} "
                              f"voxels for {p} dimensions.")
-    if fun not in ("cube", "logcosh", "exp"):
-        raise InputError(f"fun must be 'cube', 'logcosh' or 'exp'; received {fun!r}.")
-    ica = FastICA(n_components=int(n_components), whiten="unit-variance", fun=fun,
-                  whiten_solver="eigh", max_iter=int(max_iter), tol=float(tol),
-                  random_state=random_state)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        sources = ica.fit_transform(X.T)
-    if ica.n_iter_ >= max_iter:
-        warnings.warn(f"FastICA did not converge in {max_iter} iterations (tol={tol}); "
-                      "components may be unstable. Consider --ica-repeats.", RuntimeWarning,
-                      stacklevel=2)
-    return np.ascontiguousarray(sources.T), ica.mixing_
+    if fun not in CONTRASTS:
+        raise InputError(f"fun must be one of {', '.join(CONTRASTS)}; received {fun!r}.")
+    candidates = _AUTO_CANDIDATES if fun == "auto" else (fun,)
+    best = None
+    for name in candidates:
+        sources, mixing, converged = _fastica_run(X, n_components, name, random_state,
+                                                  max_iter, tol)
+        score = float(negentropy(sources).sum())
+        if best is None or score > best[0]:
+            best = (score, sources, mixing, converged, name)
+    _, sources, mixing, converged, name = best
+    if not converged:
+        warnings.warn(f"FastICA ({name}) did not converge in {max_iter} iterations "
+                      f"(tol={tol}); components may be unstable. Consider --ica-repeats.",
+                      RuntimeWarning, stacklevel=2)
+    return sources, mixing
 
 
 def _standardise_rows(a: np.ndarray) -> np.ndarray:
@@ -293,7 +361,7 @@ def _standardise_rows(a: np.ndarray) -> np.ndarray:
 
 
 def icasso(X, n_components: int, *, n_repeats: int = 10, random_state=None,
-           max_iter: int = 200, tol: float = 1e-4, fun: str = "cube"
+           max_iter: int = 200, tol: float = 1e-4, fun: str = "auto"
            ) -> tuple[np.ndarray, np.ndarray]:
     """ICASSO: repeat FastICA, cluster the estimates, return centrotypes and stability.
 
@@ -492,7 +560,7 @@ class GroupICA:
         MIGP internal dimension; default ``2 * pca_dim``.
     max_iter, tol : int, float
         FastICA stopping rule.
-    fun : {"cube", "logcosh", "exp"}
+    fun : {"auto", "cube", "skew", "logcosh", "exp"}
         FastICA contrast (see :func:`fastica`).
     dim_est : {"lap", "bic", "mdl", "aic"}
         Model-order criterion for ``n_components="auto"`` (MELODIC's default
@@ -543,7 +611,7 @@ class GroupICA:
     """
 
     def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=200, tol=1e-4, fun="cube", dim_est="lap",
+                 internal_dim=None, max_iter=200, tol=1e-4, fun="auto", dim_est="lap",
                  max_components=None, mask=None):
         self.n_components = n_components
         self.pca_dim = pca_dim

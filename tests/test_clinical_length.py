@@ -5,12 +5,12 @@ about 19 temporal degrees of freedom, fewer than the paper's 30 components.
 With the default ``--n-components auto`` the group level completes, the
 estimated order is recorded, and every planted network is recovered by its
 own component against the signal the generator planted (its maps times grey
-matter, smoothed 5 mm). The floor is |r| >= 0.85, not 0.9: at the estimated
-order (5, the planted number) FastICA separates the default-mode and
-sensorimotor networks of these 110-volume runs to |r| 0.84-0.92 depending on
-the seed (the other three 0.90-0.94); nilearn's CanICA with 5 components
-reaches 0.90-0.94 on the same data, and ours with 6 components 0.90-0.94
-(benchmarks/README.md). A null cohort (labels independent of
+matter, smoothed 5 mm) with |r| >= 0.9, the issue's floor. At the estimated
+order (5, the planted number) the default FastICA contrast ("auto": skew or
+cube, whichever gives the larger negentropy) reaches 0.90-0.94 for every
+network and every seed; "cube" alone cycled without converging on the
+default-mode/sensorimotor pair (0.72-0.91 over seeds; benchmarks/README.md).
+A null cohort (labels independent of
 the images) stays at chance. Only the cross-validation is trimmed (folds and
 epochs) to fit CI.
 """
@@ -82,8 +82,7 @@ def test_default_group_level_completes_and_recovers_networks(tmp_path):
     ref = np.moveaxis(np.asarray(planted.dataobj), -1, 0)[:, mask]
     r = np.abs(_z(ref) @ _z(comps).T)
     print("best |r| per planted network:", dict(zip(params.networks, r.max(axis=1).round(3))))
-    assert (r.max(axis=1) >= 0.85).all()
-    assert np.median(r.max(axis=1)) >= 0.9
+    assert (r.max(axis=1) >= 0.9).all()
     assert len(set(r.argmax(axis=1).tolist())) == len(params.networks)  # one each
     table = pd.read_csv(next(group.glob("*_desc-ica_components.tsv")), sep="\t")
     assert set(params.networks) <= set(table["network"])
@@ -107,6 +106,8 @@ def test_null_cohort_finds_nothing(tmp_path):
         auc = roc_auc_score(sel["true_label"], sel["probability"])
         print(f"null ASC/{model} AUC = {auc:.3f}")
         assert 0.2 <= auc <= 0.8, (model, auc)
+        if model == "cnn":  # the issue's bound for the classifier under test
+            assert abs(auc - 0.5) <= 0.15, auc
     perm = json.loads((out / "group" / "metrics.json").read_text())["permutation"]["ASC"]
     print(f"null ASC permutation p = {perm['p_value']:.3f}")
     assert perm["n_permutations"] == 19 and perm["p_value"] > 0.05

@@ -20,6 +20,7 @@ SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
 DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
+ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")  # dpnbids.ica.CONTRASTS
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 
@@ -257,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "with a correction for spatial smoothness")
     g_ica.add_argument("--ica-repeats", dest="ica_repeats", type=_positive_int, default=1,
                        help="FastICA runs clustered ICASSO-style for a stability index (1: no reruns)")
+    g_ica.add_argument("--ica-contrast", dest="ica_contrast", choices=ICA_CONTRASTS,
+                       default="auto",
+                       help="FastICA contrast: auto (default) runs skew and cube from one start "
+                            "and keeps the solution with the larger negentropy; cube is "
+                            "MELODIC's pow3")
     g_ica.add_argument("--back-projection", dest="back_projection", choices=BACK_PROJECTIONS,
                        default="dual_regression",
                        help="how subject maps are obtained: dual regression (FSL) or GIFT's GICA1")

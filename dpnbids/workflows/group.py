@@ -53,6 +53,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     auto = config.ica.n_components == "auto"
     ica = GroupICA(n_components="auto" if auto else int(config.ica.n_components),
                    pca_dim=config.ica.pca_dim, n_repeats=config.ica.ica_repeats,
+                   fun=config.ica.ica_contrast,
                    random_state=config.seed("ica"), dim_est=config.ica.dim_est,
                    max_components=cap if auto else None, mask=mask if auto else None)
     ica.fit(loader, len(runs), subject_ids=[r.key for r in runs])
@@ -313,7 +314,8 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
         "summary": f"mean stage-2 {CLASSIFIER_FEATURE} value within the component's group map "
                    f"thresholded at z > {config.ica.component_threshold}",
         "n_components": int(ica.components_.shape[0]), "pca_dim": config.ica.pca_dim,
-        "ica_repeats": config.ica.ica_repeats, "seed": config.seed("ica"),
+        "ica_repeats": config.ica.ica_repeats, "ica_contrast": config.ica.ica_contrast,
+        "seed": config.seed("ica"),
         "ModelOrder": order_record,
         "NetworkLabels": "Seitzman et al. (2018) network coordinates in MNI space, rendered "
                          f"on this grid; {_template_note(template)}",
