@@ -94,7 +94,7 @@ def main(argv=None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    from dpnbids.model import build_voxnet, cnn_grid, default_cnn_voxel_size
+    from dpnbids.learn.model import build_voxnet, cnn_grid, default_cnn_voxel_size
 
     vs = args.voxel_size or default_cnn_voxel_size
     shape, _ = cnn_grid(vs)

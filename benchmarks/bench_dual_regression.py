@@ -1,7 +1,7 @@
 """Dual regression throughput: 43 subjects inside the 2 mm brain mask, K = 30.
 
 Each subject's data (T x ~235k voxels, float32) are generated before the
-clock starts; only :func:`dpnbids.dual_regression.dual_regression` (stage 1,
+clock starts; only :func:`dpnbids.analysis.dual_regression.dual_regression` (stage 1,
 stage 2, t -> z) is timed. Prints total and per-subject seconds and the peak
 RSS of the process. One process, the BLAS threads the machine gives.
 
@@ -31,8 +31,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from dpnbids.dual_regression import dual_regression
-    from dpnbids.ica import variance_normalise
+    from dpnbids.analysis.dual_regression import dual_regression
+    from dpnbids.analysis.ica import variance_normalise
     from dpnbids.templates import load_template
 
     mask = np.asarray(load_template("MNI152NLin2009aSym", args.res, "mask").dataobj) > 0.5

@@ -2,9 +2,9 @@
 
 Synthetic data: template-space 4D NIfTI runs inside the MNI152NLin2009aSym
 brain mask with planted networks (the Seitzman 2018 network templates of
-:func:`dpnbids.networks.network_templates`, 6 mm Gaussian blobs at the ROIs,
+:func:`dpnbids.analysis.networks.network_templates`, 6 mm Gaussian blobs at the ROIs,
 scaled to a peak of 0.7; white noise scaled so every voxel has unit variance;
-AR(1) time courses that differ between subjects). If ``dpnbids.synthetic`` is available
+AR(1) time courses that differ between subjects). If ``dpnbids.sim.generator`` is available
 and ``--source synthetic`` is given, its fMRIPrep-style outputs and truth maps
 are used instead.
 
@@ -14,7 +14,7 @@ peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); recovery is the best
 
 Methods (same n_components, no smoothing, both read the NIfTI files):
 
-* ``ours``: :class:`dpnbids.ica.GroupICA` (MIGP, pca_dim 64, one FastICA run);
+* ``ours``: :class:`dpnbids.analysis.ica.GroupICA` (MIGP, pca_dim 64, one FastICA run);
 * ``ours-icasso10``: the same with ``n_repeats=10`` (ICASSO);
 * ``canica``: nilearn ``CanICA`` with its defaults (n_init=10, do_cca=True)
   except ``smoothing_fwhm=None`` and ``threshold=None`` (unthresholded maps,
@@ -52,7 +52,7 @@ def make_data(out: Path, *, subjects, volumes, res, n_networks, seed):
 
     from dpnbids.templates import load_template
 
-    from dpnbids.networks import network_templates
+    from dpnbids.analysis.networks import network_templates
 
     rng = np.random.default_rng(seed)
     mimg = load_template("MNI152NLin2009aSym", res, "mask")
@@ -87,10 +87,10 @@ def make_data(out: Path, *, subjects, volumes, res, n_networks, seed):
 
 
 def make_synthetic(out: Path, *, subjects, volumes, res, seed):
-    """Use dpnbids.synthetic (template mode) if present."""
+    """Use dpnbids.sim.generator (template mode) if present."""
     import nibabel as nib
 
-    from dpnbids import synthetic
+    from dpnbids.sim import generator as synthetic
 
     params = synthetic.SynthParams(n_subjects=subjects, n_volumes=volumes, resolution=res,
                                    seed=seed)
@@ -118,8 +118,8 @@ def run_method(method: str, data_dir: Path, n_components: int, seed: int,
     mask = np.asarray(mask_img.dataobj) > 0
     started = time.perf_counter()
     if method.startswith("ours"):
-        from dpnbids.group_pipeline import load_run_matrix
-        from dpnbids.ica import GroupICA
+        from dpnbids.analysis.masking import load_run_matrix
+        from dpnbids.analysis.ica import GroupICA
 
         repeats = 10 if method.endswith("icasso10") else 1
         ica = GroupICA(n_components=n_components, pca_dim=pca_dim, n_repeats=repeats,

@@ -41,7 +41,7 @@ def _unit_rows(a):
 
 def prepare(root: Path) -> None:
     """Synthetic cohort + participant level (skipped when ``root/out`` exists)."""
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     if (root / "out").exists():
         return
@@ -57,8 +57,9 @@ def load(root: Path):
     """(group PCA maps, planted reference maps) of the cohort under ``root``."""
     import nibabel as nib
 
-    from dpnbids.group_pipeline import find_participant_outputs, group_mask, load_run_matrix
-    from dpnbids.ica import _migp, variance_normalise
+    from dpnbids.workflows.inputs import find_participant_outputs
+    from dpnbids.analysis.masking import group_mask, load_run_matrix
+    from dpnbids.analysis.ica import _migp, variance_normalise
     from dpnbids.preproc.signal import smooth
     from dpnbids.templates import load_template
 
@@ -80,7 +81,7 @@ def load(root: Path):
 def main(argv=None) -> int:
     from sklearn.decomposition import FastICA
 
-    from dpnbids.ica import _skew_contrast, fastica, negentropy
+    from dpnbids.analysis.ica import _skew_contrast, fastica, negentropy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=None)

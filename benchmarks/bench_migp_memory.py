@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from dpnbids.ica import GroupICA
+    from dpnbids.analysis.ica import GroupICA
     from dpnbids.templates import load_template
 
     mask = np.asarray(load_template("MNI152NLin2009aSym", args.res, "mask").dataobj) > 0.5

@@ -44,7 +44,7 @@ def ellipsoid(shape):
 
 
 def main(argv=None):
-    from dpnbids.model_order import estimate_group_order
+    from dpnbids.analysis.model_order import estimate_group_order
     from dpnbids.preproc.signal import fft_bandpass
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

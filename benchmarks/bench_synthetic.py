@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dpnbids.synthetic import SynthParams, generate_dataset
+from dpnbids.sim.generator import SynthParams, generate_dataset
 
 
 def _size_mb(path: Path) -> float:

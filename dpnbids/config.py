@@ -266,7 +266,7 @@ def nipype_poll_seconds(plugin: str) -> float:
 
 #: Modules the forkserver imports once, so each nipype worker starts in milliseconds.
 FORKSERVER_PRELOAD = ["numpy", "scipy.ndimage", "nibabel", "pandas", "nipype.pipeline.engine",
-                      "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.group_pipeline"]
+                      "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.analysis.dual_regression"]
 
 
 def prepare_nipype(config: "Config", execution: dict | None = None) -> None:

@@ -1,8 +1,8 @@
 """Thin nipype interfaces over the pure functions of dpnbids.
 
 Each interface only moves file names and simple values in and out; the
-maths lives in :mod:`dpnbids.preproc`, :mod:`dpnbids.ica`,
-:mod:`dpnbids.dual_regression` and friends, which never import nipype.
+maths lives in :mod:`dpnbids.preproc`, :mod:`dpnbids.analysis.ica`,
+:mod:`dpnbids.analysis.dual_regression` and friends, which never import nipype.
 """
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ class DualRegression(SimpleInterface):
     output_spec = _DualRegOutputSpec
 
     def _run_interface(self, runtime):
-        from dpnbids.group_pipeline import dual_regress_file
+        from dpnbids.analysis.dual_regression import dual_regress_file
 
         self._results.update(dual_regress_file(self.inputs.bold_file, self.inputs.group_maps,
                                                self.inputs.mask_file, out_dir=_cwd()))
@@ -243,7 +243,7 @@ class DerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from dpnbids.workflows.outputs import DerivativesWriter
+        from dpnbids.derivatives import DerivativesWriter
 
         inp = self.inputs
         writer = DerivativesWriter(inp.output_dir)

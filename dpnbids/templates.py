@@ -27,7 +27,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .exceptions import InputError
+from dpnbids.exceptions import InputError
 
 DEFAULT_SPACE = "MNI152NLin2009aSym"
 _NILEARN_SPACE = "MNI152NLin2009aSym"
@@ -49,6 +49,8 @@ def templateflow_home() -> Path:
 
 
 def _res_label(resolution: float) -> str:
+    """TemplateFlow's file-name label ('01', '02', '1p5mm'), not a BIDS derivative's
+    ``res-`` label (:func:`dpnbids.derivatives.res_label`): TemplateFlow zero-pads."""
     resolution = float(resolution)
     if resolution.is_integer():
         return f"{int(resolution):02d}"

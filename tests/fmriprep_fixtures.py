@@ -33,7 +33,7 @@ subject may have its own list so a cohort can mix grids):
 
 The signal is cheap but not trivial: an ellipsoidal brain with grey matter,
 white matter and ventricles; a few networks of Gaussian blobs at
-:func:`dpnbids.networks.load_network_coordinates` coordinates with
+:func:`dpnbids.analysis.networks.load_network_coordinates` coordinates with
 band-limited time courses (0.01-0.08 Hz); a responder effect on the
 amplitude of ``effect_network``; non-steady-state volumes; motion spikes
 that scale the whole brain on the high-FD volumes; a linear drift and noise.
@@ -49,7 +49,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from dpnbids.networks import load_network_coordinates, render_gaussians
+from dpnbids.analysis.networks import load_network_coordinates, render_gaussians
 from dpnbids.nifti_io import save_nifti
 
 FMRIPREP_VERSION = "23.2.1"

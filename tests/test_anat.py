@@ -43,7 +43,7 @@ def _rotation(ax, ay, az):
 @pytest.fixture(scope="module")
 def synthetic_native(tmp_path_factory):
     """Two native-space subjects from the generator (sub-02: LAS grid, int16)."""
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     out = tmp_path_factory.mktemp("synth") / "bids"
     return generate_dataset(out, SynthParams(space="native", n_responders=1, n_nonresponders=1,

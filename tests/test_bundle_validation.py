@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_bids, run_cli
-from dpnbids.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
+from dpnbids.learn.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
-from dpnbids.model import build_voxnet, cnn_grid
+from dpnbids.learn.model import build_voxnet, cnn_grid
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_truncated_files_without_checksums(bundle, name, fragment, caplog):
 
 def test_older_bundle_without_checksums_loads_with_a_warning(bundle, caplog):
     (bundle / CHECKSUMS).unlink()
-    with caplog.at_level(logging.WARNING, logger="dpnbids.bundle"):
+    with caplog.at_level(logging.WARNING, logger="dpnbids.learn.bundle"):
         loaded = load_bundle(bundle)
     assert loaded.selected_components == [0, 2]
     assert "no checksums.sha256" in caplog.text and "older dpnbids" in caplog.text

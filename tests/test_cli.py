@@ -5,7 +5,6 @@ leave OUTPUT_DIR uncreated.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

@@ -31,7 +31,7 @@ CV_SMALL = ["--folds", "3", "--epochs", "5", "--patience", "3", "--n-bootstrap",
 
 
 def _cohort(root, *, null, seed, n_per_class=(29, 14)):
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     params = SynthParams(n_responders=n_per_class[0], n_nonresponders=n_per_class[1],
                          seed=seed, null=null, n_volumes=110, tr=2.0,

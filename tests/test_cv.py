@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dpnbids.cv import (Fold, check_no_leakage, derive_seeds, fit_final_model, make_outer_splits,
+from dpnbids.learn.cv import (Fold, check_no_leakage, derive_seeds, fit_final_model, make_outer_splits,
                         permutation_test, run_nested_cv, splits_to_dataframe)
 from dpnbids.exceptions import DataLeakageError, InputError
 
@@ -171,7 +171,7 @@ def test_fit_final_model(rng):
 def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
     import keras
 
-    from dpnbids.cv import mixed_precision_policy
+    from dpnbids.learn.cv import mixed_precision_policy
 
     assert mixed_precision_policy() == "mixed_bfloat16"  # the test machines have no GPU
     x, y = _planted(rng)

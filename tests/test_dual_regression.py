@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dpnbids.dual_regression import dual_regression, dual_regression_many, t_to_z
+from dpnbids.analysis.dual_regression import dual_regression, dual_regression_many, t_to_z
 from dpnbids.exceptions import DimensionError, InputError
 
 

@@ -37,7 +37,7 @@ def _synth(root: Path, *, null: bool, n_per_class=(16, 16), seed=1, n_volumes=80
            effect_size=3.0):
     """A template-space cohort. The planted effect is large (Cohen's d = 3 on the amplitude
     of two networks) because CI trains the CNN for at most 25 epochs on 24 subjects."""
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     params = SynthParams(n_responders=n_per_class[0], n_nonresponders=n_per_class[1],
                          seed=seed, null=null, space="template", n_volumes=n_volumes,
@@ -193,7 +193,7 @@ def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
     import sys
     import time
 
-    from dpnbids.bundle import load_bundle
+    from dpnbids.learn.bundle import load_bundle
     from dpnbids.workflows.group import STAGING_PREFIX, open_group_staging
 
     synth, out, root = planted

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     params = SynthParams(n_responders=2, n_nonresponders=1, n_volumes=60, seed=5)
     return generate_dataset(tmp_path_factory.mktemp("engine") / "bids", params)

@@ -151,7 +151,7 @@ def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
     ds = make_fmriprep_dataset(tmp_path / "ds", subjects={"01": 1, "02": 0, "03": 1, "04": 0},
                                layouts=("native",), n_volumes=110, tr=2.0, seed=3)
     from dpnbids.workflows.group import check_model_order
-    from dpnbids.group_pipeline import RunFiles
+    from dpnbids.workflows.inputs import RunFiles
     from dpnbids.preproc.dof import RunDof
 
     # the refusal itself, from dof budgets alone

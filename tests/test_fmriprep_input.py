@@ -169,7 +169,7 @@ def test_mask_off_grid(tmp_path):
 # ----------------------------------------------------------------- synthetic generator
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     params = SynthParams(n_responders=1, n_nonresponders=1, n_volumes=80, n_runs=2, seed=3)
     return generate_dataset(tmp_path_factory.mktemp("synth") / "bids", params)

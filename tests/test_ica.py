@@ -8,7 +8,7 @@ import pytest
 from scipy.linalg import subspace_angles
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.ica import (GroupICA, fastica, flip_signs, gica1_backproject, icasso, migp,
+from dpnbids.analysis.ica import (GroupICA, fastica, flip_signs, gica1_backproject, icasso, migp,
                          variance_normalise)
 
 
@@ -219,7 +219,7 @@ def test_gica1_subject_maps_sum_to_group_and_reconstruct(rng):
 def test_planted_seitzman_networks_recovered_and_labelled():
     """Template-space data with four planted Seitzman networks (6 mm grid): each is
     recovered with |r| >= 0.9 and match_networks gives its component the right name."""
-    from dpnbids.networks import match_networks, network_templates
+    from dpnbids.analysis.networks import match_networks, network_templates
     from dpnbids.templates import load_template
 
     mask_img = load_template("MNI152NLin2009aSym", 6, "mask")
@@ -247,7 +247,7 @@ def test_planted_seitzman_networks_recovered_and_labelled():
 
 
 def test_negentropy_zero_for_gaussian_positive_otherwise(rng):
-    from dpnbids.ica import negentropy
+    from dpnbids.analysis.ica import negentropy
 
     gauss = rng.normal(size=(2, 200_000))
     assert np.all(negentropy(gauss) < 2e-5)
@@ -262,7 +262,7 @@ def test_fastica_auto_keeps_the_more_non_gaussian_solution(rng, kind):
     """'auto' runs skew and cube from one seed and keeps the larger total negentropy:
     cube wins on symmetric (Laplace) sources, where skew has nothing to grip; on
     one-sided sources both separate and the better one is returned."""
-    from dpnbids.ica import negentropy
+    from dpnbids.analysis.ica import negentropy
 
     s = getattr(rng, kind)(size=(4, 5001))
     x = rng.normal(size=(6, 4)) @ s

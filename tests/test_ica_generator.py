@@ -2,7 +2,7 @@
 network is recovered by its own component with |r| >= 0.9, and labelled correctly.
 
 The reference is the network signal as the generator plants it in the BOLD: the truth
-map times the template's grey-matter probability (``dpnbids.synthetic``: network
+map times the template's grey-matter probability (``dpnbids.sim.generator``: network
 signal lives in grey matter), smoothed with the pipeline's 5 mm kernel, on the group
 mask. Against the unweighted, unsmoothed truth maps the same components reach
 |r| of about 0.88-0.91.
@@ -22,13 +22,13 @@ def _z(a):
 
 
 def test_generator_networks_recovered_and_labelled(tmp_path):
-    from dpnbids.group_pipeline import load_run_matrix
-    from dpnbids.ica import GroupICA
-    from dpnbids.networks import match_networks, network_templates
+    from dpnbids.analysis.masking import load_run_matrix
+    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.analysis.networks import match_networks, network_templates
     from dpnbids.preproc.fmriprep import find_fmriprep_inputs
     from dpnbids.preproc.pipeline import confounds_and_denoise
     from dpnbids.preproc.signal import smooth
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
     from dpnbids.templates import load_template
 
     params = SynthParams(n_responders=8, n_nonresponders=8, n_volumes=150, seed=2,

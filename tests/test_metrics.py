@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from dpnbids.metrics import binary_metrics, bootstrap_ci, summarise_folds, table2
+from dpnbids.learn.metrics import binary_metrics, bootstrap_ci, summarise_folds, table2
 
 
 def _toy(rng, n=37):

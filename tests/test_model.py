@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError, ModelMismatchError
-from dpnbids.model import (build_voxnet, cnn_grid, count_voxnet_params, default_cnn_voxel_size,
+from dpnbids.learn.model import (build_voxnet, cnn_grid, count_voxnet_params, default_cnn_voxel_size,
                            resample_maps_to_grid)
 
 GRID = (14, 16, 13)
@@ -65,7 +65,7 @@ def test_resample_identity_and_mask(rng):
 # ----------------------------------------------------------------------------- bundle
 @pytest.fixture
 def bundle_dir(tmp_path, rng):
-    from dpnbids.bundle import save_bundle
+    from dpnbids.learn.bundle import save_bundle
 
     vs = 12.0
     shape, affine = cnn_grid(vs)
@@ -94,8 +94,8 @@ def bundle_dir(tmp_path, rng):
 
 
 def test_bundle_round_trip_predicts_identically(bundle_dir):
-    from dpnbids.bundle import load_bundle, predict
-    from dpnbids.cv import apply_scaler
+    from dpnbids.learn.bundle import load_bundle, predict
+    from dpnbids.learn.cv import apply_scaler
 
     out, model, subj, scaling = bundle_dir
     assert sorted(p.name for p in out.iterdir()) == [
@@ -122,7 +122,7 @@ def test_bundle_round_trip_predicts_identically(bundle_dir):
     ("CNN grid shape", {"grid_shape": (1, 2, 3)}),
 ])
 def test_bundle_mismatch_names_the_field(bundle_dir, field, kwargs):
-    from dpnbids.bundle import check_compatible, load_bundle
+    from dpnbids.learn.bundle import check_compatible, load_bundle
 
     bundle = load_bundle(bundle_dir[0])
     check_compatible(bundle, space="MNI152NLin2009aSym", resolution=6, n_components=3)
@@ -131,7 +131,7 @@ def test_bundle_mismatch_names_the_field(bundle_dir, field, kwargs):
 
 
 def test_bundle_rejects_wrong_subject_maps_and_folders(bundle_dir, tmp_path, rng):
-    from dpnbids.bundle import load_bundle, predict
+    from dpnbids.learn.bundle import load_bundle, predict
 
     out, _, subj, _ = bundle_dir
     img = nib.load(str(subj))

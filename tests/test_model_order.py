@@ -10,8 +10,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.signal import lfilter
 
-from dpnbids.ica import GroupICA
-from dpnbids.model_order import (METHODS, effective_samples, estimate_group_order,
+from dpnbids.analysis.ica import GroupICA
+from dpnbids.analysis.model_order import (METHODS, effective_samples, estimate_group_order,
                                  estimate_order, estimate_subject_order, mp_expected_spectrum,
                                  smoothness, temporal_whiten)
 from dpnbids.preproc.signal import fft_bandpass
@@ -254,7 +254,7 @@ def test_groupica_auto_without_mask_warns_and_bad_params(mask):
 
 
 def test_model_order_is_pure():
-    code = ("import sys, dpnbids.model_order; "
+    code = ("import sys, dpnbids.analysis.model_order; "
             "bad = [m for m in sys.modules if m.startswith(('nipype', 'dpnbids.workflows'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -30,7 +30,7 @@ SPACE = "MNI152NLin2009aSym"
 
 @pytest.fixture(scope="module")
 def native_run(tmp_path_factory):
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     root = tmp_path_factory.mktemp("native")
     synth = generate_dataset(root / "bids", SynthParams(
@@ -52,7 +52,7 @@ def _rotation_angle_deg(r):
 
 def test_head_motion_matches_truth(native_run):
     from dpnbids.preproc.bold import params_to_rigid
-    from dpnbids.synthetic import motion_matrix
+    from dpnbids.sim.generator import motion_matrix
 
     synth, out = native_run
     bold = nib.load(str(synth.bids_dir / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"))

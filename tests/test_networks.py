@@ -1,12 +1,11 @@
 """Network templates from offline coordinates and component labelling."""
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.networks import (load_network_coordinates, match_networks, network_templates,
+from dpnbids.analysis.networks import (load_network_coordinates, match_networks, network_templates,
                               render_gaussians)
 
 CORE = {"cerebellar", "default_mode", "fronto_parietal", "sensorimotor", "visual"}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpnbids.workflows.outputs import (DerivativesWriter, atomic_write_bytes, build_name,
+from dpnbids.derivatives import (DerivativesWriter, atomic_write_bytes, build_name,
                                        res_label, split_bids_name)
 
 SRC = "/data/sub-01/ses-A/func/sub-01_ses-A_task-rest_run-2_bold.nii.gz"
@@ -147,7 +147,7 @@ def test_written_layout_passes_bids_validator(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from dpnbids.workflows.outputs import _atomic_path
+from dpnbids.derivatives import _atomic_path
 with _atomic_path(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"half")
     print(tmp, flush=True)
@@ -164,7 +164,7 @@ def test_killed_writers_temporary_is_removed_and_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    from dpnbids.workflows.outputs import is_stale_temporary, remove_stale_temporaries
+    from dpnbids.derivatives import is_stale_temporary, remove_stale_temporaries
 
     target = tmp_path / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
     atomic_write_bytes(target, b"old")

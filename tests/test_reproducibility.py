@@ -51,7 +51,7 @@ _MEASURED = ("group/timings.json",)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     root = tmp_path_factory.mktemp("repro")
     synth = generate_dataset(root / "bids", SynthParams(
@@ -224,7 +224,7 @@ GROUP_CV = ["--folds", "2", "--epochs", "3", "--n-bootstrap", "50", "--input-set
 def group_cohort(tmp_path_factory):
     """A template-space cohort (4 + 4 subjects, fMRIPrep-style inputs) after the
     participant level, and a clean group run of it."""
-    from dpnbids.synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     root = tmp_path_factory.mktemp("group")
     synth = generate_dataset(root / "bids", SynthParams(

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sps
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.stats import compare_groups, component_summary, select_components
+from dpnbids.analysis.stats import compare_groups, component_summary, select_components
 
 
 def test_component_summary_is_mean_within_positive_lobe(rng):

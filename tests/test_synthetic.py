@@ -14,7 +14,7 @@ from scipy import ndimage, stats
 from conftest import run_validator
 from dpnbids.cli.synth import main as synth_main
 from dpnbids.exceptions import InputError
-from dpnbids.synthetic import (SPACE, SynthParams, band_limited_coefficients, evaluate_signals,
+from dpnbids.sim.generator import (SPACE, SynthParams, band_limited_coefficients, evaluate_signals,
                                generate_dataset, motion_matrix, slice_timing)
 
 SMALL = dict(n_responders=4, n_nonresponders=4, n_volumes=40, tr=2.6, effect_size=6.0)

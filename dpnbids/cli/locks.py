@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from dpnbids.exceptions import InputError
-from dpnbids.workflows.outputs import pid_alive
+from dpnbids.derivatives import pid_alive
 
 LOGGER = logging.getLogger("dpnbids.locks")
 

@@ -20,40 +20,28 @@ SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
 DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
-ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")  # dpnbids.ica.CONTRASTS
+ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")  # dpnbids.analysis.ica.CONTRASTS
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 
-def _strip_sub(value: str) -> str:
-    value = value.strip()
-    if value.startswith("sub-"):
-        value = value[4:]
-    if not value or not value.isalnum():
-        raise argparse.ArgumentTypeError(
-            f"participant label {value!r} is not a BIDS label: use alphanumeric "
-            "characters only, e.g. '01' or 'sub-01'")
-    return value
+def _bids_label(entity: str, what: str, example: str, name: str):
+    """argparse type ``name``: a BIDS label, with or without its ``<entity>-`` prefix."""
+    def parse(value: str) -> str:
+        value = value.strip()
+        if value.startswith(f"{entity}-"):
+            value = value[len(entity) + 1:]
+        if not value or not value.isalnum():
+            raise argparse.ArgumentTypeError(
+                f"{what} label {value!r} is not a BIDS label: use alphanumeric characters "
+                f"only, e.g. {example}")
+        return value
+    parse.__name__ = parse.__qualname__ = name  # docker/make_boutiques.py keys types by name
+    return parse
 
 
-def _strip_ses(value: str) -> str:
-    value = value.strip()
-    if value.startswith("ses-"):
-        value = value[4:]
-    if not value or not value.isalnum():
-        raise argparse.ArgumentTypeError(
-            f"session label {value!r} is not a BIDS label: use alphanumeric characters, "
-            "e.g. '01' or 'ses-01'")
-    return value
-
-
-def _task_label(value: str) -> str:
-    value = value.strip()
-    if value.startswith("task-"):
-        value = value[5:]
-    if not value or not value.isalnum():
-        raise argparse.ArgumentTypeError(
-            f"task label {value!r} is not a BIDS label: use alphanumeric characters, e.g. 'rest'")
-    return value
+_strip_sub = _bids_label("sub", "participant", "'01' or 'sub-01'", "_strip_sub")
+_strip_ses = _bids_label("ses", "session", "'01' or 'ses-01'", "_strip_ses")
+_task_label = _bids_label("task", "task", "'rest'", "_task_label")
 
 
 _positive_int = types.positive_int

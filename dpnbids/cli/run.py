@@ -101,7 +101,7 @@ def _write_provenance(config, logs_dir: Path, run_id: str) -> None:
     """The configuration and ``pip freeze`` of this run, named by run (never shared)."""
     import subprocess
 
-    from dpnbids.workflows.outputs import atomic_write_text
+    from dpnbids.derivatives import atomic_write_text
 
     atomic_write_text(logs_dir / f"config-{config.execution.analysis_level}-{run_id}.toml",
                       config.to_toml())
@@ -155,7 +155,7 @@ def _subject_locks(config, inputs):
 
 
 def _run_level(config, inputs, labels, writer) -> None:
-    from dpnbids.workflows.outputs import remove_stale_temporaries
+    from dpnbids.derivatives import remove_stale_temporaries
 
     for path in remove_stale_temporaries(config.execution.output_dir):
         LOGGER.info("removed %s, left by a killed run", path)
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     # The checks passed: from here on OUTPUT_DIR is written.
     output_dir = config.execution.output_dir
     logs_dir = output_dir / "logs"
-    from dpnbids.workflows.outputs import DerivativesWriter
+    from dpnbids.derivatives import DerivativesWriter
 
     writer = DerivativesWriter(output_dir)
     code = 0

@@ -1,6 +1,6 @@
 """``dpnbids-synth``: write a synthetic BIDS dataset with planted networks and labels.
 
-The generative model is documented in :mod:`dpnbids.synthetic`.
+The generative model is documented in :mod:`dpnbids.sim.generator`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from .. import __version__
-from . import types
-from ..exceptions import DpnbidsError
+from dpnbids import __version__
+from dpnbids.cli import types
+from dpnbids.exceptions import DpnbidsError
 
 
 def _defaults():
-    from ..synthetic import SynthParams
+    from dpnbids.sim.generator import SynthParams
 
     return SynthParams()
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dpnbids-synth",
         description="Write a synthetic resting-state BIDS dataset (T1w + BOLD, participants.tsv "
                     "with a responder label) from a documented generative model, and its "
-                    "ground truth in OUT_DIR_truth. See the dpnbids.synthetic docstring.",
+                    "ground truth in OUT_DIR_truth. See the dpnbids.sim.generator docstring.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR",
                         help="new or empty folder for the BIDS dataset")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of ``dpnbids-synth``; returns the exit code."""
-    from ..synthetic import SynthParams, generate_dataset
+    from dpnbids.sim.generator import SynthParams, generate_dataset
 
     parser = build_parser()
     args = parser.parse_args(argv)

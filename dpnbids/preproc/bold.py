@@ -196,7 +196,6 @@ def estimate_head_motion(bold_file, out_dir, *, reference="median", omp_nthreads
         ``params_file`` (TSV), ``reference_file`` (median of the corrected volumes),
         ``rms_displacement`` (T,) mm.
     """
-    import ants
     import pandas as pd
 
     out_dir = Path(out_dir)

@@ -41,6 +41,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from dpnbids.derivatives import res_label
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["find_fmriprep_inputs", "available_spaces", "parse_space"]
@@ -96,8 +97,7 @@ def _res_label(resolution) -> str | None:
         return None
     if isinstance(resolution, str):
         return resolution[4:] if resolution.startswith("res-") else resolution
-    value = float(resolution)
-    return str(int(value)) if value.is_integer() else f"{value:g}".replace(".", "p")
+    return res_label(resolution)
 
 
 def _voxel_mm(path: Path) -> tuple[float, ...]:

@@ -477,6 +477,17 @@ def interpolate_censored(signals, censor) -> np.ndarray:
     return flat.reshape(x.shape)
 
 
+def band_mask(n_volumes: int, tr: float, high_pass=None, low_pass=None) -> np.ndarray:
+    """Bins of the mirror-padded (length ``2 T``) real spectrum inside the band."""
+    freqs = np.fft.rfftfreq(2 * int(n_volumes), d=float(tr))
+    keep = np.ones(freqs.shape, bool)
+    if high_pass is not None:
+        keep &= freqs >= high_pass
+    if low_pass is not None:
+        keep &= freqs <= low_pass
+    return keep
+
+
 def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.ndarray:
     """CONN's band-pass: zero the FFT bins outside the band of a mirror-padded series.
 
@@ -493,12 +504,7 @@ def fft_bandpass(signals, tr: float, *, high_pass=None, low_pass=None) -> np.nda
     """
     x = np.asarray(signals, dtype=np.float64)
     T = x.shape[0]
-    freqs = np.fft.rfftfreq(2 * T, d=float(tr))
-    keep = np.ones(freqs.shape, bool)
-    if high_pass is not None:
-        keep &= freqs >= high_pass
-    if low_pass is not None:
-        keep &= freqs <= low_pass
+    keep = band_mask(T, tr, high_pass, low_pass)
     out = np.empty_like(x)
     step = 8192  # columns per block: bounds the complex temporaries
     for start in range(0, max(x.shape[1], 1) if x.ndim > 1 else 1, step):
@@ -656,12 +662,7 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     if high_pass is not None and high_pass <= 0:
         high_pass = None
     # degrees of freedom left in the band (bins of the mirror-padded spectrum)
-    freqs = np.fft.rfftfreq(2 * n_t, d=float(tr))
-    in_band = np.ones(freqs.shape, bool)
-    if high_pass is not None:
-        in_band &= freqs >= high_pass
-    if low_pass is not None:
-        in_band &= freqs <= low_pass
+    in_band = band_mask(n_t, tr, high_pass, low_pass)
     band_dof = int(in_band.sum()) if (low_pass is not None or high_pass is not None) else n_t
     if regs.shape[1] and np.linalg.matrix_rank(regs) >= band_dof - 2:
         raise InputError(

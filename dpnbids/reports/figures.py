@@ -244,7 +244,7 @@ def component_title(row) -> str:
     """Title string for one row of the components table.
 
     Reads the columns the group level writes (``component``, ``network``,
-    ``stability``, ``t``, ``p``, ``r``; :func:`dpnbids.networks.match_networks`)
+    ``stability``, ``t``, ``p``, ``r``; :func:`dpnbids.analysis.networks.match_networks`)
     and the older names ``index`` and ``network_label``/``label``. Stability is
     n/a when ICA ran once (no ICASSO repeats).
     """

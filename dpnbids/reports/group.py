@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import figures
-from .subject import about_section, dict_table, esc, note, page, safe_figure, write_atomic
+from dpnbids.reports import figures
+from dpnbids.reports.subject import about_section, dict_table, esc, note, page, safe_figure, write_atomic
 
 __all__ = ["render_group_report", "timings_table", "LEAKY_LABEL"]
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 import dpnbids
 
-from . import figures
+from dpnbids.reports import figures
 
 __all__ = ["render_subject_report", "write_atomic", "esc", "page"]
 

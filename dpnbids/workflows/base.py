@@ -18,7 +18,7 @@ from nipype.pipeline import engine as pe
 from dpnbids.exceptions import InputError, WorkflowError
 from dpnbids.interfaces import (AnatPreproc, BoldToStd, ConfoundsDenoise, DerivativesSink,
                                 DualRegression, PrepareBold)
-from dpnbids.workflows.outputs import res_label
+from dpnbids.derivatives import res_label
 
 LOGGER = logging.getLogger("dpnbids.workflows")
 
@@ -57,7 +57,7 @@ def check_participant_inputs(config, inputs) -> None:
                 _check_dof(config, Path(run["bold"]).name, fmriprep_run_dof(config, run),
                            n_maps)
     if config.cnn.model is not None:
-        from dpnbids.bundle import check_compatible, load_bundle
+        from dpnbids.learn.bundle import check_compatible, load_bundle
 
         from dpnbids.preproc.fmriprep import parse_space
 
@@ -88,7 +88,7 @@ def _n_group_maps(config) -> int | None:
         shape = nib.load(str(config.ica.group_maps)).shape
         return int(shape[3]) if len(shape) == 4 else 1
     if config.cnn.model is not None:
-        from dpnbids.bundle import load_bundle
+        from dpnbids.learn.bundle import load_bundle
 
         return int(load_bundle(config.cnn.model).n_components)
     return None
@@ -557,7 +557,7 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
 
 def _raw_like_source(run: dict) -> str:
     """A raw-like source name (sub/ses/task/run entities + bold) for an fMRIPrep run."""
-    from dpnbids.workflows.outputs import build_name
+    from dpnbids.derivatives import build_name
 
     ents = run["entities"]
     keep = {k: ents[k] for k in ("subject", "session", "task", "acquisition", "run")
@@ -576,7 +576,7 @@ def _add_dualreg(config, workflow, source, sinks, run=None):
     if config.ica.group_maps is not None:
         maps = str(config.ica.group_maps)
     elif config.cnn.model is not None:
-        from dpnbids.bundle import load_bundle
+        from dpnbids.learn.bundle import load_bundle
 
         maps = str(load_bundle(config.cnn.model).group_maps_file)
     if maps is None:
@@ -621,7 +621,7 @@ def _add_dualreg(config, workflow, source, sinks, run=None):
 
 
 def _predict_node(model_dir, maps_pe, maps_z, output_dir, source):
-    from dpnbids.group_pipeline import predict_subject
+    from dpnbids.workflows.predict import predict_subject
 
     return predict_subject(model_dir, maps_pe, maps_z, output_dir, source)
 

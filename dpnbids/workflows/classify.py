@@ -4,7 +4,7 @@ layout, the final model bundle and the group report.
 
 Leakage rules (see README "Cross-validation without leakage"):
 
-* SSC components are selected with :func:`dpnbids.stats.select_components`
+* SSC components are selected with :func:`dpnbids.analysis.stats.select_components`
   on the outer-training subjects of each fold only (``select_fn``).
 * ``--paper-faithful`` adds the paper's procedure (SSC chosen on all
   subjects) as the input set ``SSC-leaky``; it is labelled leaky in every
@@ -14,10 +14,8 @@ Leakage rules (see README "Cross-validation without leakage"):
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -48,7 +46,7 @@ def _maps_volume(maps_kv: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def build_map_features(maps: dict, subjects, mask, affine, voxel_size):
     """Stage-2 maps of ``subjects`` on the CNN grid: (S, X, Y, Z, K) and the grid affine."""
-    from dpnbids.model import resample_maps_to_grid
+    from dpnbids.learn.model import resample_maps_to_grid
 
     stack = np.stack([maps[s] for s in subjects])  # (S, K, V)
     return resample_maps_to_grid(_maps_volume(stack, mask), affine, voxel_size, mask=mask)
@@ -57,7 +55,7 @@ def build_map_features(maps: dict, subjects, mask, affine, voxel_size):
 def build_rsp_features(runs, subjects, mask, affine, voxel_size, n_volumes):
     """The first ``n_volumes`` denoised volumes of each subject's first run as channels."""
     from dpnbids.exceptions import DimensionError
-    from dpnbids.model import resample_maps_to_grid
+    from dpnbids.learn.model import resample_maps_to_grid
 
     first = {}
     for r in runs:
@@ -77,9 +75,9 @@ def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask,
                        comps_file, mask_file, components_table, group_dir, prefix, grid=None,
                        space=None, order=None):
     """Everything after dual regression at the group level."""
-    from dpnbids import cv
-    from dpnbids.model import default_cnn_voxel_size
-    from dpnbids.stats import component_summary, select_components
+    from dpnbids.learn import cv
+    from dpnbids.learn.model import default_cnn_voxel_size
+    from dpnbids.analysis.stats import component_summary, select_components
 
     cv_dir = group_dir / "cv"
     voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
@@ -178,7 +176,7 @@ def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask,
 
 
 def _run_cv(config, x, y, subjects, folds, name, select_fn):
-    from dpnbids import cv
+    from dpnbids.learn import cv
 
     return cv.run_nested_cv(
         x, y, subjects, folds, input_set=name, select_fn=select_fn,
@@ -189,9 +187,9 @@ def _run_cv(config, x, y, subjects, folds, name, select_fn):
 
 def _permutation(config, x, y, subjects, name, summaries):
     """Rerun the whole CV (new splits, in-fold selection) with permuted labels."""
-    from dpnbids import cv
-    from dpnbids.metrics import binary_metrics
-    from dpnbids.stats import select_components
+    from dpnbids.learn import cv
+    from dpnbids.learn.metrics import binary_metrics
+    from dpnbids.analysis.stats import select_components
 
     def run_fn(y_perm):
         folds = cv.make_outer_splits(subjects, y_perm, n_folds=config.cnn.folds,
@@ -220,7 +218,7 @@ def _permutation(config, x, y, subjects, name, summaries):
 
 
 def _metrics(config, predictions, perms, writer, group_dir):
-    from dpnbids.metrics import bootstrap_ci, summarise_folds, table2
+    from dpnbids.learn.metrics import bootstrap_ci, summarise_folds, table2
 
     summary = summarise_folds(predictions)
     writer.write_tsv(summary, group_dir / "metrics.tsv")
@@ -252,9 +250,9 @@ def _final_model(config, writer, features, summaries, y, subjects, comps_file, m
                  grid_affine, group_dir, tables, voxel, *, space, resolution):
     """Train the ASC (or SSC) CNN on all labelled subjects and save the bundle."""
     from dpnbids import __version__
-    from dpnbids.bundle import save_bundle
-    from dpnbids.cv import fit_final_model
-    from dpnbids.stats import select_components
+    from dpnbids.learn.bundle import save_bundle
+    from dpnbids.learn.cv import fit_final_model
+    from dpnbids.analysis.stats import select_components
 
     if "ASC" not in features:
         LOGGER.info("no map-based input set requested: no final model saved")
@@ -311,7 +309,7 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
     if config.cnn.paper_faithful:
         notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
                      "before cross-validation. Its metrics are optimistic.")
-    from dpnbids.workflows.outputs import atomic_write_text
+    from dpnbids.derivatives import atomic_write_text
 
     html = render_group_report(components_img=str(comps_file), components_df=components_table,
                         ica_info=info, predictions_df=predictions,
@@ -325,11 +323,11 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
 
 def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_components):
     """Strict mode: per outer fold, group ICA + dual regression on training runs only."""
-    from dpnbids import cv
-    from dpnbids.dual_regression import dual_regression
-    from dpnbids.group_pipeline import load_run_matrix
-    from dpnbids.ica import GroupICA
-    from dpnbids.model import resample_maps_to_grid
+    from dpnbids.learn import cv
+    from dpnbids.analysis.dual_regression import dual_regression
+    from dpnbids.analysis.masking import load_run_matrix
+    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.learn.model import resample_maps_to_grid
 
     preds, manifests, timings = [], [], {}
     index = {s: i for i, s in enumerate(subjects)}

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from dpnbids.exceptions import DimensionError, InputError, WorkflowError
@@ -29,14 +28,14 @@ CLASSIFIER_FEATURE = "pe"
 
 
 def fit_group_ica(runs, mask, config, cap: int):
-    """Fit :class:`dpnbids.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
+    """Fit :class:`dpnbids.analysis.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
 
     With ``--n-components auto`` the model order is estimated while MIGP reads
-    each run (:mod:`dpnbids.model_order`) and capped at ``cap``, the cohort's
+    each run (:mod:`dpnbids.analysis.model_order`) and capped at ``cap``, the cohort's
     dual-regression limit (:func:`check_model_order`).
     """
-    from dpnbids.group_pipeline import load_run_matrix
-    from dpnbids.ica import GroupICA
+    from dpnbids.analysis.masking import load_run_matrix
+    from dpnbids.analysis.ica import GroupICA
 
     for r in runs:
         n_t = nib.load(str(r.denoised)).shape[-1]
@@ -68,7 +67,7 @@ def fit_group_ica(runs, mask, config, cap: int):
 
 def cohort_dof(config, runs) -> dict:
     """Temporal dof of every run (from confounds TSVs and sidecars, no image data)."""
-    from dpnbids.group_pipeline import run_dof_from_outputs
+    from dpnbids.workflows.inputs import run_dof_from_outputs
 
     return {r.key: run_dof_from_outputs(r, config) for r in runs}
 
@@ -120,7 +119,7 @@ def check_model_order(config, runs, dofs: dict) -> int:
 
 def check_group_inputs(config, inputs) -> None:
     """Group-level checks before anything is written or any image is loaded."""
-    from dpnbids.group_pipeline import find_participant_outputs
+    from dpnbids.workflows.inputs import find_participant_outputs
 
     runs = find_participant_outputs(config.execution.output_dir, list(inputs),
                                     task=config.selection.task_id,
@@ -188,7 +187,7 @@ def run_dual_regression(config, runs, group_maps_file, std) -> list[dict]:
 
 def subject_maps(runs, dr_files, mask, feature=CLASSIFIER_FEATURE):
     """Average stage-2 maps over each subject's runs -> ({subject: (K, V)}, order)."""
-    from dpnbids.group_pipeline import img_to_maps
+    from dpnbids.analysis.masking import img_to_maps
 
     key = "stage2pe" if feature == "pe" else "stage2z"
     acc: dict[str, list] = {}
@@ -199,7 +198,7 @@ def subject_maps(runs, dr_files, mask, feature=CLASSIFIER_FEATURE):
 
 def gica1_maps(config, writer, runs, ica, mask, affine, std) -> dict:
     """GIFT GICA1 back-projection of every run; written as desc-gica1 derivatives."""
-    from dpnbids.group_pipeline import load_run_matrix, maps_to_img
+    from dpnbids.analysis.masking import load_run_matrix, maps_to_img
 
     acc: dict[str, list] = {}
     for run in runs:
@@ -232,11 +231,11 @@ def run_group_level(config, inputs, labels, writer) -> None:
 
 def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     """Group ICA, dual regression, statistics and classification into ``group_dir``."""
-    from dpnbids.group_pipeline import (analysis_grid, find_participant_outputs, group_mask,
-                                        maps_to_img, resample_runs)
-    from dpnbids.networks import match_networks, network_templates
+    from dpnbids.analysis.masking import analysis_grid, group_mask, maps_to_img, resample_runs
+    from dpnbids.workflows.inputs import find_participant_outputs
+    from dpnbids.analysis.networks import match_networks, network_templates
     from dpnbids.preproc.fmriprep import parse_space
-    from dpnbids.stats import compare_groups, component_summary
+    from dpnbids.analysis.stats import compare_groups, component_summary
 
     template, mods = parse_space(config.preproc.output_space)
     subjects = list(inputs)

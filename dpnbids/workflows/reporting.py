@@ -11,9 +11,9 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
     """Render ``OUTPUT_DIR/sub-<subject>.html`` from the run summaries."""
     from dpnbids.reports.subject import render_subject_report
     from dpnbids.templates import get_template
-    from dpnbids.workflows.outputs import split_bids_name
+    from dpnbids.derivatives import split_bids_name
 
-    from dpnbids.workflows.outputs import DerivativesWriter
+    from dpnbids.derivatives import DerivativesWriter
 
     output_dir = Path(output_dir)
     # the template is only the background of the built-in normalisation figure; fMRIPrep
@@ -51,7 +51,7 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
             "dice_std_mask": (anat or {}).get("dice_std_mask"),
             "n_dummy": prep.get("n_dummy"),
         })
-    from dpnbids.workflows.outputs import atomic_write_text
+    from dpnbids.derivatives import atomic_write_text
 
     out_file = output_dir / f"sub-{subject}.html"
     atomic_write_text(out_file, render_subject_report(subject=subject, sessions_runs=run_dicts))

@@ -64,7 +64,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from .exceptions import DimensionError, InputError
+from dpnbids.exceptions import DimensionError, InputError
 
 ATLASES = ("seitzman", "dosenbach")
 
@@ -125,7 +125,7 @@ def _load(atlas: str) -> pd.DataFrame:
     unknown = sorted(set(sz["netName"]) - set(SEITZMAN_TO_CANONICAL))
     if unknown:  # pragma: no cover - guards against a changed nilearn file
         raise InputError(f"Unknown Seitzman network labels {unknown}; update "
-                         "dpnbids.networks.SEITZMAN_TO_CANONICAL.")
+                         "dpnbids.analysis.networks.SEITZMAN_TO_CANONICAL.")
     sz = pd.DataFrame({"x": sz["x"].astype(float), "y": sz["y"].astype(float),
                        "z": sz["z"].astype(float),
                        "network": sz["netName"].map(SEITZMAN_TO_CANONICAL)})

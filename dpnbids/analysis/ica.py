@@ -14,7 +14,7 @@ The steps follow CONN, GIFT and FSL MELODIC:
    (:func:`flip_signs`).
 
 :class:`GroupICA` ties these together with scikit-learn manners. Subject maps
-come from :mod:`dpnbids.dual_regression` by default; GIFT's GICA1
+come from :mod:`dpnbids.analysis.dual_regression` by default; GIFT's GICA1
 back-reconstruction is :func:`gica1_backproject` /
 :meth:`GroupICA.backproject_gica1`.
 
@@ -543,10 +543,10 @@ class GroupICA:
     ----------
     n_components : int or "auto"
         Number of independent components K (``--n-components``). ``"auto"``:
-        estimated after MIGP by :mod:`dpnbids.model_order` (per-subject
+        estimated after MIGP by :mod:`dpnbids.analysis.model_order` (per-subject
         estimates on temporally whitened, rank-reduced data with a smoothness
         correction of the sample size, combined by the median; see
-        :func:`dpnbids.model_order.estimate_group_order`), then capped by
+        :func:`dpnbids.analysis.model_order.estimate_group_order`), then capped by
         ``pca_dim``, ``max_components`` and the smallest subject's temporal
         degrees of freedom after denoising; at least 1.
     pca_dim : int
@@ -584,7 +584,7 @@ class GroupICA:
         ICASSO stability index Iq per component (NaN when n_repeats == 1).
     n_components_ : int
         Number of components actually returned.
-    order_estimate_ : dpnbids.model_order.GroupOrderEstimate or None
+    order_estimate_ : dpnbids.analysis.model_order.GroupOrderEstimate or None
         The automatic model-order estimate (``n_components="auto"``), else None.
     pca_components_ : ndarray, shape (pca_dim, V)
         Orthonormal spatial eigenvectors ``P`` of the concatenated data.
@@ -627,7 +627,7 @@ class GroupICA:
 
     def _check_params(self):
         if isinstance(self.n_components, str) and self.n_components == "auto":
-            from dpnbids.model_order import METHODS
+            from dpnbids.analysis.model_order import METHODS
 
             for name in ("pca_dim", "n_repeats"):
                 val = getattr(self, name)
@@ -669,7 +669,7 @@ class GroupICA:
             return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
 
         if auto:
-            from dpnbids.model_order import estimate_subject_order
+            from dpnbids.analysis.model_order import estimate_subject_order
 
             mask = None if self.mask is None else np.asarray(self.mask, dtype=bool)
             if mask is None:
@@ -697,7 +697,7 @@ class GroupICA:
         lam = res.eigenvalues[:dim]
         self.order_estimate_ = None
         if auto:
-            from dpnbids.model_order import combine_subject_orders
+            from dpnbids.analysis.model_order import combine_subject_orders
 
             self.order_estimate_ = combine_subject_orders(
                 [order_subjects[i] for i in sorted(order_subjects)], method=self.dim_est,

@@ -31,7 +31,7 @@ import numpy as np
 
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 
-LOGGER = logging.getLogger("dpnbids.bundle")
+LOGGER = logging.getLogger("dpnbids.learn.bundle")
 
 BUNDLE_VERSION = 1
 CHECKSUMS = "checksums.sha256"
@@ -354,7 +354,7 @@ def predict(bundle: Bundle, maps_img) -> np.ndarray:
     """Probability of response from a subject's 4D stage-2 maps image (K volumes)."""
     import nibabel as nib
 
-    from dpnbids.model import resample_maps_to_grid
+    from dpnbids.learn.model import resample_maps_to_grid
 
     img = nib.load(str(maps_img)) if not hasattr(maps_img, "dataobj") else maps_img
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -370,7 +370,7 @@ def predict(bundle: Bundle, maps_img) -> np.ndarray:
     check_compatible(bundle, grid_shape=x.shape[1:4])
     if bundle.selected_components is not None:
         x = x[..., np.asarray(bundle.selected_components, dtype=int)]
-    from dpnbids.cv import apply_scaler
+    from dpnbids.learn.cv import apply_scaler
 
     xs = apply_scaler(x, bundle.scaling)
     return np.asarray(bundle.model.predict(xs, verbose=0), dtype=float).ravel()

@@ -4,7 +4,7 @@ Outer loop: stratified K folds at subject level, repeated with derived seeds.
 Inside each outer training fold only (never the outer test fold):
 
 1. component selection (``select_fn(train_idx)``; SSC uses
-   :func:`dpnbids.stats.select_components` on the training subjects);
+   :func:`dpnbids.analysis.stats.select_components` on the training subjects);
 2. feature scaling (per-channel z-score over the training subjects' brain voxels);
 3. an inner stratified validation split that drives early stopping;
 4. with ``tune=True``, a grid search over hyperparameters judged on the inner
@@ -145,7 +145,7 @@ def mixed_precision_policy() -> str:
     AVX-512 BF16 or AMX (Intel Sapphire Rapids and later, AMD Zen 4 and later),
     oneDNN runs bfloat16 convolutions several times faster than float32, and
     bfloat16 keeps float32's exponent range, so no loss scaling is needed. The
-    sigmoid output stays float32 either way (:func:`dpnbids.model.build_voxnet`).
+    sigmoid output stays float32 either way (:func:`dpnbids.learn.model.build_voxnet`).
     """
     import keras
 
@@ -159,7 +159,7 @@ def mixed_precision_policy() -> str:
 def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     import keras
 
-    from dpnbids.model import build_voxnet
+    from dpnbids.learn.model import build_voxnet
 
     keras.utils.set_random_seed(int(seed) % (2**31))
     if train_params.get("mixed_precision"):

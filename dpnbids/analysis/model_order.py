@@ -566,7 +566,7 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
 
     Steps:
 
-    1. per-voxel variance normalisation (as :class:`dpnbids.ica.GroupICA`);
+    1. per-voxel variance normalisation (as :class:`dpnbids.analysis.ica.GroupICA`);
     2. temporal whitening as :func:`temporal_whiten` (unless ``whiten=False``):
        DCT-II, drop the bins with ~zero power, divide by the smoothed median
        noise power of each bin;
@@ -805,7 +805,7 @@ def estimate_group_order(subject_loader: Callable[[int], np.ndarray], n_subjects
     pca_dim : int, optional
         Cap by ``--pca-dim``.
     migp_result : object with ``.eigenvalues``, optional
-        :class:`dpnbids.ica._MIGPResult`; its eigenvalues become ``spectrum``.
+        :class:`dpnbids.analysis.ica._MIGPResult`; its eigenvalues become ``spectrum``.
     whiten, smoothness_correction : bool
         See :func:`estimate_subject_order` (switching them off reproduces the
         naive estimators, for comparison).

@@ -17,13 +17,21 @@ Which output feeds the classifier is decided by the caller
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 from scipy.special import ndtri, stdtr
 
+from dpnbids.analysis.masking import group_mask_for, img_to_maps, maps_to_img
 from dpnbids.exceptions import DimensionError, InputError
+from dpnbids.nifti_io import save_nifti
+
+LOGGER = logging.getLogger("dpnbids.group")
 
 __all__ = ["DualRegressionResult", "dual_regression", "dual_regression_many", "t_to_z"]
 
@@ -228,3 +236,46 @@ def dual_regression_many(loader: Callable[[int], np.ndarray], n_subjects: int, g
             stage1 = _Stage1(group_maps, demean=demean, dtype=dtype)
         yield i, _dual_regression(data.astype(stage1.g.dtype, copy=False), stage1,
                                   des_norm=des_norm, demean=demean)
+
+
+# --------------------------------------------------------------------------- files
+def dual_regress_file(bold_file, group_maps_file, mask_file, out_dir=".") -> dict:
+    """Dual regression of one run against 4D group maps, within ``mask_file``."""
+
+    out_dir = Path(out_dir)
+    maps_img = nib.load(str(group_maps_file))
+    bold = nib.load(str(bold_file))
+    mask_img = nib.load(str(mask_file))
+    if maps_img.shape[:3] != bold.shape[:3] or not np.allclose(maps_img.affine, bold.affine,
+                                                                atol=1e-3):
+        # a new patient's fMRIPrep run on its own grid (e.g. 3x3x4 mm, no res-): put it on
+        # the maps' analysis grid, as the group level did for the training cohort
+        from nilearn.image import resample_to_img
+
+        LOGGER.info("%s: resampling onto the grid of %s", Path(bold_file).name,
+                    Path(group_maps_file).name)
+        ref = nib.Nifti1Image(np.zeros(maps_img.shape[:3], np.uint8), maps_img.affine)
+        kw = dict(interpolation="linear", force_resample=True, copy_header=True)
+        mask_img = resample_to_img(mask_img, ref, **kw)
+        bold = resample_to_img(bold, ref, **kw)
+    mask = np.asarray(mask_img.dataobj) > 0.5
+    gmask_path = group_mask_for(group_maps_file)
+    if gmask_path is not None:
+        gmask = np.asarray(nib.load(str(gmask_path)).dataobj)
+        if gmask.shape != mask.shape:
+            raise DimensionError(f"group mask {gmask_path.name} (grid {gmask.shape}) does not "
+                                 f"match {Path(bold_file).name} (grid {mask.shape}).")
+        mask &= gmask > 0.5
+    # as FSL's dual_regression: the data are not variance-normalised (that would erase
+    # the amplitude the classifier needs); they are in percent signal change already
+    data = np.ascontiguousarray(np.asarray(bold.dataobj, dtype=np.float32)[mask].T)
+    group = img_to_maps(maps_img, mask)
+    result = dual_regression(data, group, des_norm=True)
+    cols = [f"component_{k:02d}" for k in range(group.shape[0])]
+    tc_file = out_dir / "stage1_timecourses.tsv"
+    pd.DataFrame(result.timecourses, columns=cols).to_csv(tc_file, sep="\t", index=False)
+    pe_file = out_dir / "stage2_pe.nii.gz"
+    z_file = out_dir / "stage2_z.nii.gz"
+    save_nifti(maps_to_img(result.maps, mask, bold.affine), str(pe_file))
+    save_nifti(maps_to_img(result.zmaps, mask, bold.affine), str(z_file))
+    return {"timecourses": str(tc_file), "maps_pe": str(pe_file), "maps_z": str(z_file)}

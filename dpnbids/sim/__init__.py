@@ -1,0 +1,1 @@
+"""Synthetic BIDS cohorts with planted, documented responder effects (and a null mode)."""

@@ -1,0 +1,93 @@
+"""Layering: science (preproc, analysis, learn, sim) below the nipype glue, the derivatives
+writer at the bottom; no import runs from a lower layer to a higher one."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dpnbids"
+
+#: lowest first; a module may import only from its own layer or below
+LAYERS = (
+    ("dpnbids", "dpnbids.exceptions", "dpnbids.nifti_io", "dpnbids.derivatives",
+     "dpnbids.templates", "dpnbids.bids", "dpnbids.config"),
+    ("dpnbids.preproc", "dpnbids.analysis", "dpnbids.learn", "dpnbids.sim"),
+    ("dpnbids.interfaces", "dpnbids.reports"),
+    ("dpnbids.workflows",),
+    ("dpnbids.cli",),
+)
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for level, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            inside = module == p or (p != "dpnbids" and module.startswith(p + "."))
+            if inside and (best is None or len(p) > best[1]):
+                best = (level, len(p))
+    if best is None:
+        raise AssertionError(f"{module} is in no layer; add it to LAYERS")
+    return best[0]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def dpnbids_imports(path: Path):
+    """Every ``dpnbids...`` module imported anywhere in the file (also inside functions)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "dpnbids")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "dpnbids":
+            if node.module == "dpnbids":  # from dpnbids import x: x may be a module
+                for a in node.names:
+                    sub = f"dpnbids.{a.name}"
+                    yield sub if (PACKAGE / a.name).exists() or \
+                        (PACKAGE / f"{a.name}.py").exists() else "dpnbids"
+            else:
+                yield node.module
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; write dpnbids.... in full")
+
+
+def test_no_import_runs_upward():
+    upward = []
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 30
+    for path in files:
+        mod = module_name(path)
+        for target in dpnbids_imports(path):
+            if layer_of(target) > layer_of(mod):
+                upward.append(f"{mod} (layer {layer_of(mod)}) imports {target} "
+                              f"(layer {layer_of(target)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_layer_table_catches_an_upward_import():
+    assert layer_of("dpnbids.analysis.ica") < layer_of("dpnbids.workflows.group")
+    assert layer_of("dpnbids.derivatives") == 0
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer_of("dpnbids.nowhere")
+
+
+def test_science_imports_without_nipype():
+    """The maths can be used (and tested) without the workflow engine."""
+    mods = sorted(module_name(p) for sub in ("analysis", "learn", "preproc")
+                  for p in (PACKAGE / sub).glob("*.py"))
+    assert "dpnbids.analysis.ica" in mods and "dpnbids.learn.cv" in mods
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            "bad = sorted(k for k in sys.modules if k == 'nipype' or k.startswith('nipype.'))\n"
+            "print(len(bad))\n"
+            "assert not bad, bad[:5]\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0"
