@@ -148,6 +148,23 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
 
+SECTIONS = {"execution": ExecutionConfig, "selection": SelectionConfig,
+            "preproc": PreprocConfig, "ica": ICAConfig, "cnn": CNNConfig}
+
+
+def option_defaults() -> dict:
+    """Every configuration field's default, by field name: the one source of the command
+    line's defaults (the parser reads them from here)."""
+    out = {}
+    for cls in (*SECTIONS.values(), Config):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+    return out
+
+
 def _plain(obj):
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items() if v is not None}
@@ -195,6 +212,15 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     return data["plugin"], plugin_args
 
 
+def _section(cls, args, **overrides):
+    """One config section from the parsed arguments of the same names (``overrides`` win;
+    a field the arguments lack keeps its default)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
 def config_from_args(args, argv=None) -> Config:
     """Build the frozen :class:`Config` from parsed arguments."""
     nprocs = args.nprocs or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
@@ -204,52 +230,20 @@ def config_from_args(args, argv=None) -> Config:
     work_dir = (Path(args.work_dir).expanduser().absolute() if args.work_dir
                 else output_dir.parent / f".{output_dir.name}_work")
     plugin, plugin_args = _load_plugin(args.use_plugin, nprocs, args.mem_gb)
-    execution = ExecutionConfig(
-        bids_dir=Path(args.bids_dir).expanduser().absolute(),
-        output_dir=output_dir,
-        analysis_level=args.analysis_level,
-        work_dir=work_dir,
-        nprocs=nprocs,
-        omp_nthreads=omp,
-        mem_gb=args.mem_gb,
-        use_plugin=args.use_plugin,
-        plugin=plugin,
-        plugin_args=plugin_args,
-        stop_on_first_crash=args.stop_on_first_crash,
-        verbose=args.verbose,
-        skip_bids_validation=args.skip_bids_validation,
+    execution = _section(
+        ExecutionConfig, args, bids_dir=Path(args.bids_dir).expanduser().absolute(),
+        output_dir=output_dir, work_dir=work_dir, nprocs=nprocs, omp_nthreads=omp,
+        plugin=plugin, plugin_args=plugin_args,
         command_line=" ".join(["dpnbids", *(argv if argv is not None else sys.argv[1:])]),
-        container=os.environ.get("DPNBIDS_CONTAINER"),
-    )
-    selection = SelectionConfig(
+        container=os.environ.get("DPNBIDS_CONTAINER"))
+    selection = _section(
+        SelectionConfig, args,
         participant_label=tuple(args.participant_label) if args.participant_label else None,
         session_label=tuple(args.session_label) if args.session_label else None,
-        task_id=args.task_id,
-        bids_filters=args.bids_filter_file or {},
-        responder_column=args.responder_column,
-    )
-    preproc = PreprocConfig(
-        output_space=args.output_space, output_resolution=args.output_resolution,
-        fmriprep_dir=args.fmriprep_dir, dummy_scans=args.dummy_scans,
-        slice_order=args.slice_order, smoothing_fwhm=args.smoothing_fwhm,
-        denoise_strategy=args.denoise_strategy, high_pass=args.high_pass,
-        low_pass=args.low_pass, min_volumes=args.min_volumes,
-        fd_thresh=args.fd_thresh or None)
-    ica = ICAConfig(
-        pca_dim=args.pca_dim, n_components=args.n_components, dim_est=args.dim_est,
-        ica_repeats=args.ica_repeats, ica_contrast=args.ica_contrast,
-        back_projection=args.back_projection, group_maps=args.group_maps, ssc_p=args.ssc_p,
-        component_threshold=args.component_threshold)
-    cnn = CNNConfig(
-        model=args.model, input_sets=tuple(dict.fromkeys(args.input_sets)),
-        rsp_volumes=args.rsp_volumes, folds=args.folds, cv_repeats=args.cv_repeats,
-        n_permutations=args.n_permutations, n_bootstrap=args.n_bootstrap,
-        paper_faithful=args.paper_faithful, ica_in_folds=args.ica_in_folds, tune=args.tune,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        adam_epsilon=args.adam_epsilon, dropout=args.dropout, dense_units=args.dense_units,
-        patience=args.patience, min_epochs=args.min_epochs,
-        cnn_voxel_size=args.cnn_voxel_size,
-        mixed_precision=args.mixed_precision)
+        bids_filters=args.bids_filter_file or {})
+    preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
+    ica = _section(ICAConfig, args)
+    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)))
     return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
                   random_seed=args.random_seed)
 

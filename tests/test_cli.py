@@ -278,3 +278,26 @@ def test_shared_argument_validators(func, value, ok):
             getattr(types, func)(value)
     else:
         assert getattr(types, func)(value) == ok
+
+
+def test_parser_defaults_come_from_the_config_dataclasses():
+    """One source of defaults: every option named like a config field defaults to that
+    field's default (--n-components resolves None to auto or the paper's 30 after parsing;
+    --fd-thresh, --output-resolution and --cnn-voxel-size are None in both)."""
+    import dataclasses
+
+    from dpnbids.cli.parser import build_parser
+    from dpnbids.config import SECTIONS, Config, option_defaults
+
+    defaults = option_defaults()
+    assert defaults["smoothing_fwhm"] == 5.0 and defaults["random_seed"] == 0
+    fields = {f.name for cls in (*SECTIONS.values(), Config) for f in dataclasses.fields(cls)}
+    assert {"bids_dir", "work_dir"} <= fields - set(defaults)  # required, no default
+    checked = 0
+    for action in build_parser()._actions:
+        if action.dest in defaults and action.dest not in ("n_components", "version"):
+            want = defaults[action.dest]
+            got = tuple(action.default) if isinstance(action.default, list) else action.default
+            assert got == want, (action.dest, got, want)
+            checked += 1
+    assert checked >= 45

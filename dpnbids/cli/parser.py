@@ -14,6 +14,9 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
+from dpnbids.config import option_defaults
+
+DEFAULTS = option_defaults()
 
 INPUT_SETS = ("ASC", "SSC", "RSP")
 SLICE_ORDERS = ("ascending", "descending", "interleaved")
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="participants to process ('01' or 'sub-01'); default: all")
     g_bids.add_argument("--session-label", dest="session_label", nargs="+", type=_strip_ses,
                         metavar="LABEL", help="sessions to process ('01' or 'ses-01'); default: all")
-    g_bids.add_argument("--task-id", dest="task_id", type=_task_label, default="rest",
+    g_bids.add_argument("--task-id", dest="task_id", type=_task_label, default=DEFAULTS["task_id"],
                         help="the BOLD task to process")
     g_bids.add_argument("--bids-filter-file", dest="bids_filter_file", type=_bids_filter,
                         metavar="FILE",
@@ -169,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     g_bids.add_argument("--skip-bids-validation", "--skip_bids_validation",
                         dest="skip_bids_validation", action="store_true",
                         help="do not run bids-validator-deno on the input dataset")
-    g_bids.add_argument("--responder-column", dest="responder_column", default="responder",
+    g_bids.add_argument("--responder-column", dest="responder_column", default=DEFAULTS["responder_column"],
                         help="participants.tsv column with the treatment response label "
                              "(1/0, true/false, yes/no, responder/non-responder, R/NR; n/a = unknown)")
 
@@ -193,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop at the first failed node instead of finishing other subjects")
 
     g_pre = parser.add_argument_group("Preprocessing (participant level)")
-    g_pre.add_argument("--output-space", dest="output_space", default="MNI152NLin2009aSym",
+    g_pre.add_argument("--output-space", dest="output_space", default=DEFAULTS["output_space"],
                        help="template space of all template-space outputs, spelt as in "
                             "fMRIPrep (NAME[:cohort-X][:res-Y], e.g. MNI152NLin2009cAsym, "
                             "MNIPediatricAsym:cohort-1); MNI152NLin2009aSym works offline "
@@ -215,24 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     g_pre.add_argument("--slice-order", dest="slice_order", choices=SLICE_ORDERS,
                        help="slice acquisition order used when SliceTiming is missing; without it "
                             "slice-timing correction is skipped with a warning")
-    g_pre.add_argument("--smoothing-fwhm", dest="smoothing_fwhm", type=_nonneg_float, default=5.0,
+    g_pre.add_argument("--smoothing-fwhm", dest="smoothing_fwhm", type=_nonneg_float, default=DEFAULTS["smoothing_fwhm"],
                        help="Gaussian smoothing kernel FWHM in mm (0 disables)")
     g_pre.add_argument("--denoise-strategy", dest="denoise_strategy", choices=DENOISE_STRATEGIES,
-                       default="conn",
+                       default=DEFAULTS["denoise_strategy"],
                        help="confound regression strategy applied with band-pass filtering")
-    g_pre.add_argument("--high-pass", dest="high_pass", type=_nonneg_float, default=0.008,
+    g_pre.add_argument("--high-pass", dest="high_pass", type=_nonneg_float, default=DEFAULTS["high_pass"],
                        help="high-pass cut-off (Hz) of the band-pass filter (0 disables)")
-    g_pre.add_argument("--low-pass", dest="low_pass", type=_nonneg_float, default=0.09,
+    g_pre.add_argument("--low-pass", dest="low_pass", type=_nonneg_float, default=DEFAULTS["low_pass"],
                        help="low-pass cut-off (Hz) of the band-pass filter (0 disables)")
     g_pre.add_argument("--fd-thresh", dest="fd_thresh", type=_nonneg_float, default=None,
                        metavar="MM",
                        help="censor volumes with framewise displacement above MM (and fMRIPrep "
                             "motion_outlier spikes) before band-pass; default: off, as the paper")
-    g_pre.add_argument("--min-volumes", dest="min_volumes", type=_positive_int, default=50,
+    g_pre.add_argument("--min-volumes", dest="min_volumes", type=_positive_int, default=DEFAULTS["min_volumes"],
                        help="minimum number of BOLD volumes after dropping dummy scans")
 
     g_ica = parser.add_argument_group("Group ICA and dual regression")
-    g_ica.add_argument("--pca-dim", dest="pca_dim", type=_positive_int, default=64,
+    g_ica.add_argument("--pca-dim", dest="pca_dim", type=_positive_int, default=DEFAULTS["pca_dim"],
                        help="group PCA dimension (MIGP) before ICA")
     g_ica.add_argument("--n-components", dest="n_components", type=_n_components,
                        default=None,
@@ -240,27 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "data (see --dim-est) and capped by the smallest run's temporal "
                             "degrees of freedom and --pca-dim (default: auto; 30, the "
                             "paper's, with --paper-faithful unless this is given)")
-    g_ica.add_argument("--dim-est", dest="dim_est", choices=DIM_ESTIMATORS, default="lap",
+    g_ica.add_argument("--dim-est", dest="dim_est", choices=DIM_ESTIMATORS, default=DEFAULTS["dim_est"],
                        help="model-order estimator of --n-components auto: Laplace (Minka "
                             "2000, MELODIC's default), MDL (GIFT; Li et al. 2007), AIC or BIC, "
                             "with a correction for spatial smoothness")
-    g_ica.add_argument("--ica-repeats", dest="ica_repeats", type=_positive_int, default=1,
+    g_ica.add_argument("--ica-repeats", dest="ica_repeats", type=_positive_int, default=DEFAULTS["ica_repeats"],
                        help="FastICA runs clustered ICASSO-style for a stability index (1: no reruns)")
     g_ica.add_argument("--ica-contrast", dest="ica_contrast", choices=ICA_CONTRASTS,
-                       default="auto",
+                       default=DEFAULTS["ica_contrast"],
                        help="FastICA contrast: auto (default) runs skew and cube from one start "
                             "and keeps the solution with the larger negentropy; cube is "
                             "MELODIC's pow3")
     g_ica.add_argument("--back-projection", dest="back_projection", choices=BACK_PROJECTIONS,
-                       default="dual_regression",
+                       default=DEFAULTS["back_projection"],
                        help="how subject maps are obtained: dual regression (FSL) or GIFT's GICA1")
     g_ica.add_argument("--group-maps", dest="group_maps", type=_existing_file, metavar="FILE",
                        help="participant level: dual-regress new participants against these 4D "
                             "group ICA maps")
-    g_ica.add_argument("--ssc-p", dest="ssc_p", type=_probability, default=0.1,
+    g_ica.add_argument("--ssc-p", dest="ssc_p", type=_probability, default=DEFAULTS["ssc_p"],
                        help="p threshold selecting components for the SSC input set")
     g_ica.add_argument("--component-threshold", dest="component_threshold", type=_positive_float,
-                       default=2.0,
+                       default=DEFAULTS["component_threshold"],
                        help="|z| threshold of group maps used for subject summaries and labels")
 
     g_cnn = parser.add_argument_group("3D-CNN and cross-validation (group level)")
@@ -268,18 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="participant level: predict response with this trained model folder "
                             "(OUTPUT_DIR/group/model of a previous group run)")
     g_cnn.add_argument("--input-sets", dest="input_sets", nargs="+", type=_input_set,
-                       default=list(INPUT_SETS), metavar="SET",
+                       default=list(DEFAULTS["input_sets"]), metavar="SET",
                        help="input sets to evaluate: ASC (all maps), SSC (selected maps), "
                             "RSP (preprocessed BOLD volumes)")
-    g_cnn.add_argument("--rsp-volumes", dest="rsp_volumes", type=_positive_int, default=30,
+    g_cnn.add_argument("--rsp-volumes", dest="rsp_volumes", type=_positive_int, default=DEFAULTS["rsp_volumes"],
                        help="number of BOLD volumes (channels) in the RSP input set")
-    g_cnn.add_argument("--folds", dest="folds", type=_folds, default=10,
+    g_cnn.add_argument("--folds", dest="folds", type=_folds, default=DEFAULTS["folds"],
                        help="outer stratified cross-validation folds (at least 2)")
-    g_cnn.add_argument("--cv-repeats", dest="cv_repeats", type=_positive_int, default=1,
+    g_cnn.add_argument("--cv-repeats", dest="cv_repeats", type=_positive_int, default=DEFAULTS["cv_repeats"],
                        help="repeats of the outer cross-validation with different splits")
-    g_cnn.add_argument("--n-permutations", dest="n_permutations", type=_nonneg_int, default=0,
+    g_cnn.add_argument("--n-permutations", dest="n_permutations", type=_nonneg_int, default=DEFAULTS["n_permutations"],
                        help="label permutations rerunning the whole CV for an AUC p-value")
-    g_cnn.add_argument("--n-bootstrap", dest="n_bootstrap", type=_nonneg_int, default=1000,
+    g_cnn.add_argument("--n-bootstrap", dest="n_bootstrap", type=_nonneg_int, default=DEFAULTS["n_bootstrap"],
                        help="bootstrap resamples for 95%% confidence intervals")
     g_cnn.add_argument("--paper-faithful", dest="paper_faithful", action="store_true",
                        help="also run the paper's LEAKY procedure (SSC chosen on all subjects), "
@@ -289,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "outer training fold")
     g_cnn.add_argument("--tune", dest="tune", action="store_true",
                        help="inner-fold search over the paper's hyperparameter grids")
-    g_cnn.add_argument("--epochs", dest="epochs", type=_positive_int, default=100,
+    g_cnn.add_argument("--epochs", dest="epochs", type=_positive_int, default=DEFAULTS["epochs"],
                        help="maximum training epochs")
-    g_cnn.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=4,
+    g_cnn.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=DEFAULTS["batch_size"],
                        help="mini-batch size")
     g_cnn.add_argument("--learning-rate", dest="learning_rate", type=_positive_float,
-                       default=1e-3, help="Adam learning rate")
-    g_cnn.add_argument("--adam-epsilon", dest="adam_epsilon", type=_positive_float, default=0.1,
+                       default=DEFAULTS["learning_rate"], help="Adam learning rate")
+    g_cnn.add_argument("--adam-epsilon", dest="adam_epsilon", type=_positive_float, default=DEFAULTS["adam_epsilon"],
                        help="Adam epsilon")
-    g_cnn.add_argument("--dropout", dest="dropout", type=_dropout, default=0.3,
+    g_cnn.add_argument("--dropout", dest="dropout", type=_dropout, default=DEFAULTS["dropout"],
                        help="dropout rate")
-    g_cnn.add_argument("--dense-units", dest="dense_units", type=_positive_int, default=128,
+    g_cnn.add_argument("--dense-units", dest="dense_units", type=_positive_int, default=DEFAULTS["dense_units"],
                        help="units of the dense layer")
-    g_cnn.add_argument("--patience", dest="patience", type=_positive_int, default=10,
+    g_cnn.add_argument("--patience", dest="patience", type=_positive_int, default=DEFAULTS["patience"],
                        help="early-stopping patience (epochs) on the inner validation loss")
-    g_cnn.add_argument("--min-epochs", dest="min_epochs", type=_nonneg_int, default=10,
+    g_cnn.add_argument("--min-epochs", dest="min_epochs", type=_nonneg_int, default=DEFAULTS["min_epochs"],
                        help="epochs trained before early stopping may stop (a warm-up: the "
                             "validation loss of a few subjects is noisy while the network "
                             "starts to learn)")
@@ -316,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(fast on CPUs with AVX-512 BF16/AMX; see benchmarks/README.md)")
 
     g_other = parser.add_argument_group("Other options")
-    g_other.add_argument("--random-seed", dest="random_seed", type=_nonneg_int, default=0,
+    g_other.add_argument("--random-seed", dest="random_seed", type=_nonneg_int, default=DEFAULTS["random_seed"],
                          help="the one seed every random choice derives from")
-    g_other.add_argument("-v", "--verbose", dest="verbose", action="count", default=0,
+    g_other.add_argument("-v", "--verbose", dest="verbose", action="count", default=DEFAULTS["verbose"],
                          help="increase verbosity (-v info, -vv debug)")
     return parser
 
