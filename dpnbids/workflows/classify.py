@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -71,14 +73,50 @@ def build_rsp_features(runs, subjects, mask, affine, voxel_size, n_volumes):
     return resample_maps_to_grid(np.stack(vols), affine, voxel_size, mask=mask)
 
 
-def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask, affine, ica,
-                       comps_file, mask_file, components_table, group_dir, prefix, grid=None,
-                       space=None, order=None):
+@dataclass(frozen=True)
+class GroupICAResult:
+    """What the group level hands to the classification: the fitted group ICA, each
+    labelled subject's stage-2 maps, and where the group files were written."""
+
+    runs: list
+    labels: dict
+    subjects: list
+    y: np.ndarray
+    maps: dict
+    mask: np.ndarray
+    affine: np.ndarray
+    ica: object
+    comps_file: Path
+    mask_file: Path
+    components_table: pd.DataFrame
+    group_dir: Path
+    grid: object = None
+    space: str | None = None
+    order: dict | None = None
+
+
+@dataclass(frozen=True)
+class _FinalModelInputs:
+    """The cross-validated features and summaries the final model is trained on."""
+
+    features: dict
+    summaries: np.ndarray
+    y: np.ndarray
+    grid_affine: np.ndarray
+    tables: dict
+    voxel: float
+    space: str
+    resolution: float
+
+
+def run_classification(config, writer, res: GroupICAResult):
     """Everything after dual regression at the group level."""
     from dpnbids.learn import cv
     from dpnbids.learn.model import default_cnn_voxel_size
     from dpnbids.analysis.stats import component_summary, select_components
 
+    runs, labels, subjects, y, maps = res.runs, res.labels, res.subjects, res.y, res.maps
+    mask, affine, ica, group_dir, grid = res.mask, res.affine, res.ica, res.group_dir, res.grid
     cv_dir = group_dir / "cv"
     voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
     subjects = list(subjects)
@@ -164,14 +202,14 @@ def run_classification(config, writer, *, runs, labels, subjects, y, maps, mask,
     tables = _metrics(config, predictions, perms, writer, group_dir)
     writer.write_json(timings, group_dir / "timings.json")
 
-    bundle_dir = _final_model(config, writer, features, summaries, y, subjects, comps_file,
-                              mask_file, grid_affine, group_dir, tables, voxel,
-                              space=space or config.preproc.output_space,
-                              resolution=float(grid.voxel_mm[0]) if grid is not None
-                              else config.preproc.resolution_mm)
-    _group_report(config, writer, comps_file, components_table, predictions, tables,
+    final = _FinalModelInputs(
+        features, summaries, y, grid_affine, tables, voxel,
+        space=res.space or config.preproc.output_space,
+        resolution=float(grid.voxel_mm[0]) if grid is not None else config.preproc.resolution_mm)
+    bundle_dir = _final_model(config, final, res)
+    _group_report(config, writer, res.comps_file, res.components_table, predictions, tables,
                   histories, perms, timings, group_dir, labels, bundle_dir, grid=grid,
-                  order=order, n_components=int(ica.components_.shape[0]))
+                  order=res.order, n_components=int(ica.components_.shape[0]))
     print(tables["table2"].to_string())
 
 
@@ -246,13 +284,14 @@ def _metrics(config, predictions, perms, writer, group_dir):
     return {"summary": summary, "ci": ci, "table2": t2, "perm": perm_df}
 
 
-def _final_model(config, writer, features, summaries, y, subjects, comps_file, mask_file,
-                 grid_affine, group_dir, tables, voxel, *, space, resolution):
+def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
     """Train the ASC (or SSC) CNN on all labelled subjects and save the bundle."""
     from dpnbids import __version__
     from dpnbids.learn.bundle import save_bundle
     from dpnbids.learn.cv import fit_final_model
     from dpnbids.analysis.stats import select_components
+
+    features, summaries, y, tables = final.features, final.summaries, final.y, final.tables
 
     if "ASC" not in features:
         LOGGER.info("no map-based input set requested: no final model saved")
@@ -272,15 +311,15 @@ def _final_model(config, writer, features, summaries, y, subjects, comps_file, m
         cv_metrics = {k: float(v) for k, v in row.iloc[0].items()
                       if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
     # the bundle keeps its own copy of the maps so the model folder is self-contained
-    model_dir = group_dir / "model"
+    model_dir = res.group_dir / "model"
     path = save_bundle(
-        model_dir, model, group_maps_file=str(comps_file), mask_file=str(mask_file),
+        model_dir, model, group_maps_file=str(res.comps_file), mask_file=str(res.mask_file),
         selected_components=None if selected is None else [int(c) for c in selected],
-        grid_affine=np.asarray(grid_affine), grid_shape=tuple(int(v) for v in x.shape[1:4]),
+        grid_affine=np.asarray(final.grid_affine), grid_shape=tuple(int(v) for v in x.shape[1:4]),
         scaling=scaling, input_set=input_set, feature="pe",
-        config=config.to_dict(), cv_metrics=cv_metrics, space=space,
-        resolution=resolution,
-        n_components=int(summaries.shape[1]), voxel_size=float(voxel),
+        config=config.to_dict(), cv_metrics=cv_metrics, space=final.space,
+        resolution=final.resolution,
+        n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
         history=history, dpnbids_version=__version__)
     LOGGER.info("final %s model saved in %s", input_set, path)
     return path

@@ -322,12 +322,13 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
         group_dir / f"{prefix}_desc-ica_components.json")
 
     # ---- classification
-    from dpnbids.workflows.classify import run_classification
+    from dpnbids.workflows.classify import GroupICAResult, run_classification
 
-    run_classification(config, writer, runs=runs, labels=labels, subjects=labelled, y=y,
-                       maps=maps, mask=mask, affine=affine, ica=ica, comps_file=comps_file,
-                       mask_file=mask_file, components_table=table, group_dir=group_dir,
-                       prefix=prefix, grid=grid, space=space_text, order=order_record)
+    run_classification(config, writer, GroupICAResult(
+        runs=runs, labels=labels, subjects=list(labelled), y=y, maps=maps, mask=mask,
+        affine=affine, ica=ica, comps_file=comps_file, mask_file=mask_file,
+        components_table=table, group_dir=group_dir, grid=grid, space=space_text,
+        order=order_record))
 
 
 STAGING_PREFIX = ".group-staging-"
