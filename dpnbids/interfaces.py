@@ -13,9 +13,20 @@ from pathlib import Path
 from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterface,
                                     TraitedSpec, isdefined, traits)
 
+from dpnbids.config import option_defaults
+
+
+_DEFAULTS = option_defaults()
+
 
 def _cwd() -> Path:
     return Path(os.getcwd())
+
+
+def _inputs(inputs, *names) -> dict:
+    """``{name: value}`` of the given inputs, None for those left undefined."""
+    values = {n: getattr(inputs, n) for n in names}
+    return {n: (v if isdefined(v) else None) for n, v in values.items()}
 
 
 # --------------------------------------------------------------------- BOLD input
@@ -61,19 +72,20 @@ class _AnatInputSpec(BaseInterfaceInputSpec):
     random_seed = traits.Int(0, usedefault=True)
 
 
-class _AnatOutputSpec(TraitedSpec):
-    t1w_preproc = File(exists=True)
-    t1w_brain = File(exists=True)
-    t1w_mask = File(exists=True)
-    t1w_std = File(exists=True)
-    std_mask = File(exists=True)
-    wm_probseg = File(exists=True)
-    csf_probseg = File(exists=True)
-    gm_probseg = File(exists=True)
-    xfm_t1w_to_std = traits.List(File(exists=True))
-    xfm_std_to_t1w = traits.List(File(exists=True))
-    dice_std_mask = traits.Float()
-    warnings = traits.List(traits.Str)
+def _output_spec(name: str, files: tuple, **other) -> type:
+    """A nipype output spec: one existing ``File`` trait per name in ``files``, plus
+    ``other`` traits and the ``warnings`` list every preprocessing step reports."""
+    body = {f: File(exists=True) for f in files}
+    body.update(other, warnings=traits.List(traits.Str))
+    body.update(__module__=__name__, __qualname__=name)  # picklable by nipype's workers
+    return type(name, (TraitedSpec,), body)
+
+
+_AnatOutputSpec = _output_spec(
+    "_AnatOutputSpec", ("t1w_preproc", "t1w_brain", "t1w_mask", "t1w_std", "std_mask",
+                        "wm_probseg", "csf_probseg", "gm_probseg"),
+    xfm_t1w_to_std=traits.List(File(exists=True)), xfm_std_to_t1w=traits.List(File(exists=True)),
+    dice_std_mask=traits.Float())
 
 
 class AnatPreproc(SimpleInterface):
@@ -110,17 +122,10 @@ class _BoldStdInputSpec(BaseInterfaceInputSpec):
     random_seed = traits.Int(0, usedefault=True)
 
 
-class _BoldStdOutputSpec(TraitedSpec):
-    bold_std = File(exists=True)
-    mask_std = File(exists=True)
-    boldref_std = File(exists=True)
-    boldref = File(exists=True)
-    wm_std = File(exists=True)
-    csf_std = File(exists=True)
-    motion_params = File(exists=True)
-    coreg_xfm = File(exists=True)
-    coreg_costs = traits.Dict()
-    warnings = traits.List(traits.Str)
+_BoldStdOutputSpec = _output_spec(
+    "_BoldStdOutputSpec", ("bold_std", "mask_std", "boldref_std", "boldref", "wm_std", "csf_std",
+                           "motion_params", "coreg_xfm"),
+    coreg_costs=traits.Dict())
 
 
 class BoldToStd(SimpleInterface):
@@ -133,13 +138,10 @@ class BoldToStd(SimpleInterface):
         from dpnbids.preproc.pipeline import bold_to_std
 
         inp = self.inputs
-        result = bold_to_std(
-            inp.bold_file, tr=inp.tr, t1w_brain=inp.t1w_brain, t1w_mask=inp.t1w_mask,
-            wm_probseg=inp.wm_probseg, csf_probseg=inp.csf_probseg,
-            xfm_t1w_to_std=list(inp.xfm_t1w_to_std), space=inp.space,
-            resolution=inp.resolution, omp_nthreads=inp.omp_nthreads,
-            random_seed=inp.random_seed, out_dir=_cwd())
-        self._results.update(result)
+        kwargs = _inputs(inp, "tr", "t1w_brain", "t1w_mask", "wm_probseg", "csf_probseg",
+                         "space", "resolution", "omp_nthreads", "random_seed")
+        self._results.update(bold_to_std(inp.bold_file, out_dir=_cwd(), **kwargs,
+                                         xfm_t1w_to_std=list(inp.xfm_t1w_to_std)))
         return runtime
 
 
@@ -153,10 +155,10 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     wm_std = File(exists=True)
     csf_std = File(exists=True)
     n_dummy = traits.Int(0, usedefault=True)
-    smoothing_fwhm = traits.Float(5.0, usedefault=True)
-    strategy = traits.Str("conn", usedefault=True)
-    high_pass = traits.Float(0.008, usedefault=True)
-    low_pass = traits.Float(0.09, usedefault=True)
+    smoothing_fwhm = traits.Float(_DEFAULTS["smoothing_fwhm"], usedefault=True)
+    strategy = traits.Str(_DEFAULTS["denoise_strategy"], usedefault=True)
+    high_pass = traits.Float(_DEFAULTS["high_pass"], usedefault=True)
+    low_pass = traits.Float(_DEFAULTS["low_pass"], usedefault=True)
     fd_thresh = traits.Float(0.0, usedefault=True,
                              desc="censoring threshold (mm) on framewise displacement; 0: off")
 
@@ -178,16 +180,11 @@ class ConfoundsDenoise(SimpleInterface):
         from dpnbids.preproc.pipeline import confounds_and_denoise
 
         inp = self.inputs
-        result = confounds_and_denoise(
-            inp.bold_std, inp.mask_std, tr=inp.tr,
-            confounds_file=inp.confounds_file if isdefined(inp.confounds_file) else None,
-            motion_params=inp.motion_params if isdefined(inp.motion_params) else None,
-            wm_std=inp.wm_std if isdefined(inp.wm_std) else None,
-            csf_std=inp.csf_std if isdefined(inp.csf_std) else None,
-            n_dummy=inp.n_dummy, smoothing_fwhm=inp.smoothing_fwhm, strategy=inp.strategy,
-            high_pass=inp.high_pass, low_pass=inp.low_pass, out_dir=_cwd(),
-            fd_thresh=inp.fd_thresh or None)
-        self._results.update(result)
+        kwargs = _inputs(inp, "tr", "confounds_file", "motion_params", "wm_std", "csf_std",
+                         "n_dummy", "smoothing_fwhm", "strategy", "high_pass", "low_pass")
+        self._results.update(confounds_and_denoise(
+            inp.bold_std, inp.mask_std, out_dir=_cwd(), fd_thresh=inp.fd_thresh or None,
+            **kwargs))
         return runtime
 
 

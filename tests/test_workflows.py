@@ -90,3 +90,22 @@ def test_plugin_file(tiny_bids, tmp_path):
 
     with pytest.raises(InputError, match="must define 'plugin:'"):
         _config(tiny_bids, tmp_path / "out", "--use-plugin", str(bad))
+
+
+def test_every_interface_spec_pickles():
+    """nipype's MultiProc workers pickle node results: specs built by a factory must name
+    their real module (a spec made by type() in traits' module fails to unpickle)."""
+    import inspect
+    import pickle
+
+    from nipype.interfaces.base import SimpleInterface
+
+    import dpnbids.interfaces as itf
+
+    classes = [c for _, c in inspect.getmembers(itf, inspect.isclass)
+               if issubclass(c, SimpleInterface) and c.__module__ == itf.__name__]
+    assert len(classes) >= 6
+    for cls in classes:
+        for spec in (cls.input_spec, cls.output_spec):
+            assert spec.__module__ == itf.__name__, spec
+            assert type(pickle.loads(pickle.dumps(spec()))) is spec
