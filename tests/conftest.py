@@ -86,3 +86,13 @@ def run_cli(argv) -> int:
     sys.stderr.write(proc.stderr[-3000:])
     run_cli.last_stderr = proc.stderr
     return proc.returncode
+
+
+def make_native_dataset(root, *, n_volumes: int):
+    """Two subjects in native space (4 mm BOLD, 2 mm T1w, 1 mm planted motion), seed 7:
+    the small raw dataset of the built-in preprocessing tests."""
+    from dpnbids.sim.generator import SynthParams, generate_dataset
+
+    return generate_dataset(root / "bids", SynthParams(
+        n_responders=1, n_nonresponders=1, seed=7, space="native", n_volumes=n_volumes,
+        motion_mm=1.0, template_resolution=4.0, bold_voxel_size=4.0, t1w_voxel_size=2.0))

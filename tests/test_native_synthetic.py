@@ -30,14 +30,11 @@ SPACE = "MNI152NLin2009aSym"
 
 @pytest.fixture(scope="module")
 def native_run(tmp_path_factory):
-    from dpnbids.sim.generator import SynthParams, generate_dataset
+    from conftest import make_native_dataset, run_cli
 
     root = tmp_path_factory.mktemp("native")
-    synth = generate_dataset(root / "bids", SynthParams(
-        n_responders=1, n_nonresponders=1, seed=7, space="native", n_volumes=80,
-        motion_mm=1.0, template_resolution=4.0, bold_voxel_size=4.0, t1w_voxel_size=2.0))
+    synth = make_native_dataset(root, n_volumes=80)
     out = root / "out"
-    from conftest import run_cli
 
     code = run_cli([str(synth.bids_dir), str(out), "participant", "--participant-label", "01",
                  "--output-resolution", "4", "--dummy-scans", "0", "--skip-bids-validation",

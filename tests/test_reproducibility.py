@@ -51,12 +51,10 @@ _MEASURED = ("group/timings.json",)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from dpnbids.sim.generator import SynthParams, generate_dataset
+    from conftest import make_native_dataset
 
     root = tmp_path_factory.mktemp("repro")
-    synth = generate_dataset(root / "bids", SynthParams(
-        n_responders=1, n_nonresponders=1, seed=7, space="native", n_volumes=50,
-        motion_mm=1.0, template_resolution=4.0, bold_voxel_size=4.0, t1w_voxel_size=2.0))
+    synth = make_native_dataset(root, n_volumes=50)
     return synth.bids_dir, root
 
 
