@@ -33,6 +33,12 @@ def derive_seed(base_seed: int, purpose: str) -> int:
     return int(seq.generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
 
 
+#: Choices of ``--dim-est`` and ``--ica-contrast``, shared by the parser and
+#: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
+DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
+ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+
+
 @dataclass(frozen=True)
 class ExecutionConfig:
     bids_dir: Path

@@ -29,6 +29,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from dpnbids.config import ICA_CONTRASTS
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = [
@@ -231,7 +232,7 @@ def migp(subject_loader: Callable[[int], np.ndarray], n_subjects: int, *, dim: i
 # --------------------------------------------------------------------------- ICA
 #: FastICA contrasts (``--ica-contrast``). "auto" runs "skew" and "cube" from
 #: the same start and keeps the solution with the larger total negentropy.
-CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+CONTRASTS = ICA_CONTRASTS
 _AUTO_CANDIDATES = ("skew", "cube")
 
 

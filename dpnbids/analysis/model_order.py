@@ -57,6 +57,8 @@ from scipy.fft import dct
 from scipy.ndimage import median_filter
 from scipy.special import gammaln
 
+from dpnbids.config import DIM_ESTIMATORS
+
 __all__ = [
     "GroupOrderEstimate",
     "METHODS",
@@ -73,7 +75,7 @@ __all__ = [
 ]
 
 #: Supported estimators; "lap" (Minka's Laplace evidence) is MELODIC's default.
-METHODS = ("lap", "bic", "mdl", "aic")
+METHODS = DIM_ESTIMATORS
 _HIGHER_IS_BETTER = {"lap": True, "bic": True, "mdl": False, "aic": False}
 _RANK_RTOL = 1e-6
 

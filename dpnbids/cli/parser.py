@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import option_defaults
+from dpnbids.config import DIM_ESTIMATORS, ICA_CONTRASTS, option_defaults
 
 DEFAULTS = option_defaults()
 
@@ -22,8 +22,6 @@ INPUT_SETS = ("ASC", "SSC", "RSP")
 SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
-DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
-ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")  # dpnbids.analysis.ica.CONTRASTS
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 

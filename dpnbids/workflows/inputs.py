@@ -4,7 +4,6 @@ each run's temporal degrees of freedom from its confounds table and sidecar."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import numpy as np
 
 from dpnbids.derivatives import DerivativesWriter
 from dpnbids.exceptions import InputError
-
-LOGGER = logging.getLogger("dpnbids.group")
 
 
 @dataclass
