@@ -119,12 +119,12 @@ def run_method(method: str, data_dir: Path, n_components: int, seed: int,
     started = time.perf_counter()
     if method.startswith("ours"):
         from dpnbids.analysis.masking import load_run_matrix
-        from dpnbids.analysis.ica import GroupICA
+        from dpnbids.analysis.decomposition import GroupICA
 
         repeats = 10 if method.endswith("icasso10") else 1
         ica = GroupICA(n_components=n_components, pca_dim=pca_dim, n_repeats=repeats,
                        random_state=seed)
-        ica.fit(lambda i: load_run_matrix(files[i], mask, normalise=False), len(files))
+        ica.fit_arrays(lambda i: load_run_matrix(files[i], mask, normalise=False), len(files))
         comps = ica.components_
     elif method == "canica":
         from nilearn.decomposition import CanICA

@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.analysis.decomposition import GroupICA
     from dpnbids.templates import load_template
 
     mask = np.asarray(load_template("MNI152NLin2009aSym", args.res, "mask").dataobj) > 0.5
@@ -82,7 +82,7 @@ def main(argv=None):
     rss0 = peak_rss_gb()
     started = time.perf_counter()
     ica = GroupICA(n_components=args.n_components, pca_dim=args.pca_dim, random_state=args.seed)
-    ica.fit(loader, args.subjects)
+    ica.fit_arrays(loader, args.subjects)
     wall = time.perf_counter() - started
     z = (maps - maps.mean(1, keepdims=True)) / maps.std(1, keepdims=True)
     c = ica.components_

@@ -77,18 +77,30 @@ def _atomic_to_filename(img: nib.Nifti1Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _nilearn_data(name: str) -> Path:
-    import nilearn.datasets
+def nilearn_data(name: str) -> Path:
+    """A file of the data folder nilearn ships (the MNI template, network coordinates)."""
+    from importlib.util import find_spec
 
-    return Path(nilearn.datasets.__file__).parent / "data" / name
+    # locate nilearn's data folder without importing nilearn.datasets (slow: sklearn)
+    spec = find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise InputError("nilearn is not installed; it ships the offline MNI template and "
+                         "network coordinates dpnbids needs. "
+                         "Install nilearn >= 0.10.")
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    if not path.exists():
+        raise InputError(
+            f"The file {path} is missing from the installed nilearn; "
+            "expected nilearn >= 0.10, which ships it offline. Reinstall nilearn.")
+    return path
 
 
 def _seed_nilearn_mni(home: Path) -> None:
     """Write the 1 mm MNI152NLin2009aSym files from nilearn's copy."""
     tdir = home / f"tpl-{_NILEARN_SPACE}"
-    t1 = nib.load(_nilearn_data("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    gm = nib.load(_nilearn_data("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"))
-    wm = nib.load(_nilearn_data("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"))
+    t1 = nib.load(nilearn_data("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    gm = nib.load(nilearn_data("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"))
+    wm = nib.load(nilearn_data("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"))
     t1d = np.asarray(t1.dataobj, dtype=np.float32)
     gmd = np.asarray(gm.dataobj, dtype=np.float32)
     wmd = np.asarray(wm.dataobj, dtype=np.float32)

@@ -8,8 +8,9 @@ import pytest
 from scipy.linalg import subspace_angles
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.analysis.ica import (GroupICA, fastica, flip_signs, gica1_backproject, icasso, migp,
-                         variance_normalise)
+from dpnbids.analysis.decomposition import GroupICA
+from dpnbids.analysis.ica import (fastica, flip_signs, gica1_backproject, icasso, migp,
+                                  variance_normalise)
 
 
 def planted(rng, *, n_subjects=7, n_sources=5, n_voxels=2311, t_range=(41, 63),
@@ -51,7 +52,7 @@ def test_variance_normalise_constant_voxels_and_dtype(rng):
 
 def test_groupica_recovers_planted_sources(rng):
     maps, subjects = planted(rng)
-    ica = GroupICA(n_components=5, pca_dim=10, random_state=3).fit(lambda i: subjects[i],
+    ica = GroupICA(n_components=5, pca_dim=10, random_state=3).fit_arrays(lambda i: subjects[i],
                                                                     len(subjects))
     assert ica.components_.shape == (5, maps.shape[1])
     assert ica.n_components_ == 5
@@ -76,7 +77,7 @@ def test_groupica_with_migp_truncation_many_subjects(rng):
     # after every subject and must still find the sources.
     maps, subjects = planted(rng, n_subjects=24, n_voxels=1777, t_range=(23, 31))
     ica = GroupICA(n_components=5, pca_dim=8, internal_dim=16, random_state=0)
-    ica.fit(lambda i: subjects[i], len(subjects))
+    ica.fit_arrays(lambda i: subjects[i], len(subjects))
     assert ica.n_timepoints_ == sum(s.shape[0] for s in subjects)
     assert np.all(best_abs_r(ica.components_, maps) > 0.9)
 
@@ -119,7 +120,7 @@ def test_fewer_timepoints_error_names_subject(rng):
     subjects[2] = subjects[2][:6]
     ica = GroupICA(n_components=5, pca_dim=8, random_state=0)
     with pytest.raises(DimensionError, match=r"sub-C \(index 2\) has 6 time points.*--pca-dim"):
-        ica.fit(lambda i: subjects[i], 4, subject_ids=["sub-A", "sub-B", "sub-C", "sub-D"])
+        ica.fit_arrays(lambda i: subjects[i], 4, subject_ids=["sub-A", "sub-B", "sub-C", "sub-D"])
     with pytest.raises(DimensionError, match=r"subject index 2 has 6 time points"):
         migp(lambda i: subjects[i], 4, dim=8)
 
@@ -134,7 +135,7 @@ def test_voxel_mismatch_error_names_subjects(rng):
 
 def test_pca_dim_below_n_components_is_input_error():
     with pytest.raises(InputError, match="--pca-dim \\(4\\) must be at least --n-components"):
-        GroupICA(n_components=5, pca_dim=4).fit(lambda i: np.zeros((10, 10)), 1)
+        GroupICA(n_components=5, pca_dim=4).fit_arrays(lambda i: np.zeros((10, 10)), 1)
 
 
 def test_icasso_stability_and_determinism(rng):
@@ -161,7 +162,7 @@ def test_groupica_same_seed_identical(rng):
     _, subjects = planted(rng, n_subjects=4, n_voxels=800)
 
     def fit(seed):
-        return GroupICA(n_components=4, pca_dim=6, n_repeats=3, random_state=seed).fit(
+        return GroupICA(n_components=4, pca_dim=6, n_repeats=3, random_state=seed).fit_arrays(
             lambda i: subjects[i], 4)
 
     a, b, c = fit(7), fit(7), fit(8)
@@ -194,7 +195,7 @@ def test_gica1_subject_maps_sum_to_group_and_reconstruct(rng):
     maps, subjects = planted(rng, n_subjects=5, n_voxels=1200, t_range=(45, 55))
     total = sum(s.shape[0] for s in subjects)
     ica = GroupICA(n_components=5, pca_dim=8, internal_dim=total, random_state=1, max_iter=2000)
-    ica.fit(lambda i: subjects[i], len(subjects))
+    ica.fit_arrays(lambda i: subjects[i], len(subjects))
     outs = [ica.backproject_gica1(s) for s in subjects]
     summed = np.sum([m for m, _ in outs], axis=0)
     np.testing.assert_allclose(summed, ica.components_, atol=2e-3)
@@ -234,7 +235,7 @@ def test_planted_seitzman_networks_recovered_and_labelled():
                  + noise_sd * rng.standard_normal((t, maps.shape[1]))).astype(np.float32)
                 for t in (77, 80, 83, 79, 81, 78)]
     ica = GroupICA(n_components=6, pca_dim=10, random_state=0)
-    ica.fit(lambda i: subjects[i], len(subjects))
+    ica.fit_arrays(lambda i: subjects[i], len(subjects))
     r = np.corrcoef(np.vstack([maps, ica.components_]))[:4, 4:]
     best = np.abs(r).argmax(axis=1)
     assert np.all(np.abs(r).max(axis=1) >= 0.9)

@@ -23,7 +23,7 @@ def _z(a):
 
 def test_generator_networks_recovered_and_labelled(tmp_path):
     from dpnbids.analysis.masking import load_run_matrix
-    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.analysis.decomposition import GroupICA
     from dpnbids.analysis.networks import match_networks, network_templates
     from dpnbids.preproc.fmriprep import find_fmriprep_inputs
     from dpnbids.preproc.pipeline import confounds_and_denoise
@@ -48,7 +48,7 @@ def test_generator_networks_recovered_and_labelled(tmp_path):
     mask = np.logical_and.reduce(masks)
     data = [load_run_matrix(f, mask, normalise=False) for f in runs]
     ica = GroupICA(n_components=10, pca_dim=30, random_state=0)
-    ica.fit(lambda i: data[i], len(data))
+    ica.fit_arrays(lambda i: data[i], len(data))
 
     truth = nib.load(str(synth.truth_dir / "group_maps.nii.gz"))
     gm = np.asarray(load_template("MNI152NLin2009aSym", 4, "GM").dataobj, dtype=np.float32)

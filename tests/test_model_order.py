@@ -10,7 +10,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.signal import lfilter
 
-from dpnbids.analysis.ica import GroupICA
+from dpnbids.analysis.decomposition import GroupICA
 from dpnbids.analysis.model_order import (METHODS, effective_samples, estimate_group_order,
                                  estimate_order, estimate_subject_order, mp_expected_spectrum,
                                  smoothness, temporal_whiten)
@@ -224,7 +224,7 @@ def test_group_order_and_groupica_auto(mask):
     assert grp.cap == min(grp.dof)
     assert grp.criterion.ndim == 1 and grp.spectrum.ndim == 1
     ica = GroupICA(n_components="auto", pca_dim=20, random_state=0, mask=mask)
-    ica.fit(lambda i: subs[i], len(subs))
+    ica.fit_arrays(lambda i: subs[i], len(subs))
     assert within(ica.n_components_, k)
     assert ica.order_estimate_.n_components == ica.n_components_
     assert ica.components_.shape == (ica.n_components_, int(mask.sum()))
@@ -232,25 +232,25 @@ def test_group_order_and_groupica_auto(mask):
     assert np.median(r) > 0.8
     # the caps: max_components and pca_dim
     capped = GroupICA(n_components="auto", pca_dim=20, random_state=0, mask=mask,
-                      max_components=3).fit(lambda i: subs[i], len(subs))
+                      max_components=3).fit_arrays(lambda i: subs[i], len(subs))
     assert capped.n_components_ == 3 and capped.order_estimate_.capped
     capped = GroupICA(n_components="auto", pca_dim=4, random_state=0, mask=mask,
-                      dim_est="mdl").fit(lambda i: subs[i], len(subs))
+                      dim_est="mdl").fit_arrays(lambda i: subs[i], len(subs))
     assert capped.n_components_ == 4 and capped.order_estimate_.cap == 4
     # integer n_components: no estimate
-    fixed = GroupICA(n_components=4, pca_dim=8, random_state=0).fit(lambda i: subs[i], 5)
+    fixed = GroupICA(n_components=4, pca_dim=8, random_state=0).fit_arrays(lambda i: subs[i], 5)
     assert fixed.order_estimate_ is None and fixed.n_components_ == 4
 
 
 def test_groupica_auto_without_mask_warns_and_bad_params(mask):
     _, subs = _group(np.random.default_rng(3), mask, 3, 2)
     with pytest.warns(RuntimeWarning, match="without a mask"):
-        GroupICA(n_components="auto", pca_dim=10, random_state=0).fit(lambda i: subs[i], 2)
+        GroupICA(n_components="auto", pca_dim=10, random_state=0).fit_arrays(lambda i: subs[i], 2)
     from dpnbids.exceptions import InputError
     with pytest.raises(InputError):
-        GroupICA(n_components="auto", dim_est="xyz").fit(lambda i: subs[i], 2)
+        GroupICA(n_components="auto", dim_est="xyz").fit_arrays(lambda i: subs[i], 2)
     with pytest.raises(InputError):
-        GroupICA(n_components="auto", max_components=0).fit(lambda i: subs[i], 2)
+        GroupICA(n_components="auto", max_components=0).fit_arrays(lambda i: subs[i], 2)
 
 
 def test_model_order_is_pure():

@@ -13,10 +13,10 @@ The steps follow CONN, GIFT and FSL MELODIC:
 4. z-scored maps whose sign is flipped so the peak is positive
    (:func:`flip_signs`).
 
-:class:`GroupICA` ties these together with scikit-learn manners. Subject maps
-come from :mod:`dpnbids.analysis.dual_regression` by default; GIFT's GICA1
-back-reconstruction is :func:`gica1_backproject` /
-:meth:`GroupICA.backproject_gica1`.
+:class:`dpnbids.analysis.decomposition.GroupICA` ties these together with
+scikit-learn manners. Subject maps come from
+:mod:`dpnbids.analysis.dual_regression` by default; GIFT's GICA1
+back-reconstruction is :func:`gica1_backproject`.
 
 All arrays are 2D ``(T, V)``: time points by in-mask voxels.
 """
@@ -33,7 +33,6 @@ from dpnbids.config import ICA_CONTRASTS
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = [
-    "GroupICA",
     "fastica",
     "flip_signs",
     "gica1_backproject",
@@ -458,7 +457,8 @@ def flip_signs(components) -> tuple[np.ndarray, np.ndarray]:
     return c * signs[:, None], signs
 
 
-def _zscore_rows(a: np.ndarray) -> np.ndarray:
+def zscore_rows(a: np.ndarray) -> np.ndarray:
+    """Each row centred and scaled to unit SD (constant rows are only centred)."""
     a = a - a.mean(axis=1, keepdims=True)
     std = a.std(axis=1, keepdims=True)
     return a / np.where(std > 0, std, 1)
@@ -536,213 +536,3 @@ def gica1_backproject(subject_data, pca_components, singular_values, unmixing, m
     return maps, g @ mix
 
 
-# --------------------------------------------------------------------------- estimator
-class GroupICA:
-    """Group spatial ICA: variance normalisation, MIGP group PCA, FastICA/ICASSO.
-
-    Parameters
-    ----------
-    n_components : int or "auto"
-        Number of independent components K (``--n-components``). ``"auto"``:
-        estimated after MIGP by :mod:`dpnbids.analysis.model_order` (per-subject
-        estimates on temporally whitened, rank-reduced data with a smoothness
-        correction of the sample size, combined by the median; see
-        :func:`dpnbids.analysis.model_order.estimate_group_order`), then capped by
-        ``pca_dim``, ``max_components`` and the smallest subject's temporal
-        degrees of freedom after denoising; at least 1.
-    pca_dim : int
-        Group PCA dimension (``--pca-dim``); must be >= n_components.
-    n_repeats : int
-        FastICA runs clustered by ICASSO (``--ica-repeats``); 1 = a single run.
-    random_state : int, Generator or None
-        The only source of randomness: the MIGP subject order and every FastICA
-        seed derive from it.
-    internal_dim : int, optional
-        MIGP internal dimension; default ``2 * pca_dim``.
-    max_iter, tol : int, float
-        FastICA stopping rule.
-    fun : {"auto", "cube", "skew", "logcosh", "exp"}
-        FastICA contrast (see :func:`fastica`).
-    dim_est : {"lap", "bic", "mdl", "aic"}
-        Model-order criterion for ``n_components="auto"`` (MELODIC's default
-        "lap"). Ignored for an integer ``n_components``.
-    max_components : int, optional
-        Extra cap on the automatic order (e.g. the cohort's smallest temporal
-        dof from :mod:`dpnbids.preproc.dof`). Ignored for an integer
-        ``n_components``.
-    mask : array_like of bool, 3D, optional
-        Group mask whose True voxels (C order) are the loader's columns; gives
-        the geometry of the smoothness correction for ``"auto"``. Without it
-        the automatic order uses N = number of voxels (biased upward on
-        smoothed data) and a RuntimeWarning is issued.
-
-    Attributes
-    ----------
-    components_ : ndarray, shape (K, V)
-        Group maps, z-scored over voxels, signs flipped so each peak is positive,
-        ordered by decreasing stability (ICASSO) or as FastICA returned them.
-    stability_ : ndarray, shape (K,)
-        ICASSO stability index Iq per component (NaN when n_repeats == 1).
-    n_components_ : int
-        Number of components actually returned.
-    order_estimate_ : dpnbids.analysis.model_order.GroupOrderEstimate or None
-        The automatic model-order estimate (``n_components="auto"``), else None.
-    pca_components_ : ndarray, shape (pca_dim, V)
-        Orthonormal spatial eigenvectors ``P`` of the concatenated data.
-    singular_values_ : ndarray, shape (pca_dim,)
-    explained_variance_ : ndarray, shape (pca_dim,)
-        Eigenvalues divided by (total time points - 1).
-    explained_variance_ratio_ : ndarray, shape (pca_dim,)
-        Eigenvalue / total sum of squares of the normalised data.
-    mixing_ : ndarray, shape (pca_dim, K)
-        Group mixing matrix of the reduced data, as MELODIC's ``melodic_mix``
-        under MIGP: row j is the loading of PCA dimension j (not a time point)
-        on each component, ``Z - mean ~= mixing_ @ components_`` with
-        ``Z = diag(singular_values_) @ pca_components_``. Subject time courses
-        come from dual regression stage 1 or :meth:`backproject_gica1`.
-    unmixing_ : ndarray, shape (K, pca_dim)
-        ``components_ == unmixing_ @ (Z - mean)``.
-    subject_order_ : ndarray
-        Order in which MIGP visited the subjects.
-    subject_ids_ : list of str or None
-    n_timepoints_ : int
-        Total time points over subjects.
-    n_features_in_ : int
-        Number of voxels V.
-    """
-
-    def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=200, tol=1e-4, fun="auto", dim_est="lap",
-                 max_components=None, mask=None):
-        self.n_components = n_components
-        self.pca_dim = pca_dim
-        self.n_repeats = n_repeats
-        self.random_state = random_state
-        self.internal_dim = internal_dim
-        self.max_iter = max_iter
-        self.tol = tol
-        self.fun = fun
-        self.dim_est = dim_est
-        self.max_components = max_components
-        self.mask = mask
-
-    def _check_params(self):
-        if isinstance(self.n_components, str) and self.n_components == "auto":
-            from dpnbids.analysis.model_order import METHODS
-
-            for name in ("pca_dim", "n_repeats"):
-                val = getattr(self, name)
-                if not isinstance(val, (int, np.integer)) or val < 1:
-                    raise InputError(f"{name} must be a positive integer; received {val!r}.")
-            if self.dim_est not in METHODS:
-                raise InputError(f"dim_est must be one of {', '.join(METHODS)}; received "
-                                 f"{self.dim_est!r}.")
-            mc = self.max_components
-            if mc is not None and (not isinstance(mc, (int, np.integer)) or mc < 1):
-                raise InputError(f"max_components must be a positive integer or None; "
-                                 f"received {mc!r}.")
-            return
-        for name in ("n_components", "pca_dim", "n_repeats"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or val < 1:
-                raise InputError(f"{name} must be a positive integer; received {val!r}.")
-        if self.pca_dim < self.n_components:
-            raise InputError(f"--pca-dim ({self.pca_dim}) must be at least --n-components "
-                             f"({self.n_components}): ICA cannot find more components than "
-                             "the PCA keeps. Raise --pca-dim or lower --n-components.")
-
-    def fit(self, subject_loader: Callable[[int], np.ndarray], n_subjects: int,
-            subject_ids: Sequence[str] | None = None) -> "GroupICA":
-        """Fit on ``n_subjects`` subjects given by ``subject_loader(i) -> (T_i, V)``.
-
-        Each subject's data are variance-normalised here (idempotent, so a
-        loader that already normalises is fine) and streamed through MIGP; only
-        one subject is in memory at a time.
-        """
-        self._check_params()
-        rng = _rng(self.random_state)
-        migp_seed, ica_seed = (int(s) for s in rng.integers(0, _MAX_SEED, size=2))
-
-        auto = isinstance(self.n_components, str)
-        order_subjects = {}
-
-        def load(i):
-            return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
-
-        if auto:
-            from dpnbids.analysis.model_order import estimate_subject_order
-
-            mask = None if self.mask is None else np.asarray(self.mask, dtype=bool)
-            if mask is None:
-                warnings.warn("n_components='auto' without a mask: the model order uses N = "
-                              "number of voxels (no smoothness correction) and is biased "
-                              "upward on smoothed data.", RuntimeWarning, stacklevel=2)
-            plain_load = load
-
-            def load(i):  # noqa: F811 - one pass: the estimate rides along with MIGP
-                y = plain_load(i)
-                if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
-                    raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
-                                         f"in-mask voxels but the mask has {int(mask.sum())}.")
-                if y.ndim == 2 and np.isfinite(y).all():
-                    order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
-                                                               max_order=self.pca_dim)
-                return y
-
-        res = _migp(load, n_subjects, dim=self.pca_dim, internal_dim=self.internal_dim,
-                    random_state=migp_seed, subject_ids=subject_ids)
-        dim = int(self.pca_dim)
-        if res.maps.shape[0] < dim:
-            raise DimensionError(f"the subjects have {res.n_timepoints} time points in total, "
-                                 f"fewer than --pca-dim {dim}; lower --pca-dim.")
-        lam = res.eigenvalues[:dim]
-        self.order_estimate_ = None
-        if auto:
-            from dpnbids.analysis.model_order import combine_subject_orders
-
-            self.order_estimate_ = combine_subject_orders(
-                [order_subjects[i] for i in sorted(order_subjects)], method=self.dim_est,
-                max_order=self.max_components, pca_dim=dim, migp_eigenvalues=res.eigenvalues)
-            n_comp = int(self.order_estimate_.n_components)
-        else:
-            n_comp = self.n_components
-        if lam[n_comp - 1] <= lam[0] * 1e-10:
-            raise DimensionError(f"the group data have rank below --n-components "
-                                 f"{n_comp}; lower --n-components.")
-        s = np.sqrt(lam)
-        z = res.maps[:dim].astype(np.float64)
-        s_safe = np.where(s > 0, s, 1)
-        self.pca_components_ = (z / s_safe[:, None]).astype(np.float32)
-        self.singular_values_ = s
-        self.explained_variance_ = lam / max(res.n_timepoints - 1, 1)
-        self.explained_variance_ratio_ = lam / res.total_ss if res.total_ss > 0 else lam * 0
-        comps, stability = icasso(z, n_comp, n_repeats=self.n_repeats,
-                                  random_state=ica_seed, max_iter=self.max_iter, tol=self.tol,
-                                  fun=self.fun)
-        comps, _ = flip_signs(_zscore_rows(np.asarray(comps, dtype=np.float64)))
-        zc = z - z.mean(axis=1, keepdims=True)
-        cc = comps @ comps.T
-        self.mixing_ = np.linalg.solve(cc, comps @ zc.T).T
-        self.unmixing_ = np.linalg.solve(zc @ zc.T, zc @ comps.T).T
-        self.components_ = comps.astype(np.float32)
-        self.stability_ = np.asarray(stability, dtype=np.float64)
-        self.n_components_ = comps.shape[0]
-        self.subject_order_ = res.order
-        self.subject_ids_ = list(subject_ids) if subject_ids is not None else None
-        self.n_timepoints_ = res.n_timepoints
-        self.n_features_in_ = z.shape[1]
-        return self
-
-    def backproject_gica1(self, subject_data, *, subject_pca_dim: int | None = None
-                          ) -> tuple[np.ndarray, np.ndarray]:
-        """GICA1 subject maps (K, V) and time courses (T, K); see :func:`gica1_backproject`.
-
-        ``subject_data`` is the subject's raw (T, V) in-mask data; it is
-        variance-normalised here as in :meth:`fit`.
-        """
-        if not hasattr(self, "components_"):
-            raise InputError("GroupICA is not fitted yet; call fit() first.")
-        y = variance_normalise(np.asarray(_check_2d(subject_data, "subject_data"),
-                                          dtype=np.float32))
-        return gica1_backproject(y, self.pca_components_, self.singular_values_,
-                                 self.unmixing_, self.mixing_, subject_pca_dim=subject_pca_dim)

@@ -179,8 +179,9 @@ def group_mask(runs: list, *, coverage: float = 0.9, space=None, resolution=None
 
 
 def load_run_matrix(path, mask: np.ndarray, *, normalise=True) -> np.ndarray:
-    """(T, V) float32 in-mask data of one run; variance-normalised per voxel if asked."""
-    img = nib.load(str(path))
+    """(T, V) float32 in-mask data of one run (a file or an image); variance-normalised
+    per voxel if asked."""
+    img = path if hasattr(path, "dataobj") else nib.load(str(path))
     data = np.asarray(img.dataobj, dtype=np.float32)[mask].T
     if normalise:
         from dpnbids.analysis.ica import variance_normalise

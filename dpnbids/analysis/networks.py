@@ -64,7 +64,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from dpnbids.analysis.ica import zscore_rows
 from dpnbids.exceptions import DimensionError, InputError
+from dpnbids.templates import nilearn_data
 
 ATLASES = ("seitzman", "dosenbach")
 
@@ -96,31 +98,15 @@ DOSENBACH_TO_CANONICAL = {
 _TRUNCATE_SIGMAS = 4.0
 
 
-def _nilearn_data(name: str) -> Path:
-    from importlib.util import find_spec
-
-    # locate nilearn's data folder without importing nilearn.datasets (slow: sklearn)
-    spec = find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise InputError("nilearn is not installed; it ships the network coordinates. "
-                         "Install nilearn >= 0.10.")
-    path = Path(spec.origin).parent / "datasets" / "data" / name
-    if not path.exists():
-        raise InputError(
-            f"The network coordinates file {path} is missing from the installed nilearn; "
-            "expected nilearn >= 0.10, which ships it offline. Reinstall nilearn.")
-    return path
-
-
 @lru_cache(maxsize=4)
 def _load(atlas: str) -> pd.DataFrame:
-    dos = pd.read_csv(_nilearn_data("dosenbach_2010.csv"))
+    dos = pd.read_csv(nilearn_data("dosenbach_2010.csv"))
     dos = pd.DataFrame({"x": dos["x"].astype(float), "y": dos["y"].astype(float),
                         "z": dos["z"].astype(float),
                         "network": dos["network"].map(DOSENBACH_TO_CANONICAL)})
     if atlas == "dosenbach":
         return dos.reset_index(drop=True)
-    sz = pd.read_csv(_nilearn_data("seitzman_2018_ROIs_300inVol_MNI_allInfo.txt"), sep=r"\s+")
+    sz = pd.read_csv(nilearn_data("seitzman_2018_ROIs_300inVol_MNI_allInfo.txt"), sep=r"\s+")
     sz = sz[sz["netName"] != "unassigned"]
     unknown = sorted(set(sz["netName"]) - set(SEITZMAN_TO_CANONICAL))
     if unknown:  # pragma: no cover - guards against a changed nilearn file
@@ -271,13 +257,6 @@ def network_templates(target_img_or_affine_shape, *, atlas: str = "seitzman",
     return img, names
 
 
-def _zscore_rows(a: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=1, keepdims=True)
-    sd = a.std(axis=1, keepdims=True)
-    sd[sd == 0] = 1.0
-    return a / sd
-
-
 def match_networks(components, templates, names: Sequence[str], *, threshold_z: float = 2.0,
                    min_r: float = 0.2) -> pd.DataFrame:
     """Label components with their best-matching network template.
@@ -319,8 +298,8 @@ def match_networks(components, templates, names: Sequence[str], *, threshold_z: 
         raise DimensionError(f"{len(names)} names for {tpl.shape[0]} templates.")
     if tpl.shape[0] == 0:
         raise InputError("No templates given.")
-    zc = _zscore_rows(comps)
-    zt = _zscore_rows(tpl)
+    zc = zscore_rows(comps)
+    zt = zscore_rows(tpl)
     r = zc @ zt.T / comps.shape[1]  # (K, N)
     best = np.argmax(r, axis=1)
     best_r = r[np.arange(len(best)), best]

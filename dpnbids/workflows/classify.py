@@ -365,7 +365,7 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
     from dpnbids.learn import cv
     from dpnbids.analysis.dual_regression import dual_regression
     from dpnbids.analysis.masking import load_run_matrix
-    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.analysis.decomposition import GroupICA
     from dpnbids.learn.model import resample_maps_to_grid
 
     preds, manifests, timings = [], [], {}
@@ -377,7 +377,7 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
         ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
                        n_repeats=config.ica.ica_repeats,
                        random_state=config.seed(f"ica.fold{fold.repeat}.{fold.fold}"))
-        ica.fit(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))
+        ica.fit_arrays(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))
         per_sub: dict[str, list] = {}
         for r in runs:
             if r.subject in index:

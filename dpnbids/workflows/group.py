@@ -35,7 +35,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     dual-regression limit (:func:`check_model_order`).
     """
     from dpnbids.analysis.masking import load_run_matrix
-    from dpnbids.analysis.ica import GroupICA
+    from dpnbids.analysis.decomposition import GroupICA
 
     for r in runs:
         n_t = nib.load(str(r.denoised)).shape[-1]
@@ -55,7 +55,7 @@ def fit_group_ica(runs, mask, config, cap: int):
                    fun=config.ica.ica_contrast,
                    random_state=config.seed("ica"), dim_est=config.ica.dim_est,
                    max_components=cap if auto else None, mask=mask if auto else None)
-    ica.fit(loader, len(runs), subject_ids=[r.key for r in runs])
+    ica.fit_arrays(loader, len(runs), subject_ids=[r.key for r in runs])
     if auto:
         est = ica.order_estimate_
         LOGGER.info("model order (%s): %d components (median of run estimates %.1f, cap %d)",
