@@ -38,7 +38,8 @@ def main(argv=None) -> int:
 
     from dpnbids.preproc.checks import load_bold
     from dpnbids.preproc.confounds import compute_confounds
-    from dpnbids.preproc.signal import (denoise, detect_nonsteady_states, slice_time_correct,
+    from dpnbids.preproc.denoise import denoise
+    from dpnbids.preproc.signal import (detect_nonsteady_states, slice_time_correct,
                                         slice_timing_from_order, smooth)
     from dpnbids.templates import load_template
 

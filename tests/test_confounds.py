@@ -193,7 +193,7 @@ def test_read_confounds_na_and_nothing_computed_when_complete(tmp_path, rng):
 @pytest.mark.parametrize("strategy", ["24p", "conn", "acompcor"])
 def test_read_confounds_computes_missing_derivatives_as_fmriprep(tmp_path, rng, strategy):
     from dpnbids.preproc.confounds import read_confounds
-    from dpnbids.preproc.signal import strategy_columns
+    from dpnbids.preproc.denoise import strategy_columns
 
     expansions = [c for c in _fmriprep_table(rng)[1].columns
                   if c.endswith(("_derivative1", "_power2"))]

@@ -180,7 +180,7 @@ def test_synthetic_fmriprep_tree_end_to_end(synth):
 
     from dpnbids.preproc.checks import load_bold
     from dpnbids.preproc.confounds import framewise_displacement
-    from dpnbids.preproc.signal import denoise
+    from dpnbids.preproc.denoise import denoise
 
     runs = find_fmriprep_inputs(synth.fmriprep_dir, subject="01", task="rest",
                                 space="MNI152NLin2009aSym", resolution=4.0)

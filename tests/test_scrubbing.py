@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.preproc.signal import censor_mask, denoise, interpolate_censored
+from dpnbids.preproc.signal import interpolate_censored
+from dpnbids.preproc.denoise import censor_mask, denoise
 
 SHAPE = (5, 6, 7)
 AFF = np.diag([3.0, 3.0, 3.0, 1.0])

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.preproc.signal import (STRATEGIES, denoise, detect_nonsteady_states,
-                                    fft_bandpass, slice_time_correct,
-                                    slice_timing_from_order, smooth, strategy_columns)
+from dpnbids.preproc.denoise import STRATEGIES, denoise, strategy_columns
+from dpnbids.preproc.signal import (detect_nonsteady_states, fft_bandpass, slice_time_correct,
+                                    slice_timing_from_order, smooth)
 
 SHAPE = (7, 8, 9)
 
@@ -269,7 +269,7 @@ def test_denoise_refuses_to_remove_all_band_signal(rng):
 def test_percent_signal_change_removes_gain_and_baseline(rng):
     import nibabel as nib
 
-    from dpnbids.preproc.signal import percent_signal_change
+    from dpnbids.preproc.denoise import percent_signal_change
 
     base = rng.uniform(500, 1500, (6, 7, 5)).astype(np.float32)
     fluct = rng.standard_normal((6, 7, 5, 40)).astype(np.float32)

@@ -396,7 +396,7 @@ def expand_confounds(confounds: pd.DataFrame, wanted) -> tuple[pd.DataFrame, lis
     ----------
     confounds : pandas.DataFrame
     wanted : iterable of str
-        Columns the caller needs (e.g. :func:`dpnbids.preproc.signal.strategy_columns`).
+        Columns the caller needs (e.g. :func:`dpnbids.preproc.denoise.strategy_columns`).
 
     Returns
     -------
@@ -429,7 +429,7 @@ def expand_confounds(confounds: pd.DataFrame, wanted) -> tuple[pd.DataFrame, lis
 
 def _strategy_needs(strategy, header: pd.DataFrame, columns, confounds_meta) -> list[str]:
     """Columns ``strategy`` regresses, counting computable expansions as present."""
-    from dpnbids.preproc.signal import strategy_columns
+    from dpnbids.preproc.denoise import strategy_columns
 
     return strategy_columns(strategy, header, columns=columns, confounds_meta=confounds_meta,
                             computable=derivable_columns(header.columns))
@@ -448,7 +448,7 @@ def check_confounds_header(tsv_path, strategy, *, columns=None,
     tsv_path : path
         fMRIPrep ``*_desc-confounds_timeseries.tsv``.
     strategy : str
-        A key of :data:`dpnbids.preproc.signal.STRATEGIES`.
+        A key of :data:`dpnbids.preproc.denoise.STRATEGIES`.
     columns : list of str, optional
         Custom columns (replace the strategy's).
     confounds_meta : dict, optional
@@ -494,7 +494,7 @@ def read_confounds(tsv_path, *, strategy=None, columns=None,
     ----------
     tsv_path : path
     strategy : str, optional
-        A key of :data:`dpnbids.preproc.signal.STRATEGIES`.
+        A key of :data:`dpnbids.preproc.denoise.STRATEGIES`.
     columns : list of str, optional
         Custom columns (replace the strategy's).
     confounds_meta : dict, optional
@@ -521,7 +521,7 @@ def read_confounds(tsv_path, *, strategy=None, columns=None,
 
 
 def n_censored(confounds_tsv_path, fd_thresh) -> int:
-    """Number of volumes :func:`dpnbids.preproc.signal.censor_mask` would censor.
+    """Number of volumes :func:`dpnbids.preproc.denoise.censor_mask` would censor.
 
     Reads only the ``framewise_displacement`` and ``motion_outlierXX`` columns,
     so input checks can refuse a run with too few volumes left before any
@@ -538,7 +538,7 @@ def n_censored(confounds_tsv_path, fd_thresh) -> int:
     -------
     int
     """
-    from dpnbids.preproc.signal import censor_mask
+    from dpnbids.preproc.denoise import censor_mask
 
     if fd_thresh is None or fd_thresh == 0:
         return 0

@@ -29,7 +29,7 @@ import pandas as pd
 __all__ = ["MIN_DOF", "RunDof", "band_bins", "run_dof", "builtin_run_dof", "ica_order_cap"]
 
 #: Fewest temporal degrees of freedom a denoised run may keep (denoising itself
-#: refuses to regress confounds that would leave fewer, see ``signal.denoise``).
+#: refuses to regress confounds that would leave fewer, see ``denoise.denoise``).
 MIN_DOF = 3
 
 #: Residual degrees of freedom stage 2 of dual regression keeps beyond the
@@ -72,7 +72,7 @@ def _band_text(high_pass, low_pass) -> str:
 
 
 def _effective_band(tr: float, high_pass, low_pass):
-    """The band edges ``signal.denoise`` applies (a low-pass at/above Nyquist is dropped)."""
+    """The band edges ``denoise.denoise`` applies (a low-pass at/above Nyquist is dropped)."""
     high_pass = high_pass if high_pass and high_pass > 0 else None
     low_pass = low_pass if low_pass and low_pass > 0 else None
     if low_pass is not None and low_pass >= 0.5 / float(tr):
@@ -81,10 +81,10 @@ def _effective_band(tr: float, high_pass, low_pass):
 
 
 def band_bins(n_volumes: int, tr: float, high_pass=None, low_pass=None) -> int:
-    """Degrees of freedom the band-pass of ``signal.denoise`` keeps (no filter: T - 1).
+    """Degrees of freedom the band-pass of ``denoise.denoise`` keeps (no filter: T - 1).
 
     Counts the bins of the mirror-padded (length ``2 T``) spectrum inside the
-    band, exactly as ``signal.denoise`` does; without any filter a linear
+    band, exactly as ``denoise.denoise`` does; without any filter a linear
     detrend is applied and ``T - 2`` remain.
     """
     high_pass, low_pass = _effective_band(tr, high_pass, low_pass)
@@ -124,7 +124,7 @@ def _filtered_rank(regressors: np.ndarray, tr: float, high_pass, low_pass) -> in
 def run_dof(confounds: pd.DataFrame, tr: float, *, strategy: str, high_pass=None,
             low_pass=None, confounds_meta: dict | None = None,
             censored: np.ndarray | None = None) -> RunDof:
-    """Degrees of freedom one run keeps after ``signal.denoise`` with ``strategy``.
+    """Degrees of freedom one run keeps after ``denoise.denoise`` with ``strategy``.
 
     Parameters
     ----------
@@ -150,7 +150,7 @@ def run_dof(confounds: pd.DataFrame, tr: float, *, strategy: str, high_pass=None
     InputError
         The table lacks a column the strategy needs (see ``strategy_columns``).
     """
-    from dpnbids.preproc.signal import SCRUB_THRESHOLDS, _scrub_regressors, strategy_columns
+    from dpnbids.preproc.denoise import SCRUB_THRESHOLDS, _scrub_regressors, strategy_columns
 
     n_t = len(confounds)
     cols = strategy_columns(strategy, confounds, confounds_meta=confounds_meta)
@@ -172,9 +172,9 @@ def builtin_run_dof(n_volumes: int, tr: float, *, strategy: str, high_pass=None,
     The confounds do not exist yet, so their rank is taken as their number
     (``STRATEGIES[strategy]``, full rank as motion and CompCor regressors are);
     scrubbing spikes are only known after head-motion correction and are not
-    counted here (``signal.denoise`` checks again with them).
+    counted here (``denoise.denoise`` checks again with them).
     """
-    from dpnbids.preproc.signal import STRATEGIES
+    from dpnbids.preproc.denoise import STRATEGIES
 
     n_t = int(n_volumes) - int(n_dummy)
     n_regs = len(STRATEGIES[strategy])

@@ -124,14 +124,15 @@ def confounds_and_denoise(bold_std, mask_std, *, tr, confounds_file=None, motion
                           fd_thresh=None) -> dict:
     """Confounds TSV/JSON (computed or taken from fMRIPrep), smoothing and denoising.
 
-    With ``fd_thresh`` (mm) the volumes of :func:`~dpnbids.preproc.signal.censor_mask`
+    With ``fd_thresh`` (mm) the volumes of :func:`~dpnbids.preproc.denoise.censor_mask`
     are censored (interpolated, then dropped from the denoised series), and
     ``motion_summary`` gains ``fd_thresh``, ``n_censored``, ``n_kept`` and
     ``censored_volumes`` (0-based indices).
     """
     from dpnbids.preproc.confounds import (compute_confounds, confounds_metadata,
                                            read_confounds, write_confounds)
-    from dpnbids.preproc.signal import censor_mask, denoise, percent_signal_change, smooth
+    from dpnbids.preproc.signal import smooth
+    from dpnbids.preproc.denoise import censor_mask, denoise, percent_signal_change
 
     out_dir = Path(out_dir)
     img = nib.load(str(bold_std))

@@ -119,7 +119,7 @@ def fmriprep_run_dof(config, run: dict):
     """:class:`~dpnbids.preproc.dof.RunDof` of one fMRIPrep run, from its confounds."""
     from dpnbids.preproc.confounds import read_confounds
     from dpnbids.preproc.dof import run_dof
-    from dpnbids.preproc.signal import censor_mask
+    from dpnbids.preproc.denoise import censor_mask
 
     pp = config.preproc
     confounds, _notes = read_confounds(run["confounds"], strategy=pp.denoise_strategy)

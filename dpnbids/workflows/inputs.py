@@ -114,7 +114,7 @@ def run_dof_from_outputs(run: RunFiles, config):
     confounds TSV and the denoised series' JSON sidecar (no image is read)."""
     from dpnbids.preproc.confounds import read_confounds
     from dpnbids.preproc.dof import run_dof
-    from dpnbids.preproc.signal import censor_mask
+    from dpnbids.preproc.denoise import censor_mask
 
     sidecar = Path(str(run.denoised).replace(".nii.gz", ".json"))
     meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
