@@ -294,10 +294,27 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
         float32 denoised series, zeros outside the mask; with ``censor``, only
         the retained volumes.
     """
-    from nilearn.signal import clean
-
     data, mask = _bold_and_mask(img, mask_img, "denoise")
     n_t = data.shape[3]
+    regs, censor = _regressors(confounds, n_t, strategy=strategy, columns=columns,
+                               confounds_meta=confounds_meta, scrub=scrub, censor=censor)
+    high_pass, low_pass = _checked_band(regs, n_t, tr, high_pass, low_pass)
+    if filter not in ("fft", "butterworth"):
+        raise InputError(f"Unknown filter {filter!r}; expected 'fft' or 'butterworth'.")
+    cleaned = _clean(data[mask].T.astype(np.float64), regs, tr, censor=censor,
+                     high_pass=high_pass, low_pass=low_pass, detrend=detrend,
+                     standardize=standardize, filter=filter)
+    out = np.zeros(data.shape[:3] + (cleaned.shape[0],), np.float32)
+    out[mask] = cleaned.T.astype(np.float32)
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    result = nib.Nifti1Image(out, img.affine, header)
+    result.header.set_slope_inter(1.0, 0.0)
+    return result
+
+
+def _regressors(confounds, n_t, *, strategy, columns, confounds_meta, scrub, censor):
+    """The confound matrix (T, R) of :func:`denoise`, and the censor mask (None: none)."""
     if len(confounds) != n_t:
         raise DimensionError(
             f"The confounds table has {len(confounds)} rows but the BOLD series has {n_t} "
@@ -310,13 +327,13 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
     if scrub:
         regs = np.hstack([regs, _scrub_regressors(confounds, SCRUB_THRESHOLDS.get(
             strategy, SCRUB_THRESHOLDS["conn"]))])
-    censoring = censor is not None and bool(np.any(censor))
     if censor is not None:
         censor = np.asarray(censor, bool).ravel()
         if censor.size != n_t:
             raise DimensionError(f"The censor mask has {censor.size} entries but the BOLD "
                                  f"series has {n_t} volumes; expected one per volume.")
-    if censoring:
+        censor = censor if censor.any() else None
+    if censor is not None:
         support = regs != 0
         only_censored = support.any(axis=0) & ~support[~censor].any(axis=0)
         regs = regs[:, ~only_censored]
@@ -330,10 +347,15 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
         raise InputError(
             f"denoise: {regs.shape[1]} confound regressors for {n_t} volumes leave no degrees "
             "of freedom. Use a lighter --denoise-strategy or a longer run.")
+    return regs, censor
+
+
+def _checked_band(regs, n_t, tr, high_pass, low_pass):
+    """Band edges :func:`denoise` applies; refuse regressors that fill the band."""
     nyquist = 0.5 / tr
     if low_pass is not None and low_pass >= nyquist:
         warnings.warn(f"low_pass {low_pass} Hz is at or above Nyquist ({nyquist:g} Hz for "
-                      f"TR {tr:g} s); the low-pass is not applied.", UserWarning, stacklevel=2)
+                      f"TR {tr:g} s); the low-pass is not applied.", UserWarning, stacklevel=3)
         low_pass = None
     if high_pass is not None and high_pass <= 0:
         high_pass = None
@@ -346,12 +368,16 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
             f"{np.linalg.matrix_rank(regs)}) for {band_dof} degrees of freedom in the "
             f"{high_pass}-{low_pass} Hz band ({n_t} volumes, TR {tr:g} s) would remove all "
             "signal. Use a lighter --denoise-strategy (e.g. 'minimal') or a longer run.")
-    if filter not in ("fft", "butterworth"):
-        raise InputError(f"Unknown filter {filter!r}; expected 'fft' or 'butterworth'.")
+    return high_pass, low_pass
+
+
+def _clean(signals, regs, tr, *, censor, high_pass, low_pass, detrend, standardize, filter):
+    """Regression and band-pass of (T, V) ``signals`` (see :func:`denoise`)."""
+    from nilearn.signal import clean
+
     if standardize is False:
         standardize = None  # nilearn >= 0.14 spelling of "no standardisation"
-    signals = data[mask].T.astype(np.float64)  # (T, V)
-    if censoring:
+    if censor is not None:
         signals = interpolate_censored(signals, censor)
         regs = interpolate_censored(regs, censor) if regs.shape[1] else regs
     band = low_pass is not None or high_pass is not None
@@ -373,12 +399,4 @@ def denoise(img, confounds: pd.DataFrame, mask_img, tr: float, *, strategy: str 
                         detrend=detrend, standardize=standardize, standardize_confounds=True,
                         filter="butterworth" if band else False, low_pass=low_pass,
                         high_pass=high_pass)
-    if censoring:
-        cleaned = cleaned[~censor]
-    out = np.zeros(data.shape[:3] + (cleaned.shape[0],), np.float32)
-    out[mask] = cleaned.T.astype(np.float32)
-    header = img.header.copy()
-    header.set_data_dtype(np.float32)
-    result = nib.Nifti1Image(out, img.affine, header)
-    result.header.set_slope_inter(1.0, 0.0)
-    return result
+    return cleaned[~censor] if censor is not None else cleaned
