@@ -87,7 +87,7 @@ def res_label(resolution_mm: float) -> str:
 
 
 @contextmanager
-def _atomic_path(target: Path):
+def atomic_path(target: Path):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
@@ -131,7 +131,7 @@ def pid_alive(pid) -> bool:
 
 
 def is_stale_temporary(path: Path) -> bool:
-    """A temporary file of :func:`_atomic_path` whose writer, on this host, has died."""
+    """A temporary file of :func:`atomic_path` whose writer, on this host, has died."""
     name = Path(path).name
     match = _TEMP_OWNER.search(name) if name.startswith(TEMP_PREFIX) else None
     return bool(match) and match.group(2) == socket.gethostname() \
@@ -141,7 +141,7 @@ def is_stale_temporary(path: Path) -> bool:
 def remove_stale_temporaries(output_dir) -> list[Path]:
     """Delete the temporary files that killed writers left in OUTPUT_DIR; return them.
 
-    A SIGKILL between :func:`_atomic_path`'s create and rename leaves a hidden
+    A SIGKILL between :func:`atomic_path`'s create and rename leaves a hidden
     ``.tmp-<final name>~<pid>@<host>~*`` beside the final file (never a file under the
     final name). Only files whose writer ran on this host and is gone are removed; a
     live run's, or another host's, are left alone.
@@ -154,7 +154,7 @@ def remove_stale_temporaries(output_dir) -> list[Path]:
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> Path:
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
@@ -170,13 +170,55 @@ def atomic_copy(src: Path, target: Path) -> Path:
     from dpnbids.nifti_io import gzip_copy
 
     src, target = Path(src), Path(target)
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         if target.name.endswith(".nii.gz") and src.name.endswith(".nii"):
             gzip_copy(src, tmp)
         else:
             shutil.copyfile(src, tmp)
     return target
 
+
+def write_nifti(img, target, *, compresslevel: int | None = None) -> Path:
+    """Save a nibabel image atomically (gzip without timestamps: reproducible bytes)."""
+    import nibabel as nib
+    import numpy as np
+
+    from dpnbids.nifti_io import save_nifti
+
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        if target.name.endswith(".nii.gz") and not isinstance(img, nib.Nifti1Image):
+            img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+        save_nifti(img, tmp, compresslevel=compresslevel)
+    return target
+
+
+def write_json(obj: dict, target, *, sort_keys: bool = True) -> Path:
+    """Indented JSON (numpy values converted), written atomically."""
+    return atomic_write_text(Path(target), json.dumps(obj, indent=2, sort_keys=sort_keys,
+                                                      default=_json_default) + "\n")
+
+
+def write_tsv(frame, target, *, index: bool = False, float_format: str | None = None) -> Path:
+    """A BIDS TSV (tabs, ``n/a`` for missing values, LF line ends), written atomically."""
+    text = frame.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n",
+                        float_format=float_format)
+    return atomic_write_text(Path(target), text)
+
+
+def replace_dir(src, dst) -> Path:
+    """Move the complete folder ``src`` to ``dst``, replacing any folder there.
+
+    The old ``dst`` is first renamed aside (``.<name>-old-<pid>``), so a reader
+    sees either the old folder or the new one, never a mix; it is then deleted.
+    """
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(f".{dst.name}-old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
 
 def _lock(path: Path):
     from filelock import FileLock
@@ -223,26 +265,13 @@ class DerivativesWriter:
 
     # ---------------------------------------------------------------- writers
     def write_nifti(self, img, target: Path) -> Path:
-        """Save a nibabel image atomically (gzip without timestamps: reproducible bytes)."""
-        import nibabel as nib
-        import numpy as np
-
-        from dpnbids.nifti_io import save_nifti
-
-        target = Path(target)
-        with _atomic_path(target) as tmp:
-            if target.name.endswith(".nii.gz") and not isinstance(img, nib.Nifti1Image):
-                img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-            save_nifti(img, tmp)
-        return target
+        return write_nifti(img, target)
 
     def write_json(self, obj: dict, target: Path) -> Path:
-        return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True,
-                                                    default=_json_default) + "\n")
+        return write_json(obj, target)
 
     def write_tsv(self, frame, target: Path, *, index: bool = False) -> Path:
-        text = frame.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
-        return atomic_write_text(target, text)
+        return write_tsv(frame, target, index=index)
 
     def write_text(self, text: str, target: Path) -> Path:
         return atomic_write_text(target, text)

@@ -27,6 +27,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from dpnbids.derivatives import atomic_write_text, write_nifti
 from dpnbids.exceptions import InputError
 
 DEFAULT_SPACE = "MNI152NLin2009aSym"
@@ -68,13 +69,6 @@ def template_filename(space: str, resolution: float, kind: str) -> str:
     if desc:
         parts.append(f"desc-{desc}")
     return "_".join(parts) + f"_{suffix}.nii.gz"
-
-
-def _atomic_to_filename(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    img.to_filename(tmp)
-    os.replace(tmp, path)
 
 
 def nilearn_data(name: str) -> Path:
@@ -135,18 +129,16 @@ def _seed_nilearn_mni(home: Path) -> None:
         img = nib.Nifti1Image(data, t1.affine)
         img.set_data_dtype(np.uint8 if kind == "mask" else np.float32)
         img.header.set_xyzt_units("mm")
-        _atomic_to_filename(img, tdir / template_filename(_NILEARN_SPACE, 1, kind))
+        write_nifti(img, tdir / template_filename(_NILEARN_SPACE, 1, kind))
     desc = tdir / "template_description.json"
     if not desc.exists():
-        tmp = desc.with_name(f".{desc.name}.{os.getpid()}.tmp")
-        tmp.write_text(
+        atomic_write_text(desc, 
             '{"Identifier": "MNI152NLin2009aSym", "Name": "ICBM 2009a Nonlinear Symmetric",'
             ' "Authors": ["Fonov V", "Evans AC", "Collins DL"],'
             ' "ReferencesAndLinks": ["doi:10.1016/j.neuroimage.2010.07.033"],'
             ' "res": {"01": {"origin": [-98, -134, -72], "shape": [197, 233, 189], "zooms": [1, 1, 1]}},'
             ' "Note": "Seeded offline by dpnbids from the copy shipped with nilearn."}'
         )
-        os.replace(tmp, desc)
 
 
 def _resample_to_resolution(src: Path, dst: Path, resolution: float, kind: str) -> None:
@@ -175,7 +167,7 @@ def _resample_to_resolution(src: Path, dst: Path, resolution: float, kind: str) 
         data = data.astype(np.float32)
     new = nib.Nifti1Image(data, out.affine)
     new.header.set_xyzt_units("mm")
-    _atomic_to_filename(new, dst)
+    write_nifti(new, dst)
 
 
 def _usable(path: Path) -> bool:

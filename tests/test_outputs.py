@@ -147,8 +147,8 @@ def test_written_layout_passes_bids_validator(tmp_path):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from dpnbids.derivatives import _atomic_path
-with _atomic_path(Path(sys.argv[1])) as tmp:
+from dpnbids.derivatives import atomic_path
+with atomic_path(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"half")
     print(tmp, flush=True)
     time.sleep(600)

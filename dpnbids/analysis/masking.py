@@ -6,15 +6,14 @@ Runs are any objects with ``denoised`` and ``mask`` paths (e.g.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from dpnbids.derivatives import write_nifti
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.nifti_io import save_nifti
 
 LOGGER = logging.getLogger("dpnbids.group")
 
@@ -126,12 +125,8 @@ def resample_runs(runs: list, grid: AnalysisGrid, work_dir) -> list:
             m_data = (np.asarray(m.dataobj) > 0.5).astype(np.uint8)
             b = resample_img(nib.load(str(r.denoised)), **kw)
             b_data = np.asarray(b.dataobj, dtype=np.float32) * m_data[..., None]
-            tmp = den.with_name(den.name + ".tmp.nii")
-            save_nifti(nib.Nifti1Image(b_data, grid.affine), str(tmp))
-            os.replace(tmp, den)
-            tmp = mask.with_name(mask.name + ".tmp.nii")
-            save_nifti(nib.Nifti1Image(m_data, grid.affine), str(tmp))
-            os.replace(tmp, mask)
+            write_nifti(nib.Nifti1Image(b_data, grid.affine), den)
+            write_nifti(nib.Nifti1Image(m_data, grid.affine), mask)
         out.append(dataclasses.replace(r, denoised=den, mask=mask))
     return out
 

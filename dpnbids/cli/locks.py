@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from dpnbids.derivatives import atomic_write_text, pid_alive
 from dpnbids.exceptions import InputError
-from dpnbids.derivatives import pid_alive
 
 LOGGER = logging.getLogger("dpnbids.locks")
 
@@ -63,9 +63,7 @@ def _write_owner(lock_file: Path) -> None:
     owner = {"pid": os.getpid(), "host": socket.gethostname(),
              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
     target = _owner_file(lock_file)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(owner))
-    os.replace(tmp, target)
+    atomic_write_text(target, json.dumps(owner))
 
 
 def _acquire(lock_file: Path):

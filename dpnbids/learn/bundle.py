@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpnbids.derivatives import replace_dir
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 
 LOGGER = logging.getLogger("dpnbids.learn.bundle")
@@ -111,13 +112,7 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -43,14 +43,13 @@ two.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dpnbids.derivatives import write_tsv
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["compute_confounds", "confounds_metadata", "write_confounds",
@@ -330,17 +329,7 @@ def confounds_metadata(df: pd.DataFrame) -> dict:
 
 def write_confounds(df: pd.DataFrame, tsv_path) -> Path:
     """Write a tab-separated confounds file with ``n/a`` for missing values (atomically)."""
-    tsv_path = Path(tsv_path)
-    tsv_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{tsv_path.name}.", dir=tsv_path.parent)
-    os.close(fd)
-    try:
-        df.to_csv(tmp, sep="\t", na_rep="n/a", index=False)
-        os.replace(tmp, tsv_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return tsv_path
+    return write_tsv(df, tsv_path)
 
 
 # ----------------------------------------------------------------- reading fMRIPrep tables

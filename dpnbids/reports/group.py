@@ -8,11 +8,14 @@ they appear.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from dpnbids.derivatives import atomic_write_text
 from dpnbids.reports import figures
-from dpnbids.reports.subject import about_section, dict_table, esc, note, page, safe_figure, write_atomic
+from dpnbids.reports.subject import about_section, dict_table, esc, note, page, safe_figure
 
 __all__ = ["render_group_report", "timings_table", "LEAKY_LABEL"]
 
@@ -297,5 +300,5 @@ def render_group_report(
         ],
     )
     if out_file is not None:
-        write_atomic(text, out_file)
+        atomic_write_text(Path(out_file), text)
     return text

@@ -10,18 +10,17 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 import dpnbids
 
+from dpnbids.derivatives import atomic_write_text
 from dpnbids.reports import figures
 
-__all__ = ["render_subject_report", "write_atomic", "esc", "page"]
+__all__ = ["render_subject_report", "esc", "page"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,22 +121,6 @@ def about_section(command_line=None) -> str:
             "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         }
     )
-
-
-def write_atomic(text: str, out_file) -> Path:
-    """Write ``text`` to ``out_file`` via a temp file in the same folder + ``os.replace``."""
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
 
 
 def _run_name(run: dict, i: int) -> str:
@@ -287,5 +270,5 @@ def render_subject_report(
         ],
     )
     if out_file is not None:
-        write_atomic(text, out_file)
+        atomic_write_text(Path(out_file), text)
     return text

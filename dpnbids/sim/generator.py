@@ -107,15 +107,10 @@ and ``sub-XX_from-T1w_to-template_affine.txt`` (4x4 world-to-world, mm,
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -123,158 +118,16 @@ import pandas as pd
 from scipy import ndimage
 
 from dpnbids import __version__
-from dpnbids.derivatives import res_label
+from dpnbids.derivatives import res_label, write_json, write_nifti, write_tsv
 from dpnbids.exceptions import InputError
 from dpnbids.analysis.networks import load_network_coordinates, render_gaussians
-
-SPACE = "MNI152NLin2009aSym"
-_SLICE_ORDERS = ("ascending", "descending", "interleaved")
-
-
-@dataclass(frozen=True)
-class SynthParams:
-    """Parameters of the generative model (see the module docstring).
-
-    Attributes
-    ----------
-    n_responders, n_nonresponders : int
-        Class sizes (the paper's cohort: 29 and 14).
-    seed : int
-        The only source of randomness.
-    null : bool
-        Apply the effect to nobody (labels independent of the images).
-    space : {"template", "native"}
-        Where the raw images live; "template" also writes fMRIPrep-style derivatives.
-    n_volumes, tr : int, float
-        Run length and repetition time (s).
-    template_resolution : float
-        Grid (mm) of the model and of template-space images (2 or 4 typical).
-    bold_voxel_size, t1w_voxel_size : float
-        Native BOLD voxel size (native mode) and T1w voxel size (mm).
-    networks, effect_networks : tuple of str
-        Simulated networks (canonical names of :mod:`dpnbids.analysis.networks`) and the
-        subset whose amplitude carries the label effect.
-    effect_size : float
-        Cohen's d of the effect networks' amplitude, responders vs non-responders.
-    amplitude_sd : float
-        Between-subject SD of each network's amplitude (mean 1).
-    shift_mm : float
-        SD (mm, per axis) of each subject's per-network spatial shift.
-    signal_percent : float
-        BOLD signal change (%) for a unit map value and a unit-SD time course.
-    noise_level : float
-        Thermal noise SD relative to ``signal_percent`` of the mean brain baseline.
-    physio_percent : float
-        Physiological nuisance amplitude (%) in CSF/WM-weighted voxels.
-    network_correlation : float
-        Expected correlation between network time courses.
-    motion_mm : float
-        Typical largest head translation (mm) per run.
-    slice_order : {"ascending", "descending", "interleaved"}
-    n_sessions, n_runs : int
-        ``ses-``/``run-`` entities are written only when > 1.
-    task : str
-        BIDS task label.
-
-    Notes
-    -----
-    With the defaults, a 10-subject group ICA (dpnbids.analysis.ica.GroupICA, 20 or 30
-    components) on the fMRIPrep-style derivatives recovers every planted group
-    map with spatial |r| > 0.92 (measured; a larger ``shift_mm`` blurs the
-    group maps and lowers this).
-    """
-
-    n_responders: int = 29
-    n_nonresponders: int = 14
-    seed: int = 0
-    null: bool = False
-    space: str = "template"
-    n_volumes: int = 100
-    tr: float = 2.6
-    template_resolution: float = 4.0
-    bold_voxel_size: float = 4.0
-    t1w_voxel_size: float = 2.0
-    networks: tuple = ("default_mode", "sensorimotor", "visual", "fronto_parietal", "cerebellar")
-    effect_networks: tuple = ("default_mode", "sensorimotor")
-    effect_size: float = 1.0
-    amplitude_sd: float = 0.2
-    shift_mm: float = 1.0
-    signal_percent: float = 2.0
-    noise_level: float = 1.0
-    physio_percent: float = 1.0
-    network_correlation: float = 0.2
-    motion_mm: float = 0.5
-    slice_order: str = "ascending"
-    n_sessions: int = 1
-    n_runs: int = 1
-    task: str = "rest"
-
-    def validate(self) -> "SynthParams":
-        """Raise :class:`InputError` on an impossible combination; return self."""
-        def bad(msg):
-            raise InputError(msg)
-
-        if self.n_responders < 1 or self.n_nonresponders < 1:
-            bad(f"Need at least one responder and one non-responder; got "
-                f"{self.n_responders} and {self.n_nonresponders}.")
-        if self.space not in ("native", "template"):
-            bad(f"space must be 'native' or 'template'; got {self.space!r}.")
-        if self.n_volumes < 20:
-            bad(f"n_volumes must be >= 20 so that the 0.01-0.1 Hz band has frequencies; "
-                f"got {self.n_volumes}.")
-        if not 0.3 <= self.tr <= 10:
-            bad(f"tr must be between 0.3 and 10 s; got {self.tr}.")
-        if self.n_volumes * self.tr < 100:
-            bad(f"n_volumes * tr = {self.n_volumes * self.tr:g} s is too short for a "
-                "0.01-0.1 Hz signal; use at least 100 s.")
-        for name in ("template_resolution", "bold_voxel_size", "t1w_voxel_size"):
-            v = getattr(self, name)
-            if not 1.0 <= v <= 8.0:
-                bad(f"{name} must be between 1 and 8 mm; got {v}.")
-        if self.slice_order not in _SLICE_ORDERS:
-            bad(f"slice_order must be one of {_SLICE_ORDERS}; got {self.slice_order!r}.")
-        if not self.networks:
-            bad("networks must name at least one network.")
-        available = set(load_network_coordinates()["network"])
-        unknown = [n for n in self.networks if n not in available]
-        if unknown:
-            bad(f"Unknown network(s) {unknown}; available: {sorted(available)}.")
-        missing = [n for n in self.effect_networks if n not in self.networks]
-        if missing:
-            bad(f"effect_networks {missing} are not in networks {list(self.networks)}.")
-        if self.n_sessions < 1 or self.n_runs < 1:
-            bad("n_sessions and n_runs must be >= 1.")
-        if not self.task.isalnum():
-            bad(f"task must be alphanumeric (a BIDS label); got {self.task!r}.")
-        for name in ("amplitude_sd", "shift_mm", "noise_level", "motion_mm",
-                     "signal_percent", "physio_percent"):
-            if getattr(self, name) < 0:
-                bad(f"{name} must be >= 0; got {getattr(self, name)}.")
-        if not 0 <= self.network_correlation < 1:
-            bad(f"network_correlation must be in [0, 1); got {self.network_correlation}.")
-        return self
-
-
-@dataclass(frozen=True)
-class SynthResult:
-    """Where :func:`generate_dataset` wrote things."""
-
-    bids_dir: Path
-    truth_dir: Path
-    fmriprep_dir: Path | None
-    subjects: tuple = field(default=())
-
+from dpnbids.sim.params import SPACE, SynthParams, SynthResult
+from dpnbids.sim.scanner import (band_limited_coefficients, bounding_corners, evaluate_signals,
+                                 fmriprep_confounds, grid_around, motion_matrix, motion_params,
+                                 orientation, random_affine, sample, slice_timing,
+                                 template_model)
 
 # --------------------------------------------------------------------------- helpers
-def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    """Write a .nii.gz with gzip mtime 0 (byte-identical for identical data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = img.to_bytes()
-    with open(path, "wb") as fh:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
-            gz.write(raw)
-
-
 def _img(data, affine, *, code: int, dtype=None, tr: float | None = None) -> nib.Nifti1Image:
     # NIfTI stores Fortran order; handing nibabel a Fortran array avoids a slow chunked copy
     img = nib.Nifti1Image(np.asfortranarray(data), affine)
@@ -301,175 +154,11 @@ def _scaled_int16(data: np.ndarray, affine, *, tr: float) -> nib.Nifti1Image:
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_json(obj, path, sort_keys=False)  # keys in the order BIDS documents them
 
 
 def _write_tsv(path: Path, df: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.10g",
-              lineterminator="\n")
-
-
-def rotation_matrix(rx: float, ry: float, rz: float) -> np.ndarray:
-    """``Rx(rx) @ Ry(ry) @ Rz(rz)`` (radians), the convention of the motion model."""
-    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
-    rxm = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    rym = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rzm = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rxm @ rym @ rzm
-
-
-def motion_matrix(params: Sequence[float], centre: Sequence[float]) -> np.ndarray:
-    """4x4 ``M`` with ``M x = R (x - c) + c + t`` for fMRIPrep-ordered params."""
-    tx, ty, tz, rx, ry, rz = params
-    m = np.eye(4)
-    r = rotation_matrix(rx, ry, rz)
-    c = np.asarray(centre, dtype=float)
-    m[:3, :3] = r
-    m[:3, 3] = c - r @ c + np.array([tx, ty, tz])
-    return m
-
-
-def slice_timing(n_slices: int, tr: float, order: str = "ascending") -> np.ndarray:
-    """Acquisition offset (s) of each slice for a sequential or interleaved order."""
-    if order == "ascending":
-        acq = np.arange(n_slices)
-    elif order == "descending":
-        acq = np.arange(n_slices)[::-1]
-    elif order == "interleaved":
-        seq = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
-        acq = np.empty(n_slices, dtype=int)
-        acq[seq] = np.arange(n_slices)
-    else:
-        raise InputError(f"slice_order must be one of {_SLICE_ORDERS}; got {order!r}.")
-    return np.round(acq * tr / n_slices, 4)
-
-
-def band_limited_coefficients(rng, n: int, duration: float, band=(0.01, 0.1),
-                              correlation: float = 0.0):
-    """Fourier frequencies and coefficients of ``n`` band-limited signals.
-
-    Returns ``freqs`` (F,) and ``coefs`` (n, 2F) for ``cos`` then ``sin`` terms;
-    signals share a common component so that pairwise correlations are
-    ``correlation`` in expectation.
-    """
-    k = np.arange(int(np.ceil(band[0] * duration)), int(np.floor(band[1] * duration)) + 1)
-    k = k[k > 0]
-    freqs = k / duration
-    common = rng.standard_normal(2 * len(freqs))
-    own = rng.standard_normal((n, 2 * len(freqs)))
-    coefs = np.sqrt(1 - correlation) * own + np.sqrt(correlation) * common
-    return freqs, coefs
-
-
-def evaluate_signals(freqs, coefs, times) -> np.ndarray:
-    """Evaluate the band-limited signals at ``times`` (any shape): (n, *times.shape)."""
-    t = np.asarray(times, dtype=float)
-    ph = 2 * np.pi * np.multiply.outer(t, freqs)  # (..., F)
-    basis = np.concatenate([np.cos(ph), np.sin(ph)], axis=-1)  # (..., 2F)
-    return np.moveaxis(basis @ coefs.T, -1, 0)
-
-
-class _Template:
-    """Template images on the model grid (and the T1w grid)."""
-
-    def __init__(self, resolution: float, t1w_resolution: float):
-        from dpnbids.templates import load_template
-
-        mask_img = load_template(SPACE, resolution, "mask")
-        self.affine = np.asarray(mask_img.affine, dtype=float)
-        self.shape = tuple(mask_img.shape[:3])
-        self.mask = np.asarray(mask_img.dataobj) > 0
-        gm = np.asarray(load_template(SPACE, resolution, "GM").dataobj, dtype=np.float32)
-        wm = np.asarray(load_template(SPACE, resolution, "WM").dataobj, dtype=np.float32)
-        csf = np.asarray(load_template(SPACE, resolution, "CSF").dataobj, dtype=np.float32)
-        self.gm, self.wm, self.csf = gm, wm, csf
-        support = ndimage.binary_dilation(self.mask, iterations=1)
-        self.support = support
-        self.baseline = (1000.0 * (0.8 * gm + 0.6 * wm + 1.0 * csf) * support).astype(np.float32)
-        self.baseline[support & (self.baseline < 200)] = 200.0
-        self.physio_weight = (csf + 0.5 * wm + 0.2 * gm).astype(np.float32) * support
-        t1 = load_template(SPACE, resolution, "T1w")
-        self.t1 = np.asarray(t1.dataobj, dtype=np.float32)
-        t1hi = load_template(SPACE, t1w_resolution, "T1w")
-        self.t1_hi = np.asarray(t1hi.dataobj, dtype=np.float32)
-        self.t1_hi_affine = np.asarray(t1hi.affine, dtype=float)
-        self.t1_hi_mask = np.asarray(load_template(SPACE, t1w_resolution, "mask").dataobj) > 0
-
-
-@lru_cache(maxsize=2)
-def _template(resolution: float, t1w_resolution: float) -> _Template:
-    return _Template(resolution, t1w_resolution)
-
-
-def _corners(shape, affine, mask) -> np.ndarray:
-    """World coordinates of the bounding-box corners of ``mask``."""
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(0), idx.max(0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
-                        for c in (lo[2], hi[2])], dtype=float)
-    return corners @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _grid_around(world_pts: np.ndarray, voxel: float, orient: np.ndarray, margin: float):
-    """Grid (affine, shape) with direction cosines ``orient`` covering the points."""
-    lin = orient * voxel
-    inv = np.linalg.inv(lin)
-    vox = world_pts @ inv.T
-    lo = np.floor(vox.min(0) - margin / voxel)
-    hi = np.ceil(vox.max(0) + margin / voxel)
-    shape = tuple(int(s) for s in (hi - lo + 1))
-    affine = np.eye(4)
-    affine[:3, :3] = lin
-    affine[:3, 3] = lin @ lo
-    return affine, shape
-
-
-def _orientation(kind: int, oblique_deg: float) -> np.ndarray:
-    """Direction cosines: 0 RAS, 1 LAS, 2 sagittal PIR-like; then an oblique tilt."""
-    if kind == 1:
-        base = np.diag([-1.0, 1.0, 1.0])
-    elif kind == 2:
-        base = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    else:
-        base = np.eye(3)
-    return rotation_matrix(np.deg2rad(oblique_deg), 0.0, 0.0) @ base
-
-
-def _random_affine(rng, rot_deg: float, trans_mm: float, scale: float = 0.0,
-                   shear: float = 0.0) -> np.ndarray:
-    ang = np.deg2rad(rng.uniform(-rot_deg, rot_deg, 3))
-    m = np.eye(4)
-    lin = rotation_matrix(*ang)
-    if scale or shear:
-        s = np.diag(1 + rng.uniform(-scale, scale, 3))
-        sh = np.eye(3)
-        sh[0, 1], sh[0, 2], sh[1, 2] = rng.uniform(-shear, shear, 3)
-        lin = lin @ s @ sh
-    m[:3, :3] = lin
-    m[:3, 3] = rng.uniform(-trans_mm, trans_mm, 3)
-    return m
-
-
-def _sample(volume: np.ndarray, vox2vox: np.ndarray, shape, order: int = 1) -> np.ndarray:
-    """Sample ``volume`` at ``vox2vox @ [i, j, k, 1]`` for every voxel of ``shape``."""
-    return ndimage.affine_transform(volume, vox2vox[:3, :3], offset=vox2vox[:3, 3],
-                                    output_shape=tuple(shape), order=order, mode="constant",
-                                    cval=0.0, prefilter=False)
-
-
-def _motion_params(rng, n: int, motion_mm: float) -> np.ndarray:
-    walk = np.cumsum(rng.standard_normal((n, 6)), axis=0)
-    walk = ndimage.gaussian_filter1d(walk, 2.0, axis=0, mode="nearest")
-    walk -= walk[0]
-    out = np.zeros_like(walk)
-    if motion_mm > 0:
-        level = motion_mm * rng.uniform(0.5, 1.5)
-        for cols, scale in ((slice(0, 3), level), (slice(3, 6), level / 50.0)):
-            peak = np.abs(walk[:, cols]).max()
-            out[:, cols] = walk[:, cols] / peak * scale if peak > 0 else 0.0
-    return out
+    write_tsv(df, path, float_format="%.10g")
 
 
 def _run_entities(p: SynthParams, sub: str, ses: int | None, run: int | None) -> str:
@@ -480,61 +169,6 @@ def _run_entities(p: SynthParams, sub: str, ses: int | None, run: int | None) ->
     if run is not None:
         parts.append(f"run-{run}")
     return "_".join(parts)
-
-
-# --------------------------------------------------------------------------- confounds
-def _confounds(data: np.ndarray, motion: np.ndarray, tpl: _Template) -> tuple[pd.DataFrame, dict]:
-    """fMRIPrep-named confounds from template-space data (X, Y, Z, T)."""
-    t = data.shape[-1]
-    mask = tpl.mask
-    ts = data[mask].T.astype(np.float64)  # (T, V)
-    cols = {}
-    names = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
-    for i, n in enumerate(names):
-        cols[n] = motion[:, i]
-        d = np.r_[np.nan, np.diff(motion[:, i])]
-        cols[n + "_derivative1"] = d
-    dm = np.abs(np.diff(motion, axis=0))
-    fd = dm[:, :3].sum(1) + 50.0 * dm[:, 3:].sum(1)
-    cols["framewise_displacement"] = np.r_[np.nan, fd]
-    diff = np.diff(ts, axis=0)
-    dvars = np.sqrt((diff**2).mean(1))
-    q75, q25 = np.percentile(ts, [75, 25], axis=0)
-    robust_sd = (q75 - q25) / 1.349
-    expected = np.sqrt(2) * robust_sd.mean()
-    cols["dvars"] = np.r_[np.nan, dvars]
-    cols["std_dvars"] = np.r_[np.nan, dvars / expected if expected > 0 else dvars]
-    cols["global_signal"] = ts.mean(1)
-    # as fMRIPrep: thresholded tissue masks, eroded to keep grey-matter signal out
-    wm = ndimage.binary_erosion(mask & (tpl.wm > 0.9))
-    csf = ndimage.binary_erosion(mask & (tpl.csf > 0.5))
-    if wm.sum() < 10:
-        wm = mask & (tpl.wm >= np.percentile(tpl.wm[mask], 90))
-    if csf.sum() < 10:
-        csf = mask & (tpl.csf >= np.percentile(tpl.csf[mask], 95))
-    cols["white_matter"] = data[wm].mean(0)
-    cols["csf"] = data[csf].mean(0)
-    noise = data[wm | csf].T.astype(np.float64)
-    x = np.vstack([np.ones(t), np.linspace(-1, 1, t)]).T
-    noise = noise - x @ np.linalg.lstsq(x, noise, rcond=None)[0]
-    sd = noise.std(0)
-    noise = noise[:, sd > 0] / sd[sd > 0]
-    u, s, _ = np.linalg.svd(noise, full_matrices=False)
-    var = s**2 / (s**2).sum()
-    meta = {}
-    for i in range(5):
-        name = f"a_comp_cor_{i:02d}"
-        cols[name] = u[:, i]
-        meta[name] = {"Method": "aCompCor", "Mask": "combined", "Retained": True,
-                      "SingularValue": float(s[i]), "VarianceExplained": float(var[i]),
-                      "CumulativeVarianceExplained": float(var[: i + 1].sum())}
-    df = pd.DataFrame(cols)
-    for n in names:
-        meta[n] = {"Description": "Simulated head-motion parameter (truth), relative to "
-                   "the first volume", "Units": "mm" if n.startswith("trans") else "rad"}
-    meta["framewise_displacement"] = {"Description": "Power et al. (2012), 50 mm radius",
-                                      "Units": "mm"}
-    return df, meta
 
 
 # --------------------------------------------------------------------------- generator
@@ -591,7 +225,7 @@ def generate_dataset(out_dir, params: SynthParams | None = None, *, n_jobs: int 
 
 
 def _generate(bids: Path, truth: Path, p: SynthParams, progress, n_jobs: int = 1) -> list[str]:
-    tpl = _template(p.template_resolution, p.t1w_voxel_size)
+    tpl = template_model(p.template_resolution, p.t1w_voxel_size)
     n_sub = p.n_responders + p.n_nonresponders
     width = max(2, len(str(n_sub)))
     subjects = [f"{i:0{width}d}" for i in range(1, n_sub + 1)]
@@ -607,7 +241,7 @@ def _generate(bids: Path, truth: Path, p: SynthParams, progress, n_jobs: int = 1
                                        .to_numpy(), tpl.affine, tpl.shape, 6.0) * tpl.mask
                       for n in p.networks], axis=-1).astype(np.float32)
     truth.mkdir(parents=True)
-    _save_nifti(_img(group, tpl.affine, code=4), truth / "group_maps.nii.gz")
+    write_nifti(_img(group, tpl.affine, code=4), truth / "group_maps.nii.gz")
 
     res = res_label(p.template_resolution)
     jobs = [(si, sub, int(label), p, bids, truth) for si, (sub, label)
@@ -640,7 +274,7 @@ def _one_subject_job(job) -> dict:
 
 def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, truth: Path) -> dict:
     """Everything of one subject; its randomness comes only from (seed, subject index)."""
-    tpl = _template(p.template_resolution, p.t1w_voxel_size)
+    tpl = template_model(p.template_resolution, p.t1w_voxel_size)
     coords = load_network_coordinates()
     sessions = [None] if p.n_sessions == 1 else list(range(1, p.n_sessions + 1))
     runs = [None] if p.n_runs == 1 else list(range(1, p.n_runs + 1))
@@ -658,7 +292,7 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
         amp[j] * render_gaussians(coords.loc[coords["network"] == n, ["x", "y", "z"]]
                                   .to_numpy() + shifts[j], tpl.affine, tpl.shape, 6.0)
         * tpl.mask for j, n in enumerate(p.networks)], axis=-1).astype(np.float32)
-    _save_nifti(_img(maps, tpl.affine, code=4), truth / f"sub-{sub}" / f"sub-{sub}_maps.nii.gz")
+    write_nifti(_img(maps, tpl.affine, code=4), truth / f"sub-{sub}" / f"sub-{sub}_maps.nii.gz")
     row = {"participant_id": f"sub-{sub}", "responder": int(label),
            "effect_applied": int(effect)}
     row.update({f"amplitude_{n}": float(a) for n, a in zip(p.networks, amp)})
@@ -667,21 +301,21 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
 
     # ---- anatomy
     if p.space == "native":
-        a_t1_to_tpl = _random_affine(rng, 5.0, 8.0, scale=0.05, shear=0.03)
-        t1_orient = _orientation(si % 3, 12.0 if si % 2 else 0.0)
+        a_t1_to_tpl = random_affine(rng, 5.0, 8.0, scale=0.05, shear=0.03)
+        t1_orient = orientation(si % 3, 12.0 if si % 2 else 0.0)
     else:
         a_t1_to_tpl = np.eye(4)
         t1_orient = np.eye(3)
     head = tpl.t1_hi > 0.05 * tpl.t1_hi.max()
-    corners_tpl = _corners(tpl.t1_hi.shape, tpl.t1_hi_affine, head)
+    corners_tpl = bounding_corners(tpl.t1_hi.shape, tpl.t1_hi_affine, head)
     inv_a = np.linalg.inv(a_t1_to_tpl)
     if p.space == "template":
         t1_aff, t1_shape = tpl.t1_hi_affine, tpl.t1_hi.shape
     else:
-        t1_aff, t1_shape = _grid_around(corners_tpl @ inv_a[:3, :3].T + inv_a[:3, 3],
+        t1_aff, t1_shape = grid_around(corners_tpl @ inv_a[:3, :3].T + inv_a[:3, 3],
                                         p.t1w_voxel_size, t1_orient, 4.0)
     v2v = np.linalg.inv(tpl.t1_hi_affine) @ a_t1_to_tpl @ t1_aff
-    t1 = _sample(tpl.t1_hi, v2v, t1_shape)
+    t1 = sample(tpl.t1_hi, v2v, t1_shape)
     ijk = np.indices(t1_shape, dtype=np.float32)
     ctr = [(s - 1) / 2 for s in t1_shape]
     poly = sum(rng.uniform(-0.08, 0.08) * ((ijk[d] - ctr[d]) / max(t1_shape)) * 2
@@ -692,7 +326,7 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
     anat_dir = bids / f"sub-{sub}" / (f"ses-{sessions[0]:02d}" if sessions[0] else "") / "anat"
     t1_name = f"sub-{sub}" + (f"_ses-{sessions[0]:02d}" if sessions[0] else "") + "_T1w"
     code = 4 if p.space == "template" else 1
-    _save_nifti(_img(t1, t1_aff, code=code), anat_dir / f"{t1_name}.nii.gz")
+    write_nifti(_img(t1, t1_aff, code=code), anat_dir / f"{t1_name}.nii.gz")
     _write_json(anat_dir / f"{t1_name}.json",
                 {"Modality": "MR", "MagneticFieldStrength": 3,
                  "Manufacturer": "dpnbids-synth", "RepetitionTime": 2.3,
@@ -703,9 +337,9 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
         adir = fmriprep / f"sub-{sub}" / "anat"
         base = f"sub-{sub}_space-{SPACE}_res-{res}"
         t1d = tpl.t1 / tpl.t1.max() * 1000.0
-        _save_nifti(_img(t1d.astype(np.float32), tpl.affine, code=4),
+        write_nifti(_img(t1d.astype(np.float32), tpl.affine, code=4),
                     adir / f"{base}_desc-preproc_T1w.nii.gz")
-        _save_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
+        write_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
                     adir / f"{base}_desc-brain_mask.nii.gz")
 
     # ---- functional runs
@@ -727,15 +361,15 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
     coefs = coefs / scale[:, None]
     pf, pc = band_limited_coefficients(rng, 1, duration, band=(0.01, 0.2))
     pc = pc / evaluate_signals(pf, pc, onsets).std(axis=1)[:, None]
-    motion = _motion_params(rng, n_t, p.motion_mm)
+    motion = motion_params(rng, n_t, p.motion_mm)
 
     if p.space == "native":
-        b_bold_to_t1 = _random_affine(rng, 3.0, 4.0)
-        orient = _orientation(1 if si % 2 else 0, 10.0 if si % 3 == 1 else 0.0)
+        b_bold_to_t1 = random_affine(rng, 3.0, 4.0)
+        orient = orientation(1 if si % 2 else 0, 10.0 if si % 3 == 1 else 0.0)
         to_t1 = np.linalg.inv(a_t1_to_tpl)
         to_bold = np.linalg.inv(b_bold_to_t1) @ to_t1
-        corners = _corners(tpl.shape, tpl.affine, tpl.support)
-        bold_aff, bold_shape = _grid_around(corners @ to_bold[:3, :3].T + to_bold[:3, 3],
+        corners = bounding_corners(tpl.shape, tpl.affine, tpl.support)
+        bold_aff, bold_shape = grid_around(corners @ to_bold[:3, :3].T + to_bold[:3, 3],
                                             p.bold_voxel_size, orient, 8.0)
     else:
         b_bold_to_t1 = np.eye(4)
@@ -778,7 +412,7 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
     inv_tpl = np.linalg.inv(tpl.affine)
     # BOLD voxels that can see the head: the support at volume 0, dilated for motion
     v2v0 = inv_tpl @ bold_to_tpl @ bold_aff
-    support_bold = _sample(tpl.support.astype(np.float32), v2v0, bold_shape) > 0.5
+    support_bold = sample(tpl.support.astype(np.float32), v2v0, bold_shape) > 0.5
     support_bold = ndimage.binary_dilation(support_bold, iterations=1)
     idx = np.argwhere(support_bold).T.astype(np.float64)  # (3, Vb)
     vals = np.empty((idx.shape[1], n_t), dtype=np.float32)
@@ -794,7 +428,7 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
     raw = np.clip(np.rint(raw), 0, 32767).astype(np.int16, order="F")
     func_dir = bids / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
     code = 4 if p.space == "template" else 1
-    _save_nifti(_img(raw, bold_aff, code=code, tr=p.tr), func_dir / f"{ent}_bold.nii.gz")
+    write_nifti(_img(raw, bold_aff, code=code, tr=p.tr), func_dir / f"{ent}_bold.nii.gz")
     _write_json(func_dir / f"{ent}_bold.json",
                 {"TaskName": p.task, "RepetitionTime": p.tr, "SliceTiming": [float(s) for s in st],
                  "SliceEncodingDirection": "k", "EchoTime": 0.03, "FlipAngle": 90,
@@ -821,15 +455,15 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
         data[tpl.support] = clean
         fdir = fmriprep / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
         stem = f"{ent}_space-{SPACE}_res-{res}"
-        _save_nifti(_scaled_int16(data, tpl.affine, tr=p.tr),
+        write_nifti(_scaled_int16(data, tpl.affine, tr=p.tr),
                     fdir / f"{stem}_desc-preproc_bold.nii.gz")
         _write_json(fdir / f"{stem}_desc-preproc_bold.json",
                     {"RepetitionTime": p.tr, "TaskName": p.task, "SkullStripped": False,
                      "SliceTimingCorrected": True, "StartTime": 0.0,
                      "Resolution": f"{p.template_resolution:g} mm isotropic"})
-        _save_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
+        write_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
                     fdir / f"{stem}_desc-brain_mask.nii.gz")
-        conf, meta = _confounds(data, motion, tpl)
+        conf, meta = fmriprep_confounds(data, motion, tpl)
         _write_tsv(fdir / f"{ent}_desc-confounds_timeseries.tsv", conf)
         _write_json(fdir / f"{ent}_desc-confounds_timeseries.json", meta)
 

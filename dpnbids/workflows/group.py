@@ -344,15 +344,11 @@ def open_group_staging(output_dir: Path) -> Path:
     import os
     import shutil
 
+    from dpnbids.derivatives import pid_alive
+
     for old in Path(output_dir).glob(f"{STAGING_PREFIX}*"):
-        try:
-            pid = int(old.name[len(STAGING_PREFIX):])
-            os.kill(pid, 0)
-            if pid != os.getpid():
-                continue
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
+        pid = old.name[len(STAGING_PREFIX):]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(pid):
             continue
         shutil.rmtree(old, ignore_errors=True)
     staging = Path(output_dir) / f"{STAGING_PREFIX}{os.getpid()}"
@@ -363,16 +359,12 @@ def open_group_staging(output_dir: Path) -> Path:
 def publish_group_staging(staging: Path, output_dir: Path) -> Path:
     """Swap a completed staging folder in as ``group/`` (and its report as group.html)."""
     import os
-    import shutil
 
-    final = Path(output_dir) / "group"
-    old = Path(output_dir) / f".group-old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
+    from dpnbids.derivatives import replace_dir
+
+    final = replace_dir(staging, Path(output_dir) / "group")
     if (final / "group.html").exists():
         os.replace(final / "group.html", Path(output_dir) / "group.html")
-    shutil.rmtree(old, ignore_errors=True)
     LOGGER.info("group results published in %s", final)
     return final
 
