@@ -350,62 +350,47 @@ def _one_subject(si: int, sub: str, label: int, p: SynthParams, bids: Path, trut
     return row
 
 
-def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tpl, si, res):
-    ent = _run_entities(p, sub, ses, run)
-    n_t = p.n_volumes
-    onsets = np.arange(n_t) * p.tr
-    duration = n_t * p.tr
-    freqs, coefs = band_limited_coefficients(rng, len(p.networks), duration,
-                                             correlation=p.network_correlation)
-    scale = evaluate_signals(freqs, coefs, onsets).std(axis=1)
-    coefs = coefs / scale[:, None]
-    pf, pc = band_limited_coefficients(rng, 1, duration, band=(0.01, 0.2))
-    pc = pc / evaluate_signals(pf, pc, onsets).std(axis=1)[:, None]
-    motion = motion_params(rng, n_t, p.motion_mm)
+class _RunSignal:
+    """Template-support signal (V, T) of one run for voxel-specific time offsets."""
 
-    if p.space == "native":
-        b_bold_to_t1 = random_affine(rng, 3.0, 4.0)
-        orient = orientation(1 if si % 2 else 0, 10.0 if si % 3 == 1 else 0.0)
-        to_t1 = np.linalg.inv(a_t1_to_tpl)
-        to_bold = np.linalg.inv(b_bold_to_t1) @ to_t1
-        corners = bounding_corners(tpl.shape, tpl.affine, tpl.support)
-        bold_aff, bold_shape = grid_around(corners @ to_bold[:3, :3].T + to_bold[:3, 3],
-                                            p.bold_voxel_size, orient, 8.0)
-    else:
-        b_bold_to_t1 = np.eye(4)
-        bold_aff, bold_shape = tpl.affine, tpl.shape
-    bold_to_tpl = a_t1_to_tpl @ b_bold_to_t1
-    n_slices = bold_shape[2]
-    st = slice_timing(n_slices, p.tr, p.slice_order)
+    def __init__(self, p, tpl, maps, freqs, coefs, pf, pc, onsets):
+        # neuronal (network) BOLD lives in grey matter: weight the maps by P(GM), so white
+        # matter and CSF carry noise and physiology, as the confound model assumes
+        self.brain_maps = maps[tpl.support] * tpl.gm[tpl.support, None]  # (V, N)
+        self.base = tpl.baseline[tpl.support]
+        self.pw = tpl.physio_weight[tpl.support]
+        self.p, self.freqs, self.coefs, self.pf, self.pc = p, freqs, coefs, pf, pc
+        self.onsets = onsets
 
-    # slice (of the BOLD grid) containing each template voxel, without motion
-    tpl2bold_vox = np.linalg.inv(bold_aff) @ np.linalg.inv(bold_to_tpl) @ tpl.affine
-    sup_idx = np.argwhere(tpl.support)
-    kvox = sup_idx @ tpl2bold_vox[2, :3] + tpl2bold_vox[2, 3]
-    slc = np.clip(np.rint(kvox).astype(int), 0, n_slices - 1)
-    offsets = st[slc]
-
-    # neuronal (network) BOLD lives in grey matter: weight the maps by P(GM), so white
-    # matter and CSF carry noise and physiology, as the confound model assumes
-    brain_maps = maps[tpl.support] * tpl.gm[tpl.support, None]  # (V, N)
-    base = tpl.baseline[tpl.support]
-    pw = tpl.physio_weight[tpl.support]
-    noise_sd = p.noise_level * p.signal_percent / 100.0 * tpl.baseline[tpl.mask].mean()
-
-    def field(times_per_voxel_offset):
-        """Template-support signal (V, T) for voxel-specific time offsets."""
-        out = np.empty((len(base), n_t), dtype=np.float32)
-        for off in np.unique(times_per_voxel_offset):
-            sel = times_per_voxel_offset == off
-            x = evaluate_signals(freqs, coefs, onsets + off)  # (N, T)
-            ph = evaluate_signals(pf, pc, onsets + off)[0]
-            mod = 1.0 + p.signal_percent / 100.0 * (brain_maps[sel] @ x)
-            mod += p.physio_percent / 100.0 * pw[sel, None] * ph[None, :]
-            out[sel] = base[sel, None] * mod
+    def __call__(self, offsets):
+        p = self.p
+        out = np.empty((len(self.base), len(self.onsets)), dtype=np.float32)
+        for off in np.unique(offsets):
+            sel = offsets == off
+            x = evaluate_signals(self.freqs, self.coefs, self.onsets + off)  # (N, T)
+            ph = evaluate_signals(self.pf, self.pc, self.onsets + off)[0]
+            mod = 1.0 + p.signal_percent / 100.0 * (self.brain_maps[sel] @ x)
+            mod += p.physio_percent / 100.0 * self.pw[sel, None] * ph[None, :]
+            out[sel] = self.base[sel, None] * mod
         return out
 
-    # ---- raw BOLD: slice-timed, moved, resampled to the BOLD grid
-    sig = field(offsets)
+
+def _bold_grid(p, tpl, rng, si, a_t1_to_tpl):
+    """(BOLD-to-T1w affine, BOLD grid affine, BOLD grid shape) of one run."""
+    if p.space != "native":
+        return np.eye(4), tpl.affine, tpl.shape
+    b_bold_to_t1 = random_affine(rng, 3.0, 4.0)
+    orient = orientation(1 if si % 2 else 0, 10.0 if si % 3 == 1 else 0.0)
+    to_bold = np.linalg.inv(b_bold_to_t1) @ np.linalg.inv(a_t1_to_tpl)
+    box = bounding_corners(tpl.shape, tpl.affine, tpl.support)
+    bold_aff, bold_shape = grid_around(box @ to_bold[:3, :3].T + to_bold[:3, 3],
+                                       p.bold_voxel_size, orient, 8.0)
+    return b_bold_to_t1, bold_aff, bold_shape
+
+
+def _acquire(tpl, sig, motion, bold_aff, bold_shape, bold_to_tpl, noise_sd, rng):
+    """Raw int16 BOLD: the moving template-space signal ``sig`` (V, T) imaged on the grid."""
+    n_t = sig.shape[1]
     vol = np.zeros(tpl.shape, dtype=np.float32)
     raw = np.zeros(tuple(bold_shape) + (n_t,), dtype=np.float32, order="F")
     centre = bold_aff[:3, :3] @ ((np.array(bold_shape) - 1) / 2) + bold_aff[:3, 3]
@@ -425,7 +410,36 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
                                              prefilter=False)
     vals += noise_sd * rng.standard_normal(vals.shape, dtype=np.float32)
     raw[support_bold] = vals
-    raw = np.clip(np.rint(raw), 0, 32767).astype(np.int16, order="F")
+    return np.clip(np.rint(raw), 0, 32767).astype(np.int16, order="F")
+
+
+def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tpl, si, res):
+    ent = _run_entities(p, sub, ses, run)
+    n_t = p.n_volumes
+    onsets = np.arange(n_t) * p.tr
+    duration = n_t * p.tr
+    freqs, coefs = band_limited_coefficients(rng, len(p.networks), duration,
+                                             correlation=p.network_correlation)
+    scale = evaluate_signals(freqs, coefs, onsets).std(axis=1)
+    coefs = coefs / scale[:, None]
+    pf, pc = band_limited_coefficients(rng, 1, duration, band=(0.01, 0.2))
+    pc = pc / evaluate_signals(pf, pc, onsets).std(axis=1)[:, None]
+    motion = motion_params(rng, n_t, p.motion_mm)
+    b_bold_to_t1, bold_aff, bold_shape = _bold_grid(p, tpl, rng, si, a_t1_to_tpl)
+    bold_to_tpl = a_t1_to_tpl @ b_bold_to_t1
+    n_slices = bold_shape[2]
+    st = slice_timing(n_slices, p.tr, p.slice_order)
+
+    # slice (of the BOLD grid) containing each template voxel, without motion
+    tpl2bold_vox = np.linalg.inv(bold_aff) @ np.linalg.inv(bold_to_tpl) @ tpl.affine
+    kvox = np.argwhere(tpl.support) @ tpl2bold_vox[2, :3] + tpl2bold_vox[2, 3]
+    offsets = st[np.clip(np.rint(kvox).astype(int), 0, n_slices - 1)]
+    signal = _RunSignal(p, tpl, maps, freqs, coefs, pf, pc, onsets)
+    noise_sd = p.noise_level * p.signal_percent / 100.0 * tpl.baseline[tpl.mask].mean()
+
+    # ---- raw BOLD: slice-timed, moved, resampled to the BOLD grid
+    raw = _acquire(tpl, signal(offsets), motion, bold_aff, bold_shape, bold_to_tpl, noise_sd,
+                   rng)
     func_dir = bids / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
     code = 4 if p.space == "template" else 1
     write_nifti(_img(raw, bold_aff, code=code, tr=p.tr), func_dir / f"{ent}_bold.nii.gz")
@@ -446,26 +460,29 @@ def _one_run(bids, truth, fmriprep, p, tpl, rng, sub, ses, run, maps, a_t1_to_tp
     _write_tsv(tdir / f"{ent}_slice_timing.tsv",
                pd.DataFrame({"slice": np.arange(n_slices), "offset": st}))
     np.savetxt(tdir / f"{ent}_from-bold_to-T1w_affine.txt", b_bold_to_t1, fmt="%.10f")
-
-    # ---- fMRIPrep-style derivatives (template mode)
     if p.space == "template":
-        clean = field(np.zeros(len(base)))
-        clean += noise_sd * rng.standard_normal(clean.shape, dtype=np.float32)
-        data = np.zeros(tpl.shape + (n_t,), dtype=np.float32, order="F")
-        data[tpl.support] = clean
-        fdir = fmriprep / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
-        stem = f"{ent}_space-{SPACE}_res-{res}"
-        write_nifti(_scaled_int16(data, tpl.affine, tr=p.tr),
-                    fdir / f"{stem}_desc-preproc_bold.nii.gz")
-        _write_json(fdir / f"{stem}_desc-preproc_bold.json",
-                    {"RepetitionTime": p.tr, "TaskName": p.task, "SkullStripped": False,
-                     "SliceTimingCorrected": True, "StartTime": 0.0,
-                     "Resolution": f"{p.template_resolution:g} mm isotropic"})
-        write_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
-                    fdir / f"{stem}_desc-brain_mask.nii.gz")
-        conf, meta = fmriprep_confounds(data, motion, tpl)
-        _write_tsv(fdir / f"{ent}_desc-confounds_timeseries.tsv", conf)
-        _write_json(fdir / f"{ent}_desc-confounds_timeseries.json", meta)
+        _write_fmriprep_run(fmriprep, p, tpl, rng, sub, ses, ent, res, signal, noise_sd, motion)
+
+
+def _write_fmriprep_run(fmriprep, p, tpl, rng, sub, ses, ent, res, signal, noise_sd, motion):
+    """fMRIPrep-style derivatives of one run (template mode): no motion, no slice timing."""
+    clean = signal(np.zeros(tpl.support.sum()))
+    clean += noise_sd * rng.standard_normal(clean.shape, dtype=np.float32)
+    data = np.zeros(tpl.shape + (p.n_volumes,), dtype=np.float32, order="F")
+    data[tpl.support] = clean
+    fdir = fmriprep / f"sub-{sub}" / (f"ses-{ses:02d}" if ses else "") / "func"
+    stem = f"{ent}_space-{SPACE}_res-{res}"
+    write_nifti(_scaled_int16(data, tpl.affine, tr=p.tr),
+                fdir / f"{stem}_desc-preproc_bold.nii.gz")
+    _write_json(fdir / f"{stem}_desc-preproc_bold.json",
+                {"RepetitionTime": p.tr, "TaskName": p.task, "SkullStripped": False,
+                 "SliceTimingCorrected": True, "StartTime": 0.0,
+                 "Resolution": f"{p.template_resolution:g} mm isotropic"})
+    write_nifti(_img(tpl.mask.astype(np.uint8), tpl.affine, code=4),
+                fdir / f"{stem}_desc-brain_mask.nii.gz")
+    conf, meta = fmriprep_confounds(data, motion, tpl)
+    _write_tsv(fdir / f"{ent}_desc-confounds_timeseries.tsv", conf)
+    _write_json(fdir / f"{ent}_desc-confounds_timeseries.json", meta)
 
 
 def _write_top_level(bids, p, subjects, labels, ages, sexes, res):
