@@ -261,3 +261,22 @@ class DerivativesSink(SimpleInterface):
 
 def json_dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def function_node(function, outputs, name: str, **node_kw):
+    """A nipype Function node whose inputs are ``function``'s parameters.
+
+    ``outputs`` names its return value(s). Runs in the main process
+    (bookkeeping, not computation) unless ``node_kw`` says otherwise.
+    """
+    import inspect
+
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    node_kw.setdefault("run_without_submitting", True)
+    interface = niu.Function(function=function,
+                             input_names=list(inspect.signature(function).parameters),
+                             output_names=[outputs] if isinstance(outputs, str) else outputs)
+    return pe.Node(interface, name=name, **node_kw)
+

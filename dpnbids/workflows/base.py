@@ -1,11 +1,10 @@
-"""Participant-level nipype workflows.
+"""Participant-level nipype workflows: the input checks and the per-subject workflow.
 
 ``init_dpnbids_wf`` holds one ``init_single_subject_wf`` per participant;
-each subject has one anatomical workflow and one BOLD workflow per run
-(every session and run of the task).  With ``--fmriprep-dir`` the BOLD
-workflow starts from fMRIPrep's template-space series and confounds.  With
-``--group-maps``/``--model`` each run is also dual-regressed (and, with
-``--model``, scored).
+each subject has one anatomical workflow (``init_anat_wf``) and one BOLD
+workflow per run, every session and run of the task
+(:mod:`dpnbids.workflows.bold`). ``run_participant_level`` checks the inputs,
+runs the workflow on nipype's plugin and writes the subject reports.
 """
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from dpnbids.exceptions import InputError, WorkflowError
-from dpnbids.interfaces import (AnatPreproc, BoldToStd, ConfoundsDenoise, DerivativesSink,
-                                DualRegression, PrepareBold)
-from dpnbids.derivatives import res_label
+from dpnbids.interfaces import AnatPreproc, DerivativesSink, function_node
+from dpnbids.workflows.bold import init_bold_wf, init_fmriprep_bold_wf
+from dpnbids.workflows.inputs import fmriprep_run_dof
 
 LOGGER = logging.getLogger("dpnbids.workflows")
 
@@ -92,49 +91,6 @@ def _n_group_maps(config) -> int | None:
 
         return int(load_bundle(config.cnn.model).n_components)
     return None
-
-
-def fmriprep_run_tr(run: dict) -> float:
-    """Repetition time of an fMRIPrep run: its JSON sidecar, else the NIfTI header."""
-    import json
-
-    import nibabel as nib
-
-    from dpnbids.preproc.checks import TR_RANGE_S
-
-    if run.get("bold_json"):
-        meta = json.loads(Path(run["bold_json"]).read_text())
-        if meta.get("RepetitionTime") is not None:
-            from dpnbids.preproc.checks import sidecar_repetition_time
-
-            return sidecar_repetition_time(meta["RepetitionTime"], name=Path(run["bold"]).name)
-    tr = float(nib.load(run["bold"]).header["pixdim"][4])
-    if not TR_RANGE_S[0] <= tr <= TR_RANGE_S[1]:
-        raise InputError(f"{Path(run['bold']).name} has no RepetitionTime (no JSON sidecar "
-                         f"and header pixdim[4] = {tr:g}); add the sidecar fMRIPrep wrote.")
-    return tr
-
-
-def fmriprep_run_dof(config, run: dict):
-    """:class:`~dpnbids.preproc.dof.RunDof` of one fMRIPrep run, from its confounds."""
-    from dpnbids.preproc.confounds import read_confounds
-    from dpnbids.preproc.dof import run_dof
-    from dpnbids.preproc.denoise import censor_mask
-
-    pp = config.preproc
-    confounds, _notes = read_confounds(run["confounds"], strategy=pp.denoise_strategy)
-    meta = {}
-    if run.get("confounds_json"):
-        import json
-
-        meta = json.loads(Path(run["confounds_json"]).read_text())
-    try:
-        censored = censor_mask(confounds, pp.fd_thresh)
-    except InputError as exc:
-        raise InputError(f"{run['confounds']}: {exc}") from None
-    return run_dof(confounds, fmriprep_run_tr(run), strategy=pp.denoise_strategy,
-                   high_pass=pp.high_pass, low_pass=pp.low_pass, confounds_meta=meta,
-                   censored=censored)
 
 
 def _check_dof(config, name: str, budget, n_maps: int | None) -> None:
@@ -228,11 +184,7 @@ def init_single_subject_wf(config, sub_inputs, *, name=None) -> pe.Workflow:
             bold_wf = init_fmriprep_bold_wf(config, run, name=f"bold_{index:02d}_wf")
             workflow.add_nodes([bold_wf])
         report_inputs.append(bold_wf)
-    report = pe.Node(niu.Function(function=_subject_report,
-                                  input_names=["subject", "output_dir", "runs", "anat",
-                                               "space", "resolution"],
-                                  output_names=["out_file"]),
-                     name="subject_report", run_without_submitting=True, overwrite=True)
+    report = function_node(_subject_report, "out_file", "subject_report", overwrite=True)
     report.inputs.subject = sub
     report.inputs.output_dir = str(config.execution.output_dir)
     report.inputs.space = config.preproc.output_space
@@ -281,17 +233,10 @@ def init_anat_wf(config, t1w_file, *, name="anat_wf") -> pe.Workflow:
     ds_xfm = pe.MapNode(DerivativesSink(output_dir=out, source_file=t1w_file, suffix="xfm"),
                         iterfield=["in_file", "entities"], name="ds_xfm",
                         run_without_submitting=True)
-    summarise = pe.Node(niu.Function(function=_anat_summary,
-                                     input_names=["t1w_std", "std_mask", "dice", "warnings",
-                                                  "space", "resolution"],
-                                     output_names=["summary"]),
-                        name="summarise", run_without_submitting=True)
+    summarise = function_node(_anat_summary, "summary", "summarise")
     summarise.inputs.space = space
     summarise.inputs.resolution = config.preproc.resolution_mm
-    xfm_entities = pe.Node(niu.Function(function=_xfm_entities,
-                                        input_names=["xfms", "space"],
-                                        output_names=["entities"]),
-                           name="xfm_entities", run_without_submitting=True)
+    xfm_entities = function_node(_xfm_entities, "entities", "xfm_entities")
     xfm_entities.inputs.space = space
     workflow.connect([
         (anat_preproc, outputnode, [("t1w_brain", "t1w_brain"), ("t1w_mask", "t1w_mask"),
@@ -324,323 +269,6 @@ def _xfm_entities(xfms, space):
 def _anat_summary(t1w_std, std_mask, dice, warnings, space, resolution):
     return {"t1w_std": t1w_std, "std_mask": std_mask, "dice_std_mask": float(dice),
             "warnings": list(warnings), "space": space, "resolution": resolution}
-
-
-def _res_meta(config, run: dict | None = None) -> dict:
-    """``Resolution`` sidecar field of template-space outputs (built-in or fMRIPrep run)."""
-    if run is None:
-        mm = config.preproc.resolution_mm
-        return {"Resolution": {res_label(mm): f"{mm:g} mm isotropic voxels on the "
-                               f"{config.preproc.output_space} template grid"}}
-    zooms = "x".join(f"{z:g}" for z in run["voxel_size"])
-    shape = "x".join(str(n) for n in run["shape"])
-    text = (f"{zooms} mm voxels, grid {shape}, as fMRIPrep wrote the "
-            f"{run['entities']['space']} series")
-    label = run["entities"].get("res")
-    return {"Resolution": {label: text}} if label else {"VoxelSize": text}
-
-
-def _bold_entities(config, run: dict | None = None) -> dict:
-    """Space entities of a run's template-space outputs: the built-in grid's, or the
-    fMRIPrep run's own (space, cohort and res exactly as fMRIPrep named them)."""
-    if run is None:
-        return {"space": config.preproc.output_space,
-                "res": res_label(config.preproc.resolution_mm)}
-    ents = run["entities"]
-    return {"space": ents["space"], "cohort": ents.get("cohort"), "res": ents.get("res")}
-
-
-def _bold_sinks(config, source, *, with_preproc: bool, run: dict | None = None):
-    """Derivative sinks of one run; returns a dict of nodes keyed by output."""
-    out = str(config.execution.output_dir)
-    std = _bold_entities(config, run)
-    space = std["space"]
-    sinks = {}
-    if with_preproc:
-        sinks["preproc"] = pe.Node(DerivativesSink(
-            output_dir=out, source_file=source, entities={**std, "desc": "preproc"},
-            extension=".nii.gz"),
-            name="ds_bold_preproc", run_without_submitting=True)
-    sinks["mask"] = pe.Node(DerivativesSink(
-        output_dir=out, source_file=source, suffix="mask", entities={**std, "desc": "brain"},
-        metadata={"Type": "Brain", "SpatialReference": space, **_res_meta(config, run)}),
-        name="ds_bold_mask", run_without_submitting=True)
-    sinks["denoised"] = pe.Node(DerivativesSink(
-        output_dir=out, source_file=source, entities={**std, "desc": "denoised"},
-        extension=".nii.gz"),
-        name="ds_bold_denoised", run_without_submitting=True)
-    sinks["confounds"] = pe.Node(DerivativesSink(
-        output_dir=out, source_file=source, suffix="timeseries", extension=".tsv",
-        entities={"desc": "confounds"}), name="ds_confounds", run_without_submitting=True)
-    sinks["confounds_json"] = pe.Node(DerivativesSink(
-        output_dir=out, source_file=source, suffix="timeseries", extension=".json",
-        entities={"desc": "confounds"}), name="ds_confounds_json",
-        run_without_submitting=True)
-    return sinks
-
-
-def _bold_metadata(tr, space, skull_stripped, extra=None, coreg_costs=None, n_dummy=None):
-    meta = {"RepetitionTime": float(tr), "SkullStripped": bool(skull_stripped),
-            "SpatialReference": space}
-    meta.update(extra or {})
-    if coreg_costs:
-        meta["CoregistrationCost"] = {k: float(v) for k, v in coreg_costs.items()}
-    if n_dummy is not None:
-        meta["NumberOfVolumesDiscardedByDpnbids"] = int(n_dummy)
-    return meta
-
-
-def _denoised_extra(config, run: dict | None = None) -> dict:
-    """Sidecar fields of the denoised series, whichever preprocessing produced it."""
-    return {**_res_meta(config, run), "SmoothingFWHM": config.preproc.smoothing_fwhm,
-            "DenoiseStrategy": config.preproc.denoise_strategy,
-            "BandPass": [config.preproc.high_pass, config.preproc.low_pass],
-            "FramewiseDisplacementThreshold": config.preproc.fd_thresh,
-            "Units": "percent signal change"}
-
-
-def _run_summary_node():
-    return pe.Node(niu.Function(function=_run_summary,
-                                input_names=["bold_file", "prep", "geometry", "denoise",
-                                             "denoised", "mask", "prediction"],
-                                output_names=["summary"]),
-                   name="run_summary", run_without_submitting=True)
-
-
-def _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source,
-                         run=None):
-    """Denoising results -> derivative sinks -> run summary and outputs (+ dual
-    regression and prediction with --group-maps/--model): shared by both BOLD paths."""
-    workflow.connect([
-        (denoise, sinks["denoised"], [("denoised", "in_file")]),
-        (denoise, sinks["confounds"], [("confounds_tsv", "in_file")]),
-        (denoise, sinks["confounds_json"], [("confounds_json", "in_file")]),
-        (denoise, summary, [("motion_summary", "denoise")]),
-        (sinks["denoised"], summary, [("out_file", "denoised")]),
-        (sinks["mask"], summary, [("out_file", "mask")]),
-        (sinks["denoised"], outputnode, [("out_file", "denoised")]),
-        (sinks["mask"], outputnode, [("out_file", "mask")]),
-        (summary, outputnode, [("summary", "summary")]),
-    ])
-    predict = _add_dualreg(config, workflow, source, sinks, run)
-    if predict is not None:
-        workflow.connect(predict, "out_file", summary, "prediction")
-
-
-def init_bold_wf(config, bold_file, metadata, *, name="bold_wf") -> pe.Workflow:
-    """Built-in BOLD preprocessing of one run.
-
-    Non-steady-state removal -> slice timing -> head motion -> reference and mask
-    -> MI coregistration -> one-shot resampling to template space -> confounds
-    -> smoothing -> confound regression + band-pass.
-    """
-    workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=[
-        "t1w_brain", "t1w_mask", "wm_probseg", "csf_probseg", "xfm_t1w_to_std", "t1w_std"]),
-        name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["denoised", "mask", "summary"]),
-                         name="outputnode")
-    nthreads = config.execution.omp_nthreads
-    prepare_bold = pe.Node(PrepareBold(bold_file=bold_file, metadata=metadata,
-                                       dummy_scans=config.preproc.dummy_scans,
-                                       slice_order=config.preproc.slice_order,
-                                       min_volumes=config.preproc.min_volumes),
-                           name="prepare_bold", mem_gb=2)
-    bold_to_std = pe.Node(BoldToStd(space=config.preproc.output_space,
-                                    resolution=config.preproc.resolution_mm,
-                                    omp_nthreads=nthreads, random_seed=config.seed("bold")),
-                          name="bold_to_std", n_procs=nthreads, mem_gb=4)
-    denoise = pe.Node(ConfoundsDenoise(smoothing_fwhm=config.preproc.smoothing_fwhm,
-                                       strategy=config.preproc.denoise_strategy,
-                                       high_pass=config.preproc.high_pass,
-                                       low_pass=config.preproc.low_pass,
-                                       fd_thresh=config.preproc.fd_thresh or 0.0),
-                      name="confounds_denoise", mem_gb=4)
-    meta = pe.Node(niu.Function(function=_bold_metadata,
-                                input_names=["tr", "space", "skull_stripped", "extra",
-                                             "coreg_costs", "n_dummy"],
-                                output_names=["metadata"]), name="bold_meta",
-                   run_without_submitting=True)
-    meta.inputs.space = config.preproc.output_space
-    meta.inputs.skull_stripped = False
-    meta.inputs.extra = {"SliceTimingCorrected": bool(metadata.get("SliceTiming")
-                                                      or config.preproc.slice_order),
-                         **_res_meta(config)}
-    meta_den = pe.Node(niu.Function(function=_bold_metadata,
-                                    input_names=["tr", "space", "skull_stripped", "extra"],
-                                    output_names=["metadata"]), name="denoised_meta",
-                       run_without_submitting=True)
-    meta_den.inputs.space = config.preproc.output_space
-    meta_den.inputs.skull_stripped = True
-    meta_den.inputs.extra = _denoised_extra(config)
-    sinks = _bold_sinks(config, bold_file, with_preproc=True)
-    summary = _run_summary_node()
-    summary.inputs.bold_file = bold_file
-    prep_dict = pe.Node(niu.Function(function=_as_dict,
-                                     input_names=["n_dummy", "dummy_detected",
-                                                  "slice_timing_applied", "skipped", "tr"],
-                                     output_names=["out"]), name="prep_dict",
-                        run_without_submitting=True)
-    geo_dict = pe.Node(niu.Function(function=_geo_dict,
-                                    input_names=["boldref_std", "coreg_costs", "warnings",
-                                                 "boldref", "t1w_brain", "t1w_std",
-                                                 "bold_std"],
-                                    output_names=["out"]), name="geo_dict",
-                       run_without_submitting=True)
-    workflow.connect([
-        (prepare_bold, bold_to_std, [("out_file", "bold_file"), ("tr", "tr")]),
-        (inputnode, bold_to_std, [("t1w_brain", "t1w_brain"), ("t1w_mask", "t1w_mask"),
-                                  ("wm_probseg", "wm_probseg"), ("csf_probseg", "csf_probseg"),
-                                  ("xfm_t1w_to_std", "xfm_t1w_to_std")]),
-        (bold_to_std, denoise, [("bold_std", "bold_std"), ("mask_std", "mask_std"),
-                                ("motion_params", "motion_params"), ("wm_std", "wm_std"),
-                                ("csf_std", "csf_std")]),
-        (prepare_bold, denoise, [("tr", "tr")]),
-        (prepare_bold, meta, [("tr", "tr"), ("n_dummy", "n_dummy")]),
-        (bold_to_std, meta, [("coreg_costs", "coreg_costs")]),
-        (prepare_bold, meta_den, [("tr", "tr")]),
-        (bold_to_std, sinks["preproc"], [("bold_std", "in_file")]),
-        (meta, sinks["preproc"], [("metadata", "metadata")]),
-        (bold_to_std, sinks["mask"], [("mask_std", "in_file")]),
-        (meta_den, sinks["denoised"], [("metadata", "metadata")]),
-        (prepare_bold, prep_dict, [("n_dummy", "n_dummy"), ("dummy_detected", "dummy_detected"),
-                                   ("slice_timing_applied", "slice_timing_applied"),
-                                   ("skipped", "skipped"), ("tr", "tr")]),
-        (bold_to_std, geo_dict, [("boldref_std", "boldref_std"), ("coreg_costs", "coreg_costs"),
-                                 ("warnings", "warnings"), ("boldref", "boldref"),
-                                 ("bold_std", "bold_std")]),
-        (inputnode, geo_dict, [("t1w_brain", "t1w_brain"), ("t1w_std", "t1w_std")]),
-        (prep_dict, summary, [("out", "prep")]),
-        (geo_dict, summary, [("out", "geometry")]),
-    ])
-    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, bold_file)
-    return workflow
-
-
-def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
-    """Smoothing and denoising of one fMRIPrep run (no built-in preprocessing)."""
-    import json as _json
-
-    workflow = pe.Workflow(name=name)
-    outputnode = pe.Node(niu.IdentityInterface(fields=["denoised", "mask", "summary"]),
-                         name="outputnode")
-    meta = {}
-    if run.get("bold_json"):
-        meta = _json.loads(Path(run["bold_json"]).read_text())
-    from dpnbids.preproc.checks import load_bold
-
-    _img, tr = load_bold(run["bold"], sidecar=meta, min_volumes=config.preproc.min_volumes)
-    denoise = pe.Node(ConfoundsDenoise(bold_std=run["bold"], mask_std=run["mask"], tr=tr,
-                                       confounds_file=run["confounds"],
-                                       smoothing_fwhm=config.preproc.smoothing_fwhm,
-                                       strategy=config.preproc.denoise_strategy,
-                                       high_pass=config.preproc.high_pass,
-                                       low_pass=config.preproc.low_pass,
-                                       fd_thresh=config.preproc.fd_thresh or 0.0),
-                      name="confounds_denoise", mem_gb=4)
-    source = _raw_like_source(run)
-    sinks = _bold_sinks(config, source, with_preproc=False, run=run)
-    sinks["mask"].inputs.in_file = run["mask"]
-    budget = fmriprep_run_dof(config, run)
-    sinks["denoised"].inputs.metadata = _bold_metadata(
-        tr, run["entities"]["space"], True,
-        {**_denoised_extra(config, run), **budget.as_dict(), "Sources": [str(run["bold"])]})
-    summary = _run_summary_node()
-    summary.inputs.bold_file = str(run["bold"])
-    summary.inputs.prep = {"tr": tr, "skipped": ["built-in preprocessing: fMRIPrep input "
-                                                 f"from {config.preproc.fmriprep_dir}"]}
-    summary.inputs.geometry = {"boldref": run.get("boldref"), "t1w_brain": run.get("t1w_std"),
-                               "warnings": []}
-    _connect_run_outputs(config, workflow, denoise, sinks, summary, outputnode, source, run)
-    return workflow
-
-
-def _raw_like_source(run: dict) -> str:
-    """A raw-like source name (sub/ses/task/run entities + bold) for an fMRIPrep run."""
-    from dpnbids.derivatives import build_name
-
-    ents = run["entities"]
-    keep = {k: ents[k] for k in ("subject", "session", "task", "acquisition", "run")
-            if ents.get(k) is not None}
-    name = build_name(keep, "bold", ".nii.gz")
-    return str(Path("func") / name)
-
-
-def _add_dualreg(config, workflow, source, sinks, run=None):
-    """Dual regression (and prediction) against --group-maps or --model.
-
-    Reads the written denoised series and mask from their sinks (not from the
-    outputnode, which also carries the summary that the prediction feeds).
-    """
-    maps = None
-    if config.ica.group_maps is not None:
-        maps = str(config.ica.group_maps)
-    elif config.cnn.model is not None:
-        from dpnbids.learn.bundle import load_bundle
-
-        maps = str(load_bundle(config.cnn.model).group_maps_file)
-    if maps is None:
-        return None
-    import nibabel as nib
-
-    out = str(config.execution.output_dir)
-    # the stage-2 maps are on the group maps' grid (a run on another grid is resampled)
-    maps_mm = float(nib.affines.voxel_sizes(nib.load(maps).affine)[0])
-    std = {**_bold_entities(config, run), "res": res_label(maps_mm)}
-    dual_regression = pe.Node(DualRegression(group_maps=maps), name="dual_regression",
-                              mem_gb=2)
-    ds_tc = pe.Node(DerivativesSink(output_dir=out, source_file=source, suffix="timeseries",
-                                    extension=".tsv", entities={"desc": "stage1"}),
-                    name="ds_stage1", run_without_submitting=True)
-    ds_pe = pe.Node(DerivativesSink(output_dir=out, source_file=source, suffix="components",
-                                    entities={**std, "desc": "stage2pe"}),
-                    name="ds_stage2_pe", run_without_submitting=True)
-    ds_z = pe.Node(DerivativesSink(output_dir=out, source_file=source, suffix="components",
-                                   entities={**std, "desc": "stage2z"}),
-                   name="ds_stage2_z", run_without_submitting=True)
-    workflow.connect([
-        (sinks["denoised"], dual_regression, [("out_file", "bold_file")]),
-        (sinks["mask"], dual_regression, [("out_file", "mask_file")]),
-        (dual_regression, ds_tc, [("timecourses", "in_file")]),
-        (dual_regression, ds_pe, [("maps_pe", "in_file")]),
-        (dual_regression, ds_z, [("maps_z", "in_file")]),
-    ])
-    if config.cnn.model is not None:
-        predict = pe.Node(niu.Function(function=_predict_node,
-                                       input_names=["model_dir", "maps_pe", "maps_z",
-                                                    "output_dir", "source"],
-                                       output_names=["out_file"]),
-                          name="predict", mem_gb=2)
-        predict.inputs.model_dir = str(config.cnn.model)
-        predict.inputs.output_dir = out
-        predict.inputs.source = source
-        workflow.connect([(ds_pe, predict, [("out_file", "maps_pe")]),
-                          (ds_z, predict, [("out_file", "maps_z")])])
-        return predict
-    return None
-
-
-def _predict_node(model_dir, maps_pe, maps_z, output_dir, source):
-    from dpnbids.workflows.predict import predict_subject
-
-    return predict_subject(model_dir, maps_pe, maps_z, output_dir, source)
-
-
-def _as_dict(n_dummy, dummy_detected, slice_timing_applied, skipped, tr):
-    return {"n_dummy": int(n_dummy), "dummy_detected": bool(dummy_detected),
-            "slice_timing_applied": bool(slice_timing_applied), "skipped": list(skipped),
-            "tr": float(tr)}
-
-
-def _geo_dict(boldref_std, coreg_costs, warnings, boldref, t1w_brain, t1w_std, bold_std=None):
-    return {"boldref_std": boldref_std, "coreg_costs": dict(coreg_costs),
-            "warnings": list(warnings), "boldref": boldref, "t1w_brain": t1w_brain,
-            "t1w_std": t1w_std, "bold_std": bold_std}
-
-
-def _run_summary(bold_file, prep, geometry, denoise, denoised, mask, prediction=None):
-    return {"bold_file": bold_file, "prep": prep, "geometry": geometry, "motion": denoise,
-            "denoised": denoised, "mask": mask, "prediction": prediction}
 
 
 def _subject_report(subject, output_dir, runs, anat, space, resolution):

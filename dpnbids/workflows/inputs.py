@@ -1,6 +1,13 @@
-"""The participant level's outputs as the group level reads them: one
-:class:`RunFiles` per run (denoised series, mask, derivative source name), and
-each run's temporal degrees of freedom from its confounds table and sidecar."""
+"""Run-level inputs without image data: fMRIPrep runs and our own participant outputs.
+
+* the repetition time and temporal degrees of freedom of an fMRIPrep run
+  (:func:`fmriprep_run_tr`, :func:`fmriprep_run_dof`), for the participant
+  level's input checks;
+* the participant level's outputs as the group level reads them: one
+  :class:`RunFiles` per run (denoised series, mask, derivative source name),
+  and each run's temporal degrees of freedom from its confounds table and
+  sidecar.
+"""
 from __future__ import annotations
 
 import json
@@ -130,3 +137,46 @@ def run_dof_from_outputs(run: RunFiles, config):
     censored = censor_mask(confounds, meta.get("FramewiseDisplacementThreshold"))
     return run_dof(confounds, float(meta["RepetitionTime"]), strategy=strategy,
                    high_pass=band[0], low_pass=band[1], censored=censored)
+
+
+def fmriprep_run_tr(run: dict) -> float:
+    """Repetition time of an fMRIPrep run: its JSON sidecar, else the NIfTI header."""
+    import json
+
+    import nibabel as nib
+
+    from dpnbids.preproc.checks import TR_RANGE_S
+
+    if run.get("bold_json"):
+        meta = json.loads(Path(run["bold_json"]).read_text())
+        if meta.get("RepetitionTime") is not None:
+            from dpnbids.preproc.checks import sidecar_repetition_time
+
+            return sidecar_repetition_time(meta["RepetitionTime"], name=Path(run["bold"]).name)
+    tr = float(nib.load(run["bold"]).header["pixdim"][4])
+    if not TR_RANGE_S[0] <= tr <= TR_RANGE_S[1]:
+        raise InputError(f"{Path(run['bold']).name} has no RepetitionTime (no JSON sidecar "
+                         f"and header pixdim[4] = {tr:g}); add the sidecar fMRIPrep wrote.")
+    return tr
+
+
+def fmriprep_run_dof(config, run: dict):
+    """:class:`~dpnbids.preproc.dof.RunDof` of one fMRIPrep run, from its confounds."""
+    from dpnbids.preproc.confounds import read_confounds
+    from dpnbids.preproc.dof import run_dof
+    from dpnbids.preproc.denoise import censor_mask
+
+    pp = config.preproc
+    confounds, _notes = read_confounds(run["confounds"], strategy=pp.denoise_strategy)
+    meta = {}
+    if run.get("confounds_json"):
+        import json
+
+        meta = json.loads(Path(run["confounds_json"]).read_text())
+    try:
+        censored = censor_mask(confounds, pp.fd_thresh)
+    except InputError as exc:
+        raise InputError(f"{run['confounds']}: {exc}") from None
+    return run_dof(confounds, fmriprep_run_tr(run), strategy=pp.denoise_strategy,
+                   high_pass=pp.high_pass, low_pass=pp.low_pass, confounds_meta=meta,
+                   censored=censored)
