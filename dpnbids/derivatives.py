@@ -80,6 +80,22 @@ def build_name(entities: dict, suffix: str, extension: str) -> str:
     return "_".join(parts + [suffix]) + extension
 
 
+def sibling(path, *, suffix: str | None = None, extension: str | None = None,
+            **entities) -> Path:
+    """The BIDS file beside ``path`` with some entities, the suffix or the extension changed.
+
+    >>> sibling("sub-01_desc-denoised_bold.nii.gz", desc="brain", suffix="mask").name
+    'sub-01_desc-brain_mask.nii.gz'
+    >>> sibling("sub-01_bold.nii.gz", extension=".json").name
+    'sub-01_bold.json'
+    """
+    path = Path(path)
+    ents, old_suffix, old_ext = split_bids_name(path)
+    ents.update({_LONG_NAMES.get(k, k): v for k, v in entities.items()})
+    return path.with_name(build_name(ents, suffix or old_suffix,
+                                     old_ext if extension is None else extension))
+
+
 def res_label(resolution_mm: float) -> str:
     """``res-`` label of an isotropic resolution: 2.0 -> '2', 1.5 -> '1p5'."""
     value = float(resolution_mm)

@@ -14,6 +14,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     TraitedSpec, isdefined, traits)
 
 from dpnbids.config import option_defaults
+from dpnbids.derivatives import sibling
 
 
 _DEFAULTS = option_defaults()
@@ -27,6 +28,35 @@ def _inputs(inputs, *names) -> dict:
     """``{name: value}`` of the given inputs, None for those left undefined."""
     values = {n: getattr(inputs, n) for n in names}
     return {n: (v if isdefined(v) else None) for n, v in values.items()}
+
+
+class _FunctionInterface(SimpleInterface):
+    """Run one pure function of the science layers in the node's folder.
+
+    Subclasses name the function (``_function = "module:name"``), the input
+    passed first (``_first``) and those passed by keyword (``_keywords``);
+    the function returns a dict of the output spec's fields.
+    """
+
+    _function = ""
+    _first = ""
+    _keywords: tuple = ()
+
+    def _arguments(self) -> dict:
+        return _inputs(self.inputs, *self._keywords)
+
+    def _outputs(self, result) -> dict:
+        return result
+
+    def _run_interface(self, runtime):
+        import importlib
+
+        module, name = self._function.split(":")
+        function = getattr(importlib.import_module(module), name)
+        result = function(getattr(self.inputs, self._first), out_dir=str(_cwd()),
+                          **self._arguments())
+        self._results.update(self._outputs(result))
+        return runtime
 
 
 # --------------------------------------------------------------------- BOLD input
@@ -47,21 +77,13 @@ class _PrepareBoldOutputSpec(TraitedSpec):
     skipped = traits.List(traits.Str)
 
 
-class PrepareBold(SimpleInterface):
+class PrepareBold(_FunctionInterface):
     """Check the BOLD series, drop non-steady-state volumes, correct slice timing."""
 
     input_spec = _PrepareBoldInputSpec
     output_spec = _PrepareBoldOutputSpec
-
-    def _run_interface(self, runtime):
-        from dpnbids.preproc.pipeline import prepare_bold
-
-        result = prepare_bold(self.inputs.bold_file, metadata=self.inputs.metadata,
-                              dummy_scans=self.inputs.dummy_scans,
-                              slice_order=self.inputs.slice_order,
-                              min_volumes=self.inputs.min_volumes, out_dir=_cwd())
-        self._results.update(result)
-        return runtime
+    _function, _first = "dpnbids.preproc.pipeline:prepare_bold", "bold_file"
+    _keywords = ("metadata", "dummy_scans", "slice_order", "min_volumes")
 
 
 # --------------------------------------------------------------------- anatomy
@@ -88,23 +110,21 @@ _AnatOutputSpec = _output_spec(
     dice_std_mask=traits.Float())
 
 
-class AnatPreproc(SimpleInterface):
+class AnatPreproc(_FunctionInterface):
     """N4, brain extraction, SyN normalisation and tissue maps (antspyx)."""
 
     input_spec = _AnatInputSpec
     output_spec = _AnatOutputSpec
+    _function, _first = "dpnbids.preproc.anat:preprocess_anat", "t1w_file"
+    _keywords = ("space", "omp_nthreads", "random_seed")
 
-    def _run_interface(self, runtime):
-        from dpnbids.preproc.anat import preprocess_anat
-
-        res = preprocess_anat(self.inputs.t1w_file, str(_cwd()), space=self.inputs.space,
-                              omp_nthreads=self.inputs.omp_nthreads,
-                              random_seed=self.inputs.random_seed)
+    def _outputs(self, result) -> dict:
+        out = {}
         for key in self.output_spec().copyable_trait_names():
-            value = getattr(res, key)
-            self._results[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) \
+            value = getattr(result, key)
+            out[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) \
                 and key.startswith("xfm") else value
-        return runtime
+        return out
 
 
 # --------------------------------------------------------------------- BOLD geometry
@@ -128,21 +148,17 @@ _BoldStdOutputSpec = _output_spec(
     coreg_costs=traits.Dict())
 
 
-class BoldToStd(SimpleInterface):
+class BoldToStd(_FunctionInterface):
     """Head-motion correction, BOLD reference, MI coregistration, one-shot resampling."""
 
     input_spec = _BoldStdInputSpec
     output_spec = _BoldStdOutputSpec
+    _function, _first = "dpnbids.preproc.pipeline:bold_to_std", "bold_file"
+    _keywords = ("tr", "t1w_brain", "t1w_mask", "wm_probseg", "csf_probseg", "space",
+                 "resolution", "omp_nthreads", "random_seed")
 
-    def _run_interface(self, runtime):
-        from dpnbids.preproc.pipeline import bold_to_std
-
-        inp = self.inputs
-        kwargs = _inputs(inp, "tr", "t1w_brain", "t1w_mask", "wm_probseg", "csf_probseg",
-                         "space", "resolution", "omp_nthreads", "random_seed")
-        self._results.update(bold_to_std(inp.bold_file, out_dir=_cwd(), **kwargs,
-                                         xfm_t1w_to_std=list(inp.xfm_t1w_to_std)))
-        return runtime
+    def _arguments(self) -> dict:
+        return {**super()._arguments(), "xfm_t1w_to_std": list(self.inputs.xfm_t1w_to_std)}
 
 
 # --------------------------------------------------------------------- confounds + denoise
@@ -170,22 +186,17 @@ class _DenoiseOutputSpec(TraitedSpec):
     motion_summary = traits.Dict()
 
 
-class ConfoundsDenoise(SimpleInterface):
+class ConfoundsDenoise(_FunctionInterface):
     """Confounds (fMRIPrep names), smoothing, confound regression and band-pass."""
 
     input_spec = _DenoiseInputSpec
     output_spec = _DenoiseOutputSpec
+    _function, _first = "dpnbids.preproc.pipeline:confounds_and_denoise", "bold_std"
+    _keywords = ("mask_std", "tr", "confounds_file", "motion_params", "wm_std", "csf_std",
+                 "n_dummy", "smoothing_fwhm", "strategy", "high_pass", "low_pass")
 
-    def _run_interface(self, runtime):
-        from dpnbids.preproc.pipeline import confounds_and_denoise
-
-        inp = self.inputs
-        kwargs = _inputs(inp, "tr", "confounds_file", "motion_params", "wm_std", "csf_std",
-                         "n_dummy", "smoothing_fwhm", "strategy", "high_pass", "low_pass")
-        self._results.update(confounds_and_denoise(
-            inp.bold_std, inp.mask_std, out_dir=_cwd(), fd_thresh=inp.fd_thresh or None,
-            **kwargs))
-        return runtime
+    def _arguments(self) -> dict:
+        return {**super()._arguments(), "fd_thresh": self.inputs.fd_thresh or None}
 
 
 # --------------------------------------------------------------------- dual regression
@@ -201,18 +212,15 @@ class _DualRegOutputSpec(TraitedSpec):
     maps_z = File(exists=True)
 
 
-class DualRegression(SimpleInterface):
+class DualRegression(_FunctionInterface):
     """Stage 1 and 2 of dual regression for one subject run."""
 
     input_spec = _DualRegInputSpec
     output_spec = _DualRegOutputSpec
+    _function, _first = "dpnbids.analysis.dual_regression:dual_regress_file", "bold_file"
 
-    def _run_interface(self, runtime):
-        from dpnbids.analysis.dual_regression import dual_regress_file
-
-        self._results.update(dual_regress_file(self.inputs.bold_file, self.inputs.group_maps,
-                                               self.inputs.mask_file, out_dir=_cwd()))
-        return runtime
+    def _arguments(self) -> dict:
+        return {"group_maps_file": self.inputs.group_maps, "mask_file": self.inputs.mask_file}
 
 
 # --------------------------------------------------------------------- writer
@@ -253,7 +261,7 @@ class DerivativesSink(SimpleInterface):
                              drop=tuple(inp.drop))
         writer.copy(inp.in_file, target)
         if inp.metadata:
-            sidecar = Path(str(target).replace(ext, ".json"))
+            sidecar = sibling(target, extension=".json")
             writer.write_json(dict(inp.metadata), sidecar)
         self._results["out_file"] = str(target)
         return runtime

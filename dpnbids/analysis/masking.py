@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dpnbids.derivatives import write_nifti
+from dpnbids.derivatives import sibling, write_nifti
 from dpnbids.exceptions import DimensionError, InputError
 
 LOGGER = logging.getLogger("dpnbids.group")
@@ -113,8 +113,8 @@ def resample_runs(runs: list, grid: AnalysisGrid, work_dir) -> list:
     out_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for r in runs:
-        den = out_dir / r.denoised.name.replace(".nii.gz", ".nii")
-        mask = out_dir / r.mask.name.replace(".nii.gz", ".nii")
+        den = out_dir / sibling(r.denoised, extension=".nii").name
+        mask = out_dir / sibling(r.mask, extension=".nii").name
         fresh = all(p.exists() and p.stat().st_mtime >= r.denoised.stat().st_mtime
                     for p in (den, mask))
         if not fresh:
@@ -206,7 +206,7 @@ def group_mask_for(group_maps_file) -> Path | None:
     """The group mask written beside group maps (our group folder or a model bundle)."""
     maps = Path(str(group_maps_file))
     if maps.name.endswith("_desc-ica_components.nii.gz"):
-        cand = maps.with_name(maps.name.replace("_components.nii.gz", "_mask.nii.gz"))
+        cand = sibling(maps, suffix="mask")
     elif maps.name == "group_maps.nii.gz":
         cand = maps.with_name("group_mask.nii.gz")
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from nipype.pipeline import engine as pe
 
+from dpnbids.derivatives import sibling
 from dpnbids.exceptions import DimensionError, InputError, WorkflowError
 from dpnbids.interfaces import DerivativesSink, DualRegression
 
@@ -270,7 +271,7 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
                  "TemplateNote": _template_note(template)}
     writer.write_json({"Description": "Group brain mask of the ICA (voxels inside the brain "
                                       "mask of at least 90% of the runs).", **grid_meta},
-                      mask_file.with_name(mask_file.name.replace(".nii.gz", ".json")))
+                      sibling(mask_file, extension=".json"))
     mixing = pd.DataFrame(np.asarray(ica.mixing_),
                           columns=[f"component_{k:02d}" for k in range(ica.components_.shape[0])])
     writer.write_tsv(mixing, group_dir / f"{prefix}_desc-ica_mixing.tsv")

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dpnbids.derivatives import DerivativesWriter
+from dpnbids.derivatives import DerivativesWriter, sibling
 from dpnbids.exceptions import InputError
 
 
@@ -84,7 +84,7 @@ def find_participant_outputs(output_dir, subjects, *, task, space, resolution=No
             continue
         for key, cands in by_run.items():
             den, ents = _pick_run_resolution(cands, want_res)
-            mask = den.with_name(den.name.replace("desc-denoised_bold", "desc-brain_mask"))
+            mask = sibling(den, desc="brain", suffix="mask")
             if not mask.exists():
                 raise InputError(f"{mask} is missing next to {den.name}; rerun the participant "
                                  f"level for sub-{sub}.")
@@ -123,7 +123,7 @@ def run_dof_from_outputs(run: RunFiles, config):
     from dpnbids.preproc.dof import run_dof
     from dpnbids.preproc.denoise import censor_mask
 
-    sidecar = Path(str(run.denoised).replace(".nii.gz", ".json"))
+    sidecar = sibling(run.denoised, extension=".json")
     meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     writer = DerivativesWriter(config.execution.output_dir)
     conf = writer.path(source=run.source, suffix="timeseries", extension=".tsv",

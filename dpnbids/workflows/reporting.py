@@ -11,7 +11,7 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
     """Render ``OUTPUT_DIR/sub-<subject>.html`` from the run summaries."""
     from dpnbids.reports.subject import render_subject_report
     from dpnbids.templates import get_template
-    from dpnbids.derivatives import split_bids_name
+    from dpnbids.derivatives import sibling, split_bids_name
 
     from dpnbids.derivatives import DerivativesWriter
 
@@ -28,7 +28,7 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
         confounds = str(writer.path(source=summary["denoised"], suffix="timeseries",
                                     extension=".tsv", drop=("space", "cohort", "res"),
                                     desc="confounds"))
-        preproc = Path(str(summary["denoised"]).replace("desc-denoised", "desc-preproc"))
+        preproc = sibling(summary["denoised"], desc="preproc")
         warnings = list(geometry.get("warnings", [])) + list((anat or {}).get("warnings", []))
         run_dicts.append({
             "entities": ents,
