@@ -45,7 +45,7 @@ class _FunctionInterface(SimpleInterface):
     def _arguments(self) -> dict:
         return _inputs(self.inputs, *self._keywords)
 
-    def _outputs(self, result) -> dict:
+    def _results_from(self, result) -> dict:
         return result
 
     def _run_interface(self, runtime):
@@ -55,7 +55,7 @@ class _FunctionInterface(SimpleInterface):
         function = getattr(importlib.import_module(module), name)
         result = function(getattr(self.inputs, self._first), out_dir=str(_cwd()),
                           **self._arguments())
-        self._results.update(self._outputs(result))
+        self._results.update(self._results_from(result))
         return runtime
 
 
@@ -118,7 +118,7 @@ class AnatPreproc(_FunctionInterface):
     _function, _first = "dpnbids.preproc.anat:preprocess_anat", "t1w_file"
     _keywords = ("space", "omp_nthreads", "random_seed")
 
-    def _outputs(self, result) -> dict:
+    def _results_from(self, result) -> dict:
         out = {}
         for key in self.output_spec().copyable_trait_names():
             value = getattr(result, key)

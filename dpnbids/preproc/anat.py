@@ -208,6 +208,66 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- main
+def _n4(native):
+    """N4 on a 2 mm copy, the bias applied on the native grid: (native N4, 2 mm N4)."""
+    import ants
+
+    work = ants.resample_image(native, (_WORK_RESOLUTION,) * 3, False, 0)
+    head = ants.get_mask(work, cleanup=2)
+    bias_work = ants.n4_bias_field_correction(
+        work, mask=head, shrink_factor=2, convergence={"iters": [50, 50, 30], "tol": 1e-4},
+        return_bias_field=True)
+    work_n4 = work / bias_work
+    bias = ants.resample_image_to_target(bias_work, native, interp_type="linear")
+    bias_np = bias.numpy()
+    bias_np[~(bias_np > 1e-3)] = 1.0  # outside the work grid: leave intensities as they are
+    return native.new_image_like(native.numpy() / bias_np), work_n4
+
+
+def _brain_mask(t1w_n4, work_n4, tpl_head, tpl_mask_work, name, *, random_seed, tmp: Path):
+    """Native-grid brain mask from the template's, registered head to head at 2 mm.
+
+    Returns the boolean mask and the path of the head-to-head affine (in ``tmp``),
+    which initialises the normalisation.
+    """
+    import ants
+
+    bet = seeded_registration(tpl_head, work_n4, random_seed=random_seed,
+                              type_of_transform=_BET_REGISTRATION,
+                              outprefix=str(tmp / "bet_"))
+    prob = ants.apply_transforms(t1w_n4, tpl_mask_work, bet["invtransforms"],
+                                 interpolator="linear", whichtoinvert=[True, False])
+    mask_np = prob.numpy() > 0.5
+    del prob
+    vals = t1w_n4.numpy()
+    if mask_np.any():
+        mask_np &= vals > 0.05 * float(np.median(vals[mask_np]))
+    del vals
+    mask_np = ndimage.binary_fill_holes(_largest_component(mask_np))
+    if mask_np.sum() == 0:
+        raise InputError(f"Brain extraction of {name} gave an empty mask: the image does "
+                         "not look like a T1w head scan. Check the file and its header.")
+    return mask_np, tmp / "bet_0GenericAffine.mat"
+
+
+def _write_tissue_priors(mask, mask_np, inv, space, template_resolution, paths) -> None:
+    """Template tissue priors on the native grid, one at a time (memory). The priors
+    sum to at most one and linear interpolation keeps that property."""
+    import ants
+
+    from dpnbids.templates import get_template
+
+    for kind in ("GM", "WM", "CSF"):
+        prior = ants.image_read(str(get_template(space, template_resolution, kind)))
+        warped = ants.apply_transforms(mask, prior, inv, interpolator="linear",
+                                       whichtoinvert=[True, False])
+        prob = np.clip(warped.numpy(), 0.0, 1.0) * mask_np
+        del warped
+        ants.image_write(mask.new_image_like(prob.astype(np.float32)),
+                         str(paths[f"{kind.lower()}_probseg"]))
+        del prob
+
+
 def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_resolution=2.0,
                     omp_nthreads=1, random_seed=0, registration="SyN") -> AnatResult:
     """N4, brain extraction, normalisation to ``space`` and tissue maps of one T1w.
@@ -266,40 +326,12 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
     tpl_mask = ants.image_read(str(get_template(space, template_resolution, "mask")))
     tpl_mask_work = ants.image_read(str(get_template(space, _WORK_RESOLUTION, "mask")))
 
-    native = nifti_to_ants(t1w_nii)
+    t1w_n4, work_n4 = _n4(nifti_to_ants(t1w_nii))
     del t1w_nii
-    # ---- N4 on a 2 mm copy, bias applied on the native grid
-    work = ants.resample_image(native, (_WORK_RESOLUTION,) * 3, False, 0)
-    head = ants.get_mask(work, cleanup=2)
-    bias_work = ants.n4_bias_field_correction(
-        work, mask=head, shrink_factor=2, convergence={"iters": [50, 50, 30], "tol": 1e-4},
-        return_bias_field=True)
-    work_n4 = work / bias_work
-    bias = ants.resample_image_to_target(bias_work, native, interp_type="linear")
-    bias_np = bias.numpy()
-    bias_np[~(bias_np > 1e-3)] = 1.0  # outside the work grid: leave intensities as they are
-    t1w_n4 = native.new_image_like(native.numpy() / bias_np)
-    del bias, bias_np, native, work, head, bias_work
-
     # ---- brain extraction: template head -> T1w head at 2 mm
     with tempfile.TemporaryDirectory(prefix="dpnbids_bet_", dir=out) as tmp:
-        bet = seeded_registration(tpl_head, work_n4, random_seed=random_seed,
-                                  type_of_transform=_BET_REGISTRATION,
-                                  outprefix=str(Path(tmp) / "bet_"))
-        bet_affine = Path(tmp) / "bet_0GenericAffine.mat"
-        prob = ants.apply_transforms(t1w_n4, tpl_mask_work, bet["invtransforms"],
-                                     interpolator="linear", whichtoinvert=[True, False])
-        mask_np = prob.numpy() > 0.5
-        del prob
-        vals = t1w_n4.numpy()
-        if mask_np.any():
-            mask_np &= vals > 0.05 * float(np.median(vals[mask_np]))
-        del vals
-        mask_np = _largest_component(mask_np)
-        mask_np = ndimage.binary_fill_holes(mask_np)
-        if mask_np.sum() == 0:
-            raise InputError(f"Brain extraction of {name} gave an empty mask: the image does "
-                             "not look like a T1w head scan. Check the file and its header.")
+        mask_np, bet_affine = _brain_mask(t1w_n4, work_n4, tpl_head, tpl_mask_work, name,
+                                          random_seed=random_seed, tmp=Path(tmp))
         mask = t1w_n4.new_image_like(mask_np.astype(np.float32))
         brain = t1w_n4 * mask
 
@@ -341,17 +373,7 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
     ants.image_write(mask.clone("unsigned char"), str(paths["t1w_mask"]))
     del brain, t1w_n4
 
-    # ---- tissue priors on the native grid, one at a time (memory). The template
-    # priors sum to at most one and linear interpolation keeps that property.
-    for kind in ("GM", "WM", "CSF"):
-        prior = ants.image_read(str(get_template(space, template_resolution, kind)))
-        warped = ants.apply_transforms(mask, prior, inv, interpolator="linear",
-                                       whichtoinvert=[True, False])
-        prob = np.clip(warped.numpy(), 0.0, 1.0) * mask_np
-        del warped
-        ants.image_write(mask.new_image_like(prob.astype(np.float32)),
-                         str(paths[f"{kind.lower()}_probseg"]))
-        del prob
+    _write_tissue_priors(mask, mask_np, inv, space, template_resolution, paths)
     for msg in warnings:
         LOGGER.warning(msg)
     return AnatResult(**{k: str(v) for k, v in paths.items()}, xfm_t1w_to_std=fwd,

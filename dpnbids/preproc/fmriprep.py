@@ -265,26 +265,7 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
         resolution = mods["res"]
     cohort = mods.get("cohort")
     subject = str(subject).removeprefix("sub-")
-    if not (root / f"sub-{subject}").is_dir():
-        subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-        raise InputError(f"--fmriprep-dir {root} has no sub-{subject} folder. Subjects "
-                         f"there: {subs or 'none'}. Run fMRIPrep on this participant or "
-                         "drop it from --participant-label.")
-    files = _func_files(root, subject)
-    sessions = _as_list(session)
-    runs_wanted = None if run is None else {int(r) for r in _as_list(run)}
-    bolds = [(p, e) for p, e in files if _is_preproc_bold(e)]
-    tasks = sorted({e.get("task") for _, e in bolds if e.get("task")})
-    bolds = [(p, e) for p, e in bolds if e.get("task") == task
-             and (sessions is None or e.get("session") in sessions)
-             and (runs_wanted is None or e.get("run") in runs_wanted)]
-    if not bolds:
-        raise InputError(
-            f"{root}: no desc-preproc_bold for sub-{subject}, task {task!r}"
-            + (f", session(s) {sessions}" if sessions else "")
-            + (f", run(s) {sorted(runs_wanted)}" if runs_wanted else "")
-            + f". Tasks with desc-preproc_bold for this subject: {tasks or 'none'}. "
-            "Check --task-id / --session-label, or run fMRIPrep on this task.")
+    files, bolds = _subject_bolds(root, subject, task, session, run)
     groups = defaultdict(list)
     for p, e in bolds:
         groups[tuple(e.get(k) for k in _RUN_KEYS)].append((p, e))
@@ -311,45 +292,77 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
                 other_res.extend(have)
             missing.append(f"{name} ({wanted}); found instead: {have}")
             continue
-        bold, ents = picked
-        func_dir = bold.parent
-        mask_names = [_name(ents, "brain", "mask", ext) for ext in (".nii.gz", ".nii")]
-        mask = next((func_dir / n for n in mask_names if (func_dir / n) in index),
-                    func_dir / mask_names[0])
-        conf_names = [_name(run_ents, "confounds", "timeseries", ".tsv", with_space=False),
-                      _name(run_ents, "confounds", "regressors", ".tsv", with_space=False)]
-        confounds = next((func_dir / n for n in conf_names if (func_dir / n) in index), None)
-        problems = []
-        if mask not in index:
-            problems.append(str(mask.relative_to(root)))
-        if confounds is None:
-            problems.append(str((func_dir / conf_names[0]).relative_to(root)))
-        if problems:
-            missing.extend(problems)
+        files_of_run = _run_files(root, *picked, run_ents, index)
+        if isinstance(files_of_run, list):  # what is missing
+            missing.extend(files_of_run)
             continue
-        mask_img, bold_img = nib.load(str(mask)), nib.load(str(bold))
-        if (mask_img.shape[:3] != bold_img.shape[:3]
-                or not np.allclose(mask_img.affine, bold_img.affine, atol=1e-3)):
-            raise DimensionError(
-                f"{mask.name} (shape {mask_img.shape[:3]}) is not on the grid of {bold.name} "
-                f"(shape {bold_img.shape[:3]}). Expected fMRIPrep's mask of the same space "
-                "and resolution; re-run fMRIPrep or fix the file names.")
-        bold_json = bold.with_name(bold.name.split(".", 1)[0] + ".json")
-        conf_json = confounds.with_suffix(".json")
-        entities = {k: v for k, v in run_ents.items()}
-        entities.update(space=ents.get("space"), cohort=ents.get("cohort"), res=ents.get("res"))
-        refs = _reference_images(root, func_dir, ents, index)
-        results.append({**refs, "bold": str(bold),
-                        "bold_json": str(bold_json) if bold_json.exists() else None,
-                        "mask": str(mask), "confounds": str(confounds),
-                        "confounds_json": str(conf_json) if conf_json.exists() else None,
-                        "voxel_size": _voxel_mm(bold),
-                        "shape": tuple(int(n) for n in bold_img.shape[:3]),
-                        "entities": entities})
+        results.append(files_of_run)
     if missing:
         raise InputError(_missing_message(root, subject, task, template, cohort, wanted,
                                           missing, other_res, bolds))
     return results
+
+
+def _subject_bolds(root: Path, subject: str, task: str, session, run):
+    """(every func file with its entities, the desc-preproc_bold files of the task)."""
+    if not (root / f"sub-{subject}").is_dir():
+        subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+        raise InputError(f"--fmriprep-dir {root} has no sub-{subject} folder. Subjects "
+                         f"there: {subs or 'none'}. Run fMRIPrep on this participant or "
+                         "drop it from --participant-label.")
+    files = _func_files(root, subject)
+    sessions = _as_list(session)
+    runs_wanted = None if run is None else {int(r) for r in _as_list(run)}
+    bolds = [(p, e) for p, e in files if _is_preproc_bold(e)]
+    tasks = sorted({e.get("task") for _, e in bolds if e.get("task")})
+    bolds = [(p, e) for p, e in bolds if e.get("task") == task
+             and (sessions is None or e.get("session") in sessions)
+             and (runs_wanted is None or e.get("run") in runs_wanted)]
+    if not bolds:
+        raise InputError(
+            f"{root}: no desc-preproc_bold for sub-{subject}, task {task!r}"
+            + (f", session(s) {sessions}" if sessions else "")
+            + (f", run(s) {sorted(runs_wanted)}" if runs_wanted else "")
+            + f". Tasks with desc-preproc_bold for this subject: {tasks or 'none'}. "
+            "Check --task-id / --session-label, or run fMRIPrep on this task.")
+    return files, bolds
+
+
+def _run_files(root: Path, bold: Path, ents: dict, run_ents: dict, index: dict):
+    """The files of one picked run (a dict, see :func:`find_fmriprep_inputs`), or the
+    list of its missing mask/confounds files."""
+    func_dir = bold.parent
+    mask_names = [_name(ents, "brain", "mask", ext) for ext in (".nii.gz", ".nii")]
+    mask = next((func_dir / n for n in mask_names if (func_dir / n) in index),
+                func_dir / mask_names[0])
+    conf_names = [_name(run_ents, "confounds", "timeseries", ".tsv", with_space=False),
+                  _name(run_ents, "confounds", "regressors", ".tsv", with_space=False)]
+    confounds = next((func_dir / n for n in conf_names if (func_dir / n) in index), None)
+    problems = []
+    if mask not in index:
+        problems.append(str(mask.relative_to(root)))
+    if confounds is None:
+        problems.append(str((func_dir / conf_names[0]).relative_to(root)))
+    if problems:
+        return problems
+    mask_img, bold_img = nib.load(str(mask)), nib.load(str(bold))
+    if (mask_img.shape[:3] != bold_img.shape[:3]
+            or not np.allclose(mask_img.affine, bold_img.affine, atol=1e-3)):
+        raise DimensionError(
+            f"{mask.name} (shape {mask_img.shape[:3]}) is not on the grid of {bold.name} "
+            f"(shape {bold_img.shape[:3]}). Expected fMRIPrep's mask of the same space "
+            "and resolution; re-run fMRIPrep or fix the file names.")
+    bold_json = bold.with_name(bold.name.split(".", 1)[0] + ".json")
+    conf_json = confounds.with_suffix(".json")
+    entities = dict(run_ents)
+    entities.update(space=ents.get("space"), cohort=ents.get("cohort"), res=ents.get("res"))
+    return {**_reference_images(root, func_dir, ents, index), "bold": str(bold),
+            "bold_json": str(bold_json) if bold_json.exists() else None,
+            "mask": str(mask), "confounds": str(confounds),
+            "confounds_json": str(conf_json) if conf_json.exists() else None,
+            "voxel_size": _voxel_mm(bold),
+            "shape": tuple(int(n) for n in bold_img.shape[:3]),
+            "entities": entities}
 
 
 def _reference_images(root: Path, func_dir: Path, ents: dict, index: dict) -> dict:
