@@ -232,11 +232,10 @@ def run_group_level(config, inputs, labels, writer) -> None:
 
 def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     """Group ICA, dual regression, statistics and classification into ``group_dir``."""
-    from dpnbids.analysis.masking import analysis_grid, group_mask, maps_to_img, resample_runs
+    from dpnbids.analysis.masking import analysis_grid, group_mask, resample_runs
     from dpnbids.workflows.inputs import find_participant_outputs
     from dpnbids.analysis.networks import match_networks, network_templates
     from dpnbids.preproc.fmriprep import parse_space
-    from dpnbids.analysis.stats import compare_groups, component_summary
 
     template, mods = parse_space(config.preproc.output_space)
     subjects = list(inputs)
@@ -263,18 +262,10 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     order, n_components = ica.order_estimate_, int(ica.n_components_)
     order_record = _order_record(config, order, n_components, cap, dofs)
 
-    comps_file = group_dir / f"{prefix}_desc-ica_components.nii.gz"
-    mask_file = group_dir / f"{prefix}_desc-ica_mask.nii.gz"
-    writer.write_nifti(maps_to_img(ica.components_, mask, affine), comps_file)
-    writer.write_nifti(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_file)
     grid_meta = {"AnalysisGrid": grid.as_dict(), "SpatialReference": space_text,
                  "TemplateNote": _template_note(template)}
-    writer.write_json({"Description": "Group brain mask of the ICA (voxels inside the brain "
-                                      "mask of at least 90% of the runs).", **grid_meta},
-                      sibling(mask_file, extension=".json"))
-    mixing = pd.DataFrame(np.asarray(ica.mixing_),
-                          columns=[f"component_{k:02d}" for k in range(ica.components_.shape[0])])
-    writer.write_tsv(mixing, group_dir / f"{prefix}_desc-ica_mixing.tsv")
+    comps_file, mask_file = _write_group_ica(writer, group_dir / prefix, ica, mask, affine,
+                                             grid_meta)
 
     # ---- network labels
     ref = nib.Nifti1Image(np.zeros(shape, np.float32), affine)
@@ -298,15 +289,41 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     # ---- component statistics on all labelled subjects (descriptive)
     labelled = [s for s in subjects if labels.get(s) is not None]
     y = np.array([labels[s] for s in labelled], dtype=int)
-    stack = np.stack([maps[s] for s in labelled])
-    summaries = component_summary(stack, ica.components_,
-                                  threshold_z=config.ica.component_threshold)
-    stats = compare_groups(summaries, y)
-    for col in ("t", "p", "r"):
-        table[col] = stats[col].to_numpy()
-    table["selected_descriptive_all_subjects"] = table["p"] < config.ica.ssc_p
+    _component_statistics(config, table, np.stack([maps[s] for s in labelled]), y, ica)
     writer.write_tsv(table, group_dir / f"{prefix}_desc-ica_components.tsv")
-    writer.write_json({
+    writer.write_json(_components_sidecar(config, ica, order_record, grid_meta, template),
+                      group_dir / f"{prefix}_desc-ica_components.json")
+
+    # ---- classification
+    from dpnbids.workflows.classify import GroupICAResult, run_classification
+
+    run_classification(config, writer, GroupICAResult(
+        runs=runs, labels=labels, subjects=list(labelled), y=y, maps=maps, mask=mask,
+        affine=affine, ica=ica, comps_file=comps_file, mask_file=mask_file,
+        components_table=table, group_dir=group_dir, grid=grid, space=space_text,
+        order=order_record))
+
+
+def _write_group_ica(writer, stem: Path, ica, mask, affine, grid_meta: dict):
+    """The group maps, their mask (with its sidecar) and the mixing matrix."""
+    from dpnbids.analysis.masking import maps_to_img
+
+    comps_file = stem.with_name(f"{stem.name}_desc-ica_components.nii.gz")
+    mask_file = stem.with_name(f"{stem.name}_desc-ica_mask.nii.gz")
+    writer.write_nifti(maps_to_img(ica.components_, mask, affine), comps_file)
+    writer.write_nifti(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_file)
+    writer.write_json({"Description": "Group brain mask of the ICA (voxels inside the brain "
+                                      "mask of at least 90% of the runs).", **grid_meta},
+                      sibling(mask_file, extension=".json"))
+    mixing = pd.DataFrame(np.asarray(ica.mixing_),
+                          columns=[f"component_{k:02d}" for k in range(ica.components_.shape[0])])
+    writer.write_tsv(mixing, sibling(comps_file, suffix="mixing", extension=".tsv"))
+    return comps_file, mask_file
+
+
+def _components_sidecar(config, ica, order_record, grid_meta, template) -> dict:
+    """The JSON sidecar of the components table."""
+    return {
         "Description": "Group ICA components (z-scored maps, sign-flipped to positive peaks) "
                        "with network labels and responder vs non-responder statistics.",
         "selected_descriptive_all_subjects": "p < --ssc-p on ALL labelled subjects: "
@@ -319,17 +336,20 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
         "ModelOrder": order_record,
         "NetworkLabels": "Seitzman et al. (2018) network coordinates in MNI space, rendered "
                          f"on this grid; {_template_note(template)}",
-        **grid_meta},
-        group_dir / f"{prefix}_desc-ica_components.json")
+        **grid_meta}
 
-    # ---- classification
-    from dpnbids.workflows.classify import GroupICAResult, run_classification
 
-    run_classification(config, writer, GroupICAResult(
-        runs=runs, labels=labels, subjects=list(labelled), y=y, maps=maps, mask=mask,
-        affine=affine, ica=ica, comps_file=comps_file, mask_file=mask_file,
-        components_table=table, group_dir=group_dir, grid=grid, space=space_text,
-        order=order_record))
+def _component_statistics(config, table, stack, y, ica) -> None:
+    """Responder vs non-responder t, p, r of each component's summary, into ``table``
+    (all labelled subjects: descriptive; the CV selects inside its folds)."""
+    from dpnbids.analysis.stats import compare_groups, component_summary
+
+    summaries = component_summary(stack, ica.components_,
+                                  threshold_z=config.ica.component_threshold)
+    stats = compare_groups(summaries, y)
+    for col in ("t", "p", "r"):
+        table[col] = stats[col].to_numpy()
+    table["selected_descriptive_all_subjects"] = table["p"] < config.ica.ssc_p
 
 
 STAGING_PREFIX = ".group-staging-"
