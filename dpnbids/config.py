@@ -22,15 +22,21 @@ import numpy as np
 from dpnbids import __version__
 
 
-def derive_seed(base_seed: int, purpose: str) -> int:
-    """Return a 32-bit seed for ``purpose`` derived from ``base_seed``.
+def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
+    """Return a seed for ``purpose`` derived from ``base_seed``: the one seed scheme.
 
-    Deterministic across runs, platforms and Python hash seeds.
+    Every seed of the program is a child of ``--random-seed`` in numpy's
+    ``SeedSequence`` tree: ``purpose`` is a name (``"ica"``, ``"cv.ASC"``; its
+    CRC-32 is the spawn key) or an index (the i-th child, e.g. the i-th CV
+    repeat or fold). Deterministic across runs, platforms and Python hash
+    seeds. ``bits=31`` (the default) suits ANTs and other C libraries, which
+    take a signed 32-bit seed and fail above 2**31 - 1; ``base_seed=None``
+    draws fresh entropy.
     """
-    key = zlib.crc32(purpose.encode("utf-8"))
-    seq = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(key,))
-    # 31 bits: ANTs (and other C libraries) take a signed 32-bit seed and fail above 2**31 - 1
-    return int(seq.generate_state(1, dtype=np.uint32)[0]) & 0x7FFFFFFF
+    key = zlib.crc32(purpose.encode("utf-8")) if isinstance(purpose, str) else int(purpose)
+    entropy = None if base_seed is None else int(base_seed)
+    seq = np.random.SeedSequence(entropy=entropy, spawn_key=(key,))
+    return int(seq.generate_state(1, dtype=np.uint32)[0]) & ((1 << bits) - 1)
 
 
 #: Choices of ``--dim-est`` and ``--ica-contrast``, shared by the parser and

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dpnbids.learn.cv import (Fold, check_no_leakage, derive_seeds, fit_final_model, make_outer_splits,
+from dpnbids.config import derive_seed
+from dpnbids.learn.cv import (Fold, check_no_leakage, fit_final_model, make_outer_splits,
                         permutation_test, run_nested_cv, splits_to_dataframe)
 from dpnbids.exceptions import DataLeakageError, InputError
 
@@ -45,7 +46,8 @@ def test_splits_are_stratified_disjoint_and_seeded():
     assert make_outer_splits(ids, y, n_folds=5, random_state=8) != folds[:5]
     df = splits_to_dataframe(folds)
     assert len(df) == 10 * 23 and set(df.role) == {"train", "validation", "test"}
-    assert len(set(derive_seeds(3, 50))) == 50 and derive_seeds(3, 4) == derive_seeds(3, 4)
+    children = [derive_seed(3, i, bits=32) for i in range(50)]
+    assert len(set(children)) == 50 and children[:4] == [derive_seed(3, i, bits=32) for i in range(4)]
 
 
 def test_too_few_per_class_suggests_folds():

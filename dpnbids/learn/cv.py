@@ -24,17 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from dpnbids.config import derive_seed
 from dpnbids.exceptions import DataLeakageError, InputError
 
 #: The paper's hyperparameter grids (used with ``tune=True``).
 PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
               "dropout": (0.3, 0.5), "batch_size": (4, 8), "epochs": (50, 100)}
-
-
-def derive_seeds(random_state, n: int) -> list[int]:
-    """``n`` independent 32-bit seeds from one integer seed."""
-    seq = np.random.SeedSequence(None if random_state is None else int(random_state))
-    return [int(s.generate_state(1, dtype=np.uint32)[0]) for s in seq.spawn(n)]
 
 
 @dataclass(frozen=True)
@@ -91,10 +86,11 @@ def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int 
                          f"{n_folds} needs at least {n_folds} per class; use --folds "
                          f"{max(2, min(n_pos, n_neg))} or fewer.")
     folds = []
-    for repeat, seed in enumerate(derive_seeds(random_state, n_repeats)):
+    for repeat in range(n_repeats):
+        seed = derive_seed(random_state, repeat, bits=32)
         skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
         for k, (train, test) in enumerate(skf.split(ids, y)):
-            fold_seed = derive_seeds(seed, k + 1)[k]
+            fold_seed = derive_seed(seed, k, bits=32)
             n_val = max(2, int(round(val_fraction * train.size)))
             ytr = y[train]
             strat = ytr if min((ytr == 1).sum(), (ytr == 0).sum()) >= 2 else None
@@ -326,7 +322,7 @@ def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None
     y = np.asarray(y, dtype=int)
     if channels is not None:
         x = x[..., np.asarray(channels, dtype=int)]
-    seed = derive_seeds(random_state, 1)[0]
+    seed = derive_seed(random_state, 0, bits=32)
     scaler = fit_scaler(x)
     xs = apply_scaler(x, scaler)
     idx = np.arange(len(y))
