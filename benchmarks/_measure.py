@@ -1,4 +1,6 @@
-"""Run a command and report wall time and peak RSS of its whole process tree.
+"""Shared benchmark helpers: wall time and peak RSS of a process tree, the CPU model,
+and the argument parser of a benchmark's cohort options.
+
 
 The tree RSS is sampled from /proc every 0.2 s (sum over the command and all
 its descendants), and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` gives the
@@ -6,6 +8,7 @@ largest single process.  Linux only.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import subprocess
@@ -77,3 +80,17 @@ def cpu_model() -> str:
     except FileNotFoundError:
         pass
     return "unknown CPU"
+
+
+def benchmark_parser(doc: str, **defaults) -> argparse.ArgumentParser:
+    """A parser with one ``--name`` option per keyword (``n_components`` -> ``--n-components``),
+    typed like its default; a tuple default takes that many values."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, tuple):
+            parser.add_argument(flag, type=type(default[0]), nargs=len(default), default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    return parser
+

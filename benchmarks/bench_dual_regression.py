@@ -11,24 +11,19 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import time
 
 import numpy as np
 
-from bench_migp_memory import cpu_model, planted_maps
+from bench_migp_memory import benchmark_parser, cpu_model, planted_maps
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=43)
-    parser.add_argument("--volumes", type=int, nargs=2, default=(100, 200),
-                        help="volumes per subject drawn uniformly in [min, max]")
-    parser.add_argument("--res", type=float, default=2.0)
-    parser.add_argument("--n-components", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    # --volumes MIN MAX: volumes per subject drawn uniformly in [min, max]
+    parser = benchmark_parser(__doc__, subjects=43, volumes=(100, 200), res=2.0,
+                              n_components=30, seed=0)
     args = parser.parse_args(argv)
 
     from dpnbids.analysis.dual_regression import dual_regression

@@ -19,7 +19,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_model, measure  # noqa: E402
+from _measure import benchmark_parser, cpu_model, measure  # noqa: E402
 
 
 def _bin(name: str) -> str:
@@ -39,14 +38,10 @@ def _bin(name: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = benchmark_parser(__doc__, resolution=4.0, volumes=150, epochs=100, folds=10,
+                          n_components=30)
     ap.add_argument("--data", type=Path, default=None,
                     help="folder to keep the cohort and participant outputs in (reused)")
-    ap.add_argument("--resolution", type=float, default=4.0)
-    ap.add_argument("--volumes", type=int, default=150)
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--n-components", type=int, default=30)
     ap.add_argument("--precision", choices=("float32", "mixed"), default="float32")
     ap.add_argument("--nprocs", type=int, default=2)
     args = ap.parse_args()

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import cpu_model  # noqa: E402
+from _measure import benchmark_parser, cpu_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -151,14 +151,8 @@ def recovery(truth, comps):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=20)
-    parser.add_argument("--volumes", type=int, default=150)
-    parser.add_argument("--res", type=float, default=4.0)
-    parser.add_argument("--networks", type=int, default=13)
-    parser.add_argument("--n-components", type=int, default=20)
-    parser.add_argument("--pca-dim", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = benchmark_parser(__doc__, subjects=20, volumes=150, res=4.0, networks=13,
+                              n_components=20, pca_dim=64, seed=0)
     parser.add_argument("--source", choices=("builtin", "synthetic"), default="builtin")
     parser.add_argument("--methods", nargs="+", default=["ours", "ours-icasso10", "canica"])
     parser.add_argument("--data-dir", type=Path, default=None)

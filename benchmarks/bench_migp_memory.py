@@ -15,7 +15,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import cpu_model  # noqa: E402
+from _measure import benchmark_parser, cpu_model  # noqa: E402
 
 
 
@@ -43,14 +42,8 @@ def planted_maps(n_voxels, n_sources, rng):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=100)
-    parser.add_argument("--volumes", type=int, default=200)
-    parser.add_argument("--res", type=float, default=2.0)
-    parser.add_argument("--sources", type=int, default=20)
-    parser.add_argument("--pca-dim", type=int, default=64)
-    parser.add_argument("--n-components", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = benchmark_parser(__doc__, subjects=100, volumes=200, res=2.0, sources=20,
+                              pca_dim=64, n_components=30, seed=0)
     args = parser.parse_args(argv)
 
     from dpnbids.analysis.decomposition import GroupICA

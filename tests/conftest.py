@@ -20,6 +20,20 @@ def rng():
     return np.random.default_rng(42)
 
 
+@pytest.fixture
+def affine():
+    """3 mm voxels (the report tests' small images)."""
+    return np.diag([3.0, 3.0, 3.0, 1.0])
+
+
+@pytest.fixture
+def components(rng, affine):
+    """A 4D image of three 'components' with one bright peak."""
+    data = rng.normal(0, 1, (7, 8, 9, 3)).astype("float32")
+    data[3, 4, 4, :] = 8.0
+    return nib.Nifti1Image(data, affine)
+
+
 def make_tiny_bids(root: Path, *, labels=("1", "0", "1", "0"), n_volumes=60, tr=2.0,
                    shape=(10, 11, 9), participants_extra=None) -> Path:
     """A minimal valid BIDS dataset with random T1w/BOLD (for CLI checks, not science)."""

@@ -92,18 +92,6 @@ def _assert_images_loaded(probe: dict, expected: int) -> None:
 # ------------------------------------------------------------------ inputs
 
 @pytest.fixture
-def affine():
-    return np.diag([3.0, 3.0, 3.0, 1.0])
-
-
-@pytest.fixture
-def components(rng, affine):
-    data = rng.normal(0, 1, (7, 8, 9, 3)).astype("float32")
-    data[3, 4, 4, :] = 8.0
-    return nib.Nifti1Image(data, affine)
-
-
-@pytest.fixture
 def components_df():
     """The components table as the group level writes it (match_networks + stats)."""
     return pd.DataFrame({

@@ -28,11 +28,6 @@ def rng():
 
 
 @pytest.fixture
-def affine():
-    return np.diag([3.0, 3.0, 3.0, 1.0])
-
-
-@pytest.fixture
 def anat(rng, affine):
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (7, 8, 9)), indexing="ij")
     data = np.exp(-(x**2 + y**2 + z**2) * 2) * 100 + rng.normal(0, 1, (7, 8, 9))
@@ -59,13 +54,6 @@ def confounds(rng):
     df["dvars"] = np.abs(rng.normal(1, 0.2, n))
     df.loc[0, ["framewise_displacement", "dvars"]] = np.nan
     return df
-
-
-@pytest.fixture
-def components(rng, affine):
-    data = rng.normal(0, 1, (7, 8, 9, 3)).astype("float32")
-    data[3, 4, 4, :] = 8.0
-    return nib.Nifti1Image(data, affine)
 
 
 @pytest.fixture
