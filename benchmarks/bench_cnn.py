@@ -136,11 +136,9 @@ def main(argv=None):
         model = build_voxnet(shape + (ch,))
         keras.mixed_precision.set_global_policy("float32")
         timer = Timer()
-        t0 = time.perf_counter()
         model.fit(x[:n_train], y[:n_train].astype(np.float32),
                   validation_data=(x[n_train:n_outer], y[n_train:n_outer].astype(np.float32)),
                   epochs=args.epochs, batch_size=args.batch_size, callbacks=[timer], verbose=0)
-        fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         model.predict(x[n_outer:], verbose=0)
         pred_s = time.perf_counter() - t0
