@@ -103,7 +103,8 @@ def test_every_interface_spec_pickles():
     import dpnbids.interfaces as itf
 
     classes = [c for _, c in inspect.getmembers(itf, inspect.isclass)
-               if issubclass(c, SimpleInterface) and c.__module__ == itf.__name__]
+               if issubclass(c, SimpleInterface) and c.__module__ == itf.__name__
+               and "input_spec" in vars(c)]  # the shared base class has no spec of its own
     assert len(classes) >= 6
     for cls in classes:
         for spec in (cls.input_spec, cls.output_spec):
