@@ -51,8 +51,7 @@ def _add_file_logging(log_file: Path) -> None:
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
     logging.getLogger("dpnbids").addHandler(handler)
-    import nipype  # noqa: F401 - configures its loggers; we then route them to the file
-
+    # importing nipype configures its loggers; we then route them to the file
     from nipype import config as ncfg
     from nipype import logging as nlogging
 

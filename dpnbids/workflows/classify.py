@@ -109,18 +109,62 @@ class _FinalModelInputs:
     resolution: float
 
 
-def run_classification(config, writer, res: GroupICAResult):
-    """Everything after dual regression at the group level."""
-    from dpnbids.learn import cv
-    from dpnbids.learn.model import default_cnn_voxel_size
-    from dpnbids.analysis.stats import component_summary, select_components
+@dataclass
+class CrossValidation:
+    """Everything the cross-validation of all input sets produced, in one place."""
 
-    runs, labels, subjects, y, maps = res.runs, res.labels, res.subjects, res.y, res.maps
-    mask, affine, ica, group_dir, grid = res.mask, res.affine, res.ica, res.group_dir, res.grid
-    cv_dir = group_dir / "cv"
+    predictions: pd.DataFrame
+    manifests: list
+    histories: dict
+    timings: dict
+    permutations: dict
+
+
+@dataclass(frozen=True)
+class _InputSet:
+    name: str
+    features: np.ndarray
+    select_fn: object = None
+
+
+def run_classification(config, writer, res: GroupICAResult):
+    """Everything after dual regression at the group level: outer folds, the CV of each
+    input set (and of the strict ICA-in-folds mode), metrics, the final model, the report."""
+    from dpnbids.learn.model import default_cnn_voxel_size
+    from dpnbids.analysis.stats import component_summary
+
     voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
-    subjects = list(subjects)
-    y = np.asarray(y, dtype=int)
+    subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
+    folds = _outer_folds(config, writer, subjects, y, res.group_dir / "cv")
+    summaries = component_summary(np.stack([res.maps[s] for s in subjects]),
+                                  res.ica.components_,
+                                  threshold_z=config.ica.component_threshold)
+    features, grid_affine, sets = _input_sets(config, res, summaries, voxel)
+    cvs = _cross_validate(config, sets, y, subjects, folds, summaries)
+    if config.cnn.ica_in_folds:
+        strict = _ica_in_folds(config, res.runs, subjects, y, folds, res.mask, res.affine,
+                               voxel, res.ica.components_.shape[0])
+        cvs.predictions = pd.concat([cvs.predictions, strict["predictions"]],
+                                    ignore_index=True)
+        cvs.manifests.extend(strict["manifests"])
+        cvs.timings.update(strict["timings"])
+    _write_cv(writer, cvs, res.group_dir)
+    tables = _metrics(config, cvs.predictions, cvs.permutations, writer, res.group_dir)
+    writer.write_json(cvs.timings, res.group_dir / "timings.json")
+    final = _FinalModelInputs(
+        features, summaries, y, grid_affine, tables, voxel,
+        space=res.space or config.preproc.output_space,
+        resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
+                    else config.preproc.resolution_mm))
+    bundle_dir = _final_model(config, final, res)
+    _group_report(config, res, cvs, tables, bundle_dir)
+    print(tables["table2"].to_string())
+
+
+def _outer_folds(config, writer, subjects, y, cv_dir):
+    """The seeded, stratified outer folds every input set and model shares, and their files."""
+    from dpnbids.learn import cv
+
     folds = cv.make_outer_splits(subjects, y, n_folds=config.cnn.folds,
                                  n_repeats=config.cnn.cv_repeats,
                                  random_state=config.seed("cv.splits"))
@@ -130,87 +174,78 @@ def run_classification(config, writer, res: GroupICAResult):
     writer.write_json({"n_folds": config.cnn.folds, "cv_repeats": config.cnn.cv_repeats,
                        "stratified": True, "level": "subject",
                        "seed": config.seed("cv.splits")}, cv_dir / "splits.json")
+    return folds
 
-    stack = np.stack([maps[s] for s in subjects])  # (S, K, V)
-    summaries = component_summary(stack, ica.components_,
-                                  threshold_z=config.ica.component_threshold)
+
+def _input_sets(config, res: GroupICAResult, summaries, voxel):
+    """The requested input sets as (name, CNN-grid features, in-fold selection)."""
+    from dpnbids.analysis.stats import select_components
+
+    subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
 
     def ssc_select(train_idx):
         return select_components(summaries, y, p_threshold=config.ica.ssc_p,
                                  subjects_idx=np.asarray(train_idx))
 
-    features = {}
-    grid_affine = None
+    features, grid_affine, sets = {}, None, []
     if any(s.startswith(("ASC", "SSC")) for s in config.cnn.input_sets):
-        x_maps, grid_affine = build_map_features(maps, subjects, mask, affine, voxel)
-        features["ASC"] = x_maps
-    sets = []
+        features["ASC"], grid_affine = build_map_features(res.maps, subjects, res.mask,
+                                                          res.affine, voxel)
     for name in config.cnn.input_sets:
         if name == "ASC":
-            sets.append(("ASC", features["ASC"], None))
+            sets.append(_InputSet("ASC", features["ASC"]))
         elif name == "SSC":
-            sets.append(("SSC", features["ASC"], ssc_select))
+            sets.append(_InputSet("SSC", features["ASC"], ssc_select))
             if config.cnn.paper_faithful:
                 leaky = np.asarray(select_components(summaries, y,
                                                      p_threshold=config.ica.ssc_p))
-                sets.append(("SSC" + LEAKY_SUFFIX, features["ASC"], lambda idx, _l=leaky: _l))
+                sets.append(_InputSet("SSC" + LEAKY_SUFFIX, features["ASC"],
+                                      lambda idx, _l=leaky: _l))
         elif name == "RSP":
-            x_rsp, _ = build_rsp_features(runs, subjects, mask, affine, voxel,
+            x_rsp, _ = build_rsp_features(res.runs, subjects, res.mask, res.affine, voxel,
                                           config.cnn.rsp_volumes)
-            sets.append(("RSP", x_rsp, None))
+            sets.append(_InputSet("RSP", x_rsp))
+    return features, grid_affine, sets
 
-    all_preds, manifests, histories, timings, perms = [], [], {}, {}, {}
-    for name, x, select_fn in sets:
+
+def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidation:
+    """The nested CV of every input set on the same folds (and its permutation test)."""
+    out = CrossValidation(pd.DataFrame(), [], {}, {}, {})
+    preds = []
+    for item in sets:
+        name, x = item.name, item.features
         LOGGER.info("cross-validation of input set %s: %d subjects, %d folds x %d repeats, "
                     "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
                     tuple(x.shape[1:]))
         started = time.time()
-        result = _run_cv(config, x, y, subjects, folds, name, select_fn)
-        timings[name] = {"total_s": time.time() - started, **result.timings}
-        preds = result.predictions.copy()
-        preds["leaky"] = name.endswith(LEAKY_SUFFIX)
-        all_preds.append(preds)
+        result = _run_cv(config, x, y, subjects, folds, name, item.select_fn)
+        out.timings[name] = {"total_s": time.time() - started, **result.timings}
+        p = result.predictions.copy()
+        p["leaky"] = name.endswith(LEAKY_SUFFIX)
+        preds.append(p)
         for m in result.manifests:
-            m = dict(m)
-            m["input_set"] = name
-            m["ica_source"] = "all subjects (group level; labels unused)"
-            m["leaky"] = name.endswith(LEAKY_SUFFIX)
-            manifests.append(m)
+            out.manifests.append({**m, "input_set": name,
+                                  "ica_source": "all subjects (group level; labels unused)",
+                                  "leaky": name.endswith(LEAKY_SUFFIX)})
         for key, hist in result.histories.items():
-            histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
+            out.histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
         if config.cnn.n_permutations:
-            perms[name] = _permutation(config, x, y, subjects, name, summaries)
+            out.permutations[name] = _permutation(config, x, y, subjects, name, summaries)
+    out.predictions = pd.concat(preds, ignore_index=True)
+    return out
 
-    if config.cnn.ica_in_folds:
-        strict = _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel,
-                                ica.components_.shape[0])
-        all_preds.append(strict["predictions"])
-        manifests.extend(strict["manifests"])
-        timings.update(strict["timings"])
 
-    predictions = pd.concat(all_preds, ignore_index=True)
-    writer.write_tsv(predictions, group_dir / "predictions.tsv")
-    for m in manifests:
+def _write_cv(writer, cvs: CrossValidation, group_dir):
+    """predictions.tsv, one manifest per fold and the learning curves."""
+    writer.write_tsv(cvs.predictions, group_dir / "predictions.tsv")
+    for m in cvs.manifests:
         name = (f"manifest_set-{m['input_set']}_repeat-{int(m.get('repeat', 0)):02d}"
                 f"_fold-{int(m.get('fold', 0)):02d}.json")
-        writer.write_json(m, cv_dir / name)
+        writer.write_json(m, group_dir / "cv" / name)
     curves = [{"input_set": k[0], "key": "_".join(map(str, k[1:])), "epoch": e + 1,
                "loss": h["loss"][e], "val_loss": h.get("val_loss", [np.nan] * len(h["loss"]))[e]}
-              for k, h in histories.items() for e in range(len(h["loss"]))]
+              for k, h in cvs.histories.items() for e in range(len(h["loss"]))]
     writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
-
-    tables = _metrics(config, predictions, perms, writer, group_dir)
-    writer.write_json(timings, group_dir / "timings.json")
-
-    final = _FinalModelInputs(
-        features, summaries, y, grid_affine, tables, voxel,
-        space=res.space or config.preproc.output_space,
-        resolution=float(grid.voxel_mm[0]) if grid is not None else config.preproc.resolution_mm)
-    bundle_dir = _final_model(config, final, res)
-    _group_report(config, writer, res.comps_file, res.components_table, predictions, tables,
-                  histories, perms, timings, group_dir, labels, bundle_dir, grid=grid,
-                  order=res.order, n_components=int(ica.components_.shape[0]))
-    print(tables["table2"].to_string())
 
 
 def _run_cv(config, x, y, subjects, folds, name, select_fn):
@@ -325,19 +360,18 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
     return path
 
 
-def _group_report(config, writer, comps_file, components_table, predictions, tables, histories,
-                  perms, timings, group_dir, labels, bundle_dir, *, grid=None, order=None,
-                  n_components=None):
+def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bundle_dir):
+    from dpnbids.derivatives import atomic_write_text
     from dpnbids.reports.group import render_group_report
 
-    n_pos = sum(1 for v in labels.values() if v == 1)
-    n_neg = sum(1 for v in labels.values() if v == 0)
-    n_na = sum(1 for v in labels.values() if v is None)
-    info = {"n_responders": n_pos, "n_nonresponders": n_neg, "n_unlabelled": n_na,
-            "n_components": n_components or config.ica.n_components,
+    labels = res.labels
+    info = {"n_responders": sum(1 for v in labels.values() if v == 1),
+            "n_nonresponders": sum(1 for v in labels.values() if v == 0),
+            "n_unlabelled": sum(1 for v in labels.values() if v is None),
+            "n_components": int(res.ica.components_.shape[0]),
             "n_components_requested": config.ica.n_components,
             "pca_dim": config.ica.pca_dim,
-            "analysis_grid": grid.reason if grid is not None else "",
+            "analysis_grid": res.grid.reason if res.grid is not None else "",
             "ica_repeats": config.ica.ica_repeats, "folds": config.cnn.folds,
             "cv_repeats": config.cnn.cv_repeats, "epochs": config.cnn.epochs,
             "random_seed": config.random_seed,
@@ -348,16 +382,15 @@ def _group_report(config, writer, comps_file, components_table, predictions, tab
     if config.cnn.paper_faithful:
         notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
                      "before cross-validation. Its metrics are optimistic.")
-    from dpnbids.derivatives import atomic_write_text
-
-    html = render_group_report(components_img=str(comps_file), components_df=components_table,
-                        ica_info=info, predictions_df=predictions,
-                        table2_df=tables["table2"], metrics_df=tables["summary"],
-                        histories=histories, permutation=perms, leakage_notes=notes,
-                        timings=timings, command_line=config.execution.command_line,
-                        model_order=order)
+    html = render_group_report(components_img=str(res.comps_file),
+                               components_df=res.components_table, ica_info=info,
+                               predictions_df=cvs.predictions, table2_df=tables["table2"],
+                               metrics_df=tables["summary"], histories=cvs.histories,
+                               permutation=cvs.permutations, leakage_notes=notes,
+                               timings=cvs.timings, command_line=config.execution.command_line,
+                               model_order=res.order)
     # staged with the rest of group/ and published with it (workflows.group)
-    atomic_write_text(group_dir / "group.html", html)
+    atomic_write_text(res.group_dir / "group.html", html)
 
 
 def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_components):
