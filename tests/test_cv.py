@@ -190,3 +190,46 @@ def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
                                               "mixed_precision": True})
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"  # the sigmoid output stays float32
+
+
+def test_augmentation_shifts_without_wrapping_or_mirroring():
+    from dpnbids.learn.cv import augment_batch
+
+    x = np.zeros((1, 6, 6, 6, 2), np.float32)
+    x[0, 0, 2, 3, :] = 1.0  # on the low X edge
+    x[0, 4, 1, 1, :] = 2.0
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        out = augment_batch(x, rng, max_shift=1, jitter=0.0)
+        assert out.shape == x.shape
+        # a shift moves a voxel by at most 1 voxel per axis and never to the far side
+        pos = np.argwhere(out[0, ..., 0] == 2.0)
+        assert len(pos) == 1 and np.all(np.abs(pos[0] - [4, 1, 1]) <= 1)
+        assert not np.any(out[0, 5, :, :, 0] == 1.0)  # nothing wrapped around X
+        assert set(np.unique(out).tolist()) <= {0.0, 1.0, 2.0}
+    jittered = augment_batch(np.ones((3, 4, 4, 4, 5), np.float32), rng, max_shift=0,
+                             jitter=0.1)
+    scale = jittered[:, 1, 1, 1, :]
+    assert np.allclose(jittered, scale[:, None, None, None, :])  # one factor per channel
+    assert 0.02 < scale.std() < 0.3
+
+
+def test_balanced_weights_equalise_the_classes():
+    from dpnbids.learn.cv import balanced_weights
+
+    y = np.array([1] * 29 + [0] * 14)
+    w = balanced_weights(y)
+    assert np.isclose(w[y == 1].sum(), w[y == 0].sum())
+    assert np.isclose(w.mean(), 1.0)
+
+
+@pytest.mark.parametrize("train", [{"monitor": "val_auc"}, {"augment": True, "balanced": True}])
+def test_training_options_still_learn_the_planted_blob(rng, train):
+    x, y = _planted(rng, n=24, amplitude=3.0)
+    ids = _ids(24)
+    folds = make_outer_splits(ids, y, n_folds=3, random_state=0)
+    res = run_nested_cv(x, y, ids, folds, baselines=(), random_state=0,
+                        model_params={"epsilon": 1e-3},
+                        train_params={**FAST, "min_epochs": 0, **train})
+    pred = res.predictions
+    assert roc_auc_score(pred["true_label"], pred["probability"]) > 0.8

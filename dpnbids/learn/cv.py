@@ -152,7 +152,71 @@ def mixed_precision_policy() -> str:
     return "mixed_float16" if has_gpu else "mixed_bfloat16"
 
 
+def augment_batch(x: np.ndarray, rng: np.random.Generator, *, max_shift: int = 1,
+                  jitter: float = 0.05) -> np.ndarray:
+    """Anatomy-preserving augmentation of a batch ``(N, X, Y, Z, C)``.
+
+    Each sample is shifted by up to ``max_shift`` voxels along each axis (zero-filled,
+    no wrap-around and never mirrored: left and right are different brains) and each of
+    its channels is scaled by a factor drawn from N(1, ``jitter``).
+    """
+    out = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        shifts = rng.integers(-max_shift, max_shift + 1, size=3)
+        src, dst = [], []
+        for axis, d in enumerate(shifts):
+            n = x.shape[axis + 1]
+            src.append(slice(max(0, -d), n - max(0, d)))
+            dst.append(slice(max(0, d), n - max(0, -d)))
+        out[(i, *dst)] = x[(i, *src)]
+        out[i] *= rng.normal(1.0, jitter, size=x.shape[-1]).astype(x.dtype)
+    return out
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-sample weights giving both classes the same total weight (mean weight 1)."""
+    y = np.asarray(y, dtype=int)
+    counts = np.bincount(y, minlength=2).astype(float)
+    w = np.where(y == 1, y.size / (2 * max(counts[1], 1)), y.size / (2 * max(counts[0], 1)))
+    return w.astype(np.float32)
+
+
+def _training_batches(x, y, train_params, seed):
+    """A seeded keras PyDataset of shuffled (optionally augmented, weighted) batches."""
+    import keras
+
+    batch = int(train_params.get("batch_size", 4))
+    augment = bool(train_params.get("augment", False))
+    weights = balanced_weights(y) if train_params.get("balanced") else None
+    rng = np.random.default_rng(int(seed) % (2**32))
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.order = rng.permutation(len(y))
+
+        def __len__(self):
+            return int(np.ceil(len(y) / batch))
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch:(i + 1) * batch]
+            xb = augment_batch(x[idx], rng) if augment else x[idx]
+            yb = y[idx].astype(np.float32)
+            return (xb, yb) if weights is None else (xb, yb, weights[idx])
+
+        def on_epoch_end(self):
+            self.order = rng.permutation(len(y))
+
+    return Batches()
+
+
 def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
+    """Train one VoxNet; early stopping on the inner validation subjects.
+
+    ``train_params``: epochs, batch_size, patience, min_epochs, mixed_precision,
+    ``monitor`` ("val_loss", the default, or "val_auc"), ``augment`` (shifts and
+    intensity jitter, :func:`augment_batch`) and ``balanced`` (class-balanced weights).
+    """
     import keras
 
     from dpnbids.learn.model import build_voxnet
@@ -164,20 +228,26 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
         model = build_voxnet(x_tr.shape[1:], **model_params)
     finally:  # the policy is global: never let it leak into the next model or the baselines
         keras.mixed_precision.set_global_policy("float32")
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss",
+    monitor = str(train_params.get("monitor", "val_loss"))
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor,
+                                               mode="max" if monitor == "val_auc" else "min",
                                                patience=int(train_params.get("patience", 10)),
                                                start_from_epoch=int(
                                                    train_params.get("min_epochs", 0)),
                                                restore_best_weights=True)]
     started = time.perf_counter()
-    hist = model.fit(x_tr, y_tr.astype(np.float32), validation_data=(x_val,
-                                                                    y_val.astype(np.float32)),
-                     epochs=int(train_params.get("epochs", 100)),
-                     batch_size=int(train_params.get("batch_size", 4)), shuffle=True,
-                     callbacks=callbacks, verbose=0)
+    data = {}
+    if train_params.get("augment") or train_params.get("balanced"):
+        data["x"] = _training_batches(x_tr, y_tr, train_params, seed)
+    else:
+        data.update(x=x_tr, y=y_tr.astype(np.float32), shuffle=True,
+                    batch_size=int(train_params.get("batch_size", 4)))
+    hist = model.fit(**data, validation_data=(x_val, y_val.astype(np.float32)),
+                     epochs=int(train_params.get("epochs", 100)), callbacks=callbacks,
+                     verbose=0)
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()
-               if k in ("loss", "val_loss")}
+               if k in ("loss", "val_loss", "val_auc")}
     return model, history, seconds
 
 

@@ -26,8 +26,12 @@ MNI_BRAIN_BBOX = ((-78.0, 78.0), (-114.0, 78.0), (-72.0, 90.0))
 
 def build_voxnet(input_shape, *, conv_filters=(32, 32), first_kernel=5, first_stride=2,
                  second_kernel=3, pool_size=2, dropout=0.3, dense_units=128,
-                 learning_rate=1e-3, epsilon=0.1, name="voxnet"):
-    """Build and compile the VoxNet classifier for inputs ``(X, Y, Z, C)`` (channels last)."""
+                 learning_rate=1e-3, epsilon=0.1, weight_decay=0.0, name="voxnet"):
+    """Build and compile the VoxNet classifier for inputs ``(X, Y, Z, C)`` (channels last).
+
+    ``weight_decay`` > 0 adds an L2 penalty of that strength to every convolution and
+    dense kernel (0, the paper's model, adds none).
+    """
     import keras
     from keras import layers
 
@@ -43,17 +47,19 @@ def build_voxnet(input_shape, *, conv_filters=(32, 32), first_kernel=5, first_st
             f"convolutions then a {pool_size}^3 pool need at least "
             f"{first_kernel + first_stride * (second_kernel + pool_size - 2)} voxels per "
             "axis); use a smaller --cnn-voxel-size.")
+    reg = keras.regularizers.L2(float(weight_decay)) if weight_decay else None
     inputs = keras.Input(shape=shape, name="maps")
-    x = layers.Conv3D(conv_filters[0], first_kernel, strides=first_stride, name="conv1")(inputs)
+    x = layers.Conv3D(conv_filters[0], first_kernel, strides=first_stride, name="conv1",
+                      kernel_regularizer=reg)(inputs)
     x = layers.BatchNormalization(name="bn1")(x)
     x = layers.Activation("relu", name="relu1")(x)
-    x = layers.Conv3D(conv_filters[1], second_kernel, name="conv2")(x)
+    x = layers.Conv3D(conv_filters[1], second_kernel, name="conv2", kernel_regularizer=reg)(x)
     x = layers.BatchNormalization(name="bn2")(x)
     x = layers.Activation("relu", name="relu2")(x)
     x = layers.MaxPooling3D(pool_size, name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(dropout, name="dropout1")(x)
-    x = layers.Dense(dense_units, activation="relu", name="dense")(x)
+    x = layers.Dense(dense_units, activation="relu", name="dense", kernel_regularizer=reg)(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="response", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=name)
