@@ -125,11 +125,15 @@ class CNNConfig:
     epochs: int = 100
     batch_size: int = 4
     learning_rate: float = 1e-3
-    adam_epsilon: float = 0.1
+    adam_epsilon: float = 1e-3
     dropout: float = 0.3
     dense_units: int = 128
     patience: int = 10
     min_epochs: int = 10
+    weight_decay: float = 0.0
+    early_stopping: str = "loss"
+    augment: bool = False
+    class_balance: bool = False
     cnn_voxel_size: float | None = None
     mixed_precision: bool = False
 

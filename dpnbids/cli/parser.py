@@ -22,6 +22,7 @@ INPUT_SETS = ("ASC", "SSC", "RSP")
 SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
+EARLY_STOPPING = ("loss", "auc")
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 
@@ -141,7 +142,8 @@ TYPES = {f.__name__.lstrip("_"): f for f in (
 #: ``choices`` names of options.toml -> the allowed values.
 CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIES,
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
-           "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS}
+           "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
+           "EARLY_STOPPING": EARLY_STOPPING}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 

@@ -30,13 +30,16 @@ LEAKY_SUFFIX = "-leaky"
 
 def _model_params(config) -> dict:
     return {"dropout": config.cnn.dropout, "dense_units": config.cnn.dense_units,
-            "learning_rate": config.cnn.learning_rate, "epsilon": config.cnn.adam_epsilon}
+            "learning_rate": config.cnn.learning_rate, "epsilon": config.cnn.adam_epsilon,
+            "weight_decay": config.cnn.weight_decay}
 
 
 def _train_params(config) -> dict:
     return {"epochs": config.cnn.epochs, "batch_size": config.cnn.batch_size,
             "patience": config.cnn.patience, "min_epochs": config.cnn.min_epochs,
-            "mixed_precision": config.cnn.mixed_precision}
+            "mixed_precision": config.cnn.mixed_precision,
+            "monitor": "val_auc" if config.cnn.early_stopping == "auc" else "val_loss",
+            "augment": config.cnn.augment, "balanced": config.cnn.class_balance}
 
 
 def _maps_volume(maps_kv: np.ndarray, mask: np.ndarray) -> np.ndarray:
