@@ -233,3 +233,22 @@ def test_training_options_still_learn_the_planted_blob(rng, train):
                         train_params={**FAST, "min_epochs": 0, **train})
     pred = res.predictions
     assert roc_auc_score(pred["true_label"], pred["probability"]) > 0.8
+
+
+def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
+    x, y = _planted(rng, n=12)
+    ids = _ids(12)
+    folds = make_outer_splits(ids, y, n_folds=3, random_state=2)
+    seen = []
+    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 1, "batch_size": 8},
+                        baselines=(), random_state=2, on_fold=seen.append)
+    assert [f.fold for f in seen] == [0, 1, 2]
+    for fm, fold in zip(seen, folds):
+        assert fm.test_ids == fold.test_ids and fm.x_test.shape[0] == len(fold.test_ids)
+        assert fm.x_train.shape[0] == len(fold.train_ids) + len(fold.val_ids)
+        assert not set(fm.test_ids) & set(fold.outer_train_ids)
+        # the hook's model is the fold's model: it reproduces the fold's test predictions
+        got = np.asarray(fm.model.predict(fm.x_test, verbose=0)).ravel()
+        want = (res.predictions.query("fold == @fold.fold and model == 'cnn'")
+                .sort_values("participant_id").probability.to_numpy())
+        np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -294,6 +294,27 @@ def _baseline_probs(name, x_tr, y_tr, x_te, seed):
     raise InputError(f"unknown baseline {name!r}; choose svm, logreg or majority")
 
 
+@dataclass(frozen=True)
+class FoldModel:
+    """What one outer fold trained, handed to ``run_nested_cv``'s ``on_fold`` hook.
+
+    ``x_train`` (outer-training subjects: inner training then validation) and ``x_test``
+    (the outer test subjects) are the scaled CNN inputs exactly as the model saw them;
+    ``channels`` are the indices of the input set's maps that were used.
+    """
+
+    input_set: str
+    fold: Fold
+    model: object
+    channels: np.ndarray
+    scaler: dict
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_ids: tuple
+
+
 @dataclass
 class CVResult:
     """Predictions, fold manifests, learning curves and timings of one nested CV."""
@@ -307,8 +328,13 @@ class CVResult:
 def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                   model_params=None, train_params=None, tune=False, tune_grid=None,
                   baselines=("svm", "logreg", "majority"), random_state=None,
-                  progress=None) -> CVResult:
-    """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``."""
+                  progress=None, on_fold=None) -> CVResult:
+    """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
+
+    ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
+    CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
+    the held-out subjects).
+    """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=int)
     ids = list(subject_ids)
@@ -345,6 +371,9 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                                    tune_grid or TUNE_GRID, fold.seed)
         model, hist, seconds = _fit_cnn(x_tr, y[tr], x_val, y[va], mp, tp, fold.seed)
         prob = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
+        if on_fold is not None:
+            on_fold(FoldModel(input_set, fold, model, channels, scaler, xs_outer, y[outer],
+                              xs_test, y[te], tuple(fold.test_ids)))
         del model
         n_epochs = len(hist.get("loss", [])) or 1
         epoch_seconds.append(seconds / n_epochs)
