@@ -29,6 +29,7 @@ _TYPES: dict[str, dict] = {
     "_strip_ses": {"type": "String"},
     "_task_label": {"type": "String"},
     "_input_set": {"type": "String"},
+    "_threshold_rule": {"type": "String"},  # youden, balanced, fixed:T or sensitivity:S
     "_n_components": {"type": "String"},  # a positive integer or "auto"
     "_resolution": {"type": "String"},  # mm or a res label (res-2)
     "str": {"type": "String"},

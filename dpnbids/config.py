@@ -115,27 +115,32 @@ class CNNConfig:
     model: Path | None = None
     input_sets: tuple[str, ...] = ("ASC", "SSC", "RSP")
     rsp_volumes: int = 30
+    # cross-validation and what is reported from it
     folds: int = 10
     cv_repeats: int = 1
-    n_permutations: int = 0
-    n_bootstrap: int = 1000
-    paper_faithful: bool = False
     ica_in_folds: bool = False
+    threshold_rule: str = "youden"
+    n_bootstrap: int = 1000
+    n_permutations: int = 0
+    n_permutations_baselines: int = 1000
+    paper_faithful: bool = False
     tune: bool = False
+    # training
     epochs: int = 100
     batch_size: int = 4
-    learning_rate: float = 1e-3
-    adam_epsilon: float = 1e-3
-    dropout: float = 0.3
-    dense_units: int = 128
     patience: int = 10
     min_epochs: int = 10
-    weight_decay: float = 0.0
     early_stopping: str = "loss"
     augment: bool = False
     class_balance: bool = False
-    cnn_voxel_size: float | None = None
     mixed_precision: bool = False
+    # the network and its optimiser
+    learning_rate: float = 1e-3
+    adam_epsilon: float = 1e-3
+    weight_decay: float = 0.0
+    dropout: float = 0.3
+    dense_units: int = 128
+    cnn_voxel_size: float | None = None
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def _valid_value(inp, action, tmp_path):
             value = 1.5
     else:
         value = {"participant_label": "01", "session_label": "02", "task_id": "rest",
-                 "n_components": "auto", "output_resolution": "res-2"}.get(inp["id"], "abc")
+                 "n_components": "auto", "output_resolution": "res-2",
+                 "threshold_rule": "sensitivity:0.9"}.get(inp["id"], "abc")
     return [value] if inp.get("list") else value
 
 

@@ -105,7 +105,9 @@ def test_planted_blob_is_learned_and_test_fold_never_seen(rng):
     pred = res.predictions
     assert set(pred.model) == {"cnn", "svm", "logreg", "majority"}
     assert list(pred.columns) == ["participant_id", "repeat", "fold", "input_set", "model",
-                                  "true_label", "probability"]
+                                  "true_label", "raw_score", "probability", "threshold",
+                                  "predicted_label"]
+    assert ((pred.probability >= pred.threshold) == pred.predicted_label.astype(bool)).all()
     for model in ("cnn", "svm", "logreg"):
         p = pred[pred.model == model].sort_values("participant_id")
         assert len(p) == len(ids)
@@ -163,11 +165,13 @@ def test_permutation_test(rng):
 
 def test_fit_final_model(rng):
     x, y = _planted(rng, n=16, channels=3)
-    model, scaling, channels, history = fit_final_model(
+    model, scaling, channels, history, calibration = fit_final_model(
         x, y, channels=[0, 2], train_params={"epochs": 2, "batch_size": 8}, random_state=1)
     assert model.input_shape == (None,) + GRID + (2,)
     assert channels == [0, 2] and len(scaling["mean"]) == 2
     assert scaling["support"].shape == GRID and len(history["val_loss"]) == 2
+    assert calibration["method"] == "platt" and calibration["slope"] > 0
+    assert 0 < calibration["threshold"] < 1 and calibration["threshold_rule"] == "youden"
 
 
 def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
@@ -242,7 +246,7 @@ def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
     seen = []
     res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 1, "batch_size": 8},
                         baselines=(), random_state=2, on_fold=seen.append)
-    assert [f.fold for f in seen] == [0, 1, 2]
+    assert [f.fold.fold for f in seen] == [0, 1, 2]
     for fm, fold in zip(seen, folds):
         assert fm.test_ids == fold.test_ids and fm.x_test.shape[0] == len(fold.test_ids)
         assert fm.x_train.shape[0] == len(fold.train_ids) + len(fold.val_ids)
@@ -250,5 +254,75 @@ def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
         # the hook's model is the fold's model: it reproduces the fold's test predictions
         got = np.asarray(fm.model.predict(fm.x_test, verbose=0)).ravel()
         want = (res.predictions.query("fold == @fold.fold and model == 'cnn'")
-                .sort_values("participant_id").probability.to_numpy())
+                .sort_values("participant_id").raw_score.to_numpy())
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _imbalanced(rng, n_pos=20, n_neg=10, amplitude=1.5):
+    y = np.array([1] * n_pos + [0] * n_neg)
+    x = rng.normal(size=(y.size,) + GRID + (2,)).astype(np.float32)
+    x[y == 1, 4:10, 5:11, 4:9, 0] += amplitude
+    return x, y
+
+
+@pytest.mark.slow
+def test_calibrated_decisions_on_a_planted_imbalanced_cohort(rng):
+    """2:1 like the paper's cohort: every model's in-fold threshold gives sensitivity and
+    specificity above 0.5, and calibration never saw an outer test subject."""
+    from dpnbids.learn.metrics import summarise_folds
+
+    x, y = _imbalanced(rng)
+    ids = _ids(y.size)
+    folds = make_outer_splits(ids, y, n_folds=5, random_state=4)
+    res = run_nested_cv(x, y, ids, folds, train_params=FAST, random_state=4)
+    summary = summarise_folds(res.predictions).set_index("model")
+    for model in ("cnn", "svm", "logreg"):
+        assert summary.loc[model, "sensitivity"] > 0.5, model
+        assert summary.loc[model, "specificity"] > 0.5, model
+    assert summary.loc["majority", "auc"] == 0.5 and summary.loc["majority", "constant_score"]
+    for m, fold in zip(res.manifests, folds):
+        for model, cal in m["calibration"].items():
+            assert not set(cal["fitted_on"]) & set(fold.test_ids), model
+            assert cal["threshold_rule"] == "youden" and cal["slope"] > 0
+        assert set(m["calibration"]["cnn"]["fitted_on"]) == set(fold.val_ids)
+        assert set(m["calibration"]["svm"]["fitted_on"]) == set(fold.outer_train_ids)
+
+
+def test_calibration_on_a_test_subject_is_refused():
+    from dpnbids.learn.cv import _calibrate, check_calibration_leakage
+
+    fold = Fold(0, 0, ("01", "02"), ("03",), ("04", "05"), 1)
+    check_calibration_leakage(fold, ["01", "02", "03"])
+    with pytest.raises(DataLeakageError, match="calibration or threshold.*'05'"):
+        _calibrate(np.zeros(3), np.array([0, 1, 1]), "youden", fold, ["01", "03", "05"])
+
+
+def test_null_cohort_balanced_accuracy_interval_contains_chance(rng):
+    """Linear baselines on pure noise (2:1): the bootstrap CI of balanced accuracy at the
+    in-fold thresholds contains 0.5."""
+    from dpnbids.learn.metrics import bootstrap_ci, pooled_predictions
+
+    x, y = _imbalanced(rng, n_pos=26, n_neg=13, amplitude=0.0)
+    ids = _ids(y.size)
+    folds = make_outer_splits(ids, y, n_folds=5, random_state=8)
+    from dpnbids.learn import cv
+
+    rows = []
+    gram = cv.GramCache(x)
+    index = {s: i for i, s in enumerate(ids)}
+    for fold in folds:
+        outer = np.array([index[s] for s in fold.outer_train_ids])
+        te = np.array([index[s] for s in fold.test_ids])
+        for name in ("svm", "logreg"):
+            cal, dv = cv._baseline_fold(gram, name, fold, outer, te, y, ids, np.arange(2),
+                                        "youden")
+            rows += cv._prediction_rows(fold, "ASC", name, [ids[i] for i in te], y[te], dv,
+                                        cal, dv)
+    import pandas as pd
+
+    pred = pd.DataFrame(rows)
+    for name, g in pred.groupby("model"):
+        pooled = pooled_predictions(g)
+        lo, hi = bootstrap_ci(pooled.true_label, pooled.probability, metric="balanced_accuracy",
+                              pred=pooled.predicted_label, n_boot=500, random_state=1)
+        assert lo <= 0.5 <= hi, (name, lo, hi)

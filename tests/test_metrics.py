@@ -87,3 +87,35 @@ def test_table2_layout(rng):
     assert table.loc["auc", "ASC"] == f"{skm.roc_auc_score(y, prob):.2f} [0.50, 0.95]"
     assert table.loc["permutation_p_auc", "ASC"] == "0.012"
     assert table.loc["permutation_p_auc", "ASC svm"] == "n/a"
+
+
+def test_constant_score_baseline_has_auc_one_half_not_a_fold_prior_artefact():
+    """Fold-wise priors pooled over folds must not be read as a ranking (0.40 on 29/14)."""
+    rows, y = [], np.array([1] * 29 + [0] * 14)
+    folds = np.arange(43) % 10
+    for f in range(10):
+        test = folds == f
+        train_prior = (y[~test] == 1).mean()
+        rows += [{"input_set": "ASC", "model": "majority", "repeat": 0, "fold": f,
+                  "participant_id": f"sub-{i:02d}", "true_label": int(y[i]),
+                  "probability": train_prior, "predicted_label": 1}
+                 for i in np.flatnonzero(test)]
+    df = pd.DataFrame(rows)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(df.true_label, df.probability) != 0.5  # the artefact exists
+    row = summarise_folds(df).iloc[0]
+    assert row["constant_score"] and row["auc"] == 0.5
+    assert row["sensitivity"] == 1.0 and row["specificity"] == 0.0
+    assert row["brier"] == pytest.approx(np.mean((df.probability - df.true_label) ** 2))
+
+
+def test_metrics_at_given_labels_include_npv_brier_and_log_loss():
+    y = np.array([1, 1, 0, 0, 1])
+    p = np.array([0.9, 0.4, 0.3, 0.6, 0.8])
+    m = binary_metrics(y, p, pred=[1, 1, 0, 0, 0])  # labels from an in-fold threshold
+    assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (2, 1, 2, 0)
+    assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == 1.0
+    assert m["ppv"] == 1.0 and m["npv"] == pytest.approx(2 / 3)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert m["log_loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -235,3 +235,24 @@ def test_group_report_all_missing():
         assert f"<h2>{heading}</h2>" in text
     assert "LEAKY" not in text
     assert text.count("not available") >= 5
+
+
+def test_group_report_calibration_decisions_and_permutation_nulls(predictions, rng):
+    df = predictions.copy()
+    df["predicted_label"] = (df["probability"] >= 0.4).astype(int)
+    perms = {"ASC": {"statistic": "fold-mean AUC", "observed_auc": 0.81,
+                     "null_aucs": rng.normal(0.45, 0.1, 200).tolist(), "null_mean": 0.45,
+                     "null_95th_percentile": 0.62, "p_value": 0.005, "n_permutations": 200},
+             "ASC svm": {"statistic": "fold-mean AUC", "observed_auc": 0.7,
+                         "null_aucs": rng.normal(0.44, 0.1, 200).tolist(), "null_mean": 0.44,
+                         "null_95th_percentile": 0.61, "p_value": 0.02,
+                         "n_permutations": 200}}
+    text = render_group_report(predictions_df=df, permutation=perms)
+    for heading in ("Calibration and decision curves", "Permutation tests"):
+        assert f"<h2>{heading}</h2>" in text
+    section = text.split("<h2>Calibration and decision curves</h2>")[1].split("<h2>")[0]
+    assert section.count("data:image/png;base64,") == 2  # reliability + decision curve
+    perm = text.split("<h2>Permutation tests</h2>")[1].split("<h2>")[0]
+    assert "data:image/png;base64," in perm and "ASC svm" in perm and "0.005" in perm
+    assert "below</em> 0.5" in perm  # the null bias is explained
+    assert "0.44999" not in text and str(perms["ASC"]["null_aucs"][0])[:8] not in text

@@ -126,6 +126,17 @@ def _bids_filter(value: str) -> dict:
     return data
 
 
+def _threshold_rule(value: str) -> str:
+    from dpnbids.exceptions import InputError
+    from dpnbids.learn.calibration import parse_threshold_rule
+
+    try:
+        kind, number = parse_threshold_rule(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return kind if number is None else f"{kind}:{number:g}"
+
+
 def _input_set(value: str) -> str:
     upper = value.strip().upper()
     if upper not in INPUT_SETS:
@@ -138,7 +149,7 @@ def _input_set(value: str) -> str:
 TYPES = {f.__name__.lstrip("_"): f for f in (
     _strip_sub, _strip_ses, _task_label, _positive_int, _nonneg_int, _positive_float,
     _nonneg_float, _folds, _n_components, _resolution, _probability, _dropout,
-    _existing_file, _existing_dir, _bids_filter, _input_set, Path)}
+    _existing_file, _existing_dir, _bids_filter, _input_set, _threshold_rule, Path)}
 #: ``choices`` names of options.toml -> the allowed values.
 CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIES,
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,

@@ -59,6 +59,7 @@ class Bundle:
     cv_metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
     _model: object = None
 
     @property
@@ -86,8 +87,12 @@ def _versions(dpnbids_version: str) -> dict:
 
 def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_components, grid_affine,
                 grid_shape, scaling, input_set, feature, config, cv_metrics, space, resolution,
-                n_components, voxel_size, history=None, dpnbids_version="") -> Path:
-    """Write a bundle folder atomically; returns its path."""
+                n_components, voxel_size, history=None, calibration=None,
+                dpnbids_version="") -> Path:
+    """Write a bundle folder atomically; returns its path.
+
+    ``calibration``: the Platt scaling and operating threshold fitted on the final model's
+    validation subjects (:class:`dpnbids.learn.cv.FinalModel`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
@@ -106,7 +111,8 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
                             "sd": [float(v) for v in scaling["sd"]],
                             "method": "per-channel z-score over training brain voxels"},
                 "cv_metrics": cv_metrics, "versions": _versions(dpnbids_version),
-                "config": config, "history": history or {}}
+                "config": config, "history": history or {},
+                "calibration": calibration or {}}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
         _write_checksums(tmp)
         for p in tmp.iterdir():
@@ -234,9 +240,15 @@ def _validate_meta(meta, file: Path) -> None:
                                  f"{channels} numbers (one per CNN input channel)")
     if any(v <= 0 for v in scaling["sd"]):
         raise _damaged(file, f"has scaling.sd={scaling['sd']!r}; expected positive numbers")
-    for key in ("cv_metrics", "versions", "config", "history"):
+    for key in ("cv_metrics", "versions", "config", "history", "calibration"):
         if key in meta and not isinstance(meta[key], dict):
             bad(key, "an object")
+    cal = meta.get("calibration") or {}
+    if cal and not (_is_number(cal.get("slope")) and cal["slope"] > 0
+                    and _is_number(cal.get("intercept"))
+                    and _is_number(cal.get("threshold")) and 0 < cal["threshold"] < 1):
+        raise _damaged(file, f"has calibration={cal!r}; expected a positive 'slope', an "
+                             "'intercept' and a 'threshold' between 0 and 1")
 
 
 def _validate_arrays(path: Path, meta: dict, *, verified: bool) -> np.ndarray:
@@ -325,7 +337,7 @@ def load_bundle(path) -> Bundle:
                   grid_affine=np.asarray(meta["grid_affine"]),
                   selected_components=meta.get("selected_components"), scaling=scaling,
                   cv_metrics=meta.get("cv_metrics", {}), versions=meta.get("versions", {}),
-                  config=meta.get("config", {}))
+                  config=meta.get("config", {}), calibration=meta.get("calibration") or {})
 
 
 def check_compatible(bundle: Bundle, *, space=None, resolution=None, n_components=None,
@@ -369,3 +381,22 @@ def predict(bundle: Bundle, maps_img) -> np.ndarray:
 
     xs = apply_scaler(x, bundle.scaling)
     return np.asarray(bundle.model.predict(xs, verbose=0), dtype=float).ravel()
+
+
+def decide(bundle: Bundle, raw_probability) -> dict:
+    """Calibrated probability and decision of a raw network output with the bundle's
+    calibration and threshold. A bundle saved before calibration existed gives the raw
+    output and the 0.5 cut, and says so."""
+    from dpnbids.learn.calibration import Platt, logit
+
+    raw = float(np.asarray(raw_probability, dtype=float).ravel()[0])
+    cal = bundle.calibration
+    if not cal:
+        return {"raw_score": raw, "probability": raw, "threshold": 0.5,
+                "threshold_rule": "fixed:0.5", "calibrated": False,
+                "responder": raw >= 0.5}
+    prob = float(Platt.from_dict(cal)(logit([raw]))[0])
+    threshold = float(cal["threshold"])
+    return {"raw_score": raw, "probability": prob, "threshold": threshold,
+            "threshold_rule": str(cal.get("threshold_rule", "")), "calibrated": True,
+            "responder": prob >= threshold}

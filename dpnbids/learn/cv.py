@@ -20,12 +20,15 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from dpnbids.config import derive_seed
 from dpnbids.exceptions import DataLeakageError, InputError
+from dpnbids.learn.calibration import choose_threshold, fit_platt, logit
+from dpnbids.learn.linear import BASELINES, GramCache, decision_values, inner_decision_values
 
 #: The paper's hyperparameter grids (48 fits per fold; pass as ``tune_grid``).
 PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
@@ -45,9 +48,9 @@ class Fold:
 
     repeat: int
     fold: int
-    train_ids: tuple
-    val_ids: tuple
-    test_ids: tuple
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
     seed: int
 
     @property
@@ -276,24 +279,6 @@ def _tune(x_tr, y_tr, x_val, y_val, model_params, train_params, grid, seed):
     return best
 
 
-def _baseline_probs(name, x_tr, y_tr, x_te, seed):
-    from sklearn.dummy import DummyClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
-    if name == "svm":
-        clf = LinearSVC(C=1.0, max_iter=20000, random_state=seed % (2**31)).fit(x_tr, y_tr)
-        return 1.0 / (1.0 + np.exp(-clf.decision_function(x_te)))
-    if name == "logreg":
-        clf = LogisticRegression(C=1.0, max_iter=5000).fit(x_tr, y_tr)
-        return clf.predict_proba(x_te)[:, 1]
-    if name == "majority":
-        clf = DummyClassifier(strategy="prior").fit(x_tr, y_tr)
-        return clf.predict_proba(x_te)[:, list(clf.classes_).index(1)] \
-            if 1 in clf.classes_ else np.zeros(len(x_te))
-    raise InputError(f"unknown baseline {name!r}; choose svm, logreg or majority")
-
-
 @dataclass(frozen=True)
 class FoldModel:
     """What one outer fold trained, handed to ``run_nested_cv``'s ``on_fold`` hook.
@@ -312,7 +297,7 @@ class FoldModel:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    test_ids: tuple
+    test_ids: tuple[str, ...]
 
 
 @dataclass
@@ -327,13 +312,20 @@ class CVResult:
 
 def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                   model_params=None, train_params=None, tune=False, tune_grid=None,
-                  baselines=("svm", "logreg", "majority"), random_state=None,
+                  baselines=BASELINES, threshold_rule="youden", random_state=None,
                   progress=None, on_fold=None) -> CVResult:
     """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
 
     ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
     CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
     the held-out subjects).
+
+    Every model's outer-test probabilities are calibrated and thresholded with what was
+    fitted inside the outer training fold (:func:`_calibrate`): the CNN on its inner
+    validation subjects, the baselines on inner cross-validated scores of the outer
+    training subjects. ``predictions`` holds ``raw_score`` (the CNN's sigmoid output, the
+    baselines' decision value), the calibrated ``probability``, the fold's ``threshold``
+    and the ``predicted_label``.
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=int)
@@ -346,6 +338,7 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
     train_params = dict(train_params or {})
     rows, manifests, histories = [], [], {}
     fold_seconds, epoch_seconds = [], []
+    gram = GramCache(x) if baselines else None
     for fold in folds:
         check_no_leakage(fold)
         tr = np.array([index[s] for s in fold.train_ids])
@@ -370,7 +363,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
             mp, tp, chosen = _tune(x_tr, y[tr], x_val, y[va], model_params, train_params,
                                    tune_grid or TUNE_GRID, fold.seed)
         model, hist, seconds = _fit_cnn(x_tr, y[tr], x_val, y[va], mp, tp, fold.seed)
-        prob = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
+        raw_val = np.asarray(model.predict(x_val, verbose=0), dtype=float).ravel()
+        raw = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
         if on_fold is not None:
             on_fold(FoldModel(input_set, fold, model, channels, scaler, xs_outer, y[outer],
                               xs_test, y[te], tuple(fold.test_ids)))
@@ -378,18 +372,16 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         n_epochs = len(hist.get("loss", [])) or 1
         epoch_seconds.append(seconds / n_epochs)
         histories[(fold.repeat, fold.fold)] = hist
-        for s, p in zip(te, prob):
-            rows.append({"participant_id": f"sub-{ids[s]}", "repeat": fold.repeat,
-                         "fold": fold.fold, "input_set": input_set, "model": "cnn",
-                         "true_label": int(y[s]), "probability": float(p)})
-        flat_tr = xs_outer.reshape(len(outer), -1)
-        flat_te = xs_test.reshape(len(te), -1)
+        test_subjects = [ids[i] for i in te]
+        cal = _calibrate(logit(raw_val), y[va], threshold_rule, fold, [ids[i] for i in va])
+        calibration = {"cnn": cal}
+        rows.extend(_prediction_rows(fold, input_set, "cnn", test_subjects, y[te], raw, cal,
+                                     logit(raw)))
         for name in baselines:
-            probs = _baseline_probs(name, flat_tr, y[outer], flat_te, fold.seed)
-            for s, p in zip(te, probs):
-                rows.append({"participant_id": f"sub-{ids[s]}", "repeat": fold.repeat,
-                             "fold": fold.fold, "input_set": input_set, "model": name,
-                             "true_label": int(y[s]), "probability": float(p)})
+            calibration[name], dv = _baseline_fold(gram, name, fold, outer, te, y, ids,
+                                                   channels, threshold_rule)
+            rows.extend(_prediction_rows(fold, input_set, name, test_subjects, y[te], dv,
+                                         calibration[name], dv))
         fold_seconds.append(time.perf_counter() - started)
         manifests.append({"repeat": fold.repeat, "fold": fold.fold,
                           "train_ids": list(fold.train_ids), "val_ids": list(fold.val_ids),
@@ -397,6 +389,11 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                           "selected_components": [int(c) for c in channels],
                           "seed": int(fold.seed), "epochs_trained": n_epochs,
                           "tuned_hyperparameters": chosen,
+                          "calibration": {m: {**c["platt"].to_dict(),
+                                              "threshold": c["threshold"],
+                                              "threshold_rule": threshold_rule,
+                                              "fitted_on": c["fitted_on"]}
+                                          for m, c in calibration.items()},
                           "scaling": "per-channel z-score fitted on the outer training fold"})
         if progress:
             progress(f"repeat {fold.repeat} fold {fold.fold}: {n_epochs} epochs, "
@@ -405,6 +402,41 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                "seconds_per_epoch_mean": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                "seconds_per_fold": [float(v) for v in fold_seconds]}
     return CVResult(pd.DataFrame(rows), manifests, histories, timings)
+
+
+def check_calibration_leakage(fold: Fold, calibration_ids) -> None:
+    """Raise DataLeakageError if calibration or threshold choice saw an outer test subject."""
+    overlap = sorted(set(calibration_ids) & set(fold.test_ids))
+    if overlap:
+        raise DataLeakageError(
+            f"repeat {fold.repeat} fold {fold.fold}: calibration or threshold choice used "
+            f"outer test subject(s) {overlap}; they must be fitted on the outer training "
+            "fold only.")
+
+
+def _calibrate(scores, y, rule, fold: Fold, fitted_on) -> dict:
+    """Platt scaling and the operating threshold, fitted on outer-training subjects only."""
+    check_calibration_leakage(fold, fitted_on)
+    platt = fit_platt(scores, y)
+    threshold = choose_threshold(platt(scores), y, rule)
+    return {"platt": platt, "threshold": float(threshold), "fitted_on": list(fitted_on)}
+
+
+def _baseline_fold(gram, name, fold, outer, test, y, ids, channels, rule):
+    """One baseline in one outer fold: calibration and threshold from inner cross-validated
+    decision values of the outer training subjects, then decision values of the test ones."""
+    inner = inner_decision_values(gram, name, outer, y, channels, fold.seed)
+    cal = _calibrate(inner, y[outer], rule, fold, [ids[i] for i in outer])
+    return cal, decision_values(gram, name, outer, test, y, channels, fold.seed)
+
+
+def _prediction_rows(fold, input_set, model, subjects, y, raw, cal, scores) -> list[dict]:
+    prob = cal["platt"](scores)
+    return [{"participant_id": f"sub-{s}", "repeat": fold.repeat, "fold": fold.fold,
+             "input_set": input_set, "model": model, "true_label": int(t),
+             "raw_score": float(r), "probability": float(p), "threshold": cal["threshold"],
+             "predicted_label": int(p >= cal["threshold"])}
+            for s, t, r, p in zip(subjects, y, raw, prob)]
 
 
 def permutation_test(run_fn, y, *, n_permutations: int, random_state=None, observed=None):
@@ -421,9 +453,21 @@ def permutation_test(run_fn, y, *, n_permutations: int, random_state=None, obser
     return float(observed), null, float(p)
 
 
+class FinalModel(NamedTuple):
+    """The model trained on all labelled subjects, its input scaling, the channels it uses,
+    its learning curve, and the calibration and threshold fitted on its validation subjects."""
+
+    model: object
+    scaling: dict
+    channels: list | None
+    history: dict
+    calibration: dict
+
+
 def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None,
-                    val_fraction=0.2, random_state=None):
-    """Train on all labelled subjects (inner validation split for early stopping only)."""
+                    val_fraction=0.2, threshold_rule="youden", random_state=None) -> FinalModel:
+    """Train on all labelled subjects; the inner validation split drives early stopping,
+    Platt scaling and the threshold (``threshold_rule``), as in every outer fold."""
     from sklearn.model_selection import train_test_split
 
     x = np.asarray(x, dtype=np.float32)
@@ -438,6 +482,13 @@ def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None
                               stratify=y, random_state=seed % (2**31))
     model, history, _ = _fit_cnn(xs[tr], y[tr], xs[va], y[va], dict(model_params or {}),
                                  dict(train_params or {}), seed)
+    scores = logit(np.asarray(model.predict(xs[va], verbose=0), dtype=float).ravel())
+    platt = fit_platt(scores, y[va])
+    calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
+                   "threshold": choose_threshold(platt(scores), y[va], threshold_rule),
+                   "score": "logit of the network's sigmoid output",
+                   "fitted_on": f"{len(va)} validation subjects of the final training set"}
     scaling = {"mean": scaler["mean"], "sd": scaler["sd"],
                "support": np.asarray(scaler["support"], bool)}
-    return model, scaling, None if channels is None else [int(c) for c in channels], history
+    return FinalModel(model, scaling, None if channels is None else [int(c) for c in channels],
+                      history, calibration)

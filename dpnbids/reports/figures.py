@@ -32,6 +32,9 @@ __all__ = [
     "plot_roc",
     "plot_confusion",
     "plot_learning_curves",
+    "plot_reliability",
+    "plot_decision_curve",
+    "plot_permutation_nulls",
     "is_leaky",
 ]
 
@@ -372,23 +375,33 @@ def plot_roc(predictions_df) -> str:
     return fig_to_data_uri(fig)
 
 
+def _panels(n_items: int, size: tuple[float, float], max_cols: int = 4):
+    """A figure with one panel per item, at most ``max_cols`` a row; unused panels hidden.
+    Returns the figure and the flat list of axes."""
+    n = max(n_items, 1)
+    ncol = min(n, max_cols)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(size[0] * ncol, size[1] * nrow),
+                             squeeze=False)
+    for ax in axes.ravel()[n_items:]:
+        ax.axis("off")
+    return fig, list(axes.ravel())
+
+
 def plot_confusion(predictions_df, *, threshold=0.5) -> str:
-    """Pooled confusion matrices per (input set, model) at ``threshold``."""
+    """Pooled confusion matrices per (input set, model): each fold's own predicted labels
+    (``predicted_label``, from its in-fold threshold) where given, else ``threshold``."""
     from sklearn.metrics import confusion_matrix
 
     df = predictions_df.copy()
     _check_pred(df)
     df["_leaky"] = is_leaky(df)
     groups = list(df.groupby(["input_set", "model"], sort=False))
-    n = max(len(groups), 1)
-    ncol = min(n, 4)
-    nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.6 * nrow), squeeze=False)
-    for ax in axes.ravel()[len(groups):]:
-        ax.axis("off")
-    for ax, ((s, m), g) in zip(axes.ravel(), groups):
+    fig, axes = _panels(len(groups), (2.6, 2.6))
+    for ax, ((s, m), g) in zip(axes, groups):
         y = g["true_label"].to_numpy(dtype=int)
-        yhat = (g["probability"].to_numpy(dtype=float) >= threshold).astype(int)
+        yhat = (g["predicted_label"].to_numpy(dtype=int) if "predicted_label" in g
+                else (g["probability"].to_numpy(dtype=float) >= threshold).astype(int))
         cm = confusion_matrix(y, yhat, labels=[0, 1])
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
@@ -427,4 +440,87 @@ def plot_learning_curves(histories: dict) -> str:
         ax.set_title(s, fontsize=9, color="crimson" if "leaky" in s.lower() else "black")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
+    return fig_to_data_uri(fig)
+
+
+def _pooled_by_set(predictions_df):
+    """{input set: [(model, pooled per-subject frame), ...]} of the non-leaky predictions."""
+    from dpnbids.learn.metrics import pooled_predictions
+
+    df = predictions_df.copy()
+    _check_pred(df)
+    if "participant_id" not in df and "participant" in df:
+        df = df.rename(columns={"participant": "participant_id"})
+    df = df[~is_leaky(df)]
+    out: dict = {}
+    for (s, m), g in df.groupby(["input_set", "model"], sort=False):
+        out.setdefault(str(s), []).append((str(m), pooled_predictions(g)))
+    return out
+
+
+def plot_reliability(predictions_df, *, n_bins=5) -> str:
+    """Reliability diagrams of the calibrated out-of-fold probabilities, one panel per
+    input set: mean predicted probability against the observed responder rate in
+    quantile bins (the diagonal is perfect calibration)."""
+    from dpnbids.learn.calibration import reliability_curve
+
+    sets = _pooled_by_set(predictions_df)
+    n = max(len(sets), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False, sharey=True)
+    axes[0, 0].set_ylabel("observed responder rate")
+    for ax, (s, models) in zip(axes[0], sets.items()):
+        for m, g in models:
+            if g["probability"].nunique() < 2:
+                continue
+            rel = reliability_curve(g["true_label"], g["probability"], n_bins=n_bins)
+            ax.plot(rel["mean_predicted"], rel["observed"], "o-", lw=1.2, ms=3, label=m)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("mean predicted probability")
+        ax.legend(fontsize=7, loc="upper left")
+    return fig_to_data_uri(fig)
+
+
+def plot_decision_curve(predictions_df) -> str:
+    """Decision curves (Vickers & Elkin 2006): net benefit of treating the subjects a model
+    calls responders, against the threshold probability, with treat-all and treat-none."""
+    from dpnbids.learn.calibration import net_benefit
+
+    sets = _pooled_by_set(predictions_df)
+    n = max(len(sets), 1)
+    t = np.linspace(0.05, 0.95, 37)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False, sharey=True)
+    axes[0, 0].set_ylabel("net benefit")
+    for ax, (s, models) in zip(axes[0], sets.items()):
+        ref = None
+        for m, g in models:
+            nb = net_benefit(g["true_label"], g["probability"], t)
+            ref = nb
+            if m != "majority":
+                ax.plot(t, nb["model"], lw=1.2, label=m)
+        if ref is not None:
+            ax.plot(t, ref["treat_all"], color="grey", lw=1.0, ls="--", label="treat all")
+            ax.plot(t, ref["treat_none"], color="black", lw=0.8, label="treat none")
+            prev = float(np.mean(models[0][1]["true_label"]))
+            ax.set_ylim(-0.1, max(prev, 0.05) + 0.05)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("threshold probability")
+        ax.legend(fontsize=7, loc="upper right")
+    return fig_to_data_uri(fig)
+
+
+def plot_permutation_nulls(permutations: dict) -> str:
+    """Histogram of each permutation null distribution with the observed statistic."""
+    items = [(k, v) for k, v in permutations.items() if v.get("null_aucs")]
+    fig, axes = _panels(len(items), (2.8, 2.4))
+    for ax, (k, v) in zip(axes, items):
+        null = np.asarray(v["null_aucs"], dtype=float)
+        ax.hist(null[np.isfinite(null)], bins=30, color="tab:grey", alpha=0.8)
+        ax.axvline(v["observed_auc"], color="crimson", lw=1.5)
+        ax.axvline(0.5, color="black", lw=0.8, ls=":")
+        ax.set_title(f"{k}: p = {v['p_value']:.3f}", fontsize=8)
+        ax.set_xlabel("fold-mean AUC", fontsize=8)
+    fig.tight_layout()
     return fig_to_data_uri(fig)

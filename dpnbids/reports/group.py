@@ -146,9 +146,58 @@ def _table2(table2_df, metrics_df, permutation) -> str:
         parts.append(note("Table 2 not available."))
     if permutation and "p_value" in permutation:
         parts.append(f"<p>Label-permutation p-value for AUC: {esc(_cell(permutation['p_value']))}</p>")
+    parts.append(
+        "<p class=\"note\">Probabilities are Platt-calibrated and labels come from an "
+        "operating threshold, both fitted inside each outer training fold (never on its "
+        "test subjects): sensitivity, specificity, PPV, NPV and balanced accuracy are at "
+        "those thresholds. A prior-only model (majority) ranks nobody: its AUC is 0.5 by "
+        "definition.</p>")
     if metrics_df is not None and len(metrics_df):
         parts.append("<h3>All metrics</h3>" + _df_table(metrics_df, index=False))
     return "".join(parts)
+
+
+def _nested_permutations(permutation) -> dict:
+    """The group level's {name: record} permutation results (not the flat legacy form)."""
+    if not permutation or "p_value" in permutation:
+        return {}
+    return {k: v for k, v in permutation.items() if isinstance(v, dict) and "p_value" in v}
+
+
+def _permutations(permutation) -> str:
+    records = _nested_permutations(permutation)
+    if not records:
+        return note("No permutation test was run (--n-permutations-baselines 0 and "
+                    "--n-permutations 0).")
+    rows = pd.DataFrame([{"model": k, "observed fold-mean AUC": v["observed_auc"],
+                          "null mean": v["null_mean"],
+                          "null 95th percentile": v["null_95th_percentile"],
+                          "p": v["p_value"], "permutations": v["n_permutations"]}
+                         for k, v in records.items()]).set_index("model")
+    text = ("<p>Each permutation shuffles the responder labels and reruns the whole "
+            "cross-validation: new stratified folds, the in-fold component selection, "
+            "scaling and fitting. p = (1 + #null &ge; observed) / (1 + permutations).</p>"
+            "<p class=\"note\">Read the p-value, not the distance from 0.5: with about 40 "
+            "subjects, cross-validated AUCs under the null sit <em>below</em> 0.5 (each test "
+            "fold's class balance is the mirror image of its training fold's, which pushes "
+            "a model's predictions the wrong way), so a point AUC alone misleads in both "
+            "directions. The null mean above measures that bias on these data.</p>")
+    fig = safe_figure(figures.plot_permutation_nulls, "Null distributions (grey) and the "
+                      "observed statistic (red); dotted: 0.5.", records)
+    return text + _df_table(rows) + fig
+
+
+def _decisions(predictions_df) -> str:
+    if predictions_df is None or not len(predictions_df):
+        return note("No predictions.")
+    rel = safe_figure(figures.plot_reliability, "Reliability diagrams: pooled out-of-fold "
+                      "calibrated probabilities in quantile bins against the observed "
+                      "responder rate (dotted: perfect calibration).", predictions_df)
+    dca = safe_figure(figures.plot_decision_curve, "Decision curves (Vickers & Elkin 2006): "
+                      "net benefit = TP/n - FP/n x t/(1-t) of treating the subjects a model "
+                      "calls responders at threshold probability t, against treating "
+                      "everyone and no one.", predictions_df)
+    return rel + dca
 
 
 def _gallery(components_img, components_df) -> str:
@@ -256,7 +305,10 @@ def render_group_report(
     if table2_df is not None:
         any_leaky |= any(_is_leaky_name(c) for c in table2_df.columns)
 
-    summary = _summary(predictions_df, ica_info, timings, permutation)
+    nested = _nested_permutations(permutation)
+    summary = _summary(predictions_df, ica_info, timings,
+                       {k: {"p": v["p_value"], "permutations": v["n_permutations"]}
+                        for k, v in nested.items()} if nested else permutation)
     if any_leaky:
         summary = (
             f'<div class="warning">This report contains results labelled {esc(LEAKY_LABEL)}: '
@@ -267,8 +319,8 @@ def render_group_report(
     if predictions_df is not None and len(predictions_df):
         roc = safe_figure(figures.plot_roc, "Pooled out-of-fold ROC curves per input set, "
                           "with the baselines on identical folds.", predictions_df)
-        conf = safe_figure(figures.plot_confusion, "Pooled confusion matrices (threshold 0.5).",
-                           predictions_df)
+        conf = safe_figure(figures.plot_confusion, "Pooled confusion matrices at each fold's "
+                           "in-fold threshold.", predictions_df)
         if any_leaky:
             roc = _LEAKY_BADGE + roc
             conf = _LEAKY_BADGE + conf
@@ -292,6 +344,8 @@ def render_group_report(
             ("table2", "Table 2: classification performance", _table2(table2_df, metrics_df, permutation)),
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
+            ("decisions", "Calibration and decision curves", _decisions(predictions_df)),
+            ("permutation", "Permutation tests", _permutations(permutation)),
             ("learning", "Learning curves", lc),
             ("order", "Model order", _model_order(model_order)),
             ("components", "Component gallery", _gallery(components_img, components_df)),

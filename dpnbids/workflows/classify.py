@@ -234,6 +234,9 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
             out.histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
         if config.cnn.n_permutations:
             out.permutations[name] = _permutation(config, x, y, subjects, name, summaries)
+        if config.cnn.n_permutations_baselines:
+            out.permutations.update(_baseline_permutations(config, x, y, subjects, name,
+                                                           summaries, result.predictions))
     out.predictions = pd.concat(preds, ignore_index=True)
     return out
 
@@ -257,65 +260,134 @@ def _run_cv(config, x, y, subjects, folds, name, select_fn):
     return cv.run_nested_cv(
         x, y, subjects, folds, input_set=name, select_fn=select_fn,
         model_params=_model_params(config), train_params=_train_params(config),
-        tune=config.cnn.tune, random_state=config.seed(f"cv.{name}"),
+        tune=config.cnn.tune, threshold_rule=config.cnn.threshold_rule,
+        random_state=config.seed(f"cv.{name}"),
         progress=lambda msg: LOGGER.info("%s: %s", name, msg))
 
 
-def _permutation(config, x, y, subjects, name, summaries):
-    """Rerun the whole CV (new splits, in-fold selection) with permuted labels."""
+def _permutation_splits(config, subjects):
     from dpnbids.learn import cv
-    from dpnbids.learn.metrics import binary_metrics
+
+    return lambda y_perm: cv.make_outer_splits(subjects, y_perm, n_folds=config.cnn.folds,
+                                               n_repeats=1,
+                                               random_state=config.seed("cv.perm.splits"))
+
+
+def _permutation_select(config, name, summaries):
+    """``y_perm -> select_fn``: the input set's component selection redone on permuted
+    labels (inside the training folds; on all subjects for the leaky paper mode)."""
     from dpnbids.analysis.stats import select_components
 
+    def for_labels(y_perm):
+        if not name.startswith("SSC"):
+            return None
+        if name.endswith(LEAKY_SUFFIX):
+            leaky = np.asarray(select_components(summaries, y_perm,
+                                                 p_threshold=config.ica.ssc_p))
+            return lambda idx: leaky
+        return lambda idx: select_components(summaries, y_perm, p_threshold=config.ica.ssc_p,
+                                             subjects_idx=np.asarray(idx))
+    return for_labels
+
+
+def _permutation_record(observed, null, statistic) -> dict:
+    null = np.asarray(null, dtype=float)
+    p = (1.0 + np.sum(null >= observed)) / (1.0 + null.size)
+    return {"statistic": statistic, "observed_auc": float(observed),
+            "null_aucs": [float(v) for v in null], "null_mean": float(np.nanmean(null)),
+            "null_95th_percentile": float(np.nanpercentile(null, 95)),
+            "p_value": float(p), "n_permutations": int(null.size)}
+
+
+STATISTIC = "fold-mean AUC of the outer test folds"
+
+
+def _permutation(config, x, y, subjects, name, summaries):
+    """Rerun the whole CNN CV (new splits, in-fold selection) with permuted labels."""
+    from dpnbids.learn import cv
+    from dpnbids.learn.metrics import fold_mean_auc
+
+    splits, select_for = _permutation_splits(config, subjects), \
+        _permutation_select(config, name, summaries)
+
     def run_fn(y_perm):
-        folds = cv.make_outer_splits(subjects, y_perm, n_folds=config.cnn.folds,
-                                     n_repeats=1, random_state=config.seed("cv.perm.splits"))
-        sel = None
-        if name.startswith("SSC"):
-            summ = summaries
-            if name.endswith(LEAKY_SUFFIX):
-                leaky = np.asarray(select_components(summ, y_perm, p_threshold=config.ica.ssc_p))
-                sel = lambda idx, _l=leaky: _l  # noqa: E731
-            else:
-                sel = lambda idx: select_components(summ, y_perm, p_threshold=config.ica.ssc_p,  # noqa: E731,E501
-                                                    subjects_idx=np.asarray(idx))
-        res = cv.run_nested_cv(x, y_perm, subjects, folds, input_set=name, select_fn=sel,
-                               model_params=_model_params(config),
+        res = cv.run_nested_cv(x, y_perm, subjects, splits(y_perm), input_set=name,
+                               select_fn=select_for(y_perm), model_params=_model_params(config),
                                train_params=_train_params(config), tune=False,
                                baselines=(), random_state=config.seed(f"cv.perm.{name}"))
-        pred = res.predictions[res.predictions["model"] == "cnn"]
-        return binary_metrics(pred["true_label"].to_numpy(), pred["probability"].to_numpy())["auc"]
+        return fold_mean_auc(res.predictions, score="raw_score")
 
-    observed, null, p = cv.permutation_test(run_fn, y, n_permutations=config.cnn.n_permutations,
+    observed, null, _ = cv.permutation_test(run_fn, y,
+                                            n_permutations=config.cnn.n_permutations,
                                             random_state=config.seed(f"perm.{name}"))
-    return {"observed_auc": float(observed), "null_aucs": [float(v) for v in null],
-            "p_value": float(p), "n_permutations": config.cnn.n_permutations}
+    return _permutation_record(observed, null, STATISTIC)
 
+
+def _baseline_permutations(config, x, y, subjects, name, summaries, predictions) -> dict:
+    """Label permutations of the linear baselines' whole CV (kernel space, seconds)."""
+    from dpnbids.learn.linear import GramCache, permutation_nulls
+    from dpnbids.learn.metrics import fold_mean_auc
+
+    started = time.time()
+    models = ("svm", "logreg")
+    null = permutation_nulls(GramCache(x), y, subjects,
+                             splits_fn=_permutation_splits(config, subjects),
+                             select_fn_for=_permutation_select(config, name, summaries),
+                             n_permutations=config.cnn.n_permutations_baselines,
+                             models=models, random_state=config.seed(f"perm.linear.{name}"))
+    out = {}
+    for m in models:
+        observed = fold_mean_auc(predictions[predictions["model"] == m], score="raw_score")
+        out[f"{name} {m}"] = _permutation_record(observed, null[m], STATISTIC)
+    LOGGER.info("%s: %d label permutations of the linear baselines in %.1f s", name,
+                config.cnn.n_permutations_baselines, time.time() - started)
+    return out
+
+
+def _perm_key(key: str) -> tuple[str, str]:
+    """'ASC' -> ('ASC', 'cnn'); 'ASC svm' -> ('ASC', 'svm')."""
+    name, _, model = key.partition(" ")
+    return name, model or "cnn"
 
 
 def _metrics(config, predictions, perms, writer, group_dir):
-    from dpnbids.learn.metrics import bootstrap_ci, summarise_folds, table2
+    from dpnbids.learn.metrics import (METRICS, bootstrap_ci, is_constant_score,
+                                       pooled_predictions, summarise_folds, table2)
 
     summary = summarise_folds(predictions)
     writer.write_tsv(summary, group_dir / "metrics.tsv")
     ci_rows = []
     for (input_set, model), pred in predictions.groupby(["input_set", "model"], sort=False):
-        yt, pr = pred["true_label"].to_numpy(), pred["probability"].to_numpy()
-        for metric in ("auc", "accuracy", "f1", "precision", "recall", "balanced_accuracy",
-                       "specificity"):
-            lo, hi = bootstrap_ci(yt, pr, metric=metric, n_boot=config.cnn.n_bootstrap,
-                                  random_state=config.seed(f"boot.{input_set}.{model}.{metric}"))
+        pooled = pooled_predictions(pred)
+        constant = is_constant_score(pred)
+        for metric in METRICS:
+            if constant and metric == "auc":  # 0.5 by definition: no interval to give
+                lo = hi = float("nan")
+            else:
+                lo, hi = bootstrap_ci(pooled["true_label"].to_numpy(),
+                                      pooled["probability"].to_numpy(), metric=metric,
+                                      pred=pooled["predicted_label"].to_numpy(),
+                                      n_boot=config.cnn.n_bootstrap, constant_score=constant,
+                                      random_state=config.seed(
+                                          f"boot.{input_set}.{model}.{metric}"))
             ci_rows.append({"input_set": input_set, "model": model, "metric": metric,
                             "ci_low": lo, "ci_high": hi})
     ci = pd.DataFrame(ci_rows)
-    perm_df = pd.DataFrame([{"input_set": k, "model": "cnn", "p_value": v["p_value"],
+    perm_df = pd.DataFrame([{"input_set": _perm_key(k)[0], "model": _perm_key(k)[1],
+                             "statistic": v["statistic"], "observed_auc": v["observed_auc"],
+                             "null_mean": v["null_mean"], "p_value": v["p_value"],
                              "n_permutations": v["n_permutations"]} for k, v in perms.items()])
     t2 = table2(summary, ci, perm_df)
     writer.write_tsv(ci, group_dir / "metrics_ci.tsv")
     writer.write_tsv(t2, group_dir / "table2.tsv", index=True)
+    if len(perm_df):
+        writer.write_tsv(perm_df, group_dir / "permutation.tsv")
     writer.write_json({"summary": summary.to_dict(orient="records"),
                        "confidence_intervals": ci.to_dict(orient="records"),
-                       "permutation": perms,
+                       "permutation": perms, "threshold_rule": config.cnn.threshold_rule,
+                       "calibration": "Platt scaling fitted inside each outer training fold "
+                                      "(CNN: inner validation subjects; baselines: inner "
+                                      "cross-validated scores of the outer training subjects)",
                        "leaky_input_sets": sorted({s for s in predictions["input_set"]
                                                    if str(s).endswith(LEAKY_SUFFIX)})},
                       group_dir / "metrics.json")
@@ -339,9 +411,11 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
     channels = None
     if input_set == "SSC":
         channels = np.asarray(select_components(summaries, y, p_threshold=config.ica.ssc_p))
-    model, scaling, selected, history = fit_final_model(
+    final_fit = fit_final_model(
         x, y, channels=channels, model_params=_model_params(config),
-        train_params=_train_params(config), random_state=config.seed("final"))
+        train_params=_train_params(config), threshold_rule=config.cnn.threshold_rule,
+        random_state=config.seed("final"))
+    model, scaling, selected = final_fit.model, final_fit.scaling, final_fit.channels
     summary = tables["summary"]
     row = summary[(summary["input_set"] == input_set) & (summary["model"] == "cnn")]
     cv_metrics = {}
@@ -358,7 +432,8 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         config=config.to_dict(), cv_metrics=cv_metrics, space=final.space,
         resolution=final.resolution,
         n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
-        history=history, dpnbids_version=__version__)
+        history=final_fit.history, calibration=final_fit.calibration,
+        dpnbids_version=__version__)
     LOGGER.info("final %s model saved in %s", input_set, path)
     return path
 
@@ -425,6 +500,7 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
         res = cv.run_nested_cv(x, y, subjects, [fold], input_set="ASC-icainfolds",
                                select_fn=None, model_params=_model_params(config),
                                train_params=_train_params(config), tune=config.cnn.tune,
+                               threshold_rule=config.cnn.threshold_rule,
                                random_state=config.seed(f"cv.strict.{fold.repeat}.{fold.fold}"))
         p = res.predictions.copy()
         p["leaky"] = False

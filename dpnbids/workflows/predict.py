@@ -11,23 +11,37 @@ from dpnbids.derivatives import DerivativesWriter
 
 
 def predict_subject(model_dir, maps_pe, maps_z, output_dir, source) -> str:
-    """Probability of response of one run from its stage-2 maps with a saved bundle."""
-    from dpnbids.learn.bundle import load_bundle, predict
+    """Calibrated probability of response of one run, and the decision at the model's
+    in-fold threshold, with the cross-validated sensitivity and specificity behind it."""
+    from dpnbids.learn.bundle import decide, load_bundle, predict
 
     bundle = load_bundle(model_dir)
     img = nib.load(str(maps_pe if bundle.feature == "pe" else maps_z))
-    prob = float(np.asarray(predict(bundle, img)).ravel()[0])
+    decision = decide(bundle, predict(bundle, img))
+    cv = bundle.cv_metrics
     writer = DerivativesWriter(output_dir)
     target = writer.path(source=source, suffix="prediction", extension=".tsv",
                          datatype="func", desc="dpnbids")
     frame = pd.DataFrame([{"participant_id": f"sub-{target.name.split('_')[0][4:]}",
-                           "probability_response": prob,
-                           "predicted_label": "responder" if prob >= 0.5 else "non-responder",
+                           "probability_response": decision["probability"],
+                           "raw_score": decision["raw_score"],
+                           "threshold": decision["threshold"],
+                           "predicted_label": "responder" if decision["responder"]
+                           else "non-responder",
+                           "cv_sensitivity": cv.get("sensitivity", float("nan")),
+                           "cv_specificity": cv.get("specificity", float("nan")),
+                           "cv_auc": cv.get("auc", float("nan")),
                            "model_input_set": bundle.input_set,
-                           "model_version": bundle.versions.get("dpnbids", "?"),
-                           "cv_auc": bundle.cv_metrics.get("auc", float("nan"))}])
+                           "model_version": bundle.versions.get("dpnbids", "?")}])
     writer.write_tsv(frame, target)
     writer.write_json({"ModelDirectory": str(model_dir), "Versions": bundle.versions,
-                       "CrossValidatedPerformance": bundle.cv_metrics,
-                       "Threshold": 0.5}, Path(str(target)[:-4] + ".json"))
+                       "CrossValidatedPerformance": cv,
+                       "Calibration": bundle.calibration or "none (model saved before "
+                                                            "calibration; raw output)",
+                       "Threshold": decision["threshold"],
+                       "ThresholdRule": decision["threshold_rule"],
+                       "Decision": "responder if probability_response >= Threshold; "
+                                   "cv_sensitivity and cv_specificity are the model's "
+                                   "cross-validated rates at its in-fold thresholds"},
+                      Path(str(target)[:-4] + ".json"))
     return str(target)

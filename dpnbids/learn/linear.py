@@ -1,0 +1,206 @@
+"""The linear baselines (linear SVM, L2 logistic regression, prior-only) computed in kernel
+space, so a whole cross-validation, and 1,000 label permutations of it, cost seconds.
+
+The baselines see exactly what the CNN sees: the fold's selected maps, z-scored per channel
+with the mean and SD of the outer-training subjects (:func:`dpnbids.learn.cv.fit_scaler`),
+flattened over the in-brain voxels. With S subjects and V x C features (S << V x C), a
+linear model with an L2 penalty only ever depends on inner products (the representer
+theorem), so dpnbids
+
+1. computes once, per channel c, the Gram matrix ``G_c = X_c X_c^T`` of the raw maps, their
+   sums and sums of squares over the support (:class:`GramCache`);
+2. turns them, for any fold's scaler and channel selection, into the kernel of the scaled
+   features, ``K = sum_c (G_c - m_c (s_c 1^T + 1 s_c^T) + m_c^2 V) / sd_c^2``
+   (:meth:`GramCache.kernel`), which equals ``Z Z^T`` of the explicit scaled features;
+3. fits scikit-learn's ``LinearSVC`` / ``LogisticRegression`` on the empirical kernel map
+   ``F = U diag(sqrt(lambda))`` of the training kernel ``K_tt = U diag(lambda) U^T``, and scores
+   test subjects with ``F_test = K_test,train U diag(1/sqrt(lambda))``. The objective (loss of
+   ``w.x + b`` plus ``||w||^2 / 2``) has the same value for the same decision function in
+   both spaces, so the fitted decision values are the ones the explicit features give, up
+   to the solvers' tolerance.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dpnbids.exceptions import InputError
+
+#: The baselines dpnbids fits beside the CNN.
+BASELINES = ("svm", "logreg", "majority")
+
+
+class GramCache:
+    """Per-channel Gram matrices, sums and sums of squares of maps ``x`` (S, X, Y, Z, C).
+
+    The support is the voxels where any subject has any non-zero map. When every subject's
+    every map is non-zero on the whole support (stage-2 maps and BOLD inside a mask are),
+    every fold's scaler support (:func:`dpnbids.learn.cv.fit_scaler`) is this support and
+    :meth:`kernel` is exact; ``exact_support`` records whether that holds.
+    """
+
+    def __init__(self, x):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 5:
+            raise InputError(f"GramCache expects maps (subjects, X, Y, Z, channels); got "
+                             f"shape {x.shape}")
+        s, c = x.shape[0], x.shape[-1]
+        flat = x.reshape(s, -1, c)
+        nonzero = flat != 0
+        support = nonzero.any(axis=(0, 2))
+        flat = flat[:, support, :]
+        self.exact_support = bool(nonzero[:, support, :].all())
+        self.n_voxels = int(support.sum())
+        self.gram = np.empty((c, s, s))
+        for k in range(c):
+            xk = flat[:, :, k].astype(np.float64)
+            self.gram[k] = xk @ xk.T
+        self.sums = flat.sum(axis=1, dtype=np.float64)          # (S, C)
+        self.sumsq = np.einsum("svc,svc->sc", flat, flat, dtype=np.float64)
+        self._flat = None if self.exact_support else flat
+
+    def scaler(self, train_idx, channels):
+        """Per-channel mean and SD over the training subjects' support voxels (as fit_scaler)."""
+        tr = np.asarray(train_idx, dtype=int)
+        ch = np.asarray(channels, dtype=int)
+        n = tr.size * self.n_voxels
+        mean = self.sums[np.ix_(tr, ch)].sum(0) / n
+        var = self.sumsq[np.ix_(tr, ch)].sum(0) / n - mean ** 2
+        sd = np.sqrt(np.maximum(var, 0.0))
+        sd[sd == 0] = 1.0
+        return mean, sd
+
+    def kernel(self, train_idx, channels, rows=None) -> np.ndarray:
+        """Kernel of the fold-scaled features between ``rows`` (default all) and all subjects."""
+        ch = np.asarray(channels, dtype=int)
+        mean, sd = self.scaler(train_idx, ch)
+        rows = np.arange(self.sums.shape[0]) if rows is None else np.asarray(rows, dtype=int)
+        if not self.exact_support:  # explicit features: the fold's support is its own
+            return self._explicit_kernel(train_idx, ch, rows)
+        w = 1.0 / sd ** 2
+        g = np.tensordot(w, self.gram[ch][:, rows, :], axes=1)
+        s = self.sums[:, ch]
+        g -= (s[rows] * (mean * w)) .sum(1)[:, None]
+        g -= (s * (mean * w)).sum(1)[None, :]
+        g += float(np.sum(mean ** 2 * w)) * self.n_voxels
+        return g
+
+    def _explicit_kernel(self, train_idx, ch, rows):
+        flat = self._flat[:, :, ch]
+        tr = np.asarray(train_idx, dtype=int)
+        support = (flat[tr] != 0).any(axis=(0, 2))
+        vals = flat[tr][:, support, :]
+        mean = vals.mean(axis=(0, 1))
+        sd = vals.std(axis=(0, 1))
+        sd[sd == 0] = 1.0
+        z = ((flat[:, support, :] - mean) / sd).reshape(flat.shape[0], -1).astype(np.float64)
+        return z[rows] @ z.T
+
+
+def kernel_features(k_train, k_test, *, rtol: float = 1e-10):
+    """Empirical kernel map of a training kernel and the matching test features."""
+    lam, u = np.linalg.eigh((k_train + k_train.T) / 2.0)
+    keep = lam > rtol * max(lam.max(), 0.0)
+    if not keep.any():
+        return np.zeros((k_train.shape[0], 1)), np.zeros((k_test.shape[0], 1))
+    root = np.sqrt(lam[keep])
+    return u[:, keep] * root, (k_test @ u[:, keep]) / root
+
+
+def fit_decision(name: str, f_train, y_train, f_test, seed: int) -> np.ndarray:
+    """Decision values of baseline ``name`` on ``f_test`` (logits for logreg, margins for svm,
+    the log prior odds for the prior-only ``majority``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    y = np.asarray(y_train, dtype=int)
+    if name == "svm":
+        clf = LinearSVC(C=1.0, max_iter=20000, random_state=int(seed) % (2**31))
+        return clf.fit(f_train, y).decision_function(f_test)
+    if name == "logreg":
+        clf = LogisticRegression(C=1.0, max_iter=5000)
+        return clf.fit(f_train, y).decision_function(f_test)
+    if name == "majority":
+        n_pos, n = float((y == 1).sum()), float(y.size)
+        prior = np.clip(n_pos / max(n, 1.0), 1e-6, 1 - 1e-6)
+        return np.full(len(f_test), np.log(prior / (1 - prior)))
+    raise InputError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+
+
+def decision_values(gram: GramCache, name, train_idx, test_idx, y, channels, seed, *,
+                    scaler_idx=None) -> np.ndarray:
+    """Fit ``name`` on ``train_idx`` (features scaled on ``scaler_idx``, default the training
+    subjects) and return its decision values on ``test_idx``."""
+    tr = np.asarray(train_idx, dtype=int)
+    te = np.asarray(test_idx, dtype=int)
+    scale_on = tr if scaler_idx is None else np.asarray(scaler_idx, dtype=int)
+    if name == "majority":
+        return fit_decision(name, np.zeros((tr.size, 1)), y[tr], np.zeros((te.size, 1)), seed)
+    k = gram.kernel(scale_on, channels, rows=np.concatenate([tr, te]))
+    f_tr, f_te = kernel_features(k[:tr.size][:, tr], k[tr.size:][:, tr])
+    return fit_decision(name, f_tr, y[tr], f_te, seed)
+
+
+def inner_decision_values(gram: GramCache, name, outer_idx, y, channels, seed,
+                          n_splits: int = 5) -> np.ndarray:
+    """Cross-validated decision values of every outer-training subject (stratified inner
+    folds inside ``outer_idx``; the scaler is the outer training fold's), for calibration
+    and threshold choice without touching the outer test subjects."""
+    from sklearn.model_selection import StratifiedKFold
+
+    outer = np.asarray(outer_idx, dtype=int)
+    yo = np.asarray(y, dtype=int)[outer]
+    k = int(min(n_splits, np.bincount(yo, minlength=2).min()))
+    out = np.zeros(outer.size)
+    if k < 2:  # too few of one class for inner folds: the training fit's own values
+        return decision_values(gram, name, outer, outer, y, channels, seed)
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**31))
+    kern = None if name == "majority" else gram.kernel(outer, channels, rows=outer)[:, outer]
+    for itr, ite in skf.split(outer, yo):
+        if kern is None:
+            out[ite] = fit_decision(name, np.zeros((itr.size, 1)), yo[itr],
+                                    np.zeros((ite.size, 1)), seed)
+            continue
+        f_tr, f_te = kernel_features(kern[np.ix_(itr, itr)], kern[np.ix_(ite, itr)])
+        out[ite] = fit_decision(name, f_tr, yo[itr], f_te, seed)
+    return out
+
+
+def fold_auc(y, scores) -> float:
+    """AUC of one fold's test subjects (NaN with a single class)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    return float(roc_auc_score(y, scores)) if np.unique(y).size == 2 else float("nan")
+
+
+def permutation_nulls(gram: GramCache, y, subject_ids, *, splits_fn, select_fn_for,
+                      n_permutations: int, models=("svm", "logreg"),
+                      random_state=None) -> dict:
+    """Null distributions of the linear baselines' fold-mean AUC under label permutation.
+
+    Each permutation reruns the whole cross-validation on permuted labels: new outer folds
+    (``splits_fn(y_perm)``), the in-fold selection (``select_fn_for(y_perm)`` -> a callable
+    of the outer-training indices, or None), the fold's scaling and every model's fit.
+    The fold-mean AUC is the statistic because the in-fold calibration, being monotone
+    within a fold, cannot change it, so it needs no inner refits.
+    """
+    y = np.asarray(y, dtype=int)
+    index = {s: i for i, s in enumerate(subject_ids)}
+    rng = np.random.default_rng(random_state)
+    null = {m: np.empty(int(n_permutations)) for m in models}
+    all_channels = np.arange(gram.gram.shape[0])
+    for b in range(int(n_permutations)):
+        yp = rng.permutation(y)
+        select = select_fn_for(yp)
+        aucs = {m: [] for m in models}
+        for fold in splits_fn(yp):
+            outer = np.array([index[s] for s in fold.outer_train_ids])
+            te = np.array([index[s] for s in fold.test_ids])
+            ch = all_channels if select is None else np.asarray(select(np.sort(outer)), int)
+            k = gram.kernel(outer, ch, rows=np.concatenate([outer, te]))
+            f_tr, f_te = kernel_features(k[:outer.size][:, outer], k[outer.size:][:, outer])
+            for m in models:
+                aucs[m].append(fold_auc(yp[te], fit_decision(m, f_tr, yp[outer], f_te, fold.seed)))
+        for m in models:
+            null[m][b] = np.nanmean(aucs[m])
+    return null
