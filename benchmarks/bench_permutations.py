@@ -19,7 +19,7 @@ import numpy as np
 def main() -> None:
     from _measure import cpu_model
 
-    from dpnbids.learn.cv import make_outer_splits
+    from dpnbids.learn.cv import stratified_folds
     from dpnbids.learn.linear import GramCache, permutation_nulls
     from dpnbids.learn.model import cnn_grid
 
@@ -35,14 +35,12 @@ def main() -> None:
     y = np.array([1] * 29 + [0] * 14)
     x = rng.normal(size=(43,) + shape + (args.channels,)).astype(np.float32)
     x *= mask[None, ..., None]
-    ids = [f"{i:02d}" for i in range(43)]
     t0 = time.perf_counter()
     gram = GramCache(x)
     t_gram = time.perf_counter() - t0
     t0 = time.perf_counter()
-    permutation_nulls(gram, y, ids, n_permutations=args.permutations, random_state=0,
-                      splits_fn=lambda yp: make_outer_splits(ids, yp, n_folds=args.folds,
-                                                             random_state=1),
+    permutation_nulls(gram, y, n_permutations=args.permutations, random_state=0,
+                      splits_fn=lambda yp: stratified_folds(yp, args.folds, 1),
                       select_fn_for=lambda yp: None)
     t_perm = time.perf_counter() - t0
     print(json.dumps({"cpu": cpu_model(), "subjects": 43, "grid": list(shape),

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from dpnbids.learn.cv import apply_scaler, fit_scaler, make_outer_splits
+from dpnbids.learn.cv import apply_scaler, fit_scaler, stratified_folds
 from dpnbids.learn.linear import GramCache, decision_values, permutation_nulls
 
 GRID = (9, 10, 8)
@@ -35,20 +35,18 @@ def test_kernel_space_equals_the_explicit_features(rng, holes):
     z_tr = apply_scaler(x[tr][..., ch], sc).reshape(tr.size, -1)
     z_te = apply_scaler(x[te][..., ch], sc).reshape(te.size, -1)
     svm = LinearSVC(C=1.0, max_iter=20000, random_state=0).fit(z_tr, y[tr])
-    np.testing.assert_allclose(decision_values(gram, "svm", tr, te, y, ch, 0),
+    np.testing.assert_allclose(decision_values(gram, "svm", tr, te, y, ch),
                                svm.decision_function(z_te), rtol=1e-3, atol=1e-4)
     lr = LogisticRegression(C=1.0, max_iter=100000, tol=1e-12).fit(z_tr, y[tr])
-    np.testing.assert_allclose(decision_values(gram, "logreg", tr, te, y, ch, 0),
+    np.testing.assert_allclose(decision_values(gram, "logreg", tr, te, y, ch),
                                lr.decision_function(z_te), rtol=1e-3, atol=1e-3)
-    prior = decision_values(gram, "majority", tr, te, y, ch, 0)
+    prior = decision_values(gram, "majority", tr, te, y, ch)
     assert np.ptp(prior) == 0 and prior[0] == pytest.approx(np.log(14 / 7))
 
 
 def _nulls(x, y, n_perm, seed):
-    ids = [f"{i:02d}" for i in range(len(y))]
-    return permutation_nulls(GramCache(x), y, ids, n_permutations=n_perm, random_state=seed,
-                             splits_fn=lambda yp: make_outer_splits(ids, yp, n_folds=4,
-                                                                    random_state=1),
+    return permutation_nulls(GramCache(x), y, n_permutations=n_perm, random_state=seed,
+                             splits_fn=lambda yp: stratified_folds(yp, 4, 1),
                              select_fn_for=lambda yp: None)
 
 
@@ -60,3 +58,28 @@ def test_permutation_null_is_centred_near_chance_and_seeded(rng):
         assert 0.35 < np.mean(null[m]) < 0.6
     again = _nulls(x, y, 60, 3)
     np.testing.assert_array_equal(null["svm"], again["svm"])
+
+
+def test_fold_auc_matches_scikit_learn_with_ties(rng):
+    from sklearn.metrics import roc_auc_score
+
+    from dpnbids.learn.linear import fold_auc
+
+    y = np.array([1, 0, 1, 1, 0, 0, 1])
+    s = np.round(rng.normal(size=7), 1)
+    s[1] = s[0]  # a tie across classes
+    assert fold_auc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(fold_auc(np.ones(3, int), [0.1, 0.2, 0.3]))
+
+
+def test_planted_signal_gives_a_small_permutation_p(rng):
+    x, y = _maps(rng, n=24, amplitude=2.0)
+    null = _nulls(x, y, 40, 5)
+    from dpnbids.learn.linear import decision_values, fold_auc
+
+    gram = GramCache(x)
+    for m in ("svm", "logreg"):
+        obs = np.mean([fold_auc(y[te], decision_values(gram, m, tr, te, y, np.arange(4)))
+                       for tr, te in stratified_folds(y, 4, 1)])
+        p = (1 + np.sum(null[m] >= obs)) / 41
+        assert obs > 0.8 and p < 0.05, (m, obs, p)

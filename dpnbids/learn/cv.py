@@ -76,10 +76,19 @@ def check_no_leakage(fold: Fold) -> None:
                 "selection, scaling or early stopping.")
 
 
+def stratified_folds(y, n_folds: int, seed: int) -> list:
+    """(training, test) index arrays of one seeded, shuffled stratified K-fold split: the
+    outer folds of repeat ``r`` are ``stratified_folds(y, K, derive_seed(random_state, r))``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=int(seed) % (2**31))
+    return list(skf.split(np.zeros((len(y), 1)), np.asarray(y, dtype=int)))
+
+
 def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int = 1,
                       val_fraction: float = 0.2, random_state=None) -> list[Fold]:
     """Stratified, seeded subject-level outer folds with an inner validation split."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import train_test_split
 
     ids = np.asarray(list(subject_ids))
     y = np.asarray(labels, dtype=int)
@@ -98,8 +107,7 @@ def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int 
     folds = []
     for repeat in range(n_repeats):
         seed = derive_seed(random_state, repeat, bits=32)
-        skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed % (2**31))
-        for k, (train, test) in enumerate(skf.split(ids, y)):
+        for k, (train, test) in enumerate(stratified_folds(y, n_folds, seed)):
             fold_seed = derive_seed(seed, k, bits=32)
             n_val = max(2, int(round(val_fraction * train.size)))
             ytr = y[train]
@@ -427,7 +435,7 @@ def _baseline_fold(gram, name, fold, outer, test, y, ids, channels, rule):
     decision values of the outer training subjects, then decision values of the test ones."""
     inner = inner_decision_values(gram, name, outer, y, channels, fold.seed)
     cal = _calibrate(inner, y[outer], rule, fold, [ids[i] for i in outer])
-    return cal, decision_values(gram, name, outer, test, y, channels, fold.seed)
+    return cal, decision_values(gram, name, outer, test, y, channels)
 
 
 def _prediction_rows(fold, input_set, model, subjects, y, raw, cal, scores) -> list[dict]:

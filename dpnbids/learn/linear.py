@@ -12,7 +12,9 @@ theorem), so dpnbids
 2. turns them, for any fold's scaler and channel selection, into the kernel of the scaled
    features, ``K = sum_c (G_c - m_c (s_c 1^T + 1 s_c^T) + m_c^2 V) / sd_c^2``
    (:meth:`GramCache.kernel`), which equals ``Z Z^T`` of the explicit scaled features;
-3. fits scikit-learn's ``LinearSVC`` / ``LogisticRegression`` on the empirical kernel map
+3. fits the models of scikit-learn's ``LinearSVC`` / ``LogisticRegression`` (same objectives,
+   solved exactly by Newton's method: :func:`svm_newton`, :func:`logistic_newton`) on the
+   empirical kernel map
    ``F = U diag(sqrt(lambda))`` of the training kernel ``K_tt = U diag(lambda) U^T``, and scores
    test subjects with ``F_test = K_test,train U diag(1/sqrt(lambda))``. The objective (loss of
    ``w.x + b`` plus ``||w||^2 / 2``) has the same value for the same decision function in
@@ -106,19 +108,84 @@ def kernel_features(k_train, k_test, *, rtol: float = 1e-10):
     return u[:, keep] * root, (k_test @ u[:, keep]) / root
 
 
-def fit_decision(name: str, f_train, y_train, f_test, seed: int) -> np.ndarray:
+def _newton(a, value_grad_hess, reg, *, tol: float = 1e-12, max_iter: int = 100):
+    """Minimise a smooth convex loss of ``a @ theta`` plus ``sum(reg * theta^2) / 2`` by
+    Newton's method with backtracking; ``value_grad_hess(margins) -> (loss, dloss, d2loss)``
+    gives the loss and its first two derivatives per sample."""
+    theta = np.zeros(a.shape[1])
+
+    def objective(th):
+        return value_grad_hess(a @ th)[0] + 0.5 * np.sum(reg * th ** 2)
+
+    value = objective(theta)
+    for _ in range(max_iter):
+        _, d1, d2 = value_grad_hess(a @ theta)
+        grad = a.T @ d1 + reg * theta
+        hess = (a.T * d2) @ a + np.diag(reg) + 1e-12 * np.eye(a.shape[1])
+        step = np.linalg.solve(hess, grad)
+        decrement = float(grad @ step)
+        if decrement / 2.0 <= tol * max(1.0, abs(value)):
+            break
+        size = 1.0
+        while size > 1e-10:
+            cand = theta - size * step
+            new = objective(cand)
+            if new <= value - 1e-4 * size * decrement:
+                theta, value = cand, new
+                break
+            size *= 0.5
+        else:
+            break
+    return theta
+
+
+def _design(f, y):
+    f = np.asarray(f, dtype=float)
+    return np.hstack([f, np.ones((f.shape[0], 1))]), np.where(np.asarray(y) == 1, 1.0, -1.0)
+
+
+def logistic_newton(f, y, C: float = 1.0):
+    """L2-penalised logistic regression, ``C * sum(log-loss) + ||w||^2 / 2`` with an
+    unpenalised intercept (scikit-learn's ``LogisticRegression(C=C)`` objective). Newton's
+    method converges in a few steps on a few dozen kernel features, where L-BFGS needs
+    hundreds on these badly scaled, nearly separable problems. Returns (w, b)."""
+    a, t = _design(f, y)
+
+    def loss(m):
+        z = t * m
+        sig = 0.5 * (1.0 + np.tanh(-0.5 * z))  # sigmoid(-z), overflow-free
+        return C * np.sum(np.logaddexp(0.0, -z)), -C * t * sig, C * sig * (1.0 - sig)
+
+    reg = np.ones(a.shape[1])
+    reg[-1] = 0.0
+    theta = _newton(a, loss, reg)
+    return theta[:-1], float(theta[-1])
+
+
+def svm_newton(f, y, C: float = 1.0):
+    """Linear SVM with the squared hinge loss, ``C * sum(max(0, 1 - t m)^2) + ||w||^2 / 2 +
+    b^2 / 2`` (scikit-learn's ``LinearSVC(C=C)``: liblinear penalises the intercept as a
+    constant feature), by primal Newton (Keerthi & DeCoste 2005). Returns (w, b)."""
+    a, t = _design(f, y)
+
+    def loss(m):
+        slack = np.maximum(0.0, 1.0 - t * m)
+        return C * np.sum(slack ** 2), -2.0 * C * t * slack, 2.0 * C * (slack > 0)
+
+    theta = _newton(a, loss, np.ones(a.shape[1]))
+    return theta[:-1], float(theta[-1])
+
+
+def fit_decision(name: str, f_train, y_train, f_test) -> np.ndarray:
     """Decision values of baseline ``name`` on ``f_test`` (logits for logreg, margins for svm,
     the log prior odds for the prior-only ``majority``)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
     y = np.asarray(y_train, dtype=int)
     if name == "svm":
-        clf = LinearSVC(C=1.0, max_iter=20000, random_state=int(seed) % (2**31))
-        return clf.fit(f_train, y).decision_function(f_test)
+        w, b = svm_newton(f_train, y, C=1.0)
+        return f_test @ w + b
     if name == "logreg":
-        clf = LogisticRegression(C=1.0, max_iter=5000)
-        return clf.fit(f_train, y).decision_function(f_test)
+        w, b = logistic_newton(f_train, y, C=1.0)
+        return f_test @ w + b
     if name == "majority":
         n_pos, n = float((y == 1).sum()), float(y.size)
         prior = np.clip(n_pos / max(n, 1.0), 1e-6, 1 - 1e-6)
@@ -126,7 +193,7 @@ def fit_decision(name: str, f_train, y_train, f_test, seed: int) -> np.ndarray:
     raise InputError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
 
 
-def decision_values(gram: GramCache, name, train_idx, test_idx, y, channels, seed, *,
+def decision_values(gram: GramCache, name, train_idx, test_idx, y, channels, *,
                     scaler_idx=None) -> np.ndarray:
     """Fit ``name`` on ``train_idx`` (features scaled on ``scaler_idx``, default the training
     subjects) and return its decision values on ``test_idx``."""
@@ -134,10 +201,10 @@ def decision_values(gram: GramCache, name, train_idx, test_idx, y, channels, see
     te = np.asarray(test_idx, dtype=int)
     scale_on = tr if scaler_idx is None else np.asarray(scaler_idx, dtype=int)
     if name == "majority":
-        return fit_decision(name, np.zeros((tr.size, 1)), y[tr], np.zeros((te.size, 1)), seed)
+        return fit_decision(name, np.zeros((tr.size, 1)), y[tr], np.zeros((te.size, 1)))
     k = gram.kernel(scale_on, channels, rows=np.concatenate([tr, te]))
     f_tr, f_te = kernel_features(k[:tr.size][:, tr], k[tr.size:][:, tr])
-    return fit_decision(name, f_tr, y[tr], f_te, seed)
+    return fit_decision(name, f_tr, y[tr], f_te)
 
 
 def inner_decision_values(gram: GramCache, name, outer_idx, y, channels, seed,
@@ -152,40 +219,42 @@ def inner_decision_values(gram: GramCache, name, outer_idx, y, channels, seed,
     k = int(min(n_splits, np.bincount(yo, minlength=2).min()))
     out = np.zeros(outer.size)
     if k < 2:  # too few of one class for inner folds: the training fit's own values
-        return decision_values(gram, name, outer, outer, y, channels, seed)
+        return decision_values(gram, name, outer, outer, y, channels)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % (2**31))
     kern = None if name == "majority" else gram.kernel(outer, channels, rows=outer)[:, outer]
     for itr, ite in skf.split(outer, yo):
         if kern is None:
             out[ite] = fit_decision(name, np.zeros((itr.size, 1)), yo[itr],
-                                    np.zeros((ite.size, 1)), seed)
+                                    np.zeros((ite.size, 1)))
             continue
         f_tr, f_te = kernel_features(kern[np.ix_(itr, itr)], kern[np.ix_(ite, itr)])
-        out[ite] = fit_decision(name, f_tr, yo[itr], f_te, seed)
+        out[ite] = fit_decision(name, f_tr, yo[itr], f_te)
     return out
 
 
 def fold_auc(y, scores) -> float:
-    """AUC of one fold's test subjects (NaN with a single class)."""
-    from sklearn.metrics import roc_auc_score
-
+    """AUC (Mann-Whitney, ties counted one half) of one fold; NaN with a single class."""
     y = np.asarray(y, dtype=int)
-    return float(roc_auc_score(y, scores)) if np.unique(y).size == 2 else float("nan")
+    s = np.asarray(scores, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    if not pos.size or not neg.size:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
 
 
-def permutation_nulls(gram: GramCache, y, subject_ids, *, splits_fn, select_fn_for,
-                      n_permutations: int, models=("svm", "logreg"),
-                      random_state=None) -> dict:
+def permutation_nulls(gram: GramCache, y, *, splits_fn, select_fn_for, n_permutations: int,
+                      models=("svm", "logreg"), random_state=None) -> dict:
     """Null distributions of the linear baselines' fold-mean AUC under label permutation.
 
     Each permutation reruns the whole cross-validation on permuted labels: new outer folds
-    (``splits_fn(y_perm)``), the in-fold selection (``select_fn_for(y_perm)`` -> a callable
-    of the outer-training indices, or None), the fold's scaling and every model's fit.
-    The fold-mean AUC is the statistic because the in-fold calibration, being monotone
-    within a fold, cannot change it, so it needs no inner refits.
+    (``splits_fn(y_perm)`` -> (outer-training, test) index arrays), the in-fold selection
+    (``select_fn_for(y_perm)`` -> a callable of the outer-training indices, or None), the
+    fold's scaling and every model's fit. The fold-mean AUC is the statistic because the
+    in-fold calibration, being monotone within a fold, cannot change it, so it needs no
+    inner refits.
     """
     y = np.asarray(y, dtype=int)
-    index = {s: i for i, s in enumerate(subject_ids)}
     rng = np.random.default_rng(random_state)
     null = {m: np.empty(int(n_permutations)) for m in models}
     all_channels = np.arange(gram.gram.shape[0])
@@ -193,14 +262,12 @@ def permutation_nulls(gram: GramCache, y, subject_ids, *, splits_fn, select_fn_f
         yp = rng.permutation(y)
         select = select_fn_for(yp)
         aucs = {m: [] for m in models}
-        for fold in splits_fn(yp):
-            outer = np.array([index[s] for s in fold.outer_train_ids])
-            te = np.array([index[s] for s in fold.test_ids])
+        for outer, te in splits_fn(yp):
             ch = all_channels if select is None else np.asarray(select(np.sort(outer)), int)
             k = gram.kernel(outer, ch, rows=np.concatenate([outer, te]))
             f_tr, f_te = kernel_features(k[:outer.size][:, outer], k[outer.size:][:, outer])
             for m in models:
-                aucs[m].append(fold_auc(yp[te], fit_decision(m, f_tr, yp[outer], f_te, fold.seed)))
+                aucs[m].append(fold_auc(yp[te], fit_decision(m, f_tr, yp[outer], f_te)))
         for m in models:
             null[m][b] = np.nanmean(aucs[m])
     return null

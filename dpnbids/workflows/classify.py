@@ -324,14 +324,19 @@ def _permutation(config, x, y, subjects, name, summaries):
 
 
 def _baseline_permutations(config, x, y, subjects, name, summaries, predictions) -> dict:
-    """Label permutations of the linear baselines' whole CV (kernel space, seconds)."""
+    """Label permutations of the linear baselines' whole CV in kernel space, on the outer
+    folds that :func:`_permutation_splits` gives the CNN's permutations."""
+    from dpnbids.config import derive_seed
+    from dpnbids.learn.cv import stratified_folds
     from dpnbids.learn.linear import GramCache, permutation_nulls
     from dpnbids.learn.metrics import fold_mean_auc
 
     started = time.time()
     models = ("svm", "logreg")
-    null = permutation_nulls(GramCache(x), y, subjects,
-                             splits_fn=_permutation_splits(config, subjects),
+    seed = derive_seed(config.seed("cv.perm.splits"), 0, bits=32)
+    null = permutation_nulls(GramCache(x), y,
+                             splits_fn=lambda y_perm: stratified_folds(y_perm,
+                                                                       config.cnn.folds, seed),
                              select_fn_for=_permutation_select(config, name, summaries),
                              n_permutations=config.cnn.n_permutations_baselines,
                              models=models, random_state=config.seed(f"perm.linear.{name}"))
