@@ -136,6 +136,7 @@ class CNNConfig:
     class_balance: bool = False
     cnn_voxel_size: float | None = None
     mixed_precision: bool = False
+    saliency: str = "integrated-gradients"
 
 
 @dataclass(frozen=True)

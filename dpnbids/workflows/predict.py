@@ -10,8 +10,10 @@ import pandas as pd
 from dpnbids.derivatives import DerivativesWriter
 
 
-def predict_subject(model_dir, maps_pe, maps_z, output_dir, source) -> str:
-    """Probability of response of one run from its stage-2 maps with a saved bundle."""
+def predict_subject(model_dir, maps_pe, maps_z, output_dir, source,
+                    saliency="integrated-gradients") -> str:
+    """Probability of response of one run from its stage-2 maps with a saved bundle, and
+    (unless ``saliency`` is 'none') its saliency map beside the prediction."""
     from dpnbids.learn.bundle import load_bundle, predict
 
     bundle = load_bundle(model_dir)
@@ -27,6 +29,9 @@ def predict_subject(model_dir, maps_pe, maps_z, output_dir, source) -> str:
                            "model_version": bundle.versions.get("dpnbids", "?"),
                            "cv_auc": bundle.cv_metrics.get("auc", float("nan"))}])
     writer.write_tsv(frame, target)
+    from dpnbids.workflows.saliency import write_subject_saliency
+
+    write_subject_saliency(bundle, writer, source, img, saliency)
     writer.write_json({"ModelDirectory": str(model_dir), "Versions": bundle.versions,
                        "CrossValidatedPerformance": bundle.cv_metrics,
                        "Threshold": 0.5}, Path(str(target)[:-4] + ".json"))
