@@ -225,3 +225,35 @@ def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
     assert stale  # left by the killed process ...
     fresh = open_group_staging(dest)  # ... and removed by the next run
     assert not [p for p in stale if p.exists()] and fresh.exists()
+
+
+def test_saliency_maps_on_the_group_grid_rank_the_planted_networks(planted):
+    """--saliency (default: integrated gradients): per input set, 4D and summed maps on the
+    group components' grid and affine, and the planted networks in the top third of
+    saliency_networks.tsv (CNN and the SVM's Haufe pattern). BIDS validity of the whole
+    output: test_participant_outputs_validate."""
+    import nibabel as nib
+
+    synth, out, _ = planted
+    group = out / "group"
+    comps = nib.load(str(next(group.glob("*_desc-ica_components.nii.gz"))))
+    for name in ("ASC", "SSC", "SSCleaky"):
+        maps = nib.load(str(next(group.glob(f"*_desc-saliency{name}_components.nii.gz"))))
+        summed = nib.load(str(next(group.glob(f"*_desc-saliency{name}_map.nii.gz"))))
+        np.testing.assert_array_equal(maps.affine, comps.affine)
+        np.testing.assert_array_equal(summed.affine, comps.affine)
+        assert maps.shape == comps.shape and summed.shape == comps.shape[:3]
+        meta = json.loads(next(group.glob(f"*_desc-saliency{name}_components.json"))
+                          .read_text())
+        assert meta["Method"] == "integrated-gradients" and len(meta["Folds"]) == 4
+    truth = json.loads((Path(synth.truth_dir) / "truth.json").read_text())
+    effect = set(truth["params"]["effect_networks"])
+    table = pd.read_csv(group / "saliency_networks.tsv", sep="\t")
+    for model, rows in table[table["input_set"] == "ASC"].groupby("model"):
+        top = rows[rows["rank"] <= np.ceil(len(rows) / 3)]
+        print(model, rows[["component", "network", "share_mean", "rank"]].to_string())
+        assert effect & set(top["network"]), (model, effect)
+    timings = json.loads((group / "timings.json").read_text())
+    assert timings["ASC"]["saliency_s"] <= 0.25 * (timings["ASC"]["total_s"]
+                                                   - timings["ASC"]["saliency_s"])
+    assert "Saliency" in (out / "group.html").read_text()

@@ -20,7 +20,7 @@ Baseline of integrated gradients and occlusion
     It is computed from training subjects only, so no test information leaks into it.
 
 Backends
-    Everything is ``keras.ops``/numpy except :func:`_value_and_grad`, the one place that
+    Everything is ``keras.ops``/numpy except :func:`_gradient_fn`, the one place that
     differentiates: ``tf.GradientTape`` on TensorFlow, ``jax.grad`` on JAX and
     ``torch.autograd`` on PyTorch (``keras.ops`` has no gradient operator).
 
@@ -66,40 +66,67 @@ def _score_fn(model, target: str):
     return logit
 
 
-def _value_and_grad(score, x: np.ndarray):
-    """``(score(x), d sum(score(x)) / dx)`` as float32 numpy arrays: the only
-    backend-specific code of this module."""
+def _gradient_fn(score):
+    """``g(x) -> (score(x), d sum(score(x)) / dx)`` as float32 numpy arrays: the only
+    backend-specific code of this module (on TensorFlow, compiled once with tf.function)."""
     import keras
 
     backend = keras.backend.backend()
-    x = np.ascontiguousarray(x, dtype=np.float32)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        xt = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(xt)
-            out = score(xt)
-        grad = tape.gradient(out, xt)  # a vector target: the gradient of its sum
-        return out.numpy(), grad.numpy()
+        _quiet_retracing_warning()
+
+        @tf.function(reduce_retracing=True)
+        def step(xt):
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out = score(xt)
+            return out, tape.gradient(out, xt)  # a vector target: the gradient of its sum
+
+        def run(x):
+            out, grad = step(tf.convert_to_tensor(np.asarray(x, dtype=np.float32)))
+            return out.numpy(), grad.numpy()
+        return run
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
-        out, vjp = jax.vjp(score, jnp.asarray(x))
-        (grad,) = vjp(jnp.ones_like(out))
-        return np.asarray(out), np.asarray(grad)
+        def run(x):
+            out, vjp = jax.vjp(score, jnp.asarray(x, dtype=jnp.float32))
+            (grad,) = vjp(jnp.ones_like(out))
+            return np.asarray(out), np.asarray(grad)
+        return run
     if backend == "torch":
         import torch
 
-        xt = torch.tensor(x, requires_grad=True,
-                          device=keras.backend.convert_to_tensor(x[:0]).device)
-        out = score(xt)
-        (grad,) = torch.autograd.grad(out.sum(), xt)
-        return out.detach().cpu().numpy(), grad.detach().cpu().numpy()
+        def run(x):
+            device = keras.backend.convert_to_tensor(np.zeros(1, np.float32)).device
+            xt = torch.tensor(np.asarray(x, dtype=np.float32), requires_grad=True,
+                              device=device)
+            out = score(xt)
+            (grad,) = torch.autograd.grad(out.sum(), xt)
+            return out.detach().cpu().numpy(), grad.detach().cpu().numpy()
+        return run
     raise InputError(f"attribution needs gradients, which dpnbids takes from TensorFlow, JAX "
                      f"or PyTorch; the Keras backend is {backend!r}. Set KERAS_BACKEND to one "
                      "of tensorflow, jax, torch.")
+
+
+class _RetracingFilter:
+    """Drops TensorFlow's "triggered tf.function retracing" warning: every outer fold has
+    a new model and so traces its gradient function once, which is expected."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing_warning() -> None:
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _RetracingFilter) for f in logger.filters):
+        logger.addFilter(_RetracingFilter())
 
 
 def _check_input(model, x) -> np.ndarray:
@@ -141,10 +168,10 @@ def predict_score(model, x, *, target="logit", batch_size=DEFAULT_BATCH) -> np.n
 def gradient_x_input(model, x, *, target="logit", batch_size=DEFAULT_BATCH) -> np.ndarray:
     """Gradient x input (Shrikumar et al. 2016): ``x * d f / d x``, (N, X, Y, Z, C)."""
     x = _check_input(model, x)
-    score = _score_fn(model, target)
+    grad_fn = _gradient_fn(_score_fn(model, target))
     out = np.empty_like(x)
     for i in range(0, len(x), batch_size):
-        _, grad = _value_and_grad(score, x[i:i + batch_size])
+        _, grad = grad_fn(x[i:i + batch_size])
         out[i:i + batch_size] = grad * x[i:i + batch_size]
     return out
 
@@ -164,7 +191,7 @@ def integrated_gradients(model, x, baseline, *, steps=DEFAULT_IG_STEPS, target="
     steps = int(steps)
     if steps < 1:
         raise InputError(f"steps must be >= 1; got {steps}")
-    score = _score_fn(model, target)
+    grad_fn = _gradient_fn(_score_fn(model, target))
     alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)
     # (subject, alpha) pairs, flattened and evaluated in batches
     pairs = [(n, a) for n in range(len(x)) for a in alphas]
@@ -174,7 +201,7 @@ def integrated_gradients(model, x, baseline, *, steps=DEFAULT_IG_STEPS, target="
         chunk = pairs[i:i + batch_size]
         idx = np.array([n for n, _ in chunk])
         al = np.array([a for _, a in chunk], dtype=np.float32).reshape(-1, 1, 1, 1, 1)
-        _, grad = _value_and_grad(score, b[None] + al * delta[idx])
+        _, grad = grad_fn(b[None] + al * delta[idx])
         for m, n in enumerate(idx):
             grad_sum[n] += grad[m]
     return delta * grad_sum / steps
@@ -257,15 +284,16 @@ def haufe_pattern(x_train, w) -> np.ndarray:
     computed as ``Xc^T (Xc w) / (S - 1)`` without the V x V covariance. Returns ``A``
     with the shape of one input.
     """
-    x = np.asarray(x_train, dtype=np.float64)
-    flat = x.reshape(len(x), -1)
-    w = np.asarray(w, dtype=np.float64).ravel()
+    x = np.asarray(x_train)
+    flat = x.reshape(len(x), -1).astype(np.float32, copy=False)
+    w = np.asarray(w, dtype=np.float32).ravel()
     if w.size != flat.shape[1]:
         raise DimensionError(f"{w.size} weights for inputs of {flat.shape[1]} features")
     if len(flat) < 2:
         raise InputError("the Haufe pattern needs at least 2 training subjects")
-    xc = flat - flat.mean(axis=0)
-    return (xc.T @ (xc @ w) / (len(flat) - 1)).reshape(x.shape[1:])
+    xc = flat - flat.mean(axis=0, dtype=np.float64).astype(np.float32)
+    proj = (xc @ w).astype(np.float32)  # (S,): float32 keeps a 1 M-feature fold fast
+    return (xc.T @ proj / (len(flat) - 1)).reshape(x.shape[1:])
 
 
 # ----------------------------------------------------------------------------- summaries
