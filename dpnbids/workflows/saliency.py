@@ -52,7 +52,9 @@ def make_accumulators(config, sets) -> dict:
     method = config.cnn.saliency
     if method == "none":
         return {}
-    return {item.name: SaliencyAccumulator(method, int(item.features.shape[-1]))
+    # RSP channels are BOLD volumes, not components: no network ranking, so no Haufe pattern
+    return {item.name: SaliencyAccumulator(method, int(item.features.shape[-1]),
+                                           haufe=not item.name.startswith("RSP"))
             for item in sets}
 
 
@@ -70,6 +72,10 @@ def write_group_saliency(config, writer, res, accumulators: dict, grid_affine) -
     from dpnbids.learn.saliency import grid_to_grid, network_ranking
 
     out = {"sets": {}, "networks": pd.DataFrame()}
+    if grid_affine is None:  # no map-based input set: the CNN grid of the RSP set
+        from dpnbids.learn.model import cnn_grid, default_cnn_voxel_size
+
+        grid_affine = cnn_grid(config.cnn.cnn_voxel_size or default_cnn_voxel_size)[1]
     comps_img = nib.load(str(res.comps_file))
     affine, shape = comps_img.affine, comps_img.shape[:3]
     mask = np.asarray(res.mask, bool)
