@@ -152,6 +152,12 @@ def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
     assert len(pred) == 1
     row = pd.read_csv(pred[0], sep="\t").iloc[0]
     assert 0.0 <= row["probability_response"] <= 1.0
+    # the prediction's saliency map (default --saliency), on the stage-2 maps' grid
+    assert len(list(pred[0].parent.glob("*_space-*_res-*_desc-saliency_map.nii.gz"))) == 1
+    from conftest import run_validator
+
+    proc = run_validator(new_out)
+    assert proc.returncode == 0, proc.stdout[-4000:]
     assert "probability" in (new_out / "sub-01.html").read_text().lower()
     # a model trained on another grid is refused before anything is written
     other = tmp_path / "model_2mm"

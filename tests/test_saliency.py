@@ -376,11 +376,12 @@ def test_model_prediction_writes_a_subject_map(tmp_path, rng):
     source = tmp_path / "bids" / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
     pred = predict_subject(path, subject, subject, out, source)
     func = Path(pred).parent
-    comps = nib.load(str(func / "sub-01_task-rest_desc-saliency_components.nii.gz"))
-    smap = nib.load(str(func / "sub-01_task-rest_desc-saliency_map.nii.gz"))
+    stem = "sub-01_task-rest_space-MNI152NLin2009cAsym_res-8_desc-saliency"
+    comps = nib.load(str(func / f"{stem}_components.nii.gz"))
+    smap = nib.load(str(func / f"{stem}_map.nii.gz"))
     np.testing.assert_array_equal(comps.affine, aff)
     assert comps.shape == shape + (3,) and smap.shape == shape
-    meta = json.loads((func / "sub-01_task-rest_desc-saliency_map.json").read_text())
+    meta = json.loads((func / f"{stem}_map.json").read_text())
     assert meta["Method"] == "integrated-gradients" and "mean input map" in meta["Baseline"]
     # on the CNN grid, the prediction's IG sums to logit(x) - logit(training mean)
     xs = scaled_input(bundle, nib.load(str(subject)))

@@ -101,7 +101,7 @@ def _gradient_fn(score):
         import torch
 
         def run(x):
-            device = keras.backend.convert_to_tensor(np.zeros(1, np.float32)).device
+            device = keras.ops.convert_to_tensor(np.zeros(1, np.float32)).device
             xt = torch.tensor(np.asarray(x, dtype=np.float32), requires_grad=True,
                               device=device)
             out = score(xt)
@@ -219,6 +219,8 @@ def occlusion(model, x, *, baseline=None, patch=3, stride=None, target="logit",
     ``|x - baseline|`` there (a channel equal to the baseline gets none); with
     ``per_channel=True`` every channel is occluded on its own (C times the cost).
     """
+    from keras import ops
+
     x = _check_input(model, x)
     b = np.zeros(x.shape[1:], np.float32) if baseline is None else _check_baseline(baseline, x)
     patch = int(patch)
@@ -233,7 +235,7 @@ def occlusion(model, x, *, baseline=None, patch=3, stride=None, target="logit",
     groups = [None] if not per_channel else list(range(x.shape[-1]))
     out = np.zeros_like(x)
     for n in range(len(x)):
-        ref = float(np.asarray(score(x[n:n + 1]), dtype=np.float32).ravel()[0])
+        ref = float(ops.convert_to_numpy(score(x[n:n + 1])).ravel()[0])
         for ch in groups:
             total = np.zeros(shape, np.float32)
             count = np.zeros(shape, np.float32)
@@ -246,7 +248,7 @@ def occlusion(model, x, *, baseline=None, patch=3, stride=None, target="logit",
                     cubes.append(cube)
                     chan = slice(None) if ch is None else ch
                     batch[(m, *cube, chan)] = b[(*cube, chan)]
-                drop = ref - np.asarray(score(batch), dtype=np.float32).ravel()
+                drop = ref - ops.convert_to_numpy(score(batch)).astype(np.float32).ravel()
                 for cube, d in zip(cubes, drop):
                     total[cube] += d
                     count[cube] += 1.0

@@ -17,7 +17,8 @@ def predict_subject(model_dir, maps_pe, maps_z, output_dir, source,
     from dpnbids.learn.bundle import load_bundle, predict
 
     bundle = load_bundle(model_dir)
-    img = nib.load(str(maps_pe if bundle.feature == "pe" else maps_z))
+    maps_file = maps_pe if bundle.feature == "pe" else maps_z
+    img = nib.load(str(maps_file))
     prob = float(np.asarray(predict(bundle, img)).ravel()[0])
     writer = DerivativesWriter(output_dir)
     target = writer.path(source=source, suffix="prediction", extension=".tsv",
@@ -31,7 +32,7 @@ def predict_subject(model_dir, maps_pe, maps_z, output_dir, source,
     writer.write_tsv(frame, target)
     from dpnbids.workflows.saliency import write_subject_saliency
 
-    write_subject_saliency(bundle, writer, source, img, saliency)
+    write_subject_saliency(bundle, writer, source, maps_file, saliency)
     writer.write_json({"ModelDirectory": str(model_dir), "Versions": bundle.versions,
                        "CrossValidatedPerformance": bundle.cv_metrics,
                        "Threshold": 0.5}, Path(str(target)[:-4] + ".json"))

@@ -172,15 +172,20 @@ def write_subject_saliency(bundle, writer, source, maps_img, method) -> dict:
                        "no %s saliency map for this prediction; retrain the model to get one",
                        bundle.path, method)
         return {}
-    img = nib.load(str(maps_img)) if not hasattr(maps_img, "dataobj") else maps_img
+    from dpnbids.derivatives import split_bids_name
+
+    img = nib.load(str(maps_img))
     xs = scaled_input(bundle, img)
     attr = attribute(method, bundle.model, xs, baseline=bundle.baseline)[0]
     on_grid = grid_to_grid(attr, bundle.grid_affine, img.affine, img.shape[:3])
     mask = np.asarray(nib.load(str(bundle.mask_file)).dataobj) > 0.5
     on_grid *= mask[..., None]
     channels = bundle.selected_components or list(range(on_grid.shape[-1]))
+    # the stage-2 maps' space, cohort and resolution: the map is on their grid
+    grid = {k: v for k, v in split_bids_name(maps_img)[0].items()
+            if k in ("space", "cohort", "res")}
     comps = writer.path(source=source, suffix="components", datatype="func",
-                        desc="saliency")
+                        desc="saliency", **grid)
     smap = sibling(comps, suffix="map")
     meta = {"Description": "Signed attribution of this prediction to each voxel and "
                            "component (positive: towards response)",
