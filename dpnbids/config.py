@@ -141,6 +141,7 @@ class CNNConfig:
     dropout: float = 0.3
     dense_units: int = 128
     cnn_voxel_size: float | None = None
+    saliency: str = "integrated-gradients"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ _ENTITY_RE = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")
 BIDSIGNORE = ("logs/", "group", "figures/", "*.html", "*_xfm.mat", "*_xfm.nii.gz",
               "*_components.nii.gz", "*_components.json", "*_prediction.tsv",
               "*_prediction.json", "*_timeseries.tsv", "*_timeseries.json", "*.lock",
+              "*_desc-saliency_map.nii.gz", "*_desc-saliency_map.json",
               # BIDS allows cohort- only beside tpl- (atlases); fMRIPrep writes it after
               # space- for cohort templates (MNIPediatricAsym:cohort-1), and so do we
               "*_cohort-*",

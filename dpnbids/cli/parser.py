@@ -23,6 +23,7 @@ SLICE_ORDERS = ("ascending", "descending", "interleaved")
 DENOISE_STRATEGIES = ("conn", "24p", "acompcor", "minimal", "none")
 BACK_PROJECTIONS = ("dual_regression", "gica1")
 EARLY_STOPPING = ("loss", "auc")
+SALIENCY_METHODS = ("none", "gradients", "integrated-gradients", "occlusion")
 PLUGINS_HELP = "MultiProc (default when --nprocs > 1), Linear, SLURM, SGE, PBS ..."
 
 
@@ -154,7 +155,7 @@ TYPES = {f.__name__.lstrip("_"): f for f in (
 CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIES,
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
            "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
-           "EARLY_STOPPING": EARLY_STOPPING}
+           "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 

@@ -39,6 +39,8 @@ CHECKSUMS = "checksums.sha256"
 #: The files of a bundle, besides the checksums file.
 BUNDLE_FILES = ("bundle.json", "model.keras", "group_maps.nii.gz", "group_mask.nii.gz",
                 "scaling_support.npy")
+#: Optional: the mean scaled training input, the saliency baseline (absent in older bundles).
+BASELINE_FILE = "ig_baseline.npy"
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Bundle:
     versions: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    baseline: np.ndarray | None = None
     _model: object = None
 
     @property
@@ -88,11 +91,13 @@ def _versions(dpnbids_version: str) -> dict:
 def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_components, grid_affine,
                 grid_shape, scaling, input_set, feature, config, cv_metrics, space, resolution,
                 n_components, voxel_size, history=None, calibration=None,
-                dpnbids_version="") -> Path:
+                dpnbids_version="", baseline=None) -> Path:
     """Write a bundle folder atomically; returns its path.
 
     ``calibration``: the Platt scaling and operating threshold fitted on the final model's
-    validation subjects (:class:`dpnbids.learn.cv.FinalModel`)."""
+    validation subjects (:class:`dpnbids.learn.cv.FinalModel`). ``baseline`` (X, Y, Z, C),
+    optional: the mean scaled training input, stored as ``ig_baseline.npy`` for the
+    saliency maps of predictions."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
@@ -101,6 +106,8 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
         shutil.copyfile(group_maps_file, tmp / "group_maps.nii.gz")
         shutil.copyfile(mask_file, tmp / "group_mask.nii.gz")
         np.save(tmp / "scaling_support.npy", np.asarray(scaling["support"], dtype=bool))
+        if baseline is not None:
+            np.save(tmp / BASELINE_FILE, np.asarray(baseline, dtype=np.float32))
         meta = {"bundle_version": BUNDLE_VERSION, "input_set": input_set, "feature": feature,
                 "space": space, "resolution": float(resolution),
                 "n_components": int(n_components), "voxel_size": float(voxel_size),
@@ -337,7 +344,26 @@ def load_bundle(path) -> Bundle:
                   grid_affine=np.asarray(meta["grid_affine"]),
                   selected_components=meta.get("selected_components"), scaling=scaling,
                   cv_metrics=meta.get("cv_metrics", {}), versions=meta.get("versions", {}),
-                  config=meta.get("config", {}), calibration=meta.get("calibration") or {})
+                  config=meta.get("config", {}), calibration=meta.get("calibration") or {},
+                  baseline=_load_baseline(path, meta))
+
+
+def _load_baseline(path: Path, meta: dict):
+    """The stored saliency baseline, or None for a bundle written without one."""
+    file = path / BASELINE_FILE
+    if not file.is_file():
+        return None
+    try:
+        base = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _damaged(file, f"could not be read as a .npy array ({type(exc).__name__}: "
+                             f"{exc})") from None
+    n_channels = len(meta["scaling"]["mean"])
+    want = tuple(meta["grid_shape"]) + (n_channels,)
+    if base.shape != want or base.dtype != np.float32:
+        raise _damaged(file, f"holds a {base.dtype} array of shape {base.shape}; expected "
+                             f"float32 of shape {want} (CNN grid x model channels)")
+    return base
 
 
 def check_compatible(bundle: Bundle, *, space=None, resolution=None, n_components=None,
@@ -357,7 +383,7 @@ def check_compatible(bundle: Bundle, *, space=None, resolution=None, n_component
                 "model on data like these.")
 
 
-def predict(bundle: Bundle, maps_img) -> np.ndarray:
+def predict(bundle: Bundle, maps_img, *, return_input=False) -> np.ndarray:
     """Probability of response from a subject's 4D stage-2 maps image (K volumes)."""
     import nibabel as nib
 
@@ -380,6 +406,8 @@ def predict(bundle: Bundle, maps_img) -> np.ndarray:
     from dpnbids.learn.cv import apply_scaler
 
     xs = apply_scaler(x, bundle.scaling)
+    if return_input:
+        return xs
     return np.asarray(bundle.model.predict(xs, verbose=0), dtype=float).ravel()
 
 
@@ -400,3 +428,8 @@ def decide(bundle: Bundle, raw_probability) -> dict:
     return {"raw_score": raw, "probability": prob, "threshold": threshold,
             "threshold_rule": str(cal.get("threshold_rule", "")), "calibrated": True,
             "responder": prob >= threshold}
+
+
+def scaled_input(bundle: Bundle, maps_img) -> np.ndarray:
+    """The model's input for a subject's 4D stage-2 maps: (1, X, Y, Z, C), scaled."""
+    return predict(bundle, maps_img, return_input=True)

@@ -260,7 +260,7 @@ def render_group_report(
     predictions_df=None, table2_df=None, metrics_df=None, histories=None,
     permutation: dict | None = None, leakage_notes: list[str] | None = None,
     timings: dict | None = None, out_file=None, command_line=None,
-    model_order: dict | None = None,
+    model_order: dict | None = None, saliency_html: str | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -291,6 +291,8 @@ def render_group_report(
     model_order : dict, optional
         The ``ModelOrder`` record of the components JSON (chosen number, method,
         spectrum, criterion, cap); shown with a scree plot.
+    saliency_html : str, optional
+        The saliency section (:func:`dpnbids.reports.saliency.saliency_section`).
     out_file : path, optional
         Written atomically when given.
 
@@ -347,6 +349,8 @@ def render_group_report(
             ("decisions", "Calibration and decision curves", _decisions(predictions_df)),
             ("permutation", "Permutation tests", _permutations(permutation)),
             ("learning", "Learning curves", lc),
+            ("saliency", "Saliency", saliency_html or note("No saliency maps (--saliency "
+                                                           "none).")),
             ("order", "Model order", _model_order(model_order)),
             ("components", "Component gallery", _gallery(components_img, components_df)),
             ("audit", "Leakage audit", leak),

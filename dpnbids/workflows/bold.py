@@ -285,16 +285,17 @@ def _add_dualreg(config, workflow, source, sinks, run=None):
         predict.inputs.model_dir = str(config.cnn.model)
         predict.inputs.output_dir = out
         predict.inputs.source = source
+        predict.inputs.saliency = config.cnn.saliency
         workflow.connect([(ds_pe, predict, [("out_file", "maps_pe")]),
                           (ds_z, predict, [("out_file", "maps_z")])])
         return predict
     return None
 
 
-def _predict_node(model_dir, maps_pe, maps_z, output_dir, source):
+def _predict_node(model_dir, maps_pe, maps_z, output_dir, source, saliency):
     from dpnbids.workflows.predict import predict_subject
 
-    return predict_subject(model_dir, maps_pe, maps_z, output_dir, source)
+    return predict_subject(model_dir, maps_pe, maps_z, output_dir, source, saliency)
 
 
 def _as_dict(n_dummy, dummy_detected, slice_timing_applied, skipped, tr):

@@ -121,6 +121,7 @@ class CrossValidation:
     histories: dict
     timings: dict
     permutations: dict
+    saliency: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ def run_classification(config, writer, res: GroupICAResult):
                                   threshold_z=config.ica.component_threshold)
     features, grid_affine, sets = _input_sets(config, res, summaries, voxel)
     cvs = _cross_validate(config, sets, y, subjects, folds, summaries)
+    from dpnbids.workflows.saliency import write_group_saliency
+
+    saliency = write_group_saliency(config, writer, res, cvs.saliency or {}, grid_affine)
     if config.cnn.ica_in_folds:
         strict = _ica_in_folds(config, res.runs, subjects, y, folds, res.mask, res.affine,
                                voxel, res.ica.components_.shape[0])
@@ -160,7 +164,7 @@ def run_classification(config, writer, res: GroupICAResult):
         resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
                     else config.preproc.resolution_mm))
     bundle_dir = _final_model(config, final, res)
-    _group_report(config, res, cvs, tables, bundle_dir)
+    _group_report(config, res, cvs, tables, bundle_dir, saliency)
     print(tables["table2"].to_string())
 
 
@@ -213,7 +217,9 @@ def _input_sets(config, res: GroupICAResult, summaries, voxel):
 
 def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidation:
     """The nested CV of every input set on the same folds (and its permutation test)."""
-    out = CrossValidation(pd.DataFrame(), [], {}, {}, {})
+    from dpnbids.workflows.saliency import make_accumulators
+
+    out = CrossValidation(pd.DataFrame(), [], {}, {}, {}, make_accumulators(config, sets))
     preds = []
     for item in sets:
         name, x = item.name, item.features
@@ -221,8 +227,11 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
                     "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
                     tuple(x.shape[1:]))
         started = time.time()
-        result = _run_cv(config, x, y, subjects, folds, name, item.select_fn)
+        result = _run_cv(config, x, y, subjects, folds, name, item.select_fn,
+                         on_fold=out.saliency.get(name))
         out.timings[name] = {"total_s": time.time() - started, **result.timings}
+        if name in out.saliency:  # attribution time, included in total_s
+            out.timings[name]["saliency_s"] = out.saliency[name].seconds_
         p = result.predictions.copy()
         p["leaky"] = name.endswith(LEAKY_SUFFIX)
         preds.append(p)
@@ -254,7 +263,7 @@ def _write_cv(writer, cvs: CrossValidation, group_dir):
     writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
 
 
-def _run_cv(config, x, y, subjects, folds, name, select_fn):
+def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None):
     from dpnbids.learn import cv
 
     return cv.run_nested_cv(
@@ -262,7 +271,7 @@ def _run_cv(config, x, y, subjects, folds, name, select_fn):
         model_params=_model_params(config), train_params=_train_params(config),
         tune=config.cnn.tune, threshold_rule=config.cnn.threshold_rule,
         random_state=config.seed(f"cv.{name}"),
-        progress=lambda msg: LOGGER.info("%s: %s", name, msg))
+        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold)
 
 
 def _permutation_splits(config, subjects):
@@ -405,6 +414,7 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
     from dpnbids.learn.bundle import save_bundle
     from dpnbids.learn.cv import fit_final_model
     from dpnbids.analysis.stats import select_components
+    from dpnbids.workflows.saliency import bundle_baseline
 
     features, summaries, y, tables = final.features, final.summaries, final.y, final.tables
 
@@ -438,14 +448,16 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         resolution=final.resolution,
         n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
         history=final_fit.history, calibration=final_fit.calibration,
-        dpnbids_version=__version__)
+        dpnbids_version=__version__, baseline=bundle_baseline(x, selected, scaling))
     LOGGER.info("final %s model saved in %s", input_set, path)
     return path
 
 
-def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bundle_dir):
+def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bundle_dir,
+                  saliency=None):
     from dpnbids.derivatives import atomic_write_text
     from dpnbids.reports.group import render_group_report
+    from dpnbids.reports.saliency import saliency_section
 
     labels = res.labels
     info = {"n_responders": sum(1 for v in labels.values() if v == 1),
@@ -471,7 +483,8 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
                                metrics_df=tables["summary"], histories=cvs.histories,
                                permutation=cvs.permutations, leakage_notes=notes,
                                timings=cvs.timings, command_line=config.execution.command_line,
-                               model_order=res.order)
+                               model_order=res.order,
+                               saliency_html=saliency_section(saliency))
     # staged with the rest of group/ and published with it (workflows.group)
     atomic_write_text(res.group_dir / "group.html", html)
 

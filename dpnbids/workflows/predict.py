@@ -10,13 +10,16 @@ import pandas as pd
 from dpnbids.derivatives import DerivativesWriter
 
 
-def predict_subject(model_dir, maps_pe, maps_z, output_dir, source) -> str:
+def predict_subject(model_dir, maps_pe, maps_z, output_dir, source,
+                    saliency="integrated-gradients") -> str:
     """Calibrated probability of response of one run, and the decision at the model's
-    in-fold threshold, with the cross-validated sensitivity and specificity behind it."""
+    in-fold threshold, with the cross-validated sensitivity and specificity behind it; and
+    (unless ``saliency`` is 'none') its saliency map beside the prediction."""
     from dpnbids.learn.bundle import decide, load_bundle, predict
 
     bundle = load_bundle(model_dir)
-    img = nib.load(str(maps_pe if bundle.feature == "pe" else maps_z))
+    maps_file = maps_pe if bundle.feature == "pe" else maps_z
+    img = nib.load(str(maps_file))
     decision = decide(bundle, predict(bundle, img))
     cv = bundle.cv_metrics
     writer = DerivativesWriter(output_dir)
@@ -34,6 +37,9 @@ def predict_subject(model_dir, maps_pe, maps_z, output_dir, source) -> str:
                            "model_input_set": bundle.input_set,
                            "model_version": bundle.versions.get("dpnbids", "?")}])
     writer.write_tsv(frame, target)
+    from dpnbids.workflows.saliency import write_subject_saliency
+
+    write_subject_saliency(bundle, writer, source, maps_file, saliency)
     writer.write_json({"ModelDirectory": str(model_dir), "Versions": bundle.versions,
                        "CrossValidatedPerformance": cv,
                        "Calibration": bundle.calibration or "none (model saved before "
