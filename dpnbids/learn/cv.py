@@ -354,16 +354,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         te = np.array([index[s] for s in fold.test_ids])
         outer = np.concatenate([tr, va])
         started = time.perf_counter()
-        channels = np.arange(x.shape[-1])
-        if select_fn is not None:
-            channels = np.asarray(select_fn(np.sort(outer)), dtype=int)
-            if channels.size == 0:
-                raise InputError(f"{input_set}: component selection returned no component "
-                                 f"in repeat {fold.repeat} fold {fold.fold}")
-        xs = x[..., channels]
-        scaler = fit_scaler(xs[outer])
-        xs_outer = apply_scaler(xs[outer], scaler)
-        xs_test = apply_scaler(xs[te], scaler)
+        channels, scaler, xs_outer, xs_test = _fold_inputs(x, outer, te, select_fn, fold,
+                                                           input_set)
         n_tr = tr.size
         x_tr, x_val = xs_outer[:n_tr], xs_outer[n_tr:]
         mp, tp, chosen = model_params, train_params, None
@@ -410,6 +402,20 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                "seconds_per_epoch_mean": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                "seconds_per_fold": [float(v) for v in fold_seconds]}
     return CVResult(pd.DataFrame(rows), manifests, histories, timings)
+
+
+def _fold_inputs(x, outer, test, select_fn, fold: Fold, input_set: str):
+    """The fold's channels (selected on its outer-training subjects), the scaler fitted on
+    them, and the scaled outer-training and test inputs."""
+    channels = np.arange(x.shape[-1])
+    if select_fn is not None:
+        channels = np.asarray(select_fn(np.sort(outer)), dtype=int)
+        if channels.size == 0:
+            raise InputError(f"{input_set}: component selection returned no component "
+                             f"in repeat {fold.repeat} fold {fold.fold}")
+    xs = x[..., channels]
+    scaler = fit_scaler(xs[outer])
+    return channels, scaler, apply_scaler(xs[outer], scaler), apply_scaler(xs[test], scaler)
 
 
 def check_calibration_leakage(fold: Fold, calibration_ids) -> None:
