@@ -254,5 +254,6 @@ def test_group_report_calibration_decisions_and_permutation_nulls(predictions, r
     assert section.count("data:image/png;base64,") == 2  # reliability + decision curve
     perm = text.split("<h2>Permutation tests</h2>")[1].split("<h2>")[0]
     assert "data:image/png;base64," in perm and "ASC svm" in perm and "0.005" in perm
+    assert ">200<" in perm and "200.000" not in perm  # a count, not a float
     assert "below</em> 0.5" in perm  # the null bias is explained
     assert "0.44999" not in text and str(perms["ASC"]["null_aucs"][0])[:8] not in text

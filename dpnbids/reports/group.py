@@ -172,7 +172,7 @@ def _permutations(permutation) -> str:
     rows = pd.DataFrame([{"model": k, "observed fold-mean AUC": v["observed_auc"],
                           "null mean": v["null_mean"],
                           "null 95th percentile": v["null_95th_percentile"],
-                          "p": v["p_value"], "permutations": v["n_permutations"]}
+                          "p": v["p_value"], "permutations": str(int(v["n_permutations"]))}
                          for k, v in records.items()]).set_index("model")
     text = ("<p>Each permutation shuffles the responder labels and reruns the whole "
             "cross-validation: new stratified folds, the in-fold component selection, "
