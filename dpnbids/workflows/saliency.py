@@ -104,8 +104,7 @@ def write_group_saliency(config, writer, res, accumulators: dict, grid_affine) -
             "SpatialReference": res.space,
             "CNNGridAffine": np.asarray(grid_affine).tolist(),
             "Resampling": "CNN grid -> analysis grid, linear interpolation through world "
-                          "coordinates; 0 outside the group mask",
-            "Seconds": round(acc.seconds_, 2)}
+                          "coordinates; 0 outside the group mask"}
         meta = {k: v for k, v in meta.items() if v is not None}
         writer.write_nifti(nib.Nifti1Image(on_grid.astype(np.float32), affine),
                            paths["components"])
