@@ -13,9 +13,10 @@ fi
 # the synthetic fMRIPrep-style series are on a 4 mm grid: dpnbids takes the data's own
 COMMON=(--fmriprep-dir "$BIDS/derivatives/fmriprep" -w "$OUT_ROOT/work" --random-seed 0)
 .venv/bin/dpnbids "$BIDS" "$OUT_ROOT/derivatives" participant "${COMMON[@]}"
-# Trimmed for a 2-core laptop (about 15 min in all): 5 outer folds, at most 40 epochs, no
-# permutation test. The paper's protocol is the default without these flags:
-# 10 folds, up to 100 epochs; add --n-permutations 1000 for the permutation p-values.
+# Trimmed for a 2-core laptop: 5 outer folds, at most 40 epochs, no CNN permutation test
+# (the linear baselines' 1,000 label permutations run by default and take seconds). The
+# paper's protocol is the default without these flags: 10 folds, up to 100 epochs; add
+# --n-permutations 1000 for the CNN's permutation p-value.
 .venv/bin/dpnbids "$BIDS" "$OUT_ROOT/derivatives" group "${COMMON[@]}" \
     --folds 5 --epochs 40 --input-sets ASC SSC RSP --n-permutations 0
 # The number of ICA components is estimated from the data (--n-components auto, the

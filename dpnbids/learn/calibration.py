@@ -155,6 +155,13 @@ def choose_threshold(prob, y, rule: str = "youden") -> float:
     return float(np.median(cand[best]))
 
 
+def fit_calibration(scores, y, rule: str = "youden") -> tuple[Platt, float]:
+    """Platt scaling of validation ``scores`` and the threshold ``rule`` picks on the
+    calibrated validation probabilities."""
+    platt = fit_platt(scores, y)
+    return platt, float(choose_threshold(platt(scores), y, rule))
+
+
 def reliability_curve(y, prob, n_bins: int = 5) -> dict:
     """Mean predicted probability against observed frequency in quantile bins."""
     y = np.asarray(y, dtype=float).ravel()

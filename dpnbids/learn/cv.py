@@ -27,7 +27,7 @@ import pandas as pd
 
 from dpnbids.config import derive_seed
 from dpnbids.exceptions import DataLeakageError, InputError
-from dpnbids.learn.calibration import choose_threshold, fit_platt, logit
+from dpnbids.learn.calibration import fit_calibration, logit
 from dpnbids.learn.linear import BASELINES, GramCache, decision_values, inner_decision_values
 
 #: The paper's hyperparameter grids (48 fits per fold; pass as ``tune_grid``).
@@ -321,12 +321,13 @@ class CVResult:
 def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                   model_params=None, train_params=None, tune=False, tune_grid=None,
                   baselines=BASELINES, threshold_rule="youden", random_state=None,
-                  progress=None, on_fold=None) -> CVResult:
+                  progress=None, on_fold=None, gram=None) -> CVResult:
     """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
 
     ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
     CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
-    the held-out subjects).
+    the held-out subjects). ``gram``: the baselines' :class:`GramCache` of ``x``, when the
+    caller already has it (it is built here otherwise).
 
     Every model's outer-test probabilities are calibrated and thresholded with what was
     fitted inside the outer training fold (:func:`_calibrate`): the CNN on its inner
@@ -346,7 +347,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
     train_params = dict(train_params or {})
     rows, manifests, histories = [], [], {}
     fold_seconds, epoch_seconds = [], []
-    gram = GramCache(x) if baselines else None
+    if baselines and gram is None:
+        gram = GramCache(x)
     for fold in folds:
         check_no_leakage(fold)
         tr = np.array([index[s] for s in fold.train_ids])
@@ -431,9 +433,8 @@ def check_calibration_leakage(fold: Fold, calibration_ids) -> None:
 def _calibrate(scores, y, rule, fold: Fold, fitted_on) -> dict:
     """Platt scaling and the operating threshold, fitted on outer-training subjects only."""
     check_calibration_leakage(fold, fitted_on)
-    platt = fit_platt(scores, y)
-    threshold = choose_threshold(platt(scores), y, rule)
-    return {"platt": platt, "threshold": float(threshold), "fitted_on": list(fitted_on)}
+    platt, threshold = fit_calibration(scores, y, rule)
+    return {"platt": platt, "threshold": threshold, "fitted_on": list(fitted_on)}
 
 
 def _baseline_fold(gram, name, fold, outer, test, y, ids, channels, rule):
@@ -463,8 +464,13 @@ def permutation_test(run_fn, y, *, n_permutations: int, random_state=None, obser
         observed = run_fn(y)
     rng = np.random.default_rng(random_state)
     null = np.array([run_fn(rng.permutation(y)) for _ in range(int(n_permutations))])
-    p = (1.0 + np.sum(null >= observed)) / (1.0 + len(null))
-    return float(observed), null, float(p)
+    return float(observed), null, permutation_p(observed, null)
+
+
+def permutation_p(observed, null) -> float:
+    """(1 + #{null >= observed}) / (1 + #null)."""
+    null = np.asarray(null, dtype=float)
+    return float((1.0 + np.sum(null >= observed)) / (1.0 + null.size))
 
 
 class FinalModel(NamedTuple):
@@ -497,9 +503,9 @@ def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None
     model, history, _ = _fit_cnn(xs[tr], y[tr], xs[va], y[va], dict(model_params or {}),
                                  dict(train_params or {}), seed)
     scores = logit(np.asarray(model.predict(xs[va], verbose=0), dtype=float).ravel())
-    platt = fit_platt(scores, y[va])
+    platt, threshold = fit_calibration(scores, y[va], threshold_rule)
     calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
-                   "threshold": choose_threshold(platt(scores), y[va], threshold_rule),
+                   "threshold": threshold,
                    "score": "logit of the network's sigmoid output",
                    "fitted_on": f"{len(va)} validation subjects of the final training set"}
     scaling = {"mean": scaler["mean"], "sd": scaler["sd"],

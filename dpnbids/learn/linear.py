@@ -58,7 +58,7 @@ class GramCache:
             self.gram[k] = xk @ xk.T
         self.sums = flat.sum(axis=1, dtype=np.float64)          # (S, C)
         self.sumsq = np.einsum("svc,svc->sc", flat, flat, dtype=np.float64)
-        self._flat = None if self.exact_support else flat
+        self._x = None if self.exact_support else x
 
     def scaler(self, train_idx, channels):
         """Per-channel mean and SD over the training subjects' support voxels (as fit_scaler)."""
@@ -74,10 +74,10 @@ class GramCache:
     def kernel(self, train_idx, channels, rows=None) -> np.ndarray:
         """Kernel of the fold-scaled features between ``rows`` (default all) and all subjects."""
         ch = np.asarray(channels, dtype=int)
-        mean, sd = self.scaler(train_idx, ch)
         rows = np.arange(self.sums.shape[0]) if rows is None else np.asarray(rows, dtype=int)
         if not self.exact_support:  # explicit features: the fold's support is its own
             return self._explicit_kernel(train_idx, ch, rows)
+        mean, sd = self.scaler(train_idx, ch)
         w = 1.0 / sd ** 2
         g = np.tensordot(w, self.gram[ch][:, rows, :], axes=1)
         s = self.sums[:, ch]
@@ -87,14 +87,12 @@ class GramCache:
         return g
 
     def _explicit_kernel(self, train_idx, ch, rows):
-        flat = self._flat[:, :, ch]
-        tr = np.asarray(train_idx, dtype=int)
-        support = (flat[tr] != 0).any(axis=(0, 2))
-        vals = flat[tr][:, support, :]
-        mean = vals.mean(axis=(0, 1))
-        sd = vals.std(axis=(0, 1))
-        sd[sd == 0] = 1.0
-        z = ((flat[:, support, :] - mean) / sd).reshape(flat.shape[0], -1).astype(np.float64)
+        """``Z Z^T`` of the features scaled exactly as the CV scales them."""
+        from dpnbids.learn.cv import apply_scaler, fit_scaler
+
+        x = self._x[..., ch]
+        z = apply_scaler(x, fit_scaler(x[np.asarray(train_idx, dtype=int)]))
+        z = z.reshape(z.shape[0], -1).astype(np.float64)
         return z[rows] @ z.T
 
 

@@ -217,6 +217,7 @@ def _input_sets(config, res: GroupICAResult, summaries, voxel):
 
 def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidation:
     """The nested CV of every input set on the same folds (and its permutation test)."""
+    from dpnbids.learn.linear import GramCache
     from dpnbids.workflows.saliency import make_accumulators
 
     out = CrossValidation(pd.DataFrame(), [], {}, {}, {}, make_accumulators(config, sets))
@@ -227,8 +228,9 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
                     "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
                     tuple(x.shape[1:]))
         started = time.time()
+        gram = GramCache(x)  # the baselines' kernels: their CV and their permutations
         result = _run_cv(config, x, y, subjects, folds, name, item.select_fn,
-                         on_fold=out.saliency.get(name))
+                         on_fold=out.saliency.get(name), gram=gram)
         out.timings[name] = {"total_s": time.time() - started, **result.timings}
         if name in out.saliency:  # attribution time, included in total_s
             out.timings[name]["saliency_s"] = out.saliency[name].seconds_
@@ -244,8 +246,8 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
         if config.cnn.n_permutations:
             out.permutations[name] = _permutation(config, x, y, subjects, name, summaries)
         if config.cnn.n_permutations_baselines:
-            out.permutations.update(_baseline_permutations(config, x, y, subjects, name,
-                                                           summaries, result.predictions))
+            out.permutations.update(_baseline_permutations(config, gram, y, name, summaries,
+                                                           result.predictions))
     out.predictions = pd.concat(preds, ignore_index=True)
     return out
 
@@ -263,7 +265,7 @@ def _write_cv(writer, cvs: CrossValidation, group_dir):
     writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
 
 
-def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None):
+def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None, gram=None):
     from dpnbids.learn import cv
 
     return cv.run_nested_cv(
@@ -271,7 +273,7 @@ def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None):
         model_params=_model_params(config), train_params=_train_params(config),
         tune=config.cnn.tune, threshold_rule=config.cnn.threshold_rule,
         random_state=config.seed(f"cv.{name}"),
-        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold)
+        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold, gram=gram)
 
 
 def _permutation_splits(config, subjects):
@@ -300,8 +302,10 @@ def _permutation_select(config, name, summaries):
 
 
 def _permutation_record(observed, null, statistic) -> dict:
+    from dpnbids.learn.cv import permutation_p
+
     null = np.asarray(null, dtype=float)
-    p = (1.0 + np.sum(null >= observed)) / (1.0 + null.size)
+    p = permutation_p(observed, null)
     return {"statistic": statistic, "observed_auc": float(observed),
             "null_aucs": [float(v) for v in null], "null_mean": float(np.nanmean(null)),
             "null_95th_percentile": float(np.nanpercentile(null, 95)),
@@ -332,18 +336,18 @@ def _permutation(config, x, y, subjects, name, summaries):
     return _permutation_record(observed, null, STATISTIC)
 
 
-def _baseline_permutations(config, x, y, subjects, name, summaries, predictions) -> dict:
+def _baseline_permutations(config, gram, y, name, summaries, predictions) -> dict:
     """Label permutations of the linear baselines' whole CV in kernel space, on the outer
     folds that :func:`_permutation_splits` gives the CNN's permutations."""
     from dpnbids.config import derive_seed
     from dpnbids.learn.cv import stratified_folds
-    from dpnbids.learn.linear import GramCache, permutation_nulls
+    from dpnbids.learn.linear import permutation_nulls
     from dpnbids.learn.metrics import fold_mean_auc
 
     started = time.time()
     models = ("svm", "logreg")
     seed = derive_seed(config.seed("cv.perm.splits"), 0, bits=32)
-    null = permutation_nulls(GramCache(x), y,
+    null = permutation_nulls(gram, y,
                              splits_fn=lambda y_perm: stratified_folds(y_perm,
                                                                        config.cnn.folds, seed),
                              select_fn_for=_permutation_select(config, name, summaries),
