@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
         outer = [ids.index(s) for s in fold.outer_train_ids]
         xs = x[outer]
-        haufe_pattern(xs, _linear_svm_weights(xs, y[outer], fold.seed))
+        haufe_pattern(xs, _linear_svm_weights(xs, y[outer]))
         haufe_s = time.perf_counter() - t0
         rows.append({"method": method, "ig_steps": DEFAULT_IG_STEPS,
                      "grid": list(shape), "channels": args.channels,

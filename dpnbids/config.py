@@ -130,6 +130,7 @@ class CNNConfig:
     batch_size: int = 4
     patience: int = 10
     min_epochs: int = 10
+    inner_folds: int = 1
     early_stopping: str = "loss"
     augment: bool = False
     class_balance: bool = False

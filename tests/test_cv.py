@@ -258,6 +258,37 @@ def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_inner_fold_ensemble_calibrates_on_every_outer_training_subject(rng):
+    """--inner-folds K: K networks per outer fold, each early-stopped on its own inner fold;
+    calibration sees every outer-training subject (out-of-inner-fold logits) and no test
+    subject; the hook's model is the ensemble that made the test predictions; the final
+    model is the same kind of ensemble."""
+    x, y = _planted(rng, n=24)
+    ids = _ids(24)
+    folds = make_outer_splits(ids, y, n_folds=3, random_state=5)
+    seen = []
+    train = {**FAST, "epochs": 6, "inner_folds": 3}
+    res = run_nested_cv(x, y, ids, folds, train_params=train, baselines=(), random_state=5,
+                        on_fold=seen.append)
+    for m, fold, fm in zip(res.manifests, folds, seen):
+        cal = m["calibration"]["cnn"]
+        assert set(cal["fitted_on"]) == set(fold.outer_train_ids)
+        assert m["inner_folds"] == 3 and len(m["epochs_trained_per_member"]) == 3
+        assert {(fold.repeat, fold.fold, k) for k in range(3)} <= set(res.histories)
+        got = np.asarray(fm.model.predict(fm.x_test, verbose=0)).ravel()
+        want = (res.predictions.query("fold == @fold.fold")
+                .sort_values("participant_id").raw_score.to_numpy())
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    pred = res.predictions
+    assert roc_auc_score(pred["true_label"], pred["probability"]) > 0.8
+    again = run_nested_cv(x, y, ids, folds, train_params=train, baselines=(), random_state=5)
+    np.testing.assert_array_equal(again.predictions["probability"], pred["probability"])
+    final = fit_final_model(x, y, train_params=train, random_state=5)
+    assert "all 24 subjects (3 inner folds)" in final.calibration["fitted_on"]
+    assert len(final.history["members"]) == 3
+
+
 def _imbalanced(rng, n_pos=20, n_neg=10, amplitude=1.5):
     y = np.array([1] * n_pos + [0] * n_neg)
     x = rng.normal(size=(y.size,) + GRID + (2,)).astype(np.float32)

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from dpnbids.learn.cv import apply_scaler, fit_scaler, stratified_folds
-from dpnbids.learn.linear import GramCache, decision_values, permutation_nulls
+from dpnbids.learn.linear import GramCache, decision_values, permutation_nulls, primal_weights
 
 GRID = (9, 10, 8)
 
@@ -42,6 +42,13 @@ def test_kernel_space_equals_the_explicit_features(rng, holes):
                                lr.decision_function(z_te), rtol=1e-3, atol=1e-3)
     prior = decision_values(gram, "majority", tr, te, y, ch)
     assert np.ptp(prior) == 0 and prior[0] == pytest.approx(np.log(14 / 7))
+    # the primal weights (saliency's Haufe pattern uses them) give the same decisions
+    for name, ref in (("svm", svm), ("logreg", lr)):
+        w, b = primal_weights(name, z_tr, y[tr])
+        assert w.shape == (z_tr.shape[1],)
+        np.testing.assert_allclose(z_te @ w + b, decision_values(gram, name, tr, te, y, ch),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(w, ref.coef_.ravel(), rtol=2e-2, atol=2e-3)
 
 
 def _nulls(x, y, n_perm, seed):

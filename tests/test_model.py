@@ -140,3 +140,36 @@ def test_bundle_rejects_wrong_subject_maps_and_folders(bundle_dir, tmp_path, rng
         predict(load_bundle(out), bad)
     with pytest.raises(InputError, match="missing bundle.json"):
         load_bundle(tmp_path)
+
+
+def test_ensemble_is_one_model_with_the_mean_logit(tmp_path, rng):
+    """build_ensemble: logit(ensemble) = mean of the members' logits, one sigmoid Dense last
+    layer (so saliency's logit target works), and it survives a save and load."""
+    import keras
+
+    from dpnbids.learn.model import build_ensemble
+
+    x = rng.normal(size=(4,) + GRID + (2,)).astype(np.float32)
+    members = []
+    for k in range(3):
+        keras.utils.set_random_seed(k)
+        members.append(build_voxnet(GRID + (2,)))
+    ens = build_ensemble(members)
+    assert build_ensemble(members[:1]) is members[0]
+
+    def logit(p):
+        p = np.asarray(p, dtype=float).ravel()
+        return np.log(p / (1 - p))
+
+    want = np.mean([logit(m.predict(x, verbose=0)) for m in members], axis=0)
+    np.testing.assert_allclose(logit(ens.predict(x, verbose=0)), want, atol=1e-4)
+    last = ens.layers[-1]
+    assert isinstance(last, keras.layers.Dense) and last.activation.__name__ == "sigmoid"
+    ens.save(tmp_path / "ens.keras")
+    again = keras.models.load_model(tmp_path / "ens.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), ens.predict(x, verbose=0),
+                               atol=1e-6)
+    with pytest.raises(DimensionError, match="at least one"):
+        build_ensemble([])
+    with pytest.raises(DimensionError, match="share one grid"):
+        build_ensemble([members[0], build_voxnet((15, 16, 13, 2))])

@@ -269,6 +269,64 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     return model, history, seconds
 
 
+class FoldNetwork(NamedTuple):
+    """What :func:`fit_fold_network` trained on one set of training subjects.
+
+    ``model``: one Keras model (a single network, or the inner-fold ensemble as one model,
+    :func:`dpnbids.learn.model.build_ensemble`); ``calibration_scores``: held-out logits of
+    the rows ``calibration_rows`` of the training set (the validation subjects, or every
+    subject's out-of-inner-fold logit), on which Platt scaling and the threshold are fitted.
+    """
+
+    model: object
+    histories: list
+    seconds: float
+    calibration_scores: np.ndarray
+    calibration_rows: np.ndarray
+
+    @property
+    def member_epochs(self) -> list:
+        return [len(h.get("loss", [])) or 1 for h in self.histories]
+
+    @property
+    def epochs(self):
+        e = self.member_epochs
+        return e[0] if len(e) == 1 else float(np.mean(e))
+
+
+def fit_fold_network(xs, y, n_train, model_params, train_params, seed) -> FoldNetwork:
+    """Train the CNN on the training subjects ``xs`` (S, X, Y, Z, C), labels ``y``.
+
+    With ``train_params["inner_folds"]`` K <= 1 (the default), one network trains on the
+    first ``n_train`` rows and early-stops on the others (the validation subjects). With
+    K >= 2, the rows are split into K stratified inner folds (seeded by ``seed``); member k
+    trains on the other K - 1 folds and early-stops on fold k, so every subject gets one
+    held-out logit for calibration, and the K members are averaged on the logit scale into
+    one model (:func:`dpnbids.learn.model.build_ensemble`). The fixed validation split is
+    then not used. K is lowered to the smaller class's count where that is below K.
+    """
+    from dpnbids.learn.model import build_ensemble
+
+    y = np.asarray(y, dtype=int)
+    k = min(int(train_params.get("inner_folds", 1)), int(np.bincount(y, minlength=2).min()))
+    if k < 2:
+        model, hist, seconds = _fit_cnn(xs[:n_train], y[:n_train], xs[n_train:], y[n_train:],
+                                        model_params, train_params, seed)
+        rows = np.arange(n_train, len(y))
+        scores = logit(np.asarray(model.predict(xs[rows], verbose=0), dtype=float).ravel())
+        return FoldNetwork(model, [hist], seconds, scores, rows)
+    members, histories, seconds = [], [], 0.0
+    scores = np.empty(len(y))
+    for j, (a, b) in enumerate(stratified_folds(y, k, derive_seed(seed, "inner", bits=32))):
+        model, hist, sec = _fit_cnn(xs[a], y[a], xs[b], y[b], model_params, train_params,
+                                    derive_seed(seed, j, bits=32))
+        scores[b] = logit(np.asarray(model.predict(xs[b], verbose=0), dtype=float).ravel())
+        members.append(model)
+        histories.append(hist)
+        seconds += sec
+    return FoldNetwork(build_ensemble(members), histories, seconds, scores, np.arange(len(y)))
+
+
 def _tune(x_tr, y_tr, x_val, y_val, model_params, train_params, grid, seed):
     """Pick hyperparameters on the inner validation subjects only (the early-stopping
     metric: best AUC, or lowest loss)."""
@@ -364,18 +422,24 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         if tune:
             mp, tp, chosen = _tune(x_tr, y[tr], x_val, y[va], model_params, train_params,
                                    tune_grid or TUNE_GRID, fold.seed)
-        model, hist, seconds = _fit_cnn(x_tr, y[tr], x_val, y[va], mp, tp, fold.seed)
-        raw_val = np.asarray(model.predict(x_val, verbose=0), dtype=float).ravel()
+        net = fit_fold_network(xs_outer, y[outer], n_tr, mp, tp, fold.seed)
+        model = net.model
         raw = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
         if on_fold is not None:
             on_fold(FoldModel(input_set, fold, model, channels, scaler, xs_outer, y[outer],
                               xs_test, y[te], tuple(fold.test_ids)))
         del model
-        n_epochs = len(hist.get("loss", [])) or 1
-        epoch_seconds.append(seconds / n_epochs)
-        histories[(fold.repeat, fold.fold)] = hist
+        n_epochs = net.epochs
+        epoch_seconds.append(net.seconds / max(sum(len(h.get("loss", [])) or 1
+                                                    for h in net.histories), 1))
+        if len(net.histories) == 1:
+            histories[(fold.repeat, fold.fold)] = net.histories[0]
+        else:
+            histories.update({(fold.repeat, fold.fold, k): h
+                              for k, h in enumerate(net.histories)})
         test_subjects = [ids[i] for i in te]
-        cal = _calibrate(logit(raw_val), y[va], threshold_rule, fold, [ids[i] for i in va])
+        cal = _calibrate(net.calibration_scores, y[outer][net.calibration_rows],
+                         threshold_rule, fold, [ids[i] for i in outer[net.calibration_rows]])
         calibration = {"cnn": cal}
         rows.extend(_prediction_rows(fold, input_set, "cnn", test_subjects, y[te], raw, cal,
                                      logit(raw)))
@@ -390,6 +454,9 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                           "test_ids": list(fold.test_ids),
                           "selected_components": [int(c) for c in channels],
                           "seed": int(fold.seed), "epochs_trained": n_epochs,
+                          **({"inner_folds": len(net.histories),
+                              "epochs_trained_per_member": net.member_epochs}
+                             if len(net.histories) > 1 else {}),
                           "tuned_hyperparameters": chosen,
                           "calibration": {m: {**c["platt"].to_dict(),
                                               "threshold": c["threshold"],
@@ -500,14 +567,21 @@ def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None
     idx = np.arange(len(y))
     tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
                               stratify=y, random_state=seed % (2**31))
-    model, history, _ = _fit_cnn(xs[tr], y[tr], xs[va], y[va], dict(model_params or {}),
-                                 dict(train_params or {}), seed)
-    scores = logit(np.asarray(model.predict(xs[va], verbose=0), dtype=float).ravel())
-    platt, threshold = fit_calibration(scores, y[va], threshold_rule)
+    order = np.concatenate([tr, va])
+    net = fit_fold_network(xs[order], y[order], tr.size, dict(model_params or {}),
+                           dict(train_params or {}), seed)
+    platt, threshold = fit_calibration(net.calibration_scores, y[order][net.calibration_rows],
+                                       threshold_rule)
+    n_members = len(net.histories)
+    fitted_on = (f"{len(va)} validation subjects of the final training set" if n_members == 1
+                 else f"out-of-inner-fold logits of all {len(y)} subjects ({n_members} "
+                      "inner folds)")
     calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
                    "threshold": threshold,
-                   "score": "logit of the network's sigmoid output",
-                   "fitted_on": f"{len(va)} validation subjects of the final training set"}
+                   "score": "logit of the network's sigmoid output", "fitted_on": fitted_on}
+    history = net.histories[0] if n_members == 1 else {
+        **net.histories[0], "members": net.histories}
+    model = net.model
     scaling = {"mean": scaler["mean"], "sd": scaler["sd"],
                "support": np.asarray(scaler["support"], bool)}
     return FinalModel(model, scaling, None if channels is None else [int(c) for c in channels],

@@ -96,14 +96,35 @@ class GramCache:
         return z[rows] @ z.T
 
 
-def kernel_features(k_train, k_test, *, rtol: float = 1e-10):
-    """Empirical kernel map of a training kernel and the matching test features."""
+def _kernel_eigen(k_train, rtol: float = 1e-10):
+    """Eigenvectors and square-rooted eigenvalues of the training kernel's range."""
     lam, u = np.linalg.eigh((k_train + k_train.T) / 2.0)
     keep = lam > rtol * max(lam.max(), 0.0)
-    if not keep.any():
+    return u[:, keep], np.sqrt(lam[keep])
+
+
+def kernel_features(k_train, k_test, *, rtol: float = 1e-10):
+    """Empirical kernel map of a training kernel and the matching test features."""
+    u, root = _kernel_eigen(k_train, rtol)
+    if not root.size:
         return np.zeros((k_train.shape[0], 1)), np.zeros((k_test.shape[0], 1))
-    root = np.sqrt(lam[keep])
-    return u[:, keep] * root, (k_test @ u[:, keep]) / root
+    return u * root, (k_test @ u) / root
+
+
+def primal_weights(name: str, z_train, y_train) -> tuple[np.ndarray, float]:
+    """Weights ``w`` (over the flattened features) and intercept of baseline ``name`` (svm
+    or logreg) fitted on explicit features ``z_train`` (S, ...), through the kernel: the
+    fitted ``w_f`` on the kernel map ``F = U sqrt(lambda)`` is ``w = Z^T U w_f / sqrt(lambda)``.
+    The same solver and objective as the CV's baseline, so its decision values are the CV's."""
+    z = np.asarray(z_train, dtype=np.float64).reshape(len(z_train), -1)
+    u, root = _kernel_eigen(z @ z.T)
+    solver = {"svm": svm_newton, "logreg": logistic_newton}.get(name)
+    if solver is None:
+        raise InputError(f"primal weights exist for svm and logreg, not {name!r}")
+    if not root.size:
+        return np.zeros(z.shape[1]), 0.0
+    w_f, b = solver(u * root, np.asarray(y_train, dtype=int), C=1.0)
+    return z.T @ (u @ (w_f / root)), float(b)
 
 
 def _newton(a, value_grad_hess, reg, *, tol: float = 1e-12, max_iter: int = 100):

@@ -119,3 +119,43 @@ def resample_maps_to_grid(maps, source_affine, voxel_size, *, mask=None):
         for c in range(arr.shape[1]):
             out[s, ..., c] = map_coordinates(arr[s, c], src, order=1, mode="constant", cval=0.0)
     return out, affine
+
+
+def build_ensemble(models, name="voxnet_ensemble"):
+    """One Keras model whose output is the sigmoid of the mean logit of ``models``.
+
+    Each member is a :func:`build_voxnet` network (last layer: a sigmoid ``Dense(1)``). Its
+    body (everything before that layer) is kept as it is, the bodies' features are
+    concatenated, and one sigmoid ``Dense(1)`` holds every member's output weights divided
+    by the number of members, so ``logit(ensemble(x)) = mean_k logit(member_k(x))``
+    exactly. The result is a single model with a sigmoid ``Dense`` last layer: it saves to
+    one ``.keras`` file, predicts like one network, and its logit is attributed like one
+    network's (:mod:`dpnbids.learn.saliency`).
+    """
+    import keras
+    from keras import layers
+
+    models = list(models)
+    if not models:
+        raise DimensionError("build_ensemble needs at least one trained model")
+    if len(models) == 1:
+        return models[0]
+    shape = tuple(models[0].inputs[0].shape[1:])
+    inputs = keras.Input(shape=shape, name="maps")
+    feats, kernels, biases = [], [], []
+    for k, member in enumerate(models):
+        if tuple(member.inputs[0].shape[1:]) != shape:
+            raise DimensionError(f"ensemble member {k} takes inputs {member.inputs[0].shape}, "
+                                 f"member 0 takes {shape}; members must share one grid")
+        last = member.layers[-1]
+        body = keras.Model(member.inputs, last.input, name=f"member{k}")
+        feats.append(body(inputs))
+        kernel, bias = last.get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    joined = layers.Concatenate(name="members")(feats)
+    head = layers.Dense(1, activation="sigmoid", name="response", dtype="float32")
+    outputs = head(joined)
+    head.set_weights([np.concatenate(kernels, axis=0) / len(models),
+                      np.mean(biases, axis=0)])
+    return keras.Model(inputs, outputs, name=name)

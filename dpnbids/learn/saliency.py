@@ -395,7 +395,7 @@ class SaliencyAccumulator:
         self.n_evaluations_ += len(x_test)
         self.shares_["cnn"].append(self._full(channel_shares(fold_abs), channels))
         if self.haufe:
-            w = _linear_svm_weights(x_train, fold_model.y_train, fold_model.fold.seed)
+            w = _linear_svm_weights(x_train, fold_model.y_train)
             pattern = haufe_pattern(x_train, w)
             self.shares_["svm-haufe"].append(self._full(channel_shares(pattern), channels))
         self.seconds_ += time.perf_counter() - started
@@ -419,14 +419,12 @@ class SaliencyAccumulator:
         return (self.sum_abs_ / max(self.n_evaluations_, 1)).astype(np.float32)
 
 
-def _linear_svm_weights(x_train, y_train, seed) -> np.ndarray:
-    """The weights of the CV's linear-SVM baseline refitted on the same fold (same
-    features, parameters and seed as :func:`dpnbids.learn.cv._baseline_probs`)."""
-    from sklearn.svm import LinearSVC
+def _linear_svm_weights(x_train, y_train) -> np.ndarray:
+    """The weights of the CV's linear-SVM baseline on the same fold: the same features,
+    objective and solver (:func:`dpnbids.learn.linear.primal_weights`)."""
+    from dpnbids.learn.linear import primal_weights
 
-    flat = np.asarray(x_train).reshape(len(x_train), -1)
-    clf = LinearSVC(C=1.0, max_iter=20000, random_state=int(seed) % (2**31))
-    return clf.fit(flat, np.asarray(y_train, dtype=int)).coef_.ravel()
+    return primal_weights("svm", x_train, y_train)[0]
 
 
 def network_ranking(shares, components_table=None, *, input_set: str,

@@ -37,6 +37,7 @@ def _model_params(config) -> dict:
 def _train_params(config) -> dict:
     return {"epochs": config.cnn.epochs, "batch_size": config.cnn.batch_size,
             "patience": config.cnn.patience, "min_epochs": config.cnn.min_epochs,
+            "inner_folds": config.cnn.inner_folds,
             "mixed_precision": config.cnn.mixed_precision,
             "monitor": "val_auc" if config.cnn.early_stopping == "auc" else "val_loss",
             "augment": config.cnn.augment, "balanced": config.cnn.class_balance}
