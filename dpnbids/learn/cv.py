@@ -429,14 +429,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
             on_fold(FoldModel(input_set, fold, model, channels, scaler, xs_outer, y[outer],
                               xs_test, y[te], tuple(fold.test_ids)))
         del model
-        n_epochs = net.epochs
-        epoch_seconds.append(net.seconds / max(sum(len(h.get("loss", [])) or 1
-                                                    for h in net.histories), 1))
-        if len(net.histories) == 1:
-            histories[(fold.repeat, fold.fold)] = net.histories[0]
-        else:
-            histories.update({(fold.repeat, fold.fold, k): h
-                              for k, h in enumerate(net.histories)})
+        epoch_seconds.append(net.seconds / sum(net.member_epochs))
+        histories.update(_fold_histories(fold, net))
         test_subjects = [ids[i] for i in te]
         cal = _calibrate(net.calibration_scores, y[outer][net.calibration_rows],
                          threshold_rule, fold, [ids[i] for i in outer[net.calibration_rows]])
@@ -449,28 +443,41 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
             rows.extend(_prediction_rows(fold, input_set, name, test_subjects, y[te], dv,
                                          calibration[name], dv))
         fold_seconds.append(time.perf_counter() - started)
-        manifests.append({"repeat": fold.repeat, "fold": fold.fold,
-                          "train_ids": list(fold.train_ids), "val_ids": list(fold.val_ids),
-                          "test_ids": list(fold.test_ids),
-                          "selected_components": [int(c) for c in channels],
-                          "seed": int(fold.seed), "epochs_trained": n_epochs,
-                          **({"inner_folds": len(net.histories),
-                              "epochs_trained_per_member": net.member_epochs}
-                             if len(net.histories) > 1 else {}),
-                          "tuned_hyperparameters": chosen,
-                          "calibration": {m: {**c["platt"].to_dict(),
-                                              "threshold": c["threshold"],
-                                              "threshold_rule": threshold_rule,
-                                              "fitted_on": c["fitted_on"]}
-                                          for m, c in calibration.items()},
-                          "scaling": "per-channel z-score fitted on the outer training fold"})
+        manifests.append(_fold_manifest(fold, channels, net, chosen, calibration,
+                                        threshold_rule))
         if progress:
-            progress(f"repeat {fold.repeat} fold {fold.fold}: {n_epochs} epochs, "
+            progress(f"repeat {fold.repeat} fold {fold.fold}: {net.epochs} epochs, "
                      f"{fold_seconds[-1]:.1f} s")
     timings = {"seconds_per_fold_mean": float(np.mean(fold_seconds)) if fold_seconds else 0.0,
                "seconds_per_epoch_mean": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                "seconds_per_fold": [float(v) for v in fold_seconds]}
     return CVResult(pd.DataFrame(rows), manifests, histories, timings)
+
+
+def _fold_histories(fold: Fold, net: FoldNetwork) -> dict:
+    """Learning curves keyed (repeat, fold), or (repeat, fold, member) for an ensemble."""
+    if len(net.histories) == 1:
+        return {(fold.repeat, fold.fold): net.histories[0]}
+    return {(fold.repeat, fold.fold, k): h for k, h in enumerate(net.histories)}
+
+
+def _fold_manifest(fold: Fold, channels, net: FoldNetwork, chosen, calibration,
+                   threshold_rule) -> dict:
+    """What one outer fold used and fitted: subjects, components, seeds, epochs, tuned
+    hyperparameters and every model's calibration with the subjects it was fitted on."""
+    members = len(net.histories)
+    return {"repeat": fold.repeat, "fold": fold.fold,
+            "train_ids": list(fold.train_ids), "val_ids": list(fold.val_ids),
+            "test_ids": list(fold.test_ids),
+            "selected_components": [int(c) for c in channels],
+            "seed": int(fold.seed), "epochs_trained": net.epochs,
+            **({"inner_folds": members, "epochs_trained_per_member": net.member_epochs}
+               if members > 1 else {}),
+            "tuned_hyperparameters": chosen,
+            "calibration": {m: {**c["platt"].to_dict(), "threshold": c["threshold"],
+                                "threshold_rule": threshold_rule, "fitted_on": c["fitted_on"]}
+                            for m, c in calibration.items()},
+            "scaling": "per-channel z-score fitted on the outer training fold"}
 
 
 def _fold_inputs(x, outer, test, select_fn, fold: Fold, input_set: str):
