@@ -255,6 +255,30 @@ def _model_order(record: dict | None) -> str:
     return dict_table(rows, header=("setting", "value")) + text
 
 
+def _any_leaky(predictions_df, table2_df) -> bool:
+    """Whether any prediction or Table 2 column comes from a leaky (paper-faithful) set."""
+    leaky = False
+    if predictions_df is not None and len(predictions_df):
+        leaky = bool(figures.is_leaky(predictions_df).any())
+    if table2_df is not None:
+        leaky |= any(_is_leaky_name(c) for c in table2_df.columns)
+    return leaky
+
+
+def _performance_figures(predictions_df, any_leaky: bool) -> tuple[str, str]:
+    """The pooled ROC curves and confusion matrices (badged when leaky results are in)."""
+    if predictions_df is None or not len(predictions_df):
+        return (note("ROC curves not available (no predictions)."),
+                note("Confusion matrices not available (no predictions)."))
+    roc = safe_figure(figures.plot_roc, "Pooled out-of-fold ROC curves per input set, "
+                      "with the baselines on identical folds.", predictions_df)
+    conf = safe_figure(figures.plot_confusion, "Pooled confusion matrices at each fold's "
+                       "in-fold threshold.", predictions_df)
+    if any_leaky:
+        return _LEAKY_BADGE + roc, _LEAKY_BADGE + conf
+    return roc, conf
+
+
 def render_group_report(
     *, components_img=None, components_df=None, ica_info: dict | None = None,
     predictions_df=None, table2_df=None, metrics_df=None, histories=None,
@@ -301,12 +325,7 @@ def render_group_report(
     str
         The HTML document.
     """
-    any_leaky = False
-    if predictions_df is not None and len(predictions_df):
-        any_leaky = bool(figures.is_leaky(predictions_df).any())
-    if table2_df is not None:
-        any_leaky |= any(_is_leaky_name(c) for c in table2_df.columns)
-
+    any_leaky = _any_leaky(predictions_df, table2_df)
     nested = _nested_permutations(permutation)
     summary = _summary(predictions_df, ica_info, timings,
                        {k: {"p": v["p_value"], "permutations": v["n_permutations"]}
@@ -317,25 +336,12 @@ def render_group_report(
             "components were selected on all subjects, including each test fold, as in the "
             "original paper. Compare them with the leakage-free results.</div>" + summary
         )
-
-    if predictions_df is not None and len(predictions_df):
-        roc = safe_figure(figures.plot_roc, "Pooled out-of-fold ROC curves per input set, "
-                          "with the baselines on identical folds.", predictions_df)
-        conf = safe_figure(figures.plot_confusion, "Pooled confusion matrices at each fold's "
-                           "in-fold threshold.", predictions_df)
-        if any_leaky:
-            roc = _LEAKY_BADGE + roc
-            conf = _LEAKY_BADGE + conf
-    else:
-        roc = note("ROC curves not available (no predictions).")
-        conf = note("Confusion matrices not available (no predictions).")
-
+    roc, conf = _performance_figures(predictions_df, any_leaky)
     if histories:
         lc = safe_figure(figures.plot_learning_curves,
                          "Training and inner-validation loss per epoch (all folds).", histories)
     else:
         lc = note("Learning curves not available.")
-
     leak = "".join(f"<li>{esc(n)}</li>" for n in (leakage_notes or []))
     leak = f"<ul>{leak}</ul>" if leak else note("No leakage-audit notes were given.")
 
