@@ -161,6 +161,34 @@ def mp_expected_spectrum(n_features: int, n_samples: float, *, grid: int = 20000
     return out
 
 
+def _spectrum(eigenvalues, n, n_features, total_variance, adjust, rtol):
+    """The spectrum :func:`estimate_order` works on, and how many values were known: sorted
+    descending, below-rank values dropped, a truncated tail filled with a flat floor, and
+    with ``adjust="mp"`` divided by the Marchenko-Pastur profile."""
+    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    lam = np.sort(lam[np.isfinite(lam)])[::-1]
+    if lam.size == 0 or not lam[0] > 0:
+        lam = np.zeros(0)
+    else:
+        lam = lam[lam > rtol * lam[0]]
+    n_known = lam.size
+    if n_features is not None and int(n_features) > n_known and n_known:
+        p = int(n_features)
+        floor = lam[-1]
+        if total_variance is not None:
+            rest = (float(total_variance) - lam.sum()) / (p - n_known)
+            if rest > rtol * lam[0]:
+                floor = min(floor, rest)
+        lam = np.concatenate([lam, np.full(p - n_known, floor)])
+    if adjust == "mp" and lam.size:
+        prof = mp_expected_spectrum(lam.size, n)
+        ok = prof > rtol * prof[0]
+        lam = np.sort(lam[ok] / prof[ok])[::-1]
+    elif adjust not in (None, "mp"):
+        raise ValueError(f"adjust must be None or 'mp'; received {adjust!r}.")
+    return lam, n_known
+
+
 def estimate_order(eigenvalues, n_samples: float, method: str = "lap",
                    max_order: Optional[int] = None, *, n_features: Optional[int] = None,
                    total_variance: Optional[float] = None, adjust: Optional[str] = None,
@@ -226,33 +254,11 @@ def estimate_order(eigenvalues, n_samples: float, method: str = "lap",
     if method not in METHODS:
         raise ValueError(f"unknown model-order method {method!r}; choose one of "
                          f"{', '.join(METHODS)}.")
-    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    lam = np.sort(lam[np.isfinite(lam)])[::-1]
     n = float(n_samples)
     if not n > 1:
         raise ValueError(f"n_samples must be > 1; received {n_samples}.")
-    if lam.size == 0 or not lam[0] > 0:
-        lam = np.zeros(0)
-    else:
-        lam = lam[lam > rtol * lam[0]]
-    n_known = lam.size
-    if n_features is not None and int(n_features) > n_known and n_known:
-        p = int(n_features)
-        floor = lam[-1]
-        if total_variance is not None:
-            rest = (float(total_variance) - lam.sum()) / (p - n_known)
-            if rest > rtol * lam[0]:
-                floor = min(floor, rest)
-        lam = np.concatenate([lam, np.full(p - n_known, floor)])
+    lam, n_known = _spectrum(eigenvalues, n, n_features, total_variance, adjust, rtol)
     d = lam.size
-    if adjust == "mp" and d:
-        prof = mp_expected_spectrum(d, n)
-        ok = prof > rtol * prof[0]
-        lam = lam[ok] / prof[ok]
-        lam = np.sort(lam)[::-1]
-        d = lam.size
-    elif adjust is not None:
-        raise ValueError(f"adjust must be None or 'mp'; received {adjust!r}.")
     kmax = d - max(2, int(np.ceil(0.1 * d)))
     if max_order is not None:
         kmax = min(kmax, int(max_order))
