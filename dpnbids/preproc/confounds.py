@@ -182,6 +182,28 @@ def _tissue_mask(prob_img, valid: np.ndarray, name: str, *, erode: bool,
 
 
 # ----------------------------------------------------------------- the table
+def _add_acompcor(df, meta, data, masks, basis, n_components, highpass_cutoff_s) -> None:
+    """Add the aCompCor columns (and their metadata) of the combined tissue masks to ``df``."""
+    combined = np.zeros(data.shape[:3], bool)
+    for m in masks.values():
+        combined |= m
+    comps, svals, var = acompcor(data[combined], basis, n_components)
+    if comps.shape[1] < n_components:
+        warnings.warn(f"aCompCor: only {comps.shape[1]} components could be extracted "
+                      f"from {int(combined.sum())} voxels (asked {n_components}).",
+                      UserWarning, stacklevel=3)
+    cum = np.cumsum(var)
+    for k in range(comps.shape[1]):
+        col = f"a_comp_cor_{k:02d}"
+        df[col] = comps[:, k]
+        meta[col] = {"Method": "aCompCor", "Mask": "combined",
+                     "Tissues": sorted(masks), "SingularValue": float(svals[k]),
+                     "VarianceExplained": float(var[k]),
+                     "CumulativeVarianceExplained": float(cum[k]), "Retained": True,
+                     "NumberOfVoxels": int(combined.sum()),
+                     "HighPassCutoff": highpass_cutoff_s}
+
+
 def compute_confounds(bold_img, mask_img, *, motion_params, wm_img=None, csf_img=None,
                       tr: float, n_components: int = 5, n_dummy: int | None = None,
                       highpass_cutoff_s: float = 128.0) -> pd.DataFrame:
@@ -260,24 +282,7 @@ def compute_confounds(bold_img, mask_img, *, motion_params, wm_img=None, csf_img
     for k in range(basis.shape[1]):
         df[f"cosine{k:02d}"] = basis[:, k]
     if masks:
-        combined = np.zeros(mask.shape, bool)
-        for m in masks.values():
-            combined |= m
-        comps, svals, var = acompcor(data[combined], basis, n_components)
-        if comps.shape[1] < n_components:
-            warnings.warn(f"aCompCor: only {comps.shape[1]} components could be extracted "
-                          f"from {int(combined.sum())} voxels (asked {n_components}).",
-                          UserWarning, stacklevel=2)
-        cum = np.cumsum(var)
-        for k in range(comps.shape[1]):
-            col = f"a_comp_cor_{k:02d}"
-            df[col] = comps[:, k]
-            meta[col] = {"Method": "aCompCor", "Mask": "combined",
-                         "Tissues": sorted(masks), "SingularValue": float(svals[k]),
-                         "VarianceExplained": float(var[k]),
-                         "CumulativeVarianceExplained": float(cum[k]), "Retained": True,
-                         "NumberOfVoxels": int(combined.sum()),
-                         "HighPassCutoff": highpass_cutoff_s}
+        _add_acompcor(df, meta, data, masks, basis, n_components, highpass_cutoff_s)
     if n_dummy is None:
         n_dummy = detect_nonsteady_states(data[mask])
     for k in range(int(n_dummy)):
