@@ -136,6 +136,28 @@ def _needs_whitening(x: np.ndarray, *, full_rank_fraction: float = 0.9) -> bool:
     return lam.size >= full_rank_fraction * (t - 1)
 
 
+def _whitened_n_eff(w, lam, mask_3d, method, max_order) -> float:
+    """N_eff of the whitened data, then once more on the residual after removing the
+    components found with it, so smooth networks do not inflate it."""
+    n_eff = effective_samples(w, mask_3d)
+    k0 = estimate_order(lam, n_eff, method=method, max_order=max_order).n_components
+    if k0:
+        n_eff = effective_samples(w, mask_3d, remove_components=k0)
+    return n_eff
+
+
+def _residual_noise_ratio(w, u, smooth_bins) -> np.ndarray:
+    """Per-bin factor that re-measures the whitened noise power on the residual of ``w``
+    after projecting out the leading components ``u`` (bins x r), with the leverage
+    correction ``1 / (1 - h_f)``, median-smoothed over ``smooth_bins`` bins."""
+    w_res = w - u @ (u.T @ w)
+    h = np.clip(np.sum(u * u, axis=1), 0.0, 0.9)
+    ratio = np.median(w_res * w_res, axis=1) / (1.0 - h)
+    if smooth_bins > 1 and ratio.size > smooth_bins:
+        ratio = median_filter(ratio, size=int(smooth_bins), mode="nearest")
+    return np.maximum(ratio, np.finfo(float).tiny)
+
+
 def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
                            max_order: Optional[int] = None, whiten="auto",
                            smoothness_correction: bool = True, bin_rtol: float = 0.05,
@@ -210,12 +232,7 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
         dof = int(lam.size)
         n_eff = float(v)
         if mask_3d is not None and smoothness_correction and dof > 2:
-            # N_eff of the whitened data, then once more on the residual after
-            # removing the components found, so smooth networks do not inflate it
-            n_eff = effective_samples(w, mask_3d)
-            k0 = estimate_order(lam, n_eff, method=method, max_order=max_order).n_components
-            if k0:
-                n_eff = effective_samples(w, mask_3d, remove_components=k0)
+            n_eff = _whitened_n_eff(w, lam, mask_3d, method, max_order)
         n_eff = max(n_eff, 1.0 + 1e-9)
         if not whiten:
             break
@@ -232,13 +249,7 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
         if k_rm == 0 or k_rm in seen:
             break
         seen.append(k_rm)
-        u = vecs[:, :k_rm]
-        w_res = w - u @ (u.T @ w)
-        h = np.clip(np.sum(u * u, axis=1), 0.0, 0.9)
-        ratio = np.median(w_res * w_res, axis=1) / (1.0 - h)
-        if smooth_bins > 1 and ratio.size > smooth_bins:
-            ratio = median_filter(ratio, size=int(smooth_bins), mode="nearest")
-        noise = noise * np.maximum(ratio, np.finfo(float).tiny)
+        noise = noise * _residual_noise_ratio(w, vecs[:, :k_rm], smooth_bins)
     est = estimate_order(lam, n_eff, method=method, max_order=max_order)
     return SubjectOrderEstimate(int(est.n_components), dof, n_eff, est)
 

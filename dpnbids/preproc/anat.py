@@ -268,6 +268,39 @@ def _write_tissue_priors(mask, mask_np, inv, space, template_resolution, paths) 
         del prob
 
 
+#: Output file of each image preprocess_anat writes (the tissue maps: _write_tissue_priors).
+_ANAT_FILES = {"t1w_preproc": "t1w_preproc.nii.gz", "t1w_brain": "t1w_brain.nii.gz",
+               "t1w_mask": "t1w_mask.nii.gz", "gm_probseg": "t1w_label-GM_probseg.nii.gz",
+               "wm_probseg": "t1w_label-WM_probseg.nii.gz",
+               "csf_probseg": "t1w_label-CSF_probseg.nii.gz", "t1w_std": "t1w_std.nii.gz",
+               "std_mask": "std_mask.nii.gz"}
+
+
+def _write_anat_images(out: Path, **images) -> dict:
+    """Write the given ANTs images (masks as unsigned char) to their fixed names in ``out``;
+    returns every output path of :data:`_ANAT_FILES`."""
+    import ants
+
+    paths = {key: out / name for key, name in _ANAT_FILES.items()}
+    for key, img in images.items():
+        ants.image_write(img.clone("unsigned char") if key.endswith("mask") else img,
+                         str(paths[key]))
+    return paths
+
+
+def _normalised(tpl, tpl_mask, tpl_brain, t1w, mask, fwd):
+    """The T1w and its brain mask in template space, the mask's Dice with the template's
+    and the mutual information of the normalised brain with the template brain."""
+    import ants
+
+    t1w_std = ants.apply_transforms(tpl, t1w, fwd, interpolator="linear")
+    std_prob = ants.apply_transforms(tpl, mask, fwd, interpolator="linear")
+    std_mask = tpl.new_image_like((std_prob.numpy() > 0.5).astype(np.float32))
+    dice_std = dice(std_mask.numpy(), tpl_mask.numpy() > 0.5)
+    cost = float(ants.image_mutual_information(tpl_brain, t1w_std * tpl_mask))
+    return t1w_std, std_mask, dice_std, cost
+
+
 def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_resolution=2.0,
                     omp_nthreads=1, random_seed=0, registration="SyN") -> AnatResult:
     """N4, brain extraction, normalisation to ``space`` and tissue maps of one T1w.
@@ -347,30 +380,14 @@ def preprocess_anat(t1w_file, out_dir, *, space="MNI152NLin2009aSym", template_r
     inv = [str(p) for p in reg["invtransforms"]]
 
     # ---- template-space outputs and quality figures
-    t1w_std = ants.apply_transforms(tpl, t1w_n4, fwd, interpolator="linear")
-    std_prob = ants.apply_transforms(tpl, mask, fwd, interpolator="linear")
-    std_mask = tpl.new_image_like((std_prob.numpy() > 0.5).astype(np.float32))
-    dice_std = dice(std_mask.numpy(), tpl_mask.numpy() > 0.5)
-    cost = float(ants.image_mutual_information(tpl_brain, t1w_std * tpl_mask))
+    t1w_std, std_mask, dice_std, cost = _normalised(tpl, tpl_mask, tpl_brain, t1w_n4, mask,
+                                                    fwd)
     if dice_std < _DICE_WARN:
         warnings.append(f"{name}: normalised brain mask overlaps the {space} mask with Dice "
                         f"{dice_std:.3f} (< {_DICE_WARN}); check the T1w-to-template figure.")
 
-    paths = {
-        "t1w_preproc": out / "t1w_preproc.nii.gz",
-        "t1w_brain": out / "t1w_brain.nii.gz",
-        "t1w_mask": out / "t1w_mask.nii.gz",
-        "gm_probseg": out / "t1w_label-GM_probseg.nii.gz",
-        "wm_probseg": out / "t1w_label-WM_probseg.nii.gz",
-        "csf_probseg": out / "t1w_label-CSF_probseg.nii.gz",
-        "t1w_std": out / "t1w_std.nii.gz",
-        "std_mask": out / "std_mask.nii.gz",
-    }
-    ants.image_write(t1w_std, str(paths["t1w_std"]))
-    ants.image_write(std_mask.clone("unsigned char"), str(paths["std_mask"]))
-    ants.image_write(t1w_n4, str(paths["t1w_preproc"]))
-    ants.image_write(brain, str(paths["t1w_brain"]))
-    ants.image_write(mask.clone("unsigned char"), str(paths["t1w_mask"]))
+    paths = _write_anat_images(out, t1w_std=t1w_std, std_mask=std_mask, t1w_preproc=t1w_n4,
+                               t1w_brain=brain, t1w_mask=mask)
     del brain, t1w_n4
 
     _write_tissue_priors(mask, mask_np, inv, space, template_resolution, paths)
