@@ -8,16 +8,18 @@ labels, component summaries) to an ``.npz`` instead of classifying::
     python benchmarks/bench_cnn_vs_linear.py features feat.npz BIDS DERIV group \\
         --fmriprep-dir BIDS/derivatives/fmriprep -w WORK --n-components 10
 
-Step 2 (``compare``): nested CV of each named variant (``VARIANTS``; ``paper`` is the
-paper's VoxNet and training) and of the linear SVM / logistic baselines on the same
-stratified 10 outer folds; prints one row per variant: pooled AUC, fold-mean AUC,
-sensitivity / specificity at 0.5, Brier score, epochs, seconds::
+Step 2 (``compare``): nested CV of each named variant (``VARIANTS``; ``default`` is the
+CLI's defaults, ``paper`` the paper's optimiser) and of the linear SVM / logistic baselines
+on the same stratified 10 outer folds, with in-fold calibration and thresholds as the CLI;
+prints one row per variant: pooled AUC of the calibrated probabilities and of the raw
+scores, fold-mean AUC, sensitivity / specificity at the in-fold thresholds, Brier score,
+epochs, seconds::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_cnn_vs_linear.py compare feat.npz \\
-        --variants paper eps1e-3 ...
+        --variants default inner-folds3 voxel-z ...
 
-Every variant's choices are made inside the training folds (early stopping and
-ensembling use the inner validation subjects only).
+Every variant's choices are made inside the training folds (early stopping, scaling,
+calibration and the inner-fold ensemble use outer-training subjects only).
 """
 from __future__ import annotations
 
@@ -28,20 +30,27 @@ import time
 
 import numpy as np
 
-#: name -> (model_params overrides, train_params overrides).
+#: name -> (model_params overrides, train_params overrides, input scaling). ``default`` is
+#: the CLI's defaults; ``paper`` the paper's optimiser (Adam epsilon 0.1). Scaling "channel"
+#: is dpnbids' per-channel z-score; "voxel-centred" also subtracts the training subjects'
+#: mean map voxel by voxel; "voxel-z" z-scores every voxel and channel.
 VARIANTS = {
-    "paper": ({}, {}),
-    "eps1e-3": ({"epsilon": 1e-3}, {}),
-    "eps1e-3-auc": ({"epsilon": 1e-3}, {"monitor": "val_auc"}),
-    "eps1e-3-wd": ({"epsilon": 1e-3, "weight_decay": 1e-3}, {}),
-    "eps1e-3-aug": ({"epsilon": 1e-3}, {"augment": True}),
-    "eps1e-3-bal": ({"epsilon": 1e-3}, {"balanced": True}),
-    "eps1e-3-drop5": ({"epsilon": 1e-3, "dropout": 0.5}, {}),
-    "lr1e-4-eps1e-3": ({"epsilon": 1e-3, "learning_rate": 1e-4}, {}),
+    "default": ({}, {}, "channel"),
+    "paper": ({"epsilon": 0.1}, {}, "channel"),
+    "auc-stopping": ({}, {"monitor": "val_auc"}, "channel"),
+    "weight-decay": ({"weight_decay": 1e-3}, {}, "channel"),
+    "augment": ({}, {"augment": True}, "channel"),
+    "balanced": ({}, {"balanced": True}, "channel"),
+    "dropout0.5": ({"dropout": 0.5}, {}, "channel"),
+    "inner-folds3": ({}, {"inner_folds": 3}, "channel"),
+    "voxel-centred": ({}, {}, "voxel-centred"),
+    "voxel-z": ({}, {}, "voxel-z"),
 }
 
-BASE_MODEL = {"dropout": 0.3, "dense_units": 128, "learning_rate": 1e-3, "epsilon": 0.1}
-BASE_TRAIN = {"epochs": 100, "batch_size": 4, "patience": 10, "min_epochs": 10}
+BASE_MODEL = {"dropout": 0.3, "dense_units": 128, "learning_rate": 1e-3, "epsilon": 1e-3,
+              "weight_decay": 0.0}
+BASE_TRAIN = {"epochs": 100, "batch_size": 4, "patience": 10, "min_epochs": 10,
+              "monitor": "val_loss"}
 
 
 def features(argv) -> int:
@@ -69,17 +78,46 @@ def features(argv) -> int:
     return main(argv[1:])
 
 
-def _scores(pred):
+def _scores(pred) -> dict:
+    """Pooled AUC of the calibrated probabilities and of the raw scores, fold-mean AUC,
+    sensitivity and specificity at the in-fold thresholds, Brier score."""
     from dpnbids.learn.metrics import binary_metrics
 
-    pooled = pred.groupby("participant_id").agg(y=("true_label", "first"),
-                                                p=("probability", "mean"))
-    m = binary_metrics(pooled["y"], pooled["p"])
-    folds = [binary_metrics(g["true_label"], g["probability"])["auc"]
+    y, label = pred["true_label"], pred["predicted_label"]
+    folds = [binary_metrics(g["true_label"], g["raw_score"])["auc"]
              for _, g in pred.groupby(["repeat", "fold"])]
-    brier = float(np.mean((pooled["p"] - pooled["y"]) ** 2))
-    return {"auc": m["auc"], "auc_fold_mean": float(np.nanmean(folds)),
-            "sensitivity": m["recall"], "specificity": m["specificity"], "brier": brier}
+    return {"auc": binary_metrics(y, pred["probability"])["auc"],
+            "auc_raw_scores": binary_metrics(y, pred["raw_score"])["auc"],
+            "auc_fold_mean": float(np.nanmean(folds)),
+            "sensitivity": float(((label == 1) & (y == 1)).sum() / (y == 1).sum()),
+            "specificity": float(((label == 0) & (y == 0)).sum() / (y == 0).sum()),
+            "brier": float(np.mean((pred["probability"] - y) ** 2))}
+
+
+def _use_scaling(cv, kind: str) -> None:
+    """Swap the CV's input scaling for the variant's (restored to dpnbids' for "channel")."""
+    if not hasattr(cv, "_channel_scaling"):
+        cv._channel_scaling = (cv.fit_scaler, cv.apply_scaler)
+    fit, apply = cv._channel_scaling
+    if kind == "channel":
+        cv.fit_scaler, cv.apply_scaler = fit, apply
+        return
+
+    def fit_voxel(x):
+        scaler = fit(x)
+        scaler["voxel_mean"] = x.mean(axis=0)
+        if kind == "voxel-z":
+            sd = x.std(axis=0)
+            scaler["voxel_sd"] = np.where(sd > 0, sd, 1.0)
+        return scaler
+
+    def apply_voxel(x, scaler):
+        out = (x - scaler["voxel_mean"]) / scaler.get(
+            "voxel_sd", np.asarray(scaler["sd"], np.float32))
+        out[:, ~np.asarray(scaler["support"], bool), :] = 0.0
+        return out.astype(np.float32)
+
+    cv.fit_scaler, cv.apply_scaler = fit_voxel, apply_voxel
 
 
 def compare(args) -> int:
@@ -90,9 +128,9 @@ def compare(args) -> int:
     folds = cv.make_outer_splits(subjects, y, n_folds=args.folds, random_state=args.seed)
     print(f"# {len(y)} subjects ({y.sum()} responders), input {x.shape[1:]}, "
           f"{args.folds} folds", flush=True)
-    rows = []
     for k, name in enumerate(args.variants):
-        mp_over, tp_over = VARIANTS[name]
+        mp_over, tp_over, scaling = VARIANTS[name]
+        _use_scaling(cv, scaling)
         started = time.perf_counter()
         res = cv.run_nested_cv(x, y, subjects, folds, model_params={**BASE_MODEL, **mp_over},
                                train_params={**BASE_TRAIN, **tp_over},
@@ -101,12 +139,12 @@ def compare(args) -> int:
         seconds = time.perf_counter() - started
         epochs = float(np.mean([m["epochs_trained"] for m in res.manifests]))
         for model, pred in res.predictions.groupby("model"):
-            label = name if model == "cnn" else model
-            row = {"variant": label, **_scores(pred), "epochs": epochs if model == "cnn"
-                   else float("nan"), "seconds": seconds if model == "cnn" else float("nan")}
-            rows.append(row)
+            row = {"variant": name if model == "cnn" else model, **_scores(pred)}
+            if model == "cnn":
+                row.update(epochs=epochs, seconds=seconds)
             print(json.dumps({k2: (round(v, 3) if isinstance(v, float) else v)
                               for k2, v in row.items()}), flush=True)
+    _use_scaling(cv, "channel")
     return 0
 
 
@@ -116,7 +154,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["compare"])
     parser.add_argument("features")
-    parser.add_argument("--variants", nargs="+", default=["paper", "eps1e-3"],
+    parser.add_argument("--variants", nargs="+", default=["default", "paper"],
                         choices=sorted(VARIANTS))
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
