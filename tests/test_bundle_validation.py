@@ -216,3 +216,31 @@ def test_cli_refuses_a_damaged_model(bundle, tmp_path, damage):
     assert "Traceback" not in err and "KeyError" not in err and "File not found" not in err
     assert str(bundle) in err
     assert not out.exists()
+
+
+def test_an_inner_fold_ensemble_is_saved_and_predicts_as_one_model(saved, tmp_path):
+    """--inner-folds K: the final model is one Keras model holding K networks; the bundle
+    stores, verifies and reloads it like a single network, with the same predictions."""
+    import keras
+
+    from dpnbids.learn.bundle import predict
+    from dpnbids.learn.model import build_ensemble
+
+    single = load_bundle(saved)
+    members = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        members.append(build_voxnet(single.grid_shape + (2,)))
+    ensemble = build_ensemble(members)
+    folder = save_bundle(tmp_path / "model", ensemble, group_maps_file=saved / "group_maps.nii.gz",
+                         mask_file=saved / "group_mask.nii.gz", selected_components=[0, 2],
+                         grid_affine=single.grid_affine, grid_shape=single.grid_shape,
+                         scaling=single.scaling, input_set="SSC", feature="pe",
+                         config={"seed": 1}, cv_metrics={"auc": 0.8},
+                         space="MNI152NLin2009aSym", resolution=6, n_components=3,
+                         voxel_size=single.voxel_size, dpnbids_version="0.0.test")
+    loaded = load_bundle(folder)
+    maps = saved.parent / "maps.nii.gz"
+    x = predict(loaded, maps, return_input=True)
+    np.testing.assert_allclose(predict(loaded, maps),
+                               np.asarray(ensemble.predict(x, verbose=0)).ravel(), rtol=1e-5)
