@@ -11,10 +11,18 @@ SPACE = "MNI152NLin2009aSym"
 _SLICE_ORDERS = ("ascending", "descending", "interleaved")
 
 
-SPACE = "MNI152NLin2009aSym"
+#: dpnbids-synth's argument groups, in the order --help lists them.
+_COHORT, _ACQ, _NOISE = "cohort and labels", "acquisition", "signal and noise"
+CLI_GROUPS = (_COHORT, _ACQ, _NOISE)
 
 
-_SLICE_ORDERS = ("ascending", "descending", "interleaved")
+def _cli(group: str, help: str = "", *, kind: str | None = None, flag: str | None = None,
+         choices: tuple | None = None) -> dict:
+    """Field metadata for ``dpnbids-synth``: its argument group, help text, value type (a
+    name of :mod:`dpnbids.cli.types`, or "csv" for a comma-separated list), and the flag
+    when it is not the field's name."""
+    return {"cli": {"group": group, "help": help, "kind": kind, "flag": flag,
+                    "choices": choices}}
 
 
 @dataclass(frozen=True)
@@ -70,30 +78,45 @@ class SynthParams:
     group maps and lowers this).
     """
 
-    n_responders: int = 29
-    n_nonresponders: int = 14
-    seed: int = 0
-    null: bool = False
-    space: str = "template"
-    n_volumes: int = 100
-    tr: float = 2.6
-    template_resolution: float = 4.0
-    bold_voxel_size: float = 4.0
-    t1w_voxel_size: float = 2.0
-    networks: tuple = ("default_mode", "sensorimotor", "visual", "fronto_parietal", "cerebellar")
-    effect_networks: tuple = ("default_mode", "sensorimotor")
-    effect_size: float = 1.0
+    n_responders: int = field(default=29, metadata=_cli(_COHORT, kind="positive_int"))
+    n_nonresponders: int = field(default=14, metadata=_cli(_COHORT, kind="positive_int"))
+    seed: int = field(default=0, metadata=_cli(_COHORT, "one seed for everything", kind="int"))
+    null: bool = field(default=False, metadata=_cli(
+        _COHORT, "no effect: labels are independent of the images"))
+    space: str = field(default="template", metadata=_cli(
+        _ACQ, "template: images on the MNI grid plus fMRIPrep-style derivatives; native: "
+              "subject space with known transforms", choices=("native", "template")))
+    n_volumes: int = field(default=100, metadata=_cli(_ACQ, kind="positive_int"))
+    tr: float = field(default=2.6, metadata=_cli(_ACQ, "repetition time (s)",
+                                                 kind="positive_float"))
+    template_resolution: float = field(default=4.0, metadata=_cli(
+        _ACQ, "template grid (mm) of the model and of template-space images",
+        kind="positive_float", flag="--resolution"))
+    bold_voxel_size: float = field(default=4.0, metadata=_cli(
+        _ACQ, "native-space BOLD voxel size (mm)", kind="positive_float"))
+    t1w_voxel_size: float = field(default=2.0, metadata=_cli(_ACQ, "T1w voxel size (mm)",
+                                                             kind="positive_float"))
+    networks: tuple = field(
+        default=("default_mode", "sensorimotor", "visual", "fronto_parietal", "cerebellar"),
+        metadata=_cli(_COHORT, "comma-separated networks to simulate", kind="csv"))
+    effect_networks: tuple = field(default=("default_mode", "sensorimotor"), metadata=_cli(
+        _COHORT, "comma-separated networks carrying the effect", kind="csv"))
+    effect_size: float = field(default=1.0, metadata=_cli(
+        _COHORT, "Cohen's d of the effect networks' map amplitude, responders vs "
+                 "non-responders", kind="nonneg_float"))
     amplitude_sd: float = 0.2
     shift_mm: float = 1.0
     signal_percent: float = 2.0
-    noise_level: float = 1.0
+    noise_level: float = field(default=1.0, metadata=_cli(
+        _NOISE, "noise SD relative to the peak network signal", kind="nonneg_float"))
     physio_percent: float = 1.0
     network_correlation: float = 0.2
-    motion_mm: float = 0.5
-    slice_order: str = "ascending"
-    n_sessions: int = 1
-    n_runs: int = 1
-    task: str = "rest"
+    motion_mm: float = field(default=0.5, metadata=_cli(
+        _NOISE, "typical largest head translation (mm)", kind="nonneg_float"))
+    slice_order: str = field(default="ascending", metadata=_cli(_ACQ, choices=_SLICE_ORDERS))
+    n_sessions: int = field(default=1, metadata=_cli(_ACQ, kind="positive_int"))
+    n_runs: int = field(default=1, metadata=_cli(_ACQ, kind="positive_int"))
+    task: str = field(default="rest", metadata=_cli(_ACQ, "BIDS task label"))
 
     def validate(self) -> "SynthParams":
         """Raise :class:`InputError` on an impossible combination; return self."""
