@@ -91,3 +91,30 @@ def test_science_imports_without_nipype():
                          cwd=PACKAGE.parent, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "0"
+
+
+def _code_lines(node) -> int:
+    """Lines of a function without its docstring."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0] if node.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+            and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_size_limits():
+    """No module over 600 lines; no function with over 80 lines of code (its docstring, which
+    documents every parameter of the long public functions, is not counted)."""
+    too_long, too_big = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            too_big.append(f"{path.relative_to(PACKAGE)} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and _code_lines(node) > 80:
+                too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} "
+                                f"({_code_lines(node)} lines of code)")
+    assert not too_big, f"modules over 600 lines: {too_big}"
+    assert not too_long, f"functions over 80 lines of code: {too_long}"
