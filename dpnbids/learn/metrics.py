@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
+
+from dpnbids.learn.linear import fold_auc
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auc", "balanced_accuracy", "specificity",
            "sensitivity", "ppv", "npv", "brier", "log_loss")
@@ -46,7 +47,10 @@ def binary_metrics(y_true, prob, threshold: float = 0.5, pred=None,
     f1 = (2 * precision * recall / (precision + recall)
           if np.isfinite(precision) and np.isfinite(recall) and precision + recall > 0
           else (0.0 if np.isfinite(recall) else nan))
-    auc = nan if len(np.unique(y)) < 2 else 0.5 if constant_score else skm.roc_auc_score(y, p)
+    # Mann-Whitney: the exact rational, correctly rounded, and 100x faster than
+    # scikit-learn's trapezoid on the ROC (same value up to the last bit); the bootstrap
+    # calls this 1,000 times per metric, model and input set
+    auc = nan if len(np.unique(y)) < 2 else 0.5 if constant_score else fold_auc(y, p)
     bal = np.nanmean([recall, spec]) if np.isfinite(recall) or np.isfinite(spec) else nan
     npv = tn / (tn + fn) if tn + fn else nan
     pc = np.clip(p, 1e-15, 1 - 1e-15)
