@@ -81,17 +81,14 @@ def features(argv) -> int:
 def _scores(pred) -> dict:
     """Pooled AUC of the calibrated probabilities and of the raw scores, fold-mean AUC,
     sensitivity and specificity at the in-fold thresholds, Brier score."""
-    from dpnbids.learn.metrics import binary_metrics
+    from dpnbids.learn.metrics import binary_metrics, fold_mean_auc
 
-    y, label = pred["true_label"], pred["predicted_label"]
-    folds = [binary_metrics(g["true_label"], g["raw_score"])["auc"]
-             for _, g in pred.groupby(["repeat", "fold"])]
-    return {"auc": binary_metrics(y, pred["probability"])["auc"],
-            "auc_raw_scores": binary_metrics(y, pred["raw_score"])["auc"],
-            "auc_fold_mean": float(np.nanmean(folds)),
-            "sensitivity": float(((label == 1) & (y == 1)).sum() / (y == 1).sum()),
-            "specificity": float(((label == 0) & (y == 0)).sum() / (y == 0).sum()),
-            "brier": float(np.mean((pred["probability"] - y) ** 2))}
+    y = pred["true_label"]
+    m = binary_metrics(y, pred["probability"], pred=pred["predicted_label"])
+    return {"auc": m["auc"], "auc_raw_scores": binary_metrics(y, pred["raw_score"])["auc"],
+            "auc_fold_mean": fold_mean_auc(pred, "raw_score"),
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "brier": m["brier"]}
 
 
 def _use_scaling(cv, kind: str) -> None:

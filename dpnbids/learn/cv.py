@@ -423,12 +423,11 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
             mp, tp, chosen = _tune(x_tr, y[tr], x_val, y[va], model_params, train_params,
                                    tune_grid or TUNE_GRID, fold.seed)
         net = fit_fold_network(xs_outer, y[outer], n_tr, mp, tp, fold.seed)
-        model = net.model
-        raw = np.asarray(model.predict(xs_test, verbose=0), dtype=float).ravel()
+        raw = np.asarray(net.model.predict(xs_test, verbose=0), dtype=float).ravel()
         if on_fold is not None:
-            on_fold(FoldModel(input_set, fold, model, channels, scaler, xs_outer, y[outer],
+            on_fold(FoldModel(input_set, fold, net.model, channels, scaler, xs_outer, y[outer],
                               xs_test, y[te], tuple(fold.test_ids)))
-        del model
+        net = net._replace(model=None)  # free the network(s) before the next fold trains
         epoch_seconds.append(net.seconds / sum(net.member_epochs))
         histories.update(_fold_histories(fold, net))
         test_subjects = [ids[i] for i in te]

@@ -195,8 +195,6 @@ def table2(summary: pd.DataFrame, ci: pd.DataFrame | None = None,
 def fold_mean_auc(predictions: pd.DataFrame, score: str = "probability") -> float:
     """Mean over (repeat, fold) of the test fold's AUC of ``score`` (single-class folds
     skipped). Any score monotone within a fold gives the same value."""
-    from dpnbids.learn.linear import fold_auc
-
     aucs = [fold_auc(g["true_label"], g[score])
             for _, g in predictions.groupby(["repeat", "fold"])]
     aucs = [a for a in aucs if np.isfinite(a)]
