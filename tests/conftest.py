@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,22 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_scratch(request, tmp_path_factory):
+    """Delete what a module's fixtures wrote under the pytest base temp when all its tests passed.
+
+    The end-to-end modules keep cohorts, derivatives and nipype work directories (gigabytes)
+    for the module's lifetime; pytest's retention policy only frees function-scoped tmp_path.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
