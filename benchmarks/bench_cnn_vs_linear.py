@@ -71,7 +71,8 @@ def features(argv) -> int:
                                       res.ica.components_,
                                       threshold_z=config.ica.component_threshold)
         np.savez(out, x=x, y=np.asarray(res.y), subjects=np.asarray(subjects),
-                 summaries=summaries, affine=affine)
+                 summaries=summaries, affine=affine,
+                 networks=np.asarray(res.components_table["network"], dtype=str))
         print(f"saved {out}: x {x.shape}, {int(np.sum(res.y))} responders")
 
     classify.run_classification = capture

@@ -14,8 +14,8 @@ concentration near the planted networks and the planted networks' ranks in
     OMP_NUM_THREADS=2 python benchmarks/bench_default_classifier.py WORKROOT \\
         --cohort planted:13:2.0 --cohort null:14
 
-A cohort is ``planted:SEED:EFFECT_SIZE`` (effect on the default-mode, sensorimotor and
-visual networks) or ``null:SEED``. Existing cohort folders under WORKROOT are reused.
+A cohort is ``planted:SEED:EFFECT_SIZE`` (the generator's default effect networks, the
+default-mode and sensorimotor networks, at Cohen's d = EFFECT_SIZE) or ``null:SEED``. Existing cohort folders under WORKROOT are reused.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-EFFECT_NETWORKS = ("default_mode", "sensorimotor", "visual")
 BIN = Path(sys.executable).parent
 
 
@@ -40,8 +39,7 @@ def _run(cmd) -> None:
 def make_cohort(root: Path, spec: str, n_volumes: int) -> tuple[Path, dict]:
     kind, seed, *rest = spec.split(":")
     bids = root / spec.replace(":", "_") / "bids"
-    extra = ["--null"] if kind == "null" else [
-        "--effect-networks", ",".join(EFFECT_NETWORKS), "--effect-size", rest[0]]
+    extra = ["--null"] if kind == "null" else ["--effect-size", rest[0]]
     if not (bids / "dataset_description.json").exists():
         _run([BIN / "dpnbids-synth", bids, "--n-responders", 29, "--n-nonresponders", 14,
               "--seed", seed, "--n-volumes", n_volumes, "--n-jobs", 2, *extra])

@@ -158,6 +158,38 @@ def test_network_ranking_orders_by_mean_share():
                                                  np.std([0.2, 0.4], ddof=1), 0.0])
 
 
+def test_channel_contributions_split_the_logit_change_by_component(rng):
+    """On a linear model integrated gradients are w (x - b), so each channel's sum is its
+    exact part of logit(x) - logit(b); the parts add up to the whole."""
+    shape = (4, 5, 3, 3)
+    w = rng.normal(size=shape).astype(np.float32)
+    model = _linear_model(shape, w)
+    x = rng.normal(size=(4,) + shape).astype(np.float32)
+    base = rng.normal(size=shape).astype(np.float32)
+    contrib = sal.channel_contributions(sal.integrated_gradients(model, x, base, steps=2))
+    expected = (w * (x - base)).reshape(4, -1, 3).sum(axis=1)
+    np.testing.assert_allclose(contrib, expected, rtol=1e-4, atol=1e-4)
+    change = sal.predict_score(model, x) - sal.predict_score(model, base[None])
+    np.testing.assert_allclose(contrib.sum(axis=1), change, rtol=1e-4, atol=1e-4)
+
+
+def test_contribution_shares_rank_what_moves_the_prediction_not_voxel_noise(rng):
+    """A component whose voxel attributions are large but of random sign (noise gradients)
+    carries a large share of the summed |attribution| and almost none of the summed
+    contribution; a component with small, coherent attributions is the reverse."""
+    n, vox = 20, (6, 6, 6)
+    noise = rng.normal(scale=1.0, size=(n,) + vox)
+    noise -= noise.mean(axis=(1, 2, 3), keepdims=True)  # sums to 0 in each subject
+    signal = np.zeros((n,) + vox)
+    signal[:, 2:4, 2:4, 2:4] = rng.choice([-0.5, 0.5], size=n)[:, None, None, None]
+    attr = np.stack([noise, signal], axis=-1)
+    by_mass = sal.channel_shares(np.abs(attr).mean(axis=0))
+    by_contribution = sal.contribution_shares(attr)
+    assert by_mass[0] > 0.9 and by_contribution[1] > 0.99
+    np.testing.assert_allclose(by_contribution.sum(), 1.0)
+    np.testing.assert_allclose(sal.contribution_shares(np.zeros((2,) + vox + (3,))), 0.0)
+
+
 # ----------------------------------------------------------------------------- planted CV
 #: the planted cohort's grid ("CNN grid"): 4 mm, an ellipsoid brain inside it
 PGRID = (20, 23, 19)

@@ -299,12 +299,41 @@ def haufe_pattern(x_train, w) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- summaries
+def _normalised(per_channel) -> np.ndarray:
+    total = per_channel.sum()
+    return per_channel / total if total > 0 else np.zeros_like(per_channel)
+
+
 def channel_shares(abs_map) -> np.ndarray:
-    """Each channel's share of the total |attribution| of a (X, Y, Z, C) map (sums to 1)."""
+    """Each channel's share of the total |value| of a (X, Y, Z, C) map (sums to 1): the
+    share of a Haufe pattern's mass, or of a mean |attribution| map's."""
     a = np.abs(np.asarray(abs_map, dtype=np.float64))
-    per = a.reshape(-1, a.shape[-1]).sum(axis=0)
-    total = per.sum()
-    return per / total if total > 0 else np.zeros_like(per)
+    return _normalised(a.reshape(-1, a.shape[-1]).sum(axis=0))
+
+
+def channel_contributions(attr) -> np.ndarray:
+    """(N, C): each subject's signed attribution summed over the voxels of each channel.
+
+    Integrated gradients are additive, so by completeness a channel's sum is its part of
+    ``f(x) - f(baseline)``: how far this component's map as a whole moved the subject's
+    logit away from the typical training patient's (exact for a linear model with gradient
+    x input as well)."""
+    a = np.asarray(attr, dtype=np.float64)
+    if a.ndim == 4:
+        a = a[None]
+    return a.reshape(len(a), -1, a.shape[-1]).sum(axis=1)
+
+
+def contribution_shares(attr) -> np.ndarray:
+    """Each channel's share of the subjects' mean |channel contribution| (sums to 1).
+
+    What a component adds to the prediction, not how much its voxels fluctuate: voxel-wise
+    attributions of a component the model does not use (noise gradients times the
+    subject's deviation from the baseline) are large in |value| but of random sign, and
+    cancel in the channel's sum, whereas the attributions of a component that carries the
+    prediction add up. Ranking by the summed |attribution| instead rewards a component's
+    spatial extent and noise level."""
+    return _normalised(np.abs(channel_contributions(attr)).mean(axis=0))
 
 
 def grid_to_grid(volumes, source_affine, target_affine, target_shape) -> np.ndarray:
@@ -349,7 +378,9 @@ class SaliencyAccumulator:
     ``k``, whatever a fold selected): a channel that a fold did not select (SSC) adds
     zero for that fold's subjects, so a component chosen in few folds is down-weighted by
     how rarely the model used it. ``shares_[model]`` is one row per fold of each
-    channel's share of that fold's total |attribution| (unselected channels: 0).
+    channel's share (unselected channels: 0): for ``"cnn"`` of the held-out subjects' mean
+    |channel contribution| (:func:`contribution_shares`), for ``"svm-haufe"`` of the Haufe
+    pattern's total |value| (:func:`channel_shares`).
 
     Parameters
     ----------
@@ -393,7 +424,7 @@ class SaliencyAccumulator:
             self.sum_abs_ = np.zeros(fold_abs.shape[:3] + (self.n_channels,), np.float64)
         self.sum_abs_[..., channels] += fold_abs
         self.n_evaluations_ += len(x_test)
-        self.shares_["cnn"].append(self._full(channel_shares(fold_abs), channels))
+        self.shares_["cnn"].append(self._full(contribution_shares(attr), channels))
         if self.haufe:
             w = _linear_svm_weights(x_train, fold_model.y_train)
             pattern = haufe_pattern(x_train, w)

@@ -134,9 +134,13 @@ NETWORKS_SIDECAR = {
                              "pattern A = Cov(X) w on the same folds and features"},
     "component": {"Description": "group ICA component (0-based)"},
     "network": {"Description": "network label of the component (components table)"},
-    "share_mean": {"Description": "mean over outer folds of the component's share of the "
-                                  "fold's total |attribution| (0 in a fold that did not "
-                                  "select it)"},
+    "share_mean": {"Description": "mean over outer folds of the component's share (0 in a "
+                                  "fold that did not select it). cnn: share of the held-out "
+                                  "subjects' mean |channel contribution|, a subject's "
+                                  "attributions summed over the component's voxels (with "
+                                  "integrated gradients, the component's part of "
+                                  "logit(x) - logit(baseline)); svm-haufe: share of the "
+                                  "pattern's total |value|"},
     "share_sd": {"Description": "SD over outer folds of that share (n/a with one fold)"},
     "n_folds_used": {"Description": "folds in which the component had any attribution"},
     "rank": {"Description": "1 = largest mean share, within input_set and model"},
