@@ -285,10 +285,18 @@ def _find_alternative(tdir: Path, space: str, resolution: float, kind: str) -> P
     return None
 
 
-@lru_cache(maxsize=32)
 def load_template(space: str = DEFAULT_SPACE, resolution: float = 2.0, kind: str = "T1w") -> nib.Nifti1Image:
-    """Load (and cache in memory) a template image. See :func:`get_template`."""
-    return nib.load(get_template(space, resolution, kind))
+    """A template image held in memory (cached per TemplateFlow home). See :func:`get_template`.
+
+    The voxels are read once: a cached image never points at a file that has since been
+    replaced or removed (a per-run TEMPLATEFLOW_HOME, a cleaned cache)."""
+    return _load_template(str(templateflow_home()), space, float(resolution), kind)
+
+
+@lru_cache(maxsize=32)
+def _load_template(home: str, space: str, resolution: float, kind: str) -> nib.Nifti1Image:
+    img = nib.load(get_template(space, resolution, kind))
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
 
 
 def seed_templateflow(home: Path | None = None, resolutions: tuple[float, ...] = (1.0, 2.0)) -> Path:

@@ -16,9 +16,9 @@ def fresh_home(tmp_path, monkeypatch):
     home = tmp_path / "tf"
     monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
     monkeypatch.setenv("DPNBIDS_CACHE", str(tmp_path / "cache"))
-    templates.load_template.cache_clear()
+    templates._load_template.cache_clear()
     yield home
-    templates.load_template.cache_clear()
+    templates._load_template.cache_clear()
 
 
 def test_zero_byte_placeholders_are_replaced(fresh_home):
@@ -52,3 +52,21 @@ def test_read_only_home_uses_a_writable_cache(fresh_home, tmp_path, monkeypatch)
 def test_unknown_space_names_the_alternatives(fresh_home):
     with pytest.raises(InputError, match="MNI152NLin2009aSym.*always available"):
         templates.get_template("MNI152NLin6Asym", 2, "T1w")
+
+
+def test_loaded_template_survives_its_file_and_follows_the_home(fresh_home, tmp_path,
+                                                              monkeypatch):
+    """A cached template holds its voxels (its file may be removed, as a per-run
+    TEMPLATEFLOW_HOME is), and another TEMPLATEFLOW_HOME is another cache entry."""
+    import shutil
+
+    first = templates.load_template("MNI152NLin2009aSym", 4, "mask")
+    path = templates.get_template("MNI152NLin2009aSym", 4, "mask")
+    shutil.rmtree(fresh_home)
+    again = templates.load_template("MNI152NLin2009aSym", 4, "mask")
+    assert again is first and not path.exists()
+    assert np.asarray(again.dataobj).sum() > 0  # read from memory, not from the gone file
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tmp_path / "other"))
+    other = templates.load_template("MNI152NLin2009aSym", 4, "mask")
+    assert other is not first
+    np.testing.assert_array_equal(np.asarray(other.dataobj), np.asarray(first.dataobj))
