@@ -143,6 +143,7 @@ class CNNConfig:
     dense_units: int = 128
     cnn_voxel_size: float | None = None
     saliency: str = "integrated-gradients"
+    saliency_fwhm: float = 8.0
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
 def test_saliency_maps_on_the_group_grid_rank_the_planted_networks(planted):
     """--saliency (default: integrated gradients): per input set, 4D and summed maps on the
     group components' grid and affine, and the planted networks in the top third of
-    saliency_networks.tsv (CNN and the SVM's Haufe pattern). BIDS validity of the whole
+    saliency_networks.tsv (CNN and the SVM's Haufe pattern): all of them. BIDS validity of the whole
     output: test_participant_outputs_validate."""
     import nibabel as nib
 
@@ -258,13 +258,12 @@ def test_saliency_maps_on_the_group_grid_rank_the_planted_networks(planted):
     for model, rows in table[table["input_set"] == "ASC"].groupby("model"):
         top = rows[rows["rank"] <= np.ceil(len(rows) / 3)]
         print(model, rows[["component", "network", "share_mean", "rank"]].to_string())
-        assert effect & set(top["network"]), (model, effect)
+        assert effect <= set(top["network"]), (model, effect)  # every planted network
     # concentration at the planted regions (within 8 mm of the effect networks' MNI
-    # coordinates) over the rest of the group mask. Issue #15's target is 2x; measured on
-    # this cohort: 1.53 for the ASC sum over components, 2.43 / 2.01 for the planted
-    # components' own volumes, about 1.1 for the others (README "Saliency"). Asserted: the
-    # planted components concentrate more than every other component, and the sum is
-    # concentrated at all.
+    # coordinates) over the rest of the group mask. Issue #15's target (2x) is measured
+    # with default flags by benchmarks/bench_default_classifier.py (README "Saliency");
+    # this small 4-fold, 25-epoch cohort asserts that the planted components concentrate
+    # more than every other component, and that the sum is concentrated at all.
     from dpnbids.analysis.networks import load_network_coordinates
 
     coords = load_network_coordinates()

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpnbids.exceptions import InputError
 from dpnbids.learn import saliency as sal
 
 #: unequal axes; 4 mm voxels with an origin that is not 0 (a "crop offset")
@@ -188,6 +189,24 @@ def test_contribution_shares_rank_what_moves_the_prediction_not_voxel_noise(rng)
     assert by_mass[0] > 0.9 and by_contribution[1] > 0.99
     np.testing.assert_allclose(by_contribution.sum(), 1.0)
     np.testing.assert_allclose(sal.contribution_shares(np.zeros((2,) + vox + (3,))), 0.0)
+
+
+def test_smoothing_before_the_absolute_value_cancels_sign_noise_not_a_coherent_effect(rng):
+    """Voxel attributions of random sign fall by smoothing (then |.|); a coherent blob keeps
+    most of its mean |attribution|; FWHM 0 is the identity; the sum is kept."""
+    vox = (16, 16, 16)
+    noise = rng.normal(size=(6,) + vox + (1,)).astype(np.float32)
+    blob = np.zeros((6,) + vox + (1,), np.float32)
+    blob[:, 5:11, 5:11, 5:11] = 1.0
+    np.testing.assert_array_equal(sal.smooth_attributions(noise, 0.0, 5.0), noise)
+    sm_noise = sal.smooth_attributions(noise, 8.0, 5.0)
+    sm_blob = sal.smooth_attributions(blob, 8.0, 5.0)
+    assert np.abs(sm_noise).mean() < 0.4 * np.abs(noise).mean()
+    inner = (slice(None), slice(6, 10), slice(6, 10), slice(6, 10))
+    assert np.abs(sm_blob[inner]).mean() > 0.8
+    np.testing.assert_allclose(sm_blob.sum(), blob.sum(), rtol=1e-3)
+    with pytest.raises(InputError, match="voxel size"):
+        sal.SaliencyAccumulator("integrated-gradients", 2, fwhm_mm=8.0)
 
 
 # ----------------------------------------------------------------------------- planted CV

@@ -311,6 +311,23 @@ def channel_shares(abs_map) -> np.ndarray:
     return _normalised(a.reshape(-1, a.shape[-1]).sum(axis=0))
 
 
+def smooth_attributions(attr, fwhm_mm: float, voxel_mm) -> np.ndarray:
+    """Each subject's signed (N, X, Y, Z, C) attributions smoothed in space, channel by
+    channel, with a Gaussian of ``fwhm_mm`` (0: returned as they are).
+
+    Smoothed before any absolute value: below the scale the network resolves (its first
+    convolution samples every second voxel), attributions alternate in sign from voxel to
+    voxel (noise gradients times the subject's deviation from the baseline) and cancel,
+    while an effect the model uses is coherent over its extent and stays."""
+    a = np.asarray(attr, dtype=np.float32)
+    if not fwhm_mm:
+        return a
+    from scipy.ndimage import gaussian_filter
+
+    sigma = float(fwhm_mm) / float(voxel_mm) / np.sqrt(8.0 * np.log(2.0))
+    return gaussian_filter(a, sigma=(0, sigma, sigma, sigma, 0), mode="constant")
+
+
 def channel_contributions(attr) -> np.ndarray:
     """(N, C): each subject's signed attribution summed over the voxels of each channel.
 
@@ -373,7 +390,8 @@ class SaliencyAccumulator:
     the fold's linear SVM exactly as the CV's baseline does (same features, same seed)
     to take its Haufe pattern.
 
-    Averaging. ``mean_abs_`` (X, Y, Z, K) is the mean |attribution| over all held-out
+    Averaging. ``mean_abs_`` (X, Y, Z, K) is the mean |attribution| (after
+    :func:`smooth_attributions` with ``fwhm_mm``, 0: none) over all held-out
     (subject, fold) pairs, over the K channels of the input set (channel ``k`` = map
     ``k``, whatever a fold selected): a channel that a fold did not select (SSC) adds
     zero for that fold's subjects, so a component chosen in few folds is down-weighted by
@@ -391,8 +409,14 @@ class SaliencyAccumulator:
     """
 
     def __init__(self, method, n_channels, *, steps=DEFAULT_IG_STEPS, patch=3,
-                 batch_size=DEFAULT_BATCH, target="logit", haufe=True):
+                 batch_size=DEFAULT_BATCH, target="logit", haufe=True, fwhm_mm=0.0,
+                 voxel_mm=None):
+        if fwhm_mm and not voxel_mm:
+            raise InputError("smoothing the attributions (fwhm_mm > 0) needs the CNN grid's "
+                             "voxel size (voxel_mm)")
         self.method = method
+        self.fwhm_mm = float(fwhm_mm or 0.0)
+        self.voxel_mm = voxel_mm
         self.n_channels = n_channels
         self.steps = steps
         self.patch = patch
@@ -419,7 +443,8 @@ class SaliencyAccumulator:
         attr = attribute(self.method, fold_model.model, x_test, baseline=baseline,
                          steps=self.steps, patch=self.patch, batch_size=self.batch_size,
                          target=self.target)
-        fold_abs = np.abs(attr).sum(axis=0)  # (X, Y, Z, c): summed over test subjects
+        smoothed = smooth_attributions(attr, self.fwhm_mm, self.voxel_mm)
+        fold_abs = np.abs(smoothed).sum(axis=0)  # (X, Y, Z, c): summed over test subjects
         if self.sum_abs_ is None:
             self.sum_abs_ = np.zeros(fold_abs.shape[:3] + (self.n_channels,), np.float64)
         self.sum_abs_[..., channels] += fold_abs

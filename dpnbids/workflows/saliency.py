@@ -33,6 +33,9 @@ BASELINE_TEXT = ("the training fold's mean input map: the mean over the fold's o
 AVERAGING_TEXT = ("mean |attribution| over all held-out (subject, fold) pairs; a component "
                   "that a fold did not use (SSC selection) contributes 0 for that fold's "
                   "subjects, so a rarely selected component is down-weighted accordingly")
+SMOOTHING_TEXT = ("each held-out subject's signed attribution map smoothed on the CNN grid "
+                  "with a Gaussian of FWHM SmoothingFWHM (mm), channel by channel, before "
+                  "the absolute value (--saliency-fwhm)")
 METHOD_TEXT = {"gradients": "gradient x input (Shrikumar et al. 2016)",
                "integrated-gradients": "integrated gradients (Sundararajan et al. 2017), "
                                        "midpoint Riemann sum",
@@ -53,8 +56,12 @@ def make_accumulators(config, sets) -> dict:
     if method == "none":
         return {}
     # RSP channels are BOLD volumes, not components: no network ranking, so no Haufe pattern
+    from dpnbids.learn.model import default_cnn_voxel_size
+
+    voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
     return {item.name: SaliencyAccumulator(method, int(item.features.shape[-1]),
-                                           haufe=not item.name.startswith("RSP"))
+                                           haufe=not item.name.startswith("RSP"),
+                                           fwhm_mm=config.cnn.saliency_fwhm, voxel_mm=voxel)
             for item in sets}
 
 
@@ -96,7 +103,9 @@ def write_group_saliency(config, writer, res, accumulators: dict, grid_affine) -
             "IntegratedGradientsSteps": acc.steps if acc.method == "integrated-gradients"
             else None,
             "OcclusionPatchVoxels": acc.patch if acc.method == "occlusion" else None,
-            "Averaging": AVERAGING_TEXT, "HeldOutEvaluations": acc.n_evaluations_,
+            "Averaging": AVERAGING_TEXT, "SmoothingFWHM": acc.fwhm_mm,
+            "Smoothing": SMOOTHING_TEXT if acc.fwhm_mm else "none",
+            "HeldOutEvaluations": acc.n_evaluations_,
             "Folds": acc.folds_,
             "Volumes": "one per BOLD volume of the RSP input" if is_rsp
             else "one per group ICA component (volume k = component k)",
