@@ -1,5 +1,6 @@
 """Shared benchmark helpers: wall time and peak RSS of a process tree, the CPU model,
-and the argument parser of a benchmark's cohort options.
+the argument parser of a benchmark's cohort options, and the voxels near a planted
+effect (the saliency benchmarks' measure).
 
 
 The tree RSS is sampled from /proc every 0.2 s (sum over the command and all
@@ -94,3 +95,17 @@ def benchmark_parser(doc: str, **defaults) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=type(default), default=default)
     return parser
 
+
+def near_planted(affine, shape, networks, radius_mm=8.0):
+    """Boolean (X, Y, Z): the voxels of the grid within ``radius_mm`` of any MNI
+    coordinate of ``networks`` (the generator plants its effects at these coordinates)."""
+    import numpy as np
+
+    from dpnbids.analysis.networks import load_network_coordinates
+
+    coords = load_network_coordinates()
+    pts = coords.loc[coords["network"].isin(networks), ["x", "y", "z"]].to_numpy()
+    ijk = np.indices(shape).reshape(3, -1)
+    world = (affine[:3, :3] @ ijk + affine[:3, 3:4]).T
+    dist = np.min(np.linalg.norm(world[:, None] - pts[None], axis=-1), axis=1)
+    return dist.reshape(shape) <= radius_mm

@@ -65,18 +65,13 @@ def saliency_figures(group: Path, truth_dir: Path) -> dict:
     networks' ranks in saliency_networks.tsv."""
     import nibabel as nib
 
-    from dpnbids.analysis.networks import load_network_coordinates
+    from _measure import near_planted
 
     effect = set(json.loads((truth_dir / "truth.json").read_text())["params"]["effect_networks"])
-    coords = load_network_coordinates()
-    pts = coords.loc[coords["network"].isin(effect), ["x", "y", "z"]].to_numpy()
     mask = np.asarray(nib.load(str(next(group.glob("*_desc-ica_mask.nii.gz")))).dataobj) > 0
     img = nib.load(str(next(group.glob("*_desc-saliencyASC_map.nii.gz"))))
     data = np.asarray(img.dataobj)
-    ijk = np.indices(data.shape).reshape(3, -1)
-    world = (img.affine[:3, :3] @ ijk + img.affine[:3, 3:4]).T
-    dist = np.min(np.linalg.norm(world[:, None] - pts[None], axis=-1), axis=1)
-    near = (dist.reshape(data.shape) <= 8.0) & mask
+    near = near_planted(img.affine, data.shape, effect) & mask
     out = {"saliency_ratio_8mm": round(float(data[near].mean() / data[~near & mask].mean()), 2)}
     table = pd.read_csv(group / "saliency_networks.tsv", sep="\t")
     for model, rows in table[table["input_set"] == "ASC"].groupby("model"):

@@ -31,18 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def near_planted(affine, shape, networks, radius_mm=8.0) -> np.ndarray:
-    """Voxels of the grid within ``radius_mm`` of any coordinate of ``networks``."""
-    from dpnbids.analysis.networks import load_network_coordinates
-
-    coords = load_network_coordinates()
-    pts = coords.loc[coords["network"].isin(networks), ["x", "y", "z"]].to_numpy()
-    ijk = np.indices(shape).reshape(3, -1)
-    world = (affine[:3, :3] @ ijk + affine[:3, 3:4]).T
-    dist = np.min(np.linalg.norm(world[:, None] - pts[None], axis=-1), axis=1)
-    return dist.reshape(shape) <= radius_mm
+from _measure import near_planted  # noqa: E402
 
 
 def ranks(shares, planted_channels) -> list[int]:
