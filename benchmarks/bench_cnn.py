@@ -94,9 +94,9 @@ def main(argv=None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    from dpnbids.learn.model import build_voxnet, cnn_grid, default_cnn_voxel_size
+    from dpnbids.learn.model import build_voxnet, cnn_grid, cnn_voxel_size
 
-    vs = args.voxel_size or default_cnn_voxel_size
+    vs = cnn_voxel_size(args.voxel_size)
     shape, _ = cnn_grid(vs)
     name, mhz, per_cycle = _cpu_info()
     n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

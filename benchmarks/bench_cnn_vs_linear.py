@@ -58,13 +58,13 @@ def features(argv) -> int:
     import dpnbids.workflows.classify as classify
     from dpnbids.analysis.stats import component_summary
     from dpnbids.cli.run import main
-    from dpnbids.learn.model import default_cnn_voxel_size
+    from dpnbids.learn.model import cnn_voxel_size
 
     out = argv[0]
 
     def capture(config, writer, res):
         subjects = list(res.subjects)
-        voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
+        voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
         x, affine = classify.build_map_features(res.maps, subjects, res.mask, res.affine,
                                                 voxel)
         summaries = component_summary(np.stack([res.maps[s] for s in subjects]),

@@ -20,6 +20,11 @@ from dpnbids.exceptions import DimensionError
 #: Default CNN voxel size in mm (see module docstring for the parameter count).
 default_cnn_voxel_size = 5.0
 
+
+def cnn_voxel_size(requested=None) -> float:
+    """The CNN grid's voxel size (mm): ``--cnn-voxel-size`` when given, else the default."""
+    return float(requested or default_cnn_voxel_size)
+
 #: MNI bounding box of the brain (mm, RAS), covering the MNI152 brain mask.
 MNI_BRAIN_BBOX = ((-78.0, 78.0), (-114.0, 78.0), (-72.0, 90.0))
 

@@ -135,10 +135,10 @@ class _InputSet:
 def run_classification(config, writer, res: GroupICAResult):
     """Everything after dual regression at the group level: outer folds, the CV of each
     input set (and of the strict ICA-in-folds mode), metrics, the final model, the report."""
-    from dpnbids.learn.model import default_cnn_voxel_size
+    from dpnbids.learn.model import cnn_voxel_size
     from dpnbids.analysis.stats import component_summary
 
-    voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
+    voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
     subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
     folds = _outer_folds(config, writer, subjects, y, res.group_dir / "cv")
     summaries = component_summary(np.stack([res.maps[s] for s in subjects]),

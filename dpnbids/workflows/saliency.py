@@ -56,9 +56,9 @@ def make_accumulators(config, sets) -> dict:
     if method == "none":
         return {}
     # RSP channels are BOLD volumes, not components: no network ranking, so no Haufe pattern
-    from dpnbids.learn.model import default_cnn_voxel_size
+    from dpnbids.learn.model import cnn_voxel_size
 
-    voxel = config.cnn.cnn_voxel_size or default_cnn_voxel_size
+    voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
     return {item.name: SaliencyAccumulator(method, int(item.features.shape[-1]),
                                            haufe=not item.name.startswith("RSP"),
                                            fwhm_mm=config.cnn.saliency_fwhm, voxel_mm=voxel)
@@ -80,9 +80,9 @@ def write_group_saliency(config, writer, res, accumulators: dict, grid_affine) -
 
     out = {"sets": {}, "networks": pd.DataFrame()}
     if grid_affine is None:  # no map-based input set: the CNN grid of the RSP set
-        from dpnbids.learn.model import cnn_grid, default_cnn_voxel_size
+        from dpnbids.learn.model import cnn_grid, cnn_voxel_size
 
-        grid_affine = cnn_grid(config.cnn.cnn_voxel_size or default_cnn_voxel_size)[1]
+        grid_affine = cnn_grid(cnn_voxel_size(config.cnn.cnn_voxel_size))[1]
     comps_img = nib.load(str(res.comps_file))
     affine, shape = comps_img.affine, comps_img.shape[:3]
     mask = np.asarray(res.mask, bool)
