@@ -41,7 +41,7 @@ def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
 
 #: Choices of ``--dim-est`` and ``--ica-contrast``, shared by the parser and
 #: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
-DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
+DIM_ESTIMATORS = ("pooled", "lap", "mdl", "aic", "bic")
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
 
 
@@ -101,7 +101,7 @@ class PreprocConfig:
 class ICAConfig:
     pca_dim: int = 64
     n_components: int | str = "auto"
-    dim_est: str = "lap"
+    dim_est: str = "pooled"
     ica_repeats: int = 1
     ica_contrast: str = "auto"
     back_projection: str = "dual_regression"

@@ -65,10 +65,8 @@ class GroupICA:
     ----------
     n_components : int or "auto"
         Number of independent components K (``--n-components``). ``"auto"``:
-        estimated after MIGP by :mod:`dpnbids.analysis.model_order` (per-subject
-        estimates on temporally whitened, rank-reduced data with a smoothness
-        correction of the sample size, combined by the median; see
-        :func:`dpnbids.analysis.model_order.estimate_group_order`), then capped by
+        estimated while MIGP reads the runs (``dim_est``; by default the pooled
+        estimate of :mod:`dpnbids.analysis.group_order`), then capped by
         ``pca_dim``, ``max_components`` and the smallest subject's temporal
         degrees of freedom after denoising; at least 1.
     pca_dim : int
@@ -84,9 +82,12 @@ class GroupICA:
         FastICA stopping rule.
     fun : {"auto", "cube", "skew", "logcosh", "exp"}
         FastICA contrast (see :func:`fastica`).
-    dim_est : {"lap", "bic", "mdl", "aic"}
-        Model-order criterion for ``n_components="auto"`` (MELODIC's default
-        "lap"). Ignored for an integer ``n_components``.
+    dim_est : {"pooled", "lap", "bic", "mdl", "aic"}
+        Model-order estimator for ``n_components="auto"``: "pooled" (default) pools
+        all runs, whitened in time, and counts the eigenvalues above a
+        parallel-analysis noise bulk (:mod:`dpnbids.analysis.group_order`); the
+        others take the median of per-run criteria (MELODIC's "lap", ...). Ignored
+        for an integer ``n_components``.
     max_components : int, optional
         Extra cap on the automatic order (e.g. the cohort's smallest temporal
         dof from :mod:`dpnbids.preproc.dof`). Ignored for an integer
@@ -135,7 +136,7 @@ class GroupICA:
     """
 
     def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=200, tol=1e-4, fun="auto", dim_est="lap",
+                 internal_dim=None, max_iter=200, tol=1e-4, fun="auto", dim_est="pooled",
                  max_components=None, mask=None):
         self.n_components = n_components
         self.pca_dim = pca_dim
@@ -151,7 +152,7 @@ class GroupICA:
 
     def _check_params(self):
         if isinstance(self.n_components, str) and self.n_components == "auto":
-            from dpnbids.analysis.model_order import METHODS
+            from dpnbids.config import DIM_ESTIMATORS as METHODS
 
             for name in ("pca_dim", "n_repeats"):
                 val = getattr(self, name)
@@ -256,7 +257,10 @@ class GroupICA:
             return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
 
         if auto:
+            from dpnbids.analysis.group_order import MAX_POOLED_ROWS, whiten_run
             from dpnbids.analysis.model_order import estimate_subject_order
+
+            pool_every = [1]
 
             mask = None if mask is None else np.asarray(mask, dtype=bool)
             if mask is None:
@@ -270,9 +274,17 @@ class GroupICA:
                 if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
                     raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
                                          f"in-mask voxels but the mask has {int(mask.sum())}.")
-                if y.ndim == 2 and np.isfinite(y).all():
+                if not (y.ndim == 2 and np.isfinite(y).all()):
+                    return y
+                if self.dim_est != "pooled":
                     order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
                                                                max_order=self.pca_dim)
+                elif not order_subjects or i % pool_every[0] == 0:
+                    w = whiten_run(y)
+                    if not order_subjects:  # pool an even share of runs: bounded memory
+                        pool_every[0] = max(1, int(np.ceil(
+                            n_subjects * max(w.shape[0], 1) / MAX_POOLED_ROWS)))
+                    order_subjects[i] = w
                 return y
 
         res = _migp(load, n_subjects, dim=self.pca_dim, internal_dim=self.internal_dim,
@@ -284,11 +296,8 @@ class GroupICA:
         lam = res.eigenvalues[:dim]
         self.order_estimate_ = None
         if auto:
-            from dpnbids.analysis.model_order import combine_subject_orders
-
-            self.order_estimate_ = combine_subject_orders(
-                [order_subjects[i] for i in sorted(order_subjects)], method=self.dim_est,
-                max_order=self.max_components, pca_dim=dim, migp_eigenvalues=res.eigenvalues)
+            self.order_estimate_ = self._combine_order(order_subjects, mask, dim, ica_seed,
+                                                       res.eigenvalues)
             n_comp = int(self.order_estimate_.n_components)
         else:
             n_comp = self.n_components
@@ -318,6 +327,22 @@ class GroupICA:
         self.n_timepoints_ = res.n_timepoints
         self.n_features_in_ = z.shape[1]
         return self
+
+    def _combine_order(self, order_subjects, mask, dim, seed, migp_eigenvalues):
+        """The group order from what the loader collected (whitened runs or run estimates)."""
+        runs = [order_subjects[i] for i in sorted(order_subjects)]
+        if not runs:
+            raise InputError("no run had finite 2D data to estimate the model order from.")
+        if self.dim_est == "pooled":
+            from dpnbids.analysis.group_order import estimate_pooled_order, pooled_group_estimate
+
+            pooled = estimate_pooled_order(None, len(runs), mask, whitened=runs,
+                                           random_state=seed)
+            return pooled_group_estimate(pooled, max_order=self.max_components, pca_dim=dim)
+        from dpnbids.analysis.model_order import combine_subject_orders
+
+        return combine_subject_orders(runs, method=self.dim_est, max_order=self.max_components,
+                                      pca_dim=dim, migp_eigenvalues=migp_eigenvalues)
 
     def backproject_gica1(self, subject_data, *, subject_pca_dim: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     ica.fit_arrays(loader, len(runs), subject_ids=[r.key for r in runs])
     if auto:
         est = ica.order_estimate_
-        LOGGER.info("model order (%s): %d components (median of run estimates %.1f, cap %d)",
+        LOGGER.info("model order (%s): %d components (estimate %.1f, cap %d)",
                     config.ica.dim_est, est.n_components, est.raw_n_components, est.cap)
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
                 len(runs), time.time() - started)
@@ -412,7 +412,10 @@ def _order_record(config, order, n_components, cap, dofs) -> dict:
     if order is not None:
         record.update({
             "Method": config.ica.dim_est,
-            "MethodDescription": {"lap": "Laplace approximation of the PPCA evidence (Minka "
+            "MethodDescription": {"pooled": "eigenvalues of all runs, whitened in time and "
+                                            "pooled, above a parallel-analysis noise bulk with "
+                                            "the data's spatial smoothness",
+                                  "lap": "Laplace approximation of the PPCA evidence (Minka "
                                          "2000; MELODIC's default)",
                                   "mdl": "minimum description length (Li et al. 2007; GIFT)",
                                   "aic": "Akaike information criterion",
