@@ -61,7 +61,7 @@ _CHI2_1_MEDIAN = 0.454936
 #: 99% quantile of the Tracy-Widom (beta = 1) law of the largest noise eigenvalue.
 _TW1_99 = 2.0234
 #: Most rows the pooled stack keeps (runs beyond it are subsampled evenly).
-MAX_POOLED_ROWS = 2400
+MAX_POOLED_ROWS = 1200
 
 
 def _median_power(c: np.ndarray, chunk: int = 64) -> np.ndarray:
@@ -280,8 +280,8 @@ class PooledOrderEstimate:
         The null eigenvalue (scaled, plus margin) that stopped the count, on the
         scale of ``eigenvalues``.
     ratio : float
-        Scale of the null matched to the data (by the medians), or the fitted
-        Marchenko-Pastur ratio without a mask.
+        The null's top eigenvalue after matching it to the data's bulk, over its
+        raw value; without a mask the fitted Marchenko-Pastur ratio.
     dof : ndarray of int
         Each run's temporal degrees of freedom after denoising (rows it added).
     stride : int
@@ -293,6 +293,8 @@ class PooledOrderEstimate:
     n_edge : int
         Eigenvalues above the null's *largest* one (the stricter edge rule,
         kept for comparison; it misses networks near the bulk's edge).
+    null : ndarray or None
+        The null's eigenvalues, scaled and with the margin: the thresholds.
     """
 
     n_components: int
@@ -304,12 +306,14 @@ class PooledOrderEstimate:
     n_voxels: int
     fwhm: np.ndarray = field(repr=False)
     n_edge: int = -1
+    null: np.ndarray = field(default=None, repr=False)
 
 
 def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subjects: int,
                           mask_3d=None, *, max_rows: int = MAX_POOLED_ROWS,
                           whitened: Optional[list] = None, random_state=None,
-                          n_null: int = 2, margin: float = 0.05) -> PooledOrderEstimate:
+                          n_null: int = 2, margin: float = 0.05, soft: float = 0.1
+                          ) -> PooledOrderEstimate:
     """Group model order from the pooled, whitened runs (module docstring).
 
     Parameters
@@ -329,7 +333,10 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
     n_null : int
         Null spectra drawn; the threshold uses the largest top eigenvalue.
     margin : float
-        Relative margin above the null's top eigenvalue.
+        Relative margin above the null's eigenvalues.
+    soft : float
+        Below the null's largest eigenvalue, eigenvalues within this fraction of
+        it still count when they exceed the null's eigenvalue of their rank.
     whitened : list, optional
         Runs already whitened by :func:`whiten_run` (then the loader is not called).
 
@@ -363,19 +370,34 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
                   axis=0)
     # the null's scale is matched to the data's bulk by the medians (a few networks
     # do not move the median of hundreds of eigenvalues)
-    scale = np.median(lam[lam > 0]) / np.median(null[null > 0])
-    thr = scale * null * (1.0 + margin)
-    k = _rankwise_count(lam, thr)
+    thr = _fit_null(lam, null) * (1.0 + margin)
+    scale = float(thr[0] / null[0] / (1.0 + margin))
+    k = _rankwise_count(lam, thr, soft)
     return PooledOrderEstimate(k, lam, float(thr[min(k, thr.size - 1)]), float(scale), dof,
                                stride, int(idx.size), np.asarray(fwhm, dtype=float),
-                               int(np.sum(lam > thr[0])))
+                               int(np.sum(lam > thr[0])), thr)
 
 
-def _rankwise_count(lam: np.ndarray, thr: np.ndarray) -> int:
-    """Leading eigenvalues that each exceed the null's eigenvalue of the same rank
-    (Horn's parallel analysis): the count stops at the first that does not."""
+def _fit_null(lam: np.ndarray, null: np.ndarray, lo: float = 0.2, hi: float = 0.8
+              ) -> np.ndarray:
+    """The null's eigenvalues mapped onto the data's bulk: ``a + b * null``, fitted by least
+    squares on the ranks between the ``lo`` and ``hi`` quantiles of the spectrum (a
+    quantile-quantile line: the networks, at the top, do not enter it). Scale *and* spread
+    are matched, so a bulk that residual temporal colour widened is not counted as networks."""
+    n = min(lam.size, null.size)
+    sel = slice(int(lo * n), max(int(hi * n), int(lo * n) + 3))
+    x, y = null[:n][sel], lam[:n][sel]
+    b, a = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (np.mean(y) / max(np.mean(x), 1e-12), 0.0)
+    b = max(float(b), 1e-6)
+    return a + b * null[:n]
+
+
+def _rankwise_count(lam: np.ndarray, thr: np.ndarray, soft: float) -> int:
+    """Leading eigenvalues above the null's largest (the edge), then those that each exceed
+    the null's eigenvalue of the same rank (Horn's parallel analysis) while they stay within
+    ``soft`` of the edge: the count stops at the first that does not."""
     n = min(lam.size, thr.size)
-    above = lam[:n] > thr[:n]
+    above = (lam[:n] > thr[:n]) & (lam[:n] > (1.0 - soft) * thr[0])
     return int(np.argmin(above)) if not above.all() else n
 
 
