@@ -106,3 +106,24 @@ def test_edge_count_on_a_known_spectrum():
     assert edge_count(lam)[0] == 3
     y = rng.normal(size=(200, 2000))
     assert edge_count(np.linalg.eigvalsh(y @ y.T / 2000))[0] <= 1
+
+
+def test_order_warnings_name_the_problem():
+    from dpnbids.analysis.group_order import order_warnings
+    from dpnbids.analysis.model_order import GroupOrderEstimate
+
+    e = np.zeros(0)
+    capped = GroupOrderEstimate(17, 23.0, "pooled", 17, True, (), e, e, e, e, e)
+    texts = order_warnings(17, estimate=capped, stability=[0.95, 0.4, np.nan], expected=25)
+    assert len(texts) == 3
+    assert "support 23 components but only 17 fit" in texts[0]
+    assert "fewer than the 25 networks expected" in texts[1]
+    assert "1 of 3 components are unstable" in texts[2] and "#1 (Iq 0.40)" in texts[2]
+    fine = GroupOrderEstimate(11, 11.0, "pooled", 19, False, (), e, e, e, e, e)
+    assert order_warnings(11, estimate=fine, stability=[0.9] * 11, expected=11) == []
+    assert "requested" in order_warnings(8, expected=14)[0]
+    # the report shows them above the model-order table
+    from dpnbids.reports.group import _model_order
+
+    html = _model_order({"NumberOfComponents": 17, "Warnings": texts})
+    assert html.count("Warning: ") == 3

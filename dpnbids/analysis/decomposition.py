@@ -124,6 +124,9 @@ class GroupICA:
         come from dual regression stage 1 or :meth:`backproject_gica1`.
     unmixing_ : ndarray, shape (K, pca_dim)
         ``components_ == unmixing_ @ (Z - mean)``.
+    warnings_ : list of str
+        What :func:`dpnbids.analysis.group_order.order_warnings` says about the fit
+        (a capped estimate, unstable components); each is also a RuntimeWarning.
     subject_order_ : ndarray
         Order in which MIGP visited the subjects.
     subject_ids_ : list of str or None
@@ -326,6 +329,12 @@ class GroupICA:
         self.subject_ids_ = list(subject_ids) if subject_ids is not None else None
         self.n_timepoints_ = res.n_timepoints
         self.n_features_in_ = z.shape[1]
+        from dpnbids.analysis.group_order import order_warnings
+
+        self.warnings_ = order_warnings(self.n_components_, estimate=self.order_estimate_,
+                                        stability=self.stability_)
+        for text in self.warnings_:
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
         return self
 
     def _combine_order(self, order_subjects, mask, dim, seed, migp_eigenvalues):

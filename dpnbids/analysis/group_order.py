@@ -54,7 +54,7 @@ from scipy.ndimage import median_filter
 from dpnbids.analysis.noise import smoothness
 
 __all__ = ["PooledOrderEstimate", "edge_count", "estimate_pooled_order", "null_spectrum",
-           "pooled_group_estimate", "whiten_run"]
+           "order_warnings", "pooled_group_estimate", "whiten_run"]
 
 #: Median of a chi-square variable with one degree of freedom: median(x^2) = 0.4549 var(x).
 _CHI2_1_MEDIAN = 0.454936
@@ -62,6 +62,8 @@ _CHI2_1_MEDIAN = 0.454936
 _TW1_99 = 2.0234
 #: Most rows the pooled stack keeps (runs beyond it are subsampled evenly).
 MAX_POOLED_ROWS = 1200
+#: Leading eigenvalues kept for the scree plot and the components JSON.
+_SCREE_LENGTH = 100
 
 
 def _median_power(c: np.ndarray, chunk: int = 64) -> np.ndarray:
@@ -414,7 +416,59 @@ def pooled_group_estimate(pooled: PooledOrderEstimate, *, max_order: Optional[in
     cap = max(cap, 1)
     k = max(1, min(int(pooled.n_components), cap))
     lam = pooled.eigenvalues[pooled.eigenvalues > 0]
+    thr = pooled.null if pooled.null is not None else np.full(lam.size, pooled.threshold)
+    n = min(lam.size, thr.size, _SCREE_LENGTH)
     empty = np.zeros(0)
     return GroupOrderEstimate(k, float(pooled.n_components), "pooled", cap,
                               pooled.n_components > cap, (), empty.astype(int), empty,
-                              pooled.dof, lam / lam.sum(), lam / pooled.threshold, pooled)
+                              pooled.dof, lam[:n] / lam.sum(), lam[:n] / thr[:n], pooled)
+
+
+def order_warnings(n_components: int, *, estimate=None, stability=None, expected=None,
+                   min_stability: float = 0.7) -> list:
+    """Plain-language warnings about the components a group ICA kept.
+
+    Parameters
+    ----------
+    n_components : int
+        Components fitted.
+    estimate : GroupOrderEstimate, optional
+        The automatic estimate (``--n-components auto``).
+    stability : array_like, optional
+        ICASSO stability index per component (NaN without ``--ica-repeats``).
+    expected : int, optional
+        Networks expected (e.g. the reference templates the components are
+        matched to, or a fixed ``--n-components``).
+    min_stability : float
+        Iq below which a component is reported as unstable.
+
+    Returns
+    -------
+    list of str
+    """
+    out = []
+    if estimate is not None:
+        raw = float(estimate.raw_n_components)
+        if estimate.capped:
+            out.append(f"the data support {raw:g} components but only {estimate.cap} fit the "
+                       "shortest run's temporal degrees of freedom (or --pca-dim): networks "
+                       "beyond the cap are merged. Longer runs or a lighter --denoise-strategy "
+                       "keep more.")
+        if expected is not None and raw < int(expected):
+            out.append(f"the data support {raw:g} components above the noise, fewer than the "
+                       f"{int(expected)} networks expected: weak networks may be missing or "
+                       "merged with others. More runs or longer runs make weak networks "
+                       "detectable; a fixed --n-components above the estimate splits the "
+                       "maps further but cannot add information.")
+    elif expected is not None and int(n_components) < int(expected):
+        out.append(f"{int(n_components)} components were requested (--n-components), fewer "
+                   f"than the {int(expected)} networks expected: some networks will be merged.")
+    if stability is not None:
+        iq = np.asarray(stability, dtype=float)
+        weak = np.flatnonzero(np.isfinite(iq) & (iq < min_stability))
+        if weak.size:
+            listing = ", ".join(f"#{i} (Iq {iq[i]:.2f})" for i in weak[:10])
+            out.append(f"{weak.size} of {iq.size} components are unstable across the ICASSO "
+                       f"runs (stability Iq < {min_stability:g}): {listing}. Treat them with "
+                       "caution; fewer components or more --ica-repeats may stabilise them.")
+    return out

@@ -274,6 +274,7 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     table = match_networks(ica.components_, templates, names,
                            threshold_z=config.ica.component_threshold)
     table["stability"] = np.asarray(ica.stability_, dtype=float)
+    order_record["Warnings"] = _order_warnings(ica, order, len(names))
 
     # ---- subject maps: dual regression (parallel nodes) or GICA1 back-projection
     if config.ica.back_projection == "gica1" and n_components > cap:
@@ -396,6 +397,19 @@ def _template_note(template: str) -> str:
                 "backgrounds) hold for it to within a few millimetres")
     return (f"{template} is not an MNI152 variant: MNI-coordinate network labels are only "
             "indicative")
+
+
+def _order_warnings(ica, order, n_expected: int) -> list:
+    """The group ICA's warnings (capped estimate, unstable components) and, beside them,
+    whether the data support fewer components than the reference networks; each is logged."""
+    from dpnbids.analysis.group_order import order_warnings
+
+    texts = list(getattr(ica, "warnings_", []))
+    texts += order_warnings(int(ica.n_components_), estimate=order, expected=n_expected)
+    texts = list(dict.fromkeys(texts))
+    for text in texts:
+        LOGGER.warning("group ICA: %s", text)
+    return texts
 
 
 def _order_record(config, order, n_components, cap, dofs) -> dict:
