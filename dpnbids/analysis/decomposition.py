@@ -260,35 +260,12 @@ class GroupICA:
             return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
 
         if auto:
-            from dpnbids.analysis.group_order import MAX_POOLED_ROWS, whiten_run
-            from dpnbids.analysis.model_order import estimate_subject_order
-
-            pool_every = [1]
-
             mask = None if mask is None else np.asarray(mask, dtype=bool)
             if mask is None:
                 warnings.warn("n_components='auto' without a mask: the model order uses N = "
                               "number of voxels (no smoothness correction) and is biased "
                               "upward on smoothed data.", RuntimeWarning, stacklevel=2)
-            plain_load = load
-
-            def load(i):  # noqa: F811 - one pass: the estimate rides along with MIGP
-                y = plain_load(i)
-                if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
-                    raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
-                                         f"in-mask voxels but the mask has {int(mask.sum())}.")
-                if not (y.ndim == 2 and np.isfinite(y).all()):
-                    return y
-                if self.dim_est != "pooled":
-                    order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
-                                                               max_order=self.pca_dim)
-                elif not order_subjects or i % pool_every[0] == 0:
-                    w = whiten_run(y)
-                    if not order_subjects:  # pool an even share of runs: bounded memory
-                        pool_every[0] = max(1, int(np.ceil(
-                            n_subjects * max(w.shape[0], 1) / MAX_POOLED_ROWS)))
-                    order_subjects[i] = w
-                return y
+            load = self._order_loader(load, order_subjects, mask, n_subjects, subject_ids)
 
         res = _migp(load, n_subjects, dim=self.pca_dim, internal_dim=self.internal_dim,
                     random_state=migp_seed, subject_ids=subject_ids)
@@ -336,6 +313,35 @@ class GroupICA:
         for text in self.warnings_:
             warnings.warn(text, RuntimeWarning, stacklevel=2)
         return self
+
+    def _order_loader(self, plain_load, order_subjects: dict, mask, n_subjects, subject_ids):
+        """A loader that also collects, in ``order_subjects``, what the order estimate needs:
+        one pass, the estimate rides along with MIGP (whitened runs for "pooled", an even
+        share of them so memory stays bounded; per-run estimates for the other methods)."""
+        from dpnbids.analysis.group_order import MAX_POOLED_ROWS, whiten_run
+        from dpnbids.analysis.model_order import estimate_subject_order
+
+        pool_every = [1]
+
+        def load(i):
+            y = plain_load(i)
+            if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
+                raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
+                                     f"in-mask voxels but the mask has {int(mask.sum())}.")
+            if not (y.ndim == 2 and np.isfinite(y).all()):
+                return y
+            if self.dim_est != "pooled":
+                order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
+                                                           max_order=self.pca_dim)
+            elif not order_subjects or i % pool_every[0] == 0:
+                w = whiten_run(y)
+                if not order_subjects:
+                    pool_every[0] = max(1, int(np.ceil(
+                        n_subjects * max(w.shape[0], 1) / MAX_POOLED_ROWS)))
+                order_subjects[i] = w
+            return y
+
+        return load
 
     def _combine_order(self, order_subjects, mask, dim, seed, migp_eigenvalues):
         """The group order from what the loader collected (whitened runs or run estimates)."""
