@@ -3,10 +3,10 @@
 The per-run estimate (:func:`dpnbids.analysis.model_order.estimate_group_order`,
 the median over runs) cannot find a network that is too weak to stand out of
 one 110-volume run but stands out of 43 runs together: on a cohort with 11
-planted networks it returned 8. This module pools the runs instead, in three
+planted networks it returned 8. This module pools the runs instead, in four
 steps (Li, Adali & Calhoun 2007 pool the group-reduced data in GIFT; the noise
-model and the decision rule here are chosen so that coloured and smooth noise
-do not inflate the count):
+model and the null are chosen so that coloured and smooth noise do not
+inflate the count):
 
 1. **Per-run temporal whitening inside the run's own subspace**
    (:func:`whiten_run`). A denoised run lives in the ``r``-dimensional span that
@@ -19,17 +19,25 @@ do not inflate the count):
    power alone would colour it, because the regression removes different
    fractions of different bins) and AR(1), ``1/f`` and band-passed noise
    become white. Each run is scaled to unit noise variance.
-2. **Pooling**: the whitened runs are stacked (``sum_i r_i`` rows) on a voxel
-   subsample whose stride follows the noise's spatial smoothness (GIFT's
-   i.i.d. subsampling), and the eigenvalues of the stack's covariance are taken.
-   A network shared by the runs is one direction of the stack whose eigenvalue
-   grows with the number of runs; the noise forms a Marchenko-Pastur bulk.
-3. **Decision**: the bulk's scale and width are fitted from its own mean and
-   variance (so residual colour or spatial correlation, which widen the bulk,
-   raise the threshold instead of being counted as networks), and the order is
-   the number of eigenvalues above the bulk's upper edge plus a Tracy-Widom
-   margin (``alpha`` = 1%), refitted without them until the count repeats
-   (Kritchman & Nadler 2008 iterate the same way).
+2. **Pooling**: the whitened runs are stacked (``sum_i r_i`` rows, at most
+   :data:`MAX_POOLED_ROWS`; every second voxel on large masks) and the eigenvalues
+   of the stack's covariance are taken. A network shared by the runs is one
+   direction of the stack whose eigenvalue grows with the number of runs; the
+   noise forms a bulk.
+3. **A null with the data's smoothness** (parallel analysis): spatially smooth
+   noise widens the bulk far beyond the Marchenko-Pastur edge of independent
+   voxels, so white noise smoothed by the kernel whose noise *measures* the
+   data's smoothness (:func:`matched_fwhm`) is stacked the same way, and its
+   eigenvalues are mapped onto the data's bulk by a quantile-quantile line
+   fitted on the middle ranks (scale and spread; the networks are at the top).
+4. **Decision**: eigenvalues above the null's largest (+5%) count; below it, an
+   eigenvalue still counts while it exceeds the null's eigenvalue of the same
+   rank (Horn's parallel analysis) and stays within 10% of that edge.
+
+Without a mask (no geometry for the null), the bulk is matched to a
+Marchenko-Pastur law by its moments instead (:func:`edge_count`, iterated as
+Kritchman & Nadler 2008 do), which counts spatially smooth noise as components.
+See ``docs/model-order.md`` for the comparison with the per-run median.
 
 References
 ----------
