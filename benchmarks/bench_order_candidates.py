@@ -55,7 +55,8 @@ SETTINGS = [
 
 def main(argv=None):
     from dpnbids.analysis.decomposition import GroupICA
-    from dpnbids.analysis.group_order import edge_count, estimate_pooled_order, whiten_run
+    from dpnbids.analysis.group_order import (edge_count, estimate_pooled_order, pool_index,
+                                              pool_stride, whiten_run)
     from dpnbids.analysis.model_order import estimate_group_order
     from dpnbids.sim.planted import planted_cohort, recovery
 
@@ -80,7 +81,8 @@ def main(argv=None):
         old = estimate_group_order(c.loader, len(c.runs), c.mask).n_components
         t_old = time.perf_counter() - t0
         t0 = time.perf_counter()
-        white = [whiten_run(r) for r in c.runs]
+        cols = pool_index(c.mask, c.maps.shape[1], pool_stride(c.mask))
+        white = [whiten_run(r[:, cols]) for r in c.runs]
         pa = estimate_pooled_order(None, len(c.runs), c.mask, whitened=white, random_state=0)
         t_pa = time.perf_counter() - t0
         mp = edge_count(pa.eigenvalues)[0]

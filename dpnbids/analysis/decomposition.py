@@ -318,10 +318,12 @@ class GroupICA:
         """A loader that also collects, in ``order_subjects``, what the order estimate needs:
         one pass, the estimate rides along with MIGP (whitened runs for "pooled", an even
         share of them so memory stays bounded; per-run estimates for the other methods)."""
-        from dpnbids.analysis.group_order import MAX_POOLED_ROWS, whiten_run
+        from dpnbids.analysis.group_order import (MAX_POOLED_ROWS, pool_index, pool_stride,
+                                                  whiten_run)
         from dpnbids.analysis.model_order import estimate_subject_order
 
         pool_every = [1]
+        columns = []
 
         def load(i):
             y = plain_load(i)
@@ -334,7 +336,9 @@ class GroupICA:
                 order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
                                                            max_order=self.pca_dim)
             elif not order_subjects or i % pool_every[0] == 0:
-                w = whiten_run(y)
+                if not columns:  # the voxels the pooled estimate uses (all, or 1/8)
+                    columns.append(pool_index(mask, y.shape[1], pool_stride(mask)))
+                w = whiten_run(y[:, columns[0]])
                 if not order_subjects:
                     pool_every[0] = max(1, int(np.ceil(
                         n_subjects * max(w.shape[0], 1) / MAX_POOLED_ROWS)))

@@ -70,12 +70,19 @@ _CHI2_1_MEDIAN = 0.454936
 _TW1_99 = 2.0234
 #: Most rows the pooled stack keeps (runs beyond it are subsampled evenly).
 MAX_POOLED_ROWS = 1200
+#: A kernel narrower than this FWHM (in units of the pooled voxels' spacing) correlates
+#: neighbouring pooled voxels by less than 0.05, so the null draws them independent
+#: (white noise measures ~0.5 spacing with the lag-1 estimator).
+_MIN_FWHM = 0.68
 #: Leading eigenvalues kept for the scree plot and the components JSON.
 _SCREE_LENGTH = 100
 
 
-def _median_power(c: np.ndarray, chunk: int = 64) -> np.ndarray:
-    return np.concatenate([np.median(c[i:i + chunk] ** 2, axis=1)
+def _median_power(c: np.ndarray, chunk: int = 64, max_voxels: int = 8192) -> np.ndarray:
+    """Median over voxels of each row's power (on at most ``max_voxels`` evenly spaced
+    voxels: a median of thousands is as good as of all, and costs less)."""
+    step = max(1, c.shape[1] // max_voxels)
+    return np.concatenate([np.median(c[i:i + chunk, ::step] ** 2, axis=1)
                            for i in range(0, c.shape[0], chunk)])
 
 
@@ -163,13 +170,19 @@ def _run_signal(w) -> np.ndarray:
     return vecs[:, :m]
 
 
-def _stride(mask_3d, n_rows: int, min_ratio: float = 2.0) -> int:
-    """Voxel stride (1 or 2) so that the pooled voxels outnumber the rows ``min_ratio`` times
-    at the least cost: stride 2 when the mask has > 8 x that many voxels."""
+def pool_stride(mask_3d, max_rows: int = None) -> int:
+    """Voxel stride of the pooled estimate: 2 (every second voxel along each axis, 1/8
+    of them) when that still leaves twice ``max_rows`` voxels, else 1. The runs are
+    whitened on those voxels only, so the estimate costs 1/8 on a 4 mm brain."""
     if mask_3d is None:
         return 1
-    n = int(np.asarray(mask_3d).sum())
-    return 2 if n / 8 >= min_ratio * n_rows else 1
+    rows = MAX_POOLED_ROWS if max_rows is None else int(max_rows)
+    return 2 if int(np.asarray(mask_3d).sum()) / 8 >= 2 * rows else 1
+
+
+def pool_index(mask_3d, n_voxels: int, stride: int) -> np.ndarray:
+    """Columns of the in-mask data (C order) that the pooled estimate uses."""
+    return _subsample_index(mask_3d, n_voxels, stride)
 
 
 def _subsample_index(mask_3d, n_voxels: int, stride: int) -> np.ndarray:
@@ -193,32 +206,43 @@ def _smoothed_noise(n, mask, fwhm, rng) -> np.ndarray:
     and variance-normalised per voxel (as the runs are)."""
     from scipy.ndimage import gaussian_filter
 
-    sig = [float(f) / np.sqrt(8 * np.log(2)) for f in fwhm]
-    e = rng.standard_normal((int(n),) + mask.shape, dtype=np.float32)
-    if any(s > 0 for s in sig):
+    sig = [float(f) / np.sqrt(8 * np.log(2)) if f >= _MIN_FWHM else 0.0 for f in fwhm]
+    # only the mask's bounding box (plus the kernel's reach) is drawn
+    lo = [max(int(np.min(ix)) - int(np.ceil(4 * sg)), 0) for ix, sg in zip(np.nonzero(mask), sig)]
+    hi = [min(int(np.max(ix)) + int(np.ceil(4 * sg)) + 1, n_ax)
+          for ix, sg, n_ax in zip(np.nonzero(mask), sig, mask.shape)]
+    box = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    e = rng.standard_normal((int(n),) + box.shape, dtype=np.float32)
+    if any(sg > 0 for sg in sig):
         e = gaussian_filter(e, [0.0] + sig, mode="constant")
-    e = e[:, mask]
+    e = e[:, box]
     e /= np.where(e.std(axis=0) > 0, e.std(axis=0), 1.0)
     return e
 
 
-def matched_fwhm(data_fwhm, mask_3d, rng, *, n: int = 24, n_iter: int = 3) -> np.ndarray:
-    """The kernel FWHM whose smoothed noise *measures* ``data_fwhm`` with
-    :func:`dpnbids.analysis.noise.smoothness` (its lag-1 estimator is biased low for
-    small FWHM on a voxel grid: a 1.5-voxel kernel measures 1.4, which shrinks the
-    null's eigenvalue spread and lets smooth noise through as components)."""
+def matched_fwhm(data_fwhm, mask_3d, rng, *, index=None, stride: int = 1, n: int = 24,
+                 n_iter: int = 3) -> np.ndarray:
+    """The kernel FWHM (voxels) whose smoothed noise *measures* ``data_fwhm`` with
+    :func:`dpnbids.analysis.noise.smoothness` on the pooled voxels (``index``, every
+    ``stride``-th voxel). Its lag-1 estimator is biased low for small FWHM on a voxel
+    grid (a 1.5-voxel kernel measures 1.4), which would shrink the null's eigenvalue
+    spread and let smooth noise through as components; matching what is measured
+    removes the bias, on the subsampled grid as on the full one."""
     mask = np.asarray(mask_3d, dtype=bool)
+    index = np.arange(int(mask.sum())) if index is None else index
+    sub = mask[::stride, ::stride, ::stride]
     target = np.asarray(data_fwhm, dtype=float)
-    f = target.copy()
+    f = target * stride
     for _ in range(int(n_iter)):
-        if not np.all(target > 0.6):
+        if not np.all(target * stride > 0.6):
             break
-        _, got = smoothness(_smoothed_noise(n, mask, f, rng), mask)
+        _, got = smoothness(_smoothed_noise(n, mask, f, rng)[:, index], sub)
         f = np.where(got > 0, f * target / np.where(got > 0, got, 1.0), f)
     return f
 
 
-def null_spectrum(n_rows: int, mask_3d, fwhm, index, rng, *, chunk: int = 64) -> np.ndarray:
+def null_spectrum(n_rows: int, mask_3d, fwhm, index, rng, *, stride: int = 1,
+                  chunk: int = 64) -> np.ndarray:
     """Eigenvalues of ``n_rows`` rows of white noise smoothed to ``fwhm`` (voxels, per axis).
 
     The parallel-analysis null of :func:`estimate_pooled_order`: noise that is
@@ -226,8 +250,11 @@ def null_spectrum(n_rows: int, mask_3d, fwhm, index, rng, *, chunk: int = 64) ->
     measured on the data, masked and subsampled like them (``index``).
     """
     mask = np.asarray(mask_3d, dtype=bool)
-    rows = [_smoothed_noise(min(chunk, int(n_rows) - start), mask, fwhm, rng)[:, index]
-            for start in range(0, int(n_rows), chunk)]
+    if all(float(f) < _MIN_FWHM * stride for f in fwhm):  # independent: draw only those used
+        rows = [rng.standard_normal((int(n_rows), int(np.size(index))), dtype=np.float32)]
+    else:
+        rows = [_smoothed_noise(min(chunk, int(n_rows) - start), mask, fwhm, rng)[:, index]
+                for start in range(0, int(n_rows), chunk)]
     null = np.concatenate(rows).astype(np.float64)
     null /= null.std()
     return _eigenvalues(null)
@@ -322,7 +349,7 @@ class PooledOrderEstimate:
 def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subjects: int,
                           mask_3d=None, *, max_rows: int = MAX_POOLED_ROWS,
                           whitened: Optional[list] = None, random_state=None,
-                          n_null: int = 2, margin: float = 0.05, soft: float = 0.1
+                          n_null: int = 1, margin: float = 0.05, soft: float = 0.1
                           ) -> PooledOrderEstimate:
     """Group model order from the pooled, whitened runs (module docstring).
 
@@ -348,7 +375,9 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
         Below the null's largest eigenvalue, eigenvalues within this fraction of
         it still count when they exceed the null's eigenvalue of their rank.
     whitened : list, optional
-        Runs already whitened by :func:`whiten_run` (then the loader is not called).
+        Runs already whitened by :func:`whiten_run` on the columns
+        ``pool_index(mask_3d, V, pool_stride(mask_3d, max_rows))`` (then the loader
+        is not called).
 
     Returns
     -------
@@ -357,29 +386,38 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
     n_subjects = int(n_subjects)
     if n_subjects < 1:
         raise ValueError(f"need at least one run; received n_subjects={n_subjects}.")
-    runs = whitened if whitened is not None else [whiten_run(subject_loader(i))
-                                                   for i in range(n_subjects)]
+    n_vox = int(np.asarray(mask_3d).sum()) if mask_3d is not None else None
+    stride = pool_stride(mask_3d, max_rows)
+    if whitened is not None:
+        runs = whitened
+        n_vox = n_vox if n_vox is not None else runs[0].shape[1]
+    else:
+        first = subject_loader(0)
+        n_vox = first.shape[1] if n_vox is None else n_vox
+        idx = pool_index(mask_3d, n_vox, stride)
+        runs = [whiten_run((first if i == 0 else subject_loader(i))[:, idx])
+                for i in range(n_subjects)]
+    idx = pool_index(mask_3d, n_vox, stride)
+    if runs[0].shape[1] != idx.size:
+        raise ValueError(f"the whitened runs have {runs[0].shape[1]} columns; the pooled "
+                         f"estimate uses {idx.size} (pool_index of the mask, stride {stride}).")
     dof = np.array([w.shape[0] for w in runs], dtype=int)
-    n_vox = runs[0].shape[1]
     n_used = max(1, min(len(runs), int(max_rows) // max(int(np.median(dof)), 1)))
     used = np.unique(np.linspace(0, len(runs) - 1, n_used).round().astype(int))
     n_rows = int(dof[used].sum())
-    stride = _stride(mask_3d, n_rows)
-    idx = _subsample_index(mask_3d, n_vox, stride)
-    stack = np.concatenate([runs[i][:, idx] for i in used]).astype(np.float64)
+    stack = np.concatenate([runs[i] for i in used]).astype(np.float64)
     lam = _eigenvalues(stack)
     del stack
     if mask_3d is None:
         k, thr, g = edge_count(lam)
         return PooledOrderEstimate(int(k), lam, thr, g, dof, stride, int(idx.size),
                                    np.zeros(3), int(k))
-    _, fwhm = smoothness(runs[used[0]], mask_3d)
+    mask = np.asarray(mask_3d, dtype=bool)
+    _, fwhm = smoothness(runs[used[0]], mask[::stride, ::stride, ::stride])
     rng = np.random.default_rng(random_state)
-    fwhm = matched_fwhm(fwhm, mask_3d, rng)
-    null = np.max([null_spectrum(n_rows, mask_3d, fwhm, idx, rng) for _ in range(n_null)],
-                  axis=0)
-    # the null's scale is matched to the data's bulk by the medians (a few networks
-    # do not move the median of hundreds of eigenvalues)
+    fwhm = matched_fwhm(fwhm, mask, rng, index=idx, stride=stride)
+    null = np.max([null_spectrum(n_rows, mask, fwhm, idx, rng, stride=stride)
+                   for _ in range(n_null)], axis=0)
     thr = _fit_null(lam, null) * (1.0 + margin)
     scale = float(thr[0] / null[0] / (1.0 + margin))
     k = _rankwise_count(lam, thr, soft)
