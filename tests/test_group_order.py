@@ -127,3 +127,18 @@ def test_order_warnings_name_the_problem():
 
     html = _model_order({"NumberOfComponents": 17, "Warnings": texts})
     assert html.count("Warning: ") == 3
+
+
+@pytest.mark.parametrize("k, kw", [(8, dict(noise="ar1", ar=0.4)),
+                                   (0, dict(noise="pink", fwhm=2.0))])
+def test_pooled_order_on_every_second_voxel(k, kw):
+    """Large masks pool every second voxel along each axis (the runs are whitened on those
+    only); the null is then drawn on the same subsampled grid."""
+    from dpnbids.analysis.group_order import pool_stride
+
+    c = planted_cohort(k, shape=(28, 34, 28), n_subjects=8, n_volumes=60, seed=2,
+                       amplitude=(1.2, 2.0), **kw)
+    assert pool_stride(c.mask, 400) == 2
+    est = estimate_pooled_order(c.loader, len(c.runs), c.mask, max_rows=400, random_state=0)
+    assert est.stride == 2 and est.n_voxels < c.mask.sum() / 7
+    assert abs(est.n_components - k) <= max(1, 0.3 * k), est.n_components
