@@ -413,7 +413,7 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
         return PooledOrderEstimate(int(k), lam, thr, g, dof, stride, int(idx.size),
                                    np.zeros(3), int(k))
     mask = np.asarray(mask_3d, dtype=bool)
-    _, fwhm = smoothness(runs[used[0]], mask[::stride, ::stride, ::stride])
+    _, fwhm = smoothness(_residual(runs[used[0]]), mask[::stride, ::stride, ::stride])
     rng = np.random.default_rng(random_state)
     fwhm = matched_fwhm(fwhm, mask, rng, index=idx, stride=stride)
     null = np.max([null_spectrum(n_rows, mask, fwhm, idx, rng, stride=stride)
@@ -424,6 +424,13 @@ def estimate_pooled_order(subject_loader: Callable[[int], np.ndarray], n_subject
     return PooledOrderEstimate(k, lam, float(thr[min(k, thr.size - 1)]), float(scale), dof,
                                stride, int(idx.size), np.asarray(fwhm, dtype=float),
                                int(np.sum(lam > thr[0])), thr)
+
+
+def _residual(w: np.ndarray) -> np.ndarray:
+    """A whitened run without the directions above its own noise bulk: the networks'
+    smooth maps would otherwise raise the measured smoothness of the noise."""
+    top = _run_signal(w).astype(w.dtype)
+    return w - top @ (top.T @ w) if top.shape[1] else w
 
 
 def _fit_null(lam: np.ndarray, null: np.ndarray, lo: float = 0.2, hi: float = 0.8
