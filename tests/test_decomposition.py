@@ -98,3 +98,11 @@ def test_load_run_matrix_reads_gzipped_nifti_in_one_call(tmp_path, rng):
         nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / name))
         got = load_run_matrix(tmp_path / name, mask, normalise=False)
         np.testing.assert_array_equal(got, data[mask].T)
+        assert got.flags.c_contiguous and got.dtype == np.float32
+    # a scaled integer file goes through nibabel's reader (slope applied)
+    img = nib.Nifti1Image((data * 100).astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(0.01, 0.0)
+    nib.save(img, str(tmp_path / "int.nii.gz"))
+    ref = np.asarray(nib.load(str(tmp_path / "int.nii.gz")).dataobj, dtype=np.float32)[mask].T
+    np.testing.assert_allclose(load_run_matrix(tmp_path / "int.nii.gz", mask, normalise=False),
+                               ref)
