@@ -448,12 +448,19 @@ def _fit_null(lam: np.ndarray, null: np.ndarray, lo: float = 0.2, hi: float = 0.
 
 
 def _rankwise_count(lam: np.ndarray, thr: np.ndarray, soft: float) -> int:
-    """Leading eigenvalues above the null's largest (the edge), then those that each exceed
-    the null's eigenvalue of the same rank (Horn's parallel analysis) while they stay within
-    ``soft`` of the edge: the count stops at the first that does not."""
+    """Leading eigenvalues above the null's largest (the edge); then, below the edge but
+    within ``soft`` of it, eigenvalues that exceed the null's eigenvalue of the same rank
+    *within the bulk* (Horn's parallel analysis, with the ranks shifted by the ``k`` above
+    the edge, which displace the data's bulk by ``k`` places). The count stops at the
+    first that fails."""
     n = min(lam.size, thr.size)
-    above = (lam[:n] > thr[:n]) & (lam[:n] > (1.0 - soft) * thr[0])
-    return int(np.argmin(above)) if not above.all() else n
+    k = 0
+    while k < n and lam[k] > thr[0]:
+        k += 1
+    shift = k
+    while k < n and lam[k] > (1.0 - soft) * thr[0] and lam[k] > thr[k - shift]:
+        k += 1
+    return k
 
 
 def pooled_group_estimate(pooled: PooledOrderEstimate, *, max_order: Optional[int] = None,
