@@ -32,7 +32,8 @@ inflate the count):
    fitted on the middle ranks (scale and spread; the networks are at the top).
 4. **Decision**: eigenvalues above the null's largest (+5%) count; below it, an
    eigenvalue still counts while it exceeds the null's eigenvalue of the same
-   rank (Horn's parallel analysis) and stays within 10% of that edge.
+   rank within the bulk (Horn's parallel analysis; ranks shifted by the count
+   above the edge) and stays within 10% of that edge.
 
 Without a mask (no geometry for the null), the bulk is matched to a
 Marchenko-Pastur law by its moments instead (:func:`edge_count`, iterated as
