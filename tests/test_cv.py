@@ -177,7 +177,7 @@ def test_fit_final_model(rng):
 def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
     import keras
 
-    from dpnbids.learn.cv import mixed_precision_policy
+    from dpnbids.learn.train import mixed_precision_policy
 
     assert mixed_precision_policy() == "mixed_bfloat16"  # the test machines have no GPU
     x, y = _planted(rng)
@@ -197,7 +197,7 @@ def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
 
 
 def test_augmentation_shifts_without_wrapping_or_mirroring():
-    from dpnbids.learn.cv import augment_batch
+    from dpnbids.learn.train import augment_batch
 
     x = np.zeros((1, 6, 6, 6, 2), np.float32)
     x[0, 0, 2, 3, :] = 1.0  # on the low X edge
@@ -219,7 +219,7 @@ def test_augmentation_shifts_without_wrapping_or_mirroring():
 
 
 def test_balanced_weights_equalise_the_classes():
-    from dpnbids.learn.cv import balanced_weights
+    from dpnbids.learn.train import balanced_weights
 
     y = np.array([1] * 29 + [0] * 14)
     w = balanced_weights(y)
