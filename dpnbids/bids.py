@@ -49,10 +49,15 @@ def read_participants(bids_dir: Path) -> pd.DataFrame:
     """Read participants.tsv as strings, indexed by label without ``sub-``."""
     path = Path(bids_dir) / "participants.tsv"
     if not path.is_file():
-        raise InputError(f"{path} does not exist; the group level needs a participants.tsv with "
+        found = "is a directory" if path.is_dir() else "does not exist"
+        raise InputError(f"{path} {found}; the group level needs a participants.tsv file with "
                          "a participant_id column and a responder column.")
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty; the group level needs a header line with a "
+                         "participant_id column and a responder column, and one row per "
+                         "participant.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not a readable tab-separated file ({exc}); "
                          "save it as UTF-8 TSV") from None

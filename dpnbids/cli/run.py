@@ -159,7 +159,15 @@ def _run_level(config, inputs, labels, writer) -> None:
     for path in remove_stale_temporaries(config.execution.output_dir):
         LOGGER.info("removed %s, left by a killed run", path)
     if config.execution.analysis_level == "participant":
+        from dpnbids.publish import pending_publish
         from dpnbids.workflows.base import run_participant_level
+
+        if pending_publish(config.execution.output_dir):
+            LOGGER.warning("%s records a group publish that was interrupted: group/, "
+                           "group.html and the per-subject dual-regression files may come from "
+                           "two runs until the group level is run again on this OUTPUT_DIR "
+                           "(it completes the publish first).",
+                           pending_publish(config.execution.output_dir))
 
         run_participant_level(config, inputs, writer)
     else:
