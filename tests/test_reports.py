@@ -257,3 +257,28 @@ def test_group_report_calibration_decisions_and_permutation_nulls(predictions, r
     assert ">200<" in perm and "200.000" not in perm  # a count, not a float
     assert "below</em> 0.5" in perm  # the null bias is explained
     assert "0.44999" not in text and str(perms["ASC"]["null_aucs"][0])[:8] not in text
+
+
+def test_roc_legend_gives_the_prior_only_model_auc_0_5_as_table_2_does(monkeypatch):
+    """Pooled fold priors of the majority baseline draw an 'AUC' from class balance alone
+    (0.42 was shown); the legend must say 0.50, like Table 2."""
+    import pandas as pd
+
+    from dpnbids.reports import figures
+
+    rows = []
+    y = [1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
+    for i, label in enumerate(y):
+        fold = i % 3
+        rows.append({"participant_id": f"{i:02d}", "repeat": 0, "fold": fold,
+                     "input_set": "ASC", "model": "majority", "true_label": label,
+                     "probability": [0.3, 0.6, 0.45][fold]})
+        rows.append({"participant_id": f"{i:02d}", "repeat": 0, "fold": fold,
+                     "input_set": "ASC", "model": "cnn", "true_label": label,
+                     "probability": 0.2 + 0.6 * label + 0.01 * i})
+    legends = []
+    monkeypatch.setattr(figures, "fig_to_data_uri", lambda fig: legends.extend(
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()))
+    figures.plot_roc(pd.DataFrame(rows))
+    assert "majority AUC=0.50 (prior only)" in legends
+    assert "cnn AUC=1.00" in legends

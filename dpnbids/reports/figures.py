@@ -348,8 +348,14 @@ def _label_of(input_set, leaky):
 
 
 def plot_roc(predictions_df) -> str:
-    """Pooled out-of-fold ROC curves: one panel per input set, one line per model."""
+    """Pooled out-of-fold ROC curves: one panel per input set, one line per model.
+
+    A model whose score is constant within every fold (the prior-only baseline) ranks
+    nobody: its legend says AUC=0.50, as Table 2 does, whatever the pooled fold priors
+    would draw (:func:`dpnbids.learn.metrics.is_constant_score`)."""
     from sklearn.metrics import roc_auc_score, roc_curve
+
+    from dpnbids.learn.metrics import is_constant_score
 
     df = predictions_df.copy()
     _check_pred(df)
@@ -364,6 +370,9 @@ def plot_roc(predictions_df) -> str:
             y = g["true_label"].to_numpy(dtype=int)
             p = g["probability"].to_numpy(dtype=float)
             if len(np.unique(y)) < 2:
+                continue
+            if {"repeat", "fold"} <= set(g.columns) and is_constant_score(g):
+                ax.plot([0, 1], [0, 1], lw=1.2, ls="--", label=f"{model} AUC=0.50 (prior only)")
                 continue
             fpr, tpr, _ = roc_curve(y, p)
             ax.plot(fpr, tpr, lw=1.2, label=f"{model} AUC={roc_auc_score(y, p):.2f}")

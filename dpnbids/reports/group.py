@@ -285,6 +285,7 @@ def render_group_report(
     permutation: dict | None = None, leakage_notes: list[str] | None = None,
     timings: dict | None = None, out_file=None, command_line=None,
     model_order: dict | None = None, saliency_html: str | None = None,
+    calibration_note: str | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -317,6 +318,9 @@ def render_group_report(
         spectrum, criterion, cap); shown with a scree plot.
     saliency_html : str, optional
         The saliency section (:func:`dpnbids.reports.saliency.saliency_section`).
+    calibration_note : str, optional
+        A warning shown with Table 2 when a calibration rests on too few subjects
+        (:func:`dpnbids.learn.calibration.calibration_note`).
     out_file : path, optional
         Written atomically when given.
 
@@ -349,7 +353,9 @@ def render_group_report(
         "dpnbids group report",
         [
             ("summary", "Summary", summary),
-            ("table2", "Table 2: classification performance", _table2(table2_df, metrics_df, permutation)),
+            ("table2", "Table 2: classification performance",
+             (f'<div class="warning">{esc(calibration_note)}</div>' if calibration_note
+              else "") + _table2(table2_df, metrics_df, permutation)),
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
             ("decisions", "Calibration and decision curves", _decisions(predictions_df)),
