@@ -3,7 +3,8 @@
 Exit codes: 0 success; 2 bad input or options; 3 data leakage detected;
 4 one or more nodes failed (the message names subjects and crash files);
 1 unexpected error (the traceback goes to OUTPUT_DIR/logs, not the console);
-130 interrupted.
+130 interrupted (SIGINT), 143 terminated (SIGTERM): the whole process tree is
+stopped and a rerun with the same ``--work-dir`` resumes.
 """
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def _setup_console_logging(verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
     root.propagate = False
+    # a worker pool broken by a signal or a full disk logs its callbacks' tracebacks
+    # here: they belong in the log file (see _add_file_logging), not on the console
+    futures = logging.getLogger("concurrent.futures")
+    futures.handlers[:] = [logging.NullHandler()]
+    futures.propagate = False
     nipype_level = logging.INFO if verbose >= 2 else logging.WARNING
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
@@ -63,6 +69,7 @@ def _add_file_logging(log_file: Path) -> None:
     # node tracebacks go to the log and crash files, not the console
     nipype_logger.handlers[:] = [handler]
     nipype_logger.propagate = False
+    logging.getLogger("concurrent.futures").handlers[:] = [handler]
 
 
 def _error(message: str) -> None:
@@ -176,7 +183,35 @@ def _run_level(config, inputs, labels, writer) -> None:
         run_group_level(config, inputs, labels, writer)
 
 
+def _signal_text(exc) -> str:
+    signum = getattr(exc, "signum", None)
+    if signum is None or signum == 2:
+        return "interrupted (SIGINT)"
+    import signal
+
+    return f"terminated by {signal.Signals(signum).name}"
+
+
+def _stopped(exc) -> int:
+    """Stop the worker processes a signal left behind; the exit code 128 + signal."""
+    from dpnbids.cli.signals import end_process_tree
+
+    end_process_tree()
+    return int(getattr(exc, "exit_code", 130))
+
+
 def main(argv=None) -> int:
+    """Run dpnbids (:func:`run`) with SIGTERM/SIGINT turned into a clean stop."""
+    from dpnbids.cli import signals
+
+    previous = signals.install()
+    try:
+        return run(argv)
+    finally:
+        signals.restore(previous)
+
+
+def run(argv=None) -> int:
     """Run dpnbids; return the process exit code.
 
     Nothing is written before the input checks pass: a refused run leaves
@@ -206,9 +241,9 @@ def main(argv=None) -> int:
     except DpnbidsError as exc:
         _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted before any output was written")
-        return 130
+    except KeyboardInterrupt as exc:
+        _error(f"{_signal_text(exc)} before any output was written")
+        return _stopped(exc)
     except Exception:  # noqa: BLE001 - OUTPUT_DIR is not touched before the checks pass
         return _internal_error(Path(tempfile.gettempdir()) / "dpnbids-crashes", run_id)
 
@@ -229,9 +264,10 @@ def main(argv=None) -> int:
         _error(str(exc))
         LOGGER.debug("error details", exc_info=True)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted; rerun with the same --work-dir to resume")
-        code = 130
+    except KeyboardInterrupt as exc:
+        _error(f"{_signal_text(exc)}; every process of this run was stopped. Rerun the same "
+               "command (with the same --work-dir) to resume.")
+        code = _stopped(exc)
     except OSError as exc:
         if started:
             code = _internal_error(logs_dir, run_id)

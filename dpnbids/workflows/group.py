@@ -39,12 +39,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     from dpnbids.analysis.masking import load_run_matrix
     from dpnbids.analysis.decomposition import GroupICA
 
-    for r in runs:
-        n_t = nib.load(str(r.denoised)).shape[-1]
-        if n_t < config.ica.pca_dim:
-            raise DimensionError(
-                f"{r.key} has {n_t} volumes but --pca-dim {config.ica.pca_dim} needs at least "
-                f"{config.ica.pca_dim} per run; lower --pca-dim or drop this run.")
+    check_pca_dim(config, runs)
     started = time.time()
 
     def loader(i):
@@ -65,6 +60,19 @@ def fit_group_ica(runs, mask, config, cap: int):
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
                 len(runs), time.time() - started)
     return ica
+
+
+def check_pca_dim(config, runs) -> None:
+    """Every denoised run has at least --pca-dim volumes (headers only: a door check)."""
+    lengths = {r.key: int(nib.load(str(r.denoised)).shape[-1]) for r in runs}
+    short = min(lengths, key=lengths.get) if lengths else None
+    if short is not None and lengths[short] < config.ica.pca_dim:
+        n = lengths[short]
+        raise DimensionError(
+            f"--pca-dim is {config.ica.pca_dim} but the denoised run "
+            f"{short} has only {n} volumes; the group PCA keeps at most as many dimensions "
+            f"as the shortest run has volumes. Give --pca-dim {n} or less, or leave this "
+            "run out (--participant-label).")
 
 
 def cohort_dof(config, runs) -> dict:
@@ -130,6 +138,7 @@ def check_group_inputs(config, inputs) -> None:
     dofs = cohort_dof(config, runs)
     check_same_tr(dofs)
     check_model_order(config, runs, dofs)
+    check_pca_dim(config, runs)
 
 
 def init_dualreg_wf(config, runs, group_maps_file, std, out_dir=None, *,

@@ -1,0 +1,99 @@
+"""Bad fMRIPrep inputs are refused at the door: one clear message, exit 2, in seconds,
+before OUTPUT_DIR is created (never a raw warning, a traceback or a late exit 4)."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+from fmriprep_fixtures import make_fmriprep_dataset
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_fmriprep_dataset(tmp_path_factory.mktemp("door"), subjects={"01": 1, "02": 0},
+                                 layouts=("native",), n_volumes=110, tr=2.0, seed=5)
+
+
+@pytest.fixture
+def ds(pristine, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(pristine["bids"], root / "bids")
+    shutil.copytree(pristine["fmriprep"], root / "fmriprep")
+    return {"bids": root / "bids", "fmriprep": root / "fmriprep"}
+
+
+def _files(ds):
+    func = ds["fmriprep"] / "sub-01" / "func"
+    bold = next(func.glob(f"*space-{SPACE}_desc-preproc_bold.nii.gz"))
+    conf = next(func.glob("*desc-confounds_timeseries.tsv"))
+    return bold, conf
+
+
+def _confounds(conf, edit):
+    table = pd.read_csv(conf, sep="\t", na_values=["n/a"])
+    table = edit(table)
+    table.to_csv(conf, sep="\t", index=False, na_rep="n/a")
+
+
+def _all_na(table):
+    return table.iloc[:, :0].assign(**{c: np.nan for c in table.columns})
+
+
+def _string_in_used_column(table):
+    table = table.astype({"trans_x": object})
+    table.loc[5, "trans_x"] = "oops"
+    return table
+
+
+def _bold(bold, make):
+    img = nib.load(str(bold))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(make(data), img.affine), str(bold))
+
+
+def _nan_voxel(data):
+    data[10, 10, 10, 3] = np.nan
+    return data
+
+
+DAMAGE = {
+    "all n/a confounds": (lambda b, c: _confounds(c, _all_na), "is n/a on every row"),
+    "string in a confound": (lambda b, c: _confounds(c, _string_in_used_column),
+                             "'trans_x' holds 'oops' on data row 6"),
+    "empty confounds": (lambda b, c: c.write_text(""), "is empty"),
+    "malformed confounds JSON": (lambda b, c: c.with_suffix(".json").write_text("{oops"),
+                                 "is not valid JSON"),
+    "fewer confound rows": (lambda b, c: _confounds(c, lambda t: t.iloc[:100]),
+                            "has 110 volumes but its confounds table has 100 rows"),
+    "3D BOLD": (lambda b, c: _bold(b, lambda d: d[..., 0]), "3D"),
+    "2-volume BOLD": (lambda b, c: _bold(b, lambda d: d[..., :2]), "only 2 volumes"),
+    "NaN voxel": (lambda b, c: _bold(b, _nan_voxel), "1 NaN"),
+    "gzip not NIfTI": (lambda b, c: b.write_bytes(gzip.compress(b"not an image")),
+                       "could not be read"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_bad_fmriprep_input_is_refused_at_the_door(ds, tmp_path, damage):
+    make, fragment = DAMAGE[damage]
+    make(*_files(ds))
+    out = tmp_path / "out"
+    started = time.time()
+    code = run_cli([ds["bids"], out, "participant", "--fmriprep-dir", ds["fmriprep"],
+                    "--output-space", SPACE, "--skip-bids-validation",
+                    "--participant-label", "01"])
+    err = run_cli.last_stderr
+    assert code == 2, err
+    assert fragment in err, err
+    assert err.count("dpnbids: error:") == 1 and "Traceback" not in err
+    assert "Warning" not in err and "warn(" not in err
+    assert not out.exists()
+    assert time.time() - started < 60

@@ -1,0 +1,76 @@
+"""SIGTERM to the main process only (as a scheduler sends it) ends the whole process
+tree with one message and exit 143, leaving a work directory that a rerun resumes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_bids
+
+from dpnbids.cli.signals import Terminated, descendants, end_process_tree
+
+
+def test_descendants_and_end_process_tree_reach_grandchildren():
+    code = ("import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            "time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 30
+        while len(descendants()) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        tree = descendants()
+        assert child.pid in tree and len(tree) >= 2
+        stopped = end_process_tree(grace_s=2)
+        assert set(tree) <= set(stopped)
+        assert not [p for p in tree if p in descendants()]
+        assert child.poll() is not None
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_terminated_exit_codes():
+    assert Terminated(signal.SIGTERM).exit_code == 143
+    assert Terminated(signal.SIGINT).exit_code == 130
+    assert isinstance(Terminated(signal.SIGTERM), KeyboardInterrupt)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_main_pid_stops_every_process_with_one_message(tmp_path):
+    bids = make_tiny_bids(tmp_path / "bids", labels=("1", "0"), n_volumes=120)
+    out, work = tmp_path / "out", tmp_path / "work"
+    exe = str(Path(sys.executable).with_name("dpnbids"))
+    proc = subprocess.Popen([exe, str(bids), str(out), "participant", "--skip-bids-validation",
+                             "--nprocs", "2", "--omp-nthreads", "1", "-w", str(work)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        tree = []
+        while time.time() < deadline and proc.poll() is None:
+            tree = descendants(proc.pid)
+            if len(tree) >= 2 and list(work.rglob("_node.pklz")):
+                break  # nipype's workers are running nodes
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        tree = descendants(proc.pid)
+        started = time.time()
+        os.kill(proc.pid, signal.SIGTERM)  # the main PID only, as SLURM does
+        _, err = proc.communicate(timeout=60)
+        assert time.time() - started < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.count("dpnbids: error:") == 1 and "SIGTERM" in err, err
+    assert "--work-dir" in err and "Traceback" not in err
+    time.sleep(1)
+    table = {p for p in tree if Path(f"/proc/{p}").exists()
+             and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]}
+    assert not table, f"left running: {table}"
+    assert work.exists()  # nipype's cache stays: a rerun resumes from it
