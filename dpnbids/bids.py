@@ -181,6 +181,30 @@ def _check_writable(output_dir: Path, out: Path) -> None:
                          f"(e.g. `chmod u+w {existing}`).")
 
 
+def check_work_dir(work_dir: Path) -> None:
+    """--work-dir, or its nearest existing parent, must be a folder this run can write in.
+
+    Probed by creating (and removing) an empty folder in it: permissions bits do not
+    tell an immutable folder or a read-only file system, and nipype would otherwise
+    fail after OUTPUT_DIR is written."""
+    import tempfile
+
+    path = Path(work_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--work-dir {work_dir} cannot be used: {existing} is a file, not a "
+                         "folder. Give a folder path (e.g. -w /scratch/$USER/dpnbids_work).")
+    try:
+        probe = tempfile.mkdtemp(prefix=".dpnbids-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise InputError(f"--work-dir {work_dir} cannot be written: creating a folder in "
+                         f"{existing} failed ({exc.strerror or exc}). Give a folder you can "
+                         "write to (-w), with free space.") from None
+
+
 def validator_executable() -> str | None:
     """Path of bids-validator-deno next to this interpreter or on PATH."""
     here = Path(sys.executable).parent / "bids-validator-deno"

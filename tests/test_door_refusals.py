@@ -97,3 +97,49 @@ def test_bad_fmriprep_input_is_refused_at_the_door(ds, tmp_path, damage):
     assert "Warning" not in err and "warn(" not in err
     assert not out.exists()
     assert time.time() - started < 60
+
+
+def _main(argv, capsys):
+    import dpnbids.cli.run as cli_run
+
+    code = cli_run.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_unknown_plugin_is_refused_before_output_dir_exists(tiny_bids, tmp_path, capsys):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: MultiProcess\nplugin_args: {}\n")
+    out = tmp_path / "out"
+    code, err = _main([tiny_bids, out, "participant", "--skip-bids-validation",
+                       "--use-plugin", plugin], capsys)
+    assert code == 2 and "'MultiProcess', which nipype does not have" in err, err
+    assert "MultiProc," in err and err.count("dpnbids: error:") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["under a file", "not writable"])
+def test_unusable_work_dir_is_refused_before_output_dir_exists(tiny_bids, tmp_path, capsys,
+                                                               monkeypatch, kind):
+    import tempfile
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    work = afile / "work"
+    if kind == "not writable":  # as root, chmod does not stop writes: simulate the refusal
+        work = tmp_path / "ro" / "work"
+        (tmp_path / "ro").mkdir()
+        real = tempfile.mkdtemp
+
+        def mkdtemp(*args, **kwargs):
+            if str(kwargs.get("dir", "")).endswith("ro"):
+                raise PermissionError(1, "Operation not permitted")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    out = tmp_path / "out"
+    code, err = _main([tiny_bids, out, "participant", "--skip-bids-validation", "-w", work],
+                      capsys)
+    assert code == 2, err
+    assert ("is a file" if kind == "under a file" else "Operation not permitted") in err, err
+    assert "--work-dir" in err and err.count("dpnbids: error:") == 1
+    assert not out.exists()

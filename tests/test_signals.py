@@ -74,3 +74,49 @@ def test_sigterm_to_the_main_pid_stops_every_process_with_one_message(tmp_path):
              and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]}
     assert not table, f"left running: {table}"
     assert work.exists()  # nipype's cache stays: a rerun resumes from it
+
+
+def _main(argv, capsys):
+    import dpnbids.cli.run as cli_run
+
+    code = cli_run.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_a_write_failing_for_lack_of_space_names_the_folder_and_exits_4(tiny_bids, tmp_path,
+                                                                       capsys, monkeypatch):
+    import errno
+
+    import dpnbids.cli.run as cli_run
+
+    out = tmp_path / "out"
+    target = out / "group" / "table2.tsv"
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(cli_run, "_run_level", full)
+    code, err = _main([tiny_bids, out, "participant", "--skip-bids-validation"], capsys)
+    assert code == 4, err
+    assert f"no space left on the device holding {out / 'group'}" in err
+    assert err.count("dpnbids: error:") == 1 and "unexpected error" not in err
+
+
+def test_a_disk_filling_during_a_stalled_run_ends_it_in_seconds(tiny_bids, tmp_path, capsys,
+                                                               monkeypatch):
+    """nipype's scheduler waits forever for workers that cannot write their results: the
+    disk watch interrupts it."""
+    import dpnbids.cli.run as cli_run
+    from dpnbids.cli import signals
+
+    work = tmp_path / "work"
+    monkeypatch.setattr(signals.DiskWatch, "_free",
+                        lambda self, folder: 0 if str(folder) == str(work) else 2**40)
+    monkeypatch.setattr(cli_run, "_run_level", lambda *args: time.sleep(120))
+    started = time.time()
+    code, err = _main([tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation",
+                       "-w", work], capsys)
+    assert code == 4, err
+    assert time.time() - started < 30
+    assert f"no space left on the device holding {work} (0 KiB free)" in err
+    assert err.count("dpnbids: error:") == 1

@@ -4,7 +4,9 @@ Exit codes: 0 success; 2 bad input or options; 3 data leakage detected;
 4 one or more nodes failed (the message names subjects and crash files);
 1 unexpected error (the traceback goes to OUTPUT_DIR/logs, not the console);
 130 interrupted (SIGINT), 143 terminated (SIGTERM): the whole process tree is
-stopped and a rerun with the same ``--work-dir`` resumes.
+stopped and a rerun with the same ``--work-dir`` resumes. A full disk (work
+directory or OUTPUT_DIR: under 16 MiB free, or a write failing with ENOSPC) stops
+the run within seconds with exit 4, naming the folder.
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ def check_inputs(config):
     ex, sel = config.execution, config.selection
     bids.check_bids_root(ex.bids_dir)
     bids.check_output_dir(ex.bids_dir, ex.output_dir)
+    bids.check_work_dir(ex.work_dir)
     if not ex.skip_bids_validation:
         bids.run_bids_validator(ex.bids_dir)
     need_t1w = config.preproc.fmriprep_dir is None and ex.analysis_level == "participant"
@@ -192,12 +195,12 @@ def _signal_text(exc) -> str:
     return f"terminated by {signal.Signals(signum).name}"
 
 
-def _stopped(exc) -> int:
-    """Stop the worker processes a signal left behind; the exit code 128 + signal."""
+def _stopped(exc, code: int | None = None) -> int:
+    """Stop the worker processes left behind; the exit code (128 + signal by default)."""
     from dpnbids.cli.signals import end_process_tree
 
     end_process_tree()
-    return int(getattr(exc, "exit_code", 130))
+    return int(code if code is not None else getattr(exc, "exit_code", 130))
 
 
 def main(argv=None) -> int:
@@ -247,16 +250,31 @@ def run(argv=None) -> int:
     except Exception:  # noqa: BLE001 - OUTPUT_DIR is not touched before the checks pass
         return _internal_error(Path(tempfile.gettempdir()) / "dpnbids-crashes", run_id)
 
-    # The checks passed: from here on OUTPUT_DIR is written.
+    return _execute(config, inputs, labels, run_id)
+
+
+def _disk_full_text(folder, detail: str) -> str:
+    return (f"no space left on the device holding {folder} ({detail}). The run was stopped; "
+            "free some space (or give another -w / OUTPUT_DIR) and rerun the same command "
+            "with the same --work-dir to resume.")
+
+
+def _execute(config, inputs, labels, run_id: str) -> int:
+    """Run the level once the checks passed (from here on OUTPUT_DIR is written)."""
+    import errno
+
+    from dpnbids.cli.signals import DiskFull, DiskWatch
+    from dpnbids.derivatives import DerivativesWriter
+    from dpnbids.exceptions import DpnbidsError
+
     output_dir = config.execution.output_dir
     logs_dir = output_dir / "logs"
-    from dpnbids.derivatives import DerivativesWriter
-
     writer = DerivativesWriter(output_dir)
+    watch = DiskWatch([config.execution.work_dir, output_dir])
     code = 0
     started = False
     try:
-        with _subject_locks(config, inputs):
+        with _subject_locks(config, inputs), watch:
             logs_dir = _start_run_logs(config, run_id)
             started = True
             _run_level(config, inputs, labels, writer)
@@ -265,11 +283,20 @@ def run(argv=None) -> int:
         LOGGER.debug("error details", exc_info=True)
         code = exc.exit_code
     except KeyboardInterrupt as exc:
-        _error(f"{_signal_text(exc)}; every process of this run was stopped. Rerun the same "
-               "command (with the same --work-dir) to resume.")
-        code = _stopped(exc)
+        exc = watch.check(exc)
+        if isinstance(exc, DiskFull):
+            _error(_disk_full_text(exc.path, f"{exc.free // 1024} KiB free"))
+            code = _stopped(exc, 4)
+        else:
+            _error(f"{_signal_text(exc)}; every process of this run was stopped. Rerun the "
+                   "same command (with the same --work-dir) to resume.")
+            code = _stopped(exc)
     except OSError as exc:
-        if started:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            _error(_disk_full_text(Path(exc.filename or output_dir).parent,
+                                   f"writing {exc.filename or 'a file'}: {exc.strerror}"))
+            code = _stopped(exc, 4)
+        elif started:
             code = _internal_error(logs_dir, run_id)
         else:  # OUTPUT_DIR passed the checks but cannot be written after all
             _error(f"cannot write to OUTPUT_DIR {output_dir}: {exc.strerror or exc} "
@@ -279,17 +306,22 @@ def run(argv=None) -> int:
         code = _internal_error(logs_dir, run_id)
     finally:
         if started:
-            try:
-                writer.write_dataset_description(bids_dir=config.execution.bids_dir,
-                                                 container=config.execution.container,
-                                                 extra_sources=[config.preproc.fmriprep_dir])
-            except Exception:  # noqa: BLE001 - never hide the run's own outcome
-                if code == 0:
-                    code = _internal_error(logs_dir, run_id)
-                else:
-                    LOGGER.debug("dataset_description.json not written", exc_info=True)
+            code = _finish(config, writer, code, logs_dir, run_id)
     if code == 0:
         LOGGER.info("dpnbids finished successfully; outputs in %s", output_dir)
+    return code
+
+
+def _finish(config, writer, code: int, logs_dir: Path, run_id: str) -> int:
+    """dataset_description.json, written whatever the outcome (as fMRIPrep does)."""
+    try:
+        writer.write_dataset_description(bids_dir=config.execution.bids_dir,
+                                         container=config.execution.container,
+                                         extra_sources=[config.preproc.fmriprep_dir])
+    except Exception:  # noqa: BLE001 - never hide the run's own outcome
+        if code == 0:
+            return _internal_error(logs_dir, run_id)
+        LOGGER.debug("dataset_description.json not written", exc_info=True)
     return code
 
 

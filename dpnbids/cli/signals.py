@@ -140,3 +140,68 @@ def end_process_tree(grace_s: float = 5.0) -> list[int]:
             pass
     _reap()
     return targets
+
+
+#: Below this many free bytes on the work or output folder's file system a run stops:
+#: nipype's workers fail to write their results there and its scheduler would wait forever.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+class DiskFull(KeyboardInterrupt):
+    """A watched folder's file system filled up; raised in the main thread."""
+
+    def __init__(self, path, free: int):
+        super().__init__(str(path))
+        self.path, self.free = path, int(free)
+
+
+class DiskWatch:
+    """Watch the free space of ``folders`` every ``interval_s`` from a daemon thread; when one
+    falls under ``min_free`` bytes, interrupt the main thread (which raises
+    :class:`DiskFull` through :meth:`check`, see :func:`dpnbids.cli.run.main`)."""
+
+    def __init__(self, folders, *, interval_s: float = 2.0, min_free: int = MIN_FREE_BYTES):
+        self.folders = [f for f in folders if f is not None]
+        self.interval_s, self.min_free = interval_s, min_free
+        self.full: tuple | None = None
+        self._stop = None
+
+    def _free(self, folder):
+        import shutil
+
+        probe = folder
+        while not os.path.exists(probe) and os.path.dirname(str(probe)) != str(probe):
+            probe = os.path.dirname(str(probe))
+        try:
+            return shutil.disk_usage(probe).free
+        except OSError:
+            return None
+
+    def _run(self):
+        import threading
+
+        while not self._stop.wait(self.interval_s):
+            for folder in self.folders:
+                free = self._free(folder)
+                if free is not None and free < self.min_free:
+                    self.full = (folder, free)
+                    # a real signal to the main thread: it also ends a blocking sleep
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    return
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="dpnbids-disk-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        return False
+
+    def check(self, exc: BaseException) -> BaseException:
+        """The exception to report: :class:`DiskFull` when the watch interrupted the run."""
+        if self.full is not None and isinstance(exc, KeyboardInterrupt):
+            return DiskFull(*self.full)
+        return exc
