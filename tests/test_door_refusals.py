@@ -44,7 +44,7 @@ def _confounds(conf, edit):
 
 
 def _all_na(table):
-    return table.iloc[:, :0].assign(**{c: np.nan for c in table.columns})
+    return pd.DataFrame(np.nan, index=table.index, columns=table.columns)
 
 
 def _string_in_used_column(table):
@@ -77,7 +77,7 @@ DAMAGE = {
     "2-volume BOLD": (lambda b, c: _bold(b, lambda d: d[..., :2]), "only 2 volumes"),
     "NaN voxel": (lambda b, c: _bold(b, _nan_voxel), "1 NaN"),
     "gzip not NIfTI": (lambda b, c: b.write_bytes(gzip.compress(b"not an image")),
-                       "could not be read"),
+                       "could not be read as a NIfTI image"),
 }
 
 
