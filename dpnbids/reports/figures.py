@@ -412,9 +412,10 @@ def plot_confusion(predictions_df, *, threshold=0.5) -> str:
         yhat = (g["predicted_label"].to_numpy(dtype=int) if "predicted_label" in g
                 else (g["probability"].to_numpy(dtype=float) >= threshold).astype(int))
         cm = confusion_matrix(y, yhat, labels=[0, 1])
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center")
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+        for (i, j), v in np.ndenumerate(cm):  # white on the dark cells, black on the light
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11, fontweight="bold",
+                    color="white" if v > 0.5 * max(int(cm.max()), 1) else "black")
         ax.set_xticks([0, 1], ["NR", "R"])
         ax.set_yticks([0, 1], ["NR", "R"])
         ax.set_xlabel("predicted", fontsize=8)
