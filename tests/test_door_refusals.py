@@ -3,6 +3,7 @@ before OUTPUT_DIR is created (never a raw warning, a traceback or a late exit 4)
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import time
 
@@ -59,6 +60,10 @@ def _bold(bold, make):
     nib.save(nib.Nifti1Image(make(data), img.affine), str(bold))
 
 
+def _sidecar(bold):
+    return bold.with_name(bold.name.split(".", 1)[0] + ".json")
+
+
 def _nan_voxel(data):
     data[10, 10, 10, 3] = np.nan
     return data
@@ -76,6 +81,10 @@ DAMAGE = {
     "3D BOLD": (lambda b, c: _bold(b, lambda d: d[..., 0]), "3D"),
     "2-volume BOLD": (lambda b, c: _bold(b, lambda d: d[..., :2]), "only 2 volumes"),
     "NaN voxel": (lambda b, c: _bold(b, _nan_voxel), "1 NaN"),
+    "malformed BOLD JSON": (lambda b, c: _sidecar(b).write_text("{oops"), "is not valid JSON"),
+    "no RepetitionTime": (lambda b, c: _sidecar(b).write_text(json.dumps(
+        {k: v for k, v in json.loads(_sidecar(b).read_text()).items()
+         if k != "RepetitionTime"})), "has no RepetitionTime"),
     "gzip not NIfTI": (lambda b, c: b.write_bytes(gzip.compress(b"not an image")),
                        "could not be read as a NIfTI image"),
 }
