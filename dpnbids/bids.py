@@ -255,6 +255,22 @@ def _entity_filters(filters: dict, query: str) -> dict:
     return {k: (v if v is not None else None) for k, v in raw.items()}
 
 
+def _refuse_unindexed_subjects(bids_dir: Path, available) -> None:
+    """A sub-* folder that pybids did not index (a label with characters BIDS does not allow,
+    e.g. accents) would be dropped without a word: name it instead."""
+    import re
+
+    ignored = sorted(p.name for p in Path(bids_dir).glob("sub-*")
+                     if p.is_dir() and p.name[4:] not in available
+                     and not re.fullmatch(r"[a-zA-Z0-9]+", p.name[4:]))
+    if ignored:
+        raise InputError(
+            f"BIDS_DIR {bids_dir} has subject folder(s) {', '.join(map(repr, ignored))} whose "
+            "label is not a BIDS label (letters a-z, A-Z and digits only); they would be left "
+            "out silently. Rename them (e.g. sub-01), or choose the subjects to process with "
+            "--participant-label.")
+
+
 def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None,
                    task="rest", bids_filters=None, need_t1w=True) -> dict[str, SubjectInputs]:
     """Query BIDS_DIR with pybids for the T1w and BOLD runs of each participant."""
@@ -266,6 +282,8 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
     except Exception as exc:  # pybids raises many types on malformed datasets
         raise InputError(f"pybids could not index BIDS_DIR {bids_dir}: {exc}") from None
     available = sorted(layout.get_subjects())
+    if not participant_label:
+        _refuse_unindexed_subjects(bids_dir, available)
     subjects = list(participant_label) if participant_label else available
     missing = [s for s in subjects if s not in available]
     if missing:

@@ -152,3 +152,15 @@ def test_unusable_work_dir_is_refused_before_output_dir_exists(tiny_bids, tmp_pa
     assert ("is a file" if kind == "under a file" else "Operation not permitted") in err, err
     assert "--work-dir" in err and err.count("dpnbids: error:") == 1
     assert not out.exists()
+
+
+def test_a_subject_folder_with_a_non_bids_label_is_named_not_dropped(tiny_bids, tmp_path,
+                                                                     capsys):
+    shutil.copytree(tiny_bids / "sub-01", tiny_bids / "sub-0é1")
+    out = tmp_path / "out"
+    code, err = _main([tiny_bids, out, "participant", "--skip-bids-validation"], capsys)
+    assert code == 2 and "'sub-0é1'" in err and "not a BIDS label" in err, err
+    assert not out.exists()
+    from dpnbids.bids import collect_inputs
+
+    assert list(collect_inputs(tiny_bids, participant_label=["01"])) == ["01"]
