@@ -164,3 +164,19 @@ def test_a_subject_folder_with_a_non_bids_label_is_named_not_dropped(tiny_bids, 
     from dpnbids.bids import collect_inputs
 
     assert list(collect_inputs(tiny_bids, participant_label=["01"])) == ["01"]
+
+
+def test_pca_dim_above_the_shortest_run_is_refused_from_headers(tmp_path):
+    from types import SimpleNamespace
+
+    from dpnbids.exceptions import DimensionError
+    from dpnbids.workflows.group import check_pca_dim
+
+    runs = []
+    for key, n in (("sub-01", 80), ("sub-02", 55)):
+        path = tmp_path / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((3, 4, 5, n), np.float32), np.eye(4)), str(path))
+        runs.append(SimpleNamespace(key=key, denoised=path))
+    check_pca_dim(SimpleNamespace(ica=SimpleNamespace(pca_dim=55)), runs)
+    with pytest.raises(DimensionError, match="sub-02 has only 55 volumes.*--pca-dim 55 or less"):
+        check_pca_dim(SimpleNamespace(ica=SimpleNamespace(pca_dim=64)), runs)
