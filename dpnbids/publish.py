@@ -118,12 +118,31 @@ def publish_staging(staging, output_dir) -> Path:
         os.replace(group / "group.html", staging / "group.html")
     journal = {"pid": os.getpid(), "host": socket.gethostname(), "staging": staging.name,
                "backup": f"{BACKUP_PREFIX}{os.getpid()}", "new": new,
-               "old": previous_subject_files(output_dir)}
+               "old": previous_subject_files(output_dir),
+               "report": (staging / "group.html").exists()}
     atomic_write_text(output_dir / JOURNAL, json.dumps(journal, indent=2) + "\n")
-    _roll_forward(output_dir, journal)
+    _without_interruption(_roll_forward, output_dir, journal)
     LOGGER.info("group results published in %s (with %d per-subject files)",
                 output_dir / "group", len(new))
     return output_dir / "group"
+
+
+def _without_interruption(function, *args):
+    """Run ``function`` with SIGINT and SIGTERM held back (renames only: a fraction of a
+    second); a signal that came meanwhile is delivered afterwards. SIGKILL cannot be held
+    back: :func:`recover_publish` completes what it interrupts."""
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        return function(*args)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        return function(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _move_aside(target: Path, backup: Path) -> None:
@@ -153,6 +172,8 @@ def _roll_forward(output_dir: Path, journal: dict) -> None:
     for rel in set(journal["old"]) - set(journal["new"]):
         if _inside(rel):
             _move_aside(output_dir / rel, backup / rel)
+    if not journal.get("report", True):  # a report of the previous run would now mislead
+        _move_aside(output_dir / "group.html", backup / "group.html")
     (output_dir / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(backup, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)

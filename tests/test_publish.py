@@ -156,3 +156,38 @@ def test_empty_or_folder_participants_tsv_is_one_clear_input_error(tmp_path):
     (tmp_path / "participants.tsv").mkdir()
     with pytest.raises(InputError, match="is a directory"):
         read_participants(tmp_path)
+
+
+def test_a_run_without_a_report_does_not_leave_the_previous_report_beside_it(published):
+    out = published
+    staging = _stage_run(out, "new", SUBJECT_FILES)
+    (publish.staging_parts(staging)[0] / "group.html").unlink()
+    publish.publish_staging(staging, out)
+    assert not (out / "group.html").exists()
+    assert (out / "group" / "predictions.tsv").read_text() == "new"
+
+
+def test_sigterm_during_the_renames_waits_until_the_set_is_published(published, monkeypatch):
+    import signal
+
+    out = published
+    staging = _stage_run(out, "new", SUBJECT_FILES)
+    real_replace, got = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith("group") and not got:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives between two renames
+            got.append(dst)
+        real_replace(src, dst)
+
+    def handler(signum, frame):
+        state = {k: v for k, v in _state(out).items() if v != "own"}
+        got.append(("signal", state == _expected("new", SUBJECT_FILES)))
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        monkeypatch.setattr(publish.os, "replace", replace)
+        publish.publish_staging(staging, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert ("signal", True) in got  # delivered only once every part was in place
