@@ -120,3 +120,21 @@ def test_a_disk_filling_during_a_stalled_run_ends_it_in_seconds(tiny_bids, tmp_p
     assert time.time() - started < 30
     assert f"no space left on the device holding {work} (0 KiB free)" in err
     assert err.count("dpnbids: error:") == 1
+
+
+def test_a_full_disk_behind_another_error_is_still_named(tiny_bids, tmp_path, capsys,
+                                                        monkeypatch):
+    import errno
+
+    import dpnbids.cli.run as cli_run
+
+    def wrapped(*args):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "w" / "x"))
+        except OSError as exc:
+            raise RuntimeError("saving the model failed") from exc
+
+    monkeypatch.setattr(cli_run, "_run_level", wrapped)
+    code, err = _main([tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation"],
+                      capsys)
+    assert code == 4 and f"holding {tmp_path / 'w'}" in err and "unexpected" not in err, err

@@ -253,6 +253,20 @@ def run(argv=None) -> int:
     return _execute(config, inputs, labels, run_id)
 
 
+def _no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left' (or quota) OSError behind ``exc``, following its causes."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC,
+                                                      getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _disk_full_text(folder, detail: str) -> str:
     return (f"no space left on the device holding {folder} ({detail}). The run was stopped; "
             "free some space (or give another -w / OUTPUT_DIR) and rerun the same command "
@@ -261,8 +275,6 @@ def _disk_full_text(folder, detail: str) -> str:
 
 def _execute(config, inputs, labels, run_id: str) -> int:
     """Run the level once the checks passed (from here on OUTPUT_DIR is written)."""
-    import errno
-
     from dpnbids.cli.signals import DiskFull, DiskWatch
     from dpnbids.derivatives import DerivativesWriter
     from dpnbids.exceptions import DpnbidsError
@@ -291,19 +303,19 @@ def _execute(config, inputs, labels, run_id: str) -> int:
             _error(f"{_signal_text(exc)}; every process of this run was stopped. Rerun the "
                    "same command (with the same --work-dir) to resume.")
             code = _stopped(exc)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            _error(_disk_full_text(Path(exc.filename or output_dir).parent,
-                                   f"writing {exc.filename or 'a file'}: {exc.strerror}"))
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file only
+        full = _no_space(exc)
+        if full is not None:  # a full disk, under whatever wrapper, is named as such
+            _error(_disk_full_text(Path(full.filename or output_dir).parent,
+                                   f"writing {full.filename or 'a file'}: {full.strerror}"))
             code = _stopped(exc, 4)
-        elif started:
-            code = _internal_error(logs_dir, run_id)
-        else:  # OUTPUT_DIR passed the checks but cannot be written after all
+        elif isinstance(exc, OSError) and not started:
+            # OUTPUT_DIR passed the checks but cannot be written after all
             _error(f"cannot write to OUTPUT_DIR {output_dir}: {exc.strerror or exc} "
                    f"({exc.filename or logs_dir}). Give a folder you can write to.")
             code = 2
-    except Exception:  # noqa: BLE001 - the traceback goes to the log file only
-        code = _internal_error(logs_dir, run_id)
+        else:
+            code = _internal_error(logs_dir, run_id)
     finally:
         if started:
             code = _finish(config, writer, code, logs_dir, run_id)
