@@ -138,3 +138,37 @@ def test_a_full_disk_behind_another_error_is_still_named(tiny_bids, tmp_path, ca
     code, err = _main([tiny_bids, tmp_path / "out", "participant", "--skip-bids-validation"],
                       capsys)
     assert code == 4 and f"holding {tmp_path / 'w'}" in err and "unexpected" not in err, err
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """An 8 MiB file system (needs root and a kernel that lets the container mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+            capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+@pytest.mark.slow
+def test_a_full_work_disk_ends_the_run_in_seconds_for_real(tmp_path, small_tmpfs):
+    bids = make_tiny_bids(tmp_path / "bids", labels=("1", "0"), n_volumes=120)
+    out, work = tmp_path / "out", small_tmpfs / "work"
+    exe = str(Path(sys.executable).with_name("dpnbids"))
+    started = time.time()
+    proc = subprocess.Popen([exe, str(bids), str(out), "participant", "--skip-bids-validation",
+                             "--nprocs", "2", "--omp-nthreads", "1", "-w", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, err
+    assert time.time() - started < 60
+    assert f"no space left on the device holding {work}" in err
+    assert err.count("dpnbids: error:") == 1 and "Traceback" not in err
+    assert "Warning" not in err

@@ -282,7 +282,8 @@ def _execute(config, inputs, labels, run_id: str) -> int:
     output_dir = config.execution.output_dir
     logs_dir = output_dir / "logs"
     writer = DerivativesWriter(output_dir)
-    watch = DiskWatch([config.execution.work_dir, output_dir])
+    watch = DiskWatch([config.execution.work_dir, output_dir], on_stuck=lambda folder, free: (
+        _error(_disk_full_text(folder, f"{free // 1024} KiB free")), logging.shutdown()))
     code = 0
     started = False
     try:

@@ -30,14 +30,20 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
+def _ignore(_signum, _frame) -> None:
+    """A second SIGTERM/SIGINT while the run unwinds: already being handled."""
+
+
 def install() -> dict:
     """Raise :class:`Terminated` in the main thread on SIGTERM or SIGINT (once: a
     second signal while the run unwinds is ignored, so the message stays one).
     Returns the previous handlers, for :func:`restore`."""
 
     def handler(signum, _frame):
+        # a Python-level no-op, not SIG_IGN: an ignored disposition would be inherited by
+        # the processes started while the run unwinds, and they could not be stopped
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _ignore)
         raise Terminated(signum)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -113,12 +119,19 @@ def _resource_tracker_pid() -> int | None:
         return None
 
 
-def end_process_tree(grace_s: float = 5.0) -> list[int]:
+def end_process_tree(grace_s: float = 5.0, *, spare_tracker: bool = True) -> list[int]:
     """SIGTERM every descendant, SIGKILL those still alive after ``grace_s``; return them.
 
-    multiprocessing's resource tracker is spared: it exits with this process once the
-    workers that held its pipe are gone."""
+    multiprocessing's resource tracker is spared by default: it exits with this process
+    once the workers that held its pipe are gone. A process that ends with ``os._exit``
+    cannot release its semaphores, and the tracker would print a warning about them on
+    the console: ``spare_tracker=False`` ends it too (SIGKILL, silently)."""
     tracker = _resource_tracker_pid()
+    if not spare_tracker and tracker:
+        try:
+            os.kill(tracker, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     targets = [p for p in descendants() if p != tracker]
     for pid in targets:
         try:
@@ -158,11 +171,15 @@ class DiskFull(KeyboardInterrupt):
 class DiskWatch:
     """Watch the free space of ``folders`` every ``interval_s`` from a daemon thread; when one
     falls under ``min_free`` bytes, interrupt the main thread (which raises
-    :class:`DiskFull` through :meth:`check`, see :func:`dpnbids.cli.run.main`)."""
+    :class:`DiskFull` through :meth:`check`, see :func:`dpnbids.cli.run.main`). If the run
+    has not ended ``grace_s`` later (a library swallowed the interrupt), ``on_stuck(folder,
+    free)`` reports it and the process tree is ended with exit 4: never a hang."""
 
-    def __init__(self, folders, *, interval_s: float = 2.0, min_free: int = MIN_FREE_BYTES):
+    def __init__(self, folders, *, interval_s: float = 2.0, min_free: int = MIN_FREE_BYTES,
+                 on_stuck=None, grace_s: float = 5.0):
         self.folders = [f for f in folders if f is not None]
         self.interval_s, self.min_free = interval_s, min_free
+        self.on_stuck, self.grace_s = on_stuck, grace_s
         self.full: tuple | None = None
         self._stop = None
 
@@ -187,6 +204,11 @@ class DiskWatch:
                     self.full = (folder, free)
                     # a real signal to the main thread: it also ends a blocking sleep
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    if not self._stop.wait(self.grace_s) and self.on_stuck is not None:
+                        # the interrupt was swallowed somewhere below: stop for good
+                        self.on_stuck(folder, free)
+                        end_process_tree(spare_tracker=False)
+                        os._exit(4)
                     return
 
     def __enter__(self):
