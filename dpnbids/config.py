@@ -206,6 +206,20 @@ def _plain(obj):
     return obj
 
 
+def _check_plugin_name(path: Path, name: str) -> None:
+    """The plugin named in a --use-plugin file must be one nipype has."""
+    from nipype.pipeline import plugins
+
+    from dpnbids.exceptions import InputError
+
+    known = sorted(n[:-len("Plugin")] for n in dir(plugins)
+                   if n.endswith("Plugin") and n != "Plugin")
+    if name not in known:
+        raise InputError(f"plugin file {path} names the plugin {name!r}, which nipype does not "
+                         f"have. Expected one of: {', '.join(known)} (names are "
+                         "case-sensitive).")
+
+
 def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[str, dict]:
     """Read an fMRIPrep-style plugin YAML; default to MultiProc/Linear."""
     from dpnbids.exceptions import InputError
@@ -228,6 +242,7 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     if not isinstance(data, dict) or not isinstance(data.get("plugin"), str):
         raise InputError(f"plugin file {path} must define 'plugin:' (MultiProc, Linear, SLURM, "
                          "SGE, PBS ...) and optionally 'plugin_args:' as in fMRIPrep")
+    _check_plugin_name(path, data["plugin"])
     plugin_args = data.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise InputError(f"plugin file {path}: 'plugin_args' must be a mapping")

@@ -84,6 +84,10 @@ def test_natural_call_both_levels_on_mixed_fmriprep_grids(mixed, tmp_path):
     # stage-2 maps of every subject on the common grid
     stage2 = sorted(out.glob(f"sub-*/func/*_space-{SPACE}_res-4_desc-stage2pe_components.nii.gz"))
     assert len(stage2) == 6
+    # ... published with group/ as one set: the group folder lists them as its own
+    owned = json.loads((group / "published_files.json").read_text())["files"]
+    assert {str(p.relative_to(out)) for p in stage2} <= set(owned)
+    assert not list(out.glob(".group-*"))
     html = (out / "group.html").read_text()
     assert "Model order" in html and "analysis_grid" in html
     if validator_exe():

@@ -91,24 +91,43 @@ def _dropout(value: str) -> float:
     return fvalue
 
 
+def _not_a(kind: str, value: str, path: Path) -> argparse.ArgumentTypeError:
+    """'does not exist' only when nothing is there; a folder for a file (or the reverse)
+    is named as such."""
+    if path.is_dir():
+        found = "is a directory"
+    elif path.exists():
+        found = "is a file" if path.is_file() else "is not a regular file"
+    else:
+        found = "does not exist"
+        from dpnbids.publish import pending_publish
+
+        for parent in path.parents[:2]:  # OUTPUT_DIR/group/model of a half-published run
+            if pending_publish(parent):
+                found += (f"; {parent} holds an interrupted group publish: rerun the group "
+                          "level on that OUTPUT_DIR, which completes it first")
+                break
+    return argparse.ArgumentTypeError(f"expected {kind}, but {value!r} {found}")
+
+
 def _existing_file(value: str) -> Path:
     path = Path(value).expanduser().absolute()
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file {value!r} does not exist")
+        raise _not_a("a file", value, path)
     return path
 
 
 def _existing_dir(value: str) -> Path:
     path = Path(value).expanduser().absolute()
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"directory {value!r} does not exist")
+        raise _not_a("a directory", value, path)
     return path
 
 
 def _bids_filter(value: str) -> dict:
     path = Path(value).expanduser()
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"BIDS filter file {value!r} does not exist")
+        raise _not_a("a BIDS filter file (JSON)", value, path.absolute())
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

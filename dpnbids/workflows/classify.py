@@ -461,6 +461,7 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
 def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bundle_dir,
                   saliency=None):
     from dpnbids.derivatives import atomic_write_text
+    from dpnbids.learn.calibration import calibration_note
     from dpnbids.reports.group import render_group_report
     from dpnbids.reports.saliency import saliency_section
 
@@ -489,7 +490,8 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
                                permutation=cvs.permutations, leakage_notes=notes,
                                timings=cvs.timings, command_line=config.execution.command_line,
                                model_order=res.order,
-                               saliency_html=saliency_section(saliency))
+                               saliency_html=saliency_section(saliency),
+                               calibration_note=calibration_note(cvs.manifests))
     # staged with the rest of group/ and published with it (workflows.group)
     atomic_write_text(res.group_dir / "group.html", html)
 
