@@ -29,7 +29,7 @@ CLASSIFIER_FEATURE = "pe"
 
 
 def fit_group_ica(runs, mask, config, cap: int):
-    """Fit :class:`dpnbids.analysis.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
+    """Fit :class:`dpnbids.analysis.decomposition.GroupICA` on variance-normalised runs (MIGP, memory bounded).
 
     With ``--n-components auto`` the model order is estimated while MIGP reads
     each run (:mod:`dpnbids.analysis.model_order`) and capped at ``cap``, the cohort's
