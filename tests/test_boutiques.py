@@ -45,7 +45,7 @@ def test_descriptor_is_generated_from_current_parser():
     gen = _load_generator()
     expected = gen.render(gen.build_descriptor())
     assert DESCRIPTOR.read_text() == expected, (
-        "boutiques.json is stale: run `python docker/make_boutiques.py` and commit it")
+        "boutiques.json is stale: run `python tools/make_boutiques.py` and commit it")
 
 
 def test_every_parser_option_is_a_descriptor_input(descriptor, parser_options):

@@ -38,7 +38,7 @@ def _bids_label(entity: str, what: str, example: str, name: str):
                 f"{what} label {value!r} is not a BIDS label: use alphanumeric characters "
                 f"only, e.g. {example}")
         return value
-    parse.__name__ = parse.__qualname__ = name  # docker/make_boutiques.py keys types by name
+    parse.__name__ = parse.__qualname__ = name  # tools/make_boutiques.py keys types by name
     return parse
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up, generate the embedded synthetic cohort, run participant then group.
-# Usage: bash scripts/demo.sh [OUT_ROOT]   (default ./demo_out)
+# Usage: bash tools/demo.sh [OUT_ROOT]   (default ./demo_out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash tools/bootstrap.sh
 OUT_ROOT="${1:-demo_out}"
 export TF_CPP_MIN_LOG_LEVEL=3
 BIDS="$OUT_ROOT/bids"

@@ -16,7 +16,7 @@ with a message naming the missing template.
 
 Usage::
 
-    python docker/prefetch_templates.py --home /opt/templateflow \
+    python tools/prefetch_templates.py --home /opt/templateflow \
         --resolutions 1 2 --fetch MNI152NLin2009cAsym --strict
 """
 from __future__ import annotations
