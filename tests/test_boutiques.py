@@ -23,7 +23,7 @@ from boutiques.validator import DescriptorValidationError  # noqa: E402
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_boutiques", REPO / "docker" / "make_boutiques.py")
+    spec = importlib.util.spec_from_file_location("make_boutiques", REPO / "tools" / "make_boutiques.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
