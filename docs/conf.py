@@ -17,7 +17,7 @@ import dpnbids  # noqa: E402 - importable only once the repository root is on sy
 
 project = "dpnbids"
 author = "the dpnbids developers"
-copyright = "2026, the dpnbids developers"  # noqa: A001 - the name Sphinx reads
+copyright = "2026, the dpnbids developers"  # the name Sphinx reads
 release = version = dpnbids.__version__
 
 extensions = ["myst_parser", "dpnbids_docs"]

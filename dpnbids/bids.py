@@ -234,7 +234,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
     bids_filters = bids_filters or {}
     try:
         layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False)
-    except Exception as exc:  # pybids raises many types on malformed datasets
+    except Exception as exc:  # noqa: BLE001 - pybids raises many types on malformed datasets
         raise InputError(f"pybids could not index BIDS_DIR {bids_dir}: {exc}") from None
     available = sorted(layout.get_subjects())
     subjects = list(participant_label) if participant_label else available
@@ -258,7 +258,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
         try:
             bolds = sorted(layout.get(**bold_q))
             t1ws = sorted(layout.get(**t1_q))
-        except Exception as exc:  # invalid entity names in a filter file
+        except Exception as exc:  # noqa: BLE001 - pybids raises many types for invalid entity names
             raise InputError(f"the BIDS query for sub-{sub} failed ({exc}); check the entity "
                              "names in --bids-filter-file") from None
         if not bolds:

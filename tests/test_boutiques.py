@@ -18,8 +18,8 @@ OUTPUT_IDS = {"output_dir_name", "participant_level_analysis_dir"}
 POSITIONAL_IDS = {"bids_dir", "analysis_level"} | OUTPUT_IDS
 
 boutiques = pytest.importorskip("boutiques", reason="boutiques is not installed (pip install boutiques)")
-from boutiques import bosh  # noqa: E402
-from boutiques.validator import DescriptorValidationError  # noqa: E402
+from boutiques import bosh  # noqa: E402 - only once importorskip found boutiques
+from boutiques.validator import DescriptorValidationError  # noqa: E402 - same
 
 
 def _load_generator():

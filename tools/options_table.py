@@ -9,7 +9,7 @@ from dpnbids.cli.parser import build_parser
 
 
 def _default(action) -> str:
-    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):  # noqa: SLF001 - argparse has no public action types
+    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):  # argparse has no public action types
         return ""
     return "" if action.default in (None, False, argparse.SUPPRESS) else f"`{action.default}`"
 
@@ -18,8 +18,8 @@ def render() -> str:
     """Every option group of the parser as a Markdown table (option, default, description)."""
     parser = build_parser()
     lines = []
-    for group in parser._action_groups:  # noqa: SLF001 - argparse has no public API for groups
-        actions = [a for a in group._group_actions if a.option_strings]  # noqa: SLF001 - same
+    for group in parser._action_groups:  # argparse has no public API for groups
+        actions = [a for a in group._group_actions if a.option_strings]  # same
         if not actions:
             continue
         lines += ["", f"**{group.title}**", "", "| Option | Default | Description |", "|---|---|---|"]

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for space in args.fetch:
         try:
             files = fetch_space(space, args.resolutions)
-        except Exception as exc:  # network errors come in many types
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
             failed.append(space)
             # TemplateFlow's index holds empty placeholder files; drop them so that
             # dpnbids reports the space as unavailable instead of reading an empty file.

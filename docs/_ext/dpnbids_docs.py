@@ -62,7 +62,7 @@ def _describe(workflow, title: str, factory: str) -> list[str]:
     """A section per workflow: its nodes (with their interface) and its edges."""
     lines = [f"### `{workflow.name}`", "", f"Built by `{factory}`. {title}", "",
              "| Node | Interface |", "|---|---|"]
-    graph = workflow._graph  # noqa: SLF001 - nipype exposes the node graph only here
+    graph = workflow._graph  # nipype exposes the node graph only here
     for node in sorted(graph.nodes, key=lambda n: n.name):
         kind = type(node.interface).__name__ if hasattr(node, "interface") else "workflow"
         lines.append(f"| `{node.name}` | `{kind}` |")

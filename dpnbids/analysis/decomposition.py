@@ -265,7 +265,7 @@ class GroupICA:
                               "upward on smoothed data.", RuntimeWarning, stacklevel=2)
             plain_load = load
 
-            def load(i):  # noqa: F811 - one pass: the estimate rides along with MIGP
+            def load(i):  # one pass: the estimate rides along with MIGP
                 y = plain_load(i)
                 if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
                     raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "

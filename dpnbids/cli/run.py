@@ -239,7 +239,7 @@ def main(argv=None) -> int:
                 writer.write_dataset_description(bids_dir=config.execution.bids_dir,
                                                  container=config.execution.container,
                                                  extra_sources=[config.preproc.fmriprep_dir])
-            except Exception:  # noqa: BLE001 - never hide the run's own outcome
+            except Exception:  # never hide the run's own outcome
                 if code == 0:
                     code = _internal_error(logs_dir, run_id)
                 else:

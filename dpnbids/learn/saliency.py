@@ -28,7 +28,12 @@ This module is pure (Keras, numpy, scipy): it never imports nipype.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported where it is used; the annotation needs only its name
+    import pandas as pd
 
 from dpnbids.exceptions import DimensionError, InputError
 
@@ -484,7 +489,7 @@ def _linear_svm_weights(x_train, y_train) -> np.ndarray:
 
 
 def network_ranking(shares, components_table=None, *, input_set: str,
-                    model: str) -> "pd.DataFrame":
+                    model: str) -> pd.DataFrame:
     """Rank the K channels of one input set and model by their mean share over folds.
 
     ``shares``: (folds, K). ``components_table`` (optional): the group level's table with

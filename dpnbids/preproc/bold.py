@@ -142,7 +142,7 @@ class HMCResult:
 def _load_bold4d(bold_file):
     try:
         img = nib.load(str(bold_file))
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
+    except Exception as exc:  # nibabel raises many kinds
         raise InputError(f"Cannot read BOLD file {bold_file}: {exc}. Expected a readable "
                          "4D NIfTI; re-export or re-download it.") from exc
     if img.ndim != 4:

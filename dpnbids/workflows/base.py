@@ -149,7 +149,7 @@ def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
 def init_dpnbids_wf(config, inputs, *, name="dpnbids_wf") -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per subject."""
     workflow = pe.Workflow(name=name, base_dir=str(config.execution.work_dir))
-    for sub, sub_inputs in inputs.items():
+    for sub_inputs in inputs.values():
         workflow.add_nodes([init_single_subject_wf(config, sub_inputs)])
     return workflow
 

@@ -99,11 +99,13 @@ def check_model_order(config, runs, dofs: dict) -> int:
 
     cap = ica_order_cap(d.dof for d in dofs.values())
     worst = min(dofs, key=lambda k: dofs[k].dof)
+    budget = dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass,
+                                  config.preproc.low_pass)
     k = config.ica.n_components
     if cap < 1:
         raise InputError(
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}); "
+            f"({budget}); "
             f"dual regression needs at least {DUALREG_MARGIN + 1}. Exclude it "
             "(--participant-label) or rerun the participant level with a lighter "
             "--denoise-strategy.")
@@ -111,7 +113,7 @@ def check_model_order(config, runs, dofs: dict) -> int:
         raise InputError(
             f"--n-components {k} is more than the cohort's runs can be dual-regressed into: "
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}), "
+            f"({budget}), "
             f"so at most {cap} components fit ({DUALREG_MARGIN} residual degrees of freedom "
             f"kept). Use --n-components auto (the default), --n-components {cap} or fewer, "
             "--back-projection gica1, or longer runs.")
