@@ -39,7 +39,7 @@ from dpnbids.exceptions import DimensionError, InputError
 
 #: Methods of ``--saliency`` (``none`` disables attribution).
 METHODS = ("none", "gradients", "integrated-gradients", "occlusion")
-#: Integrated-gradients steps (midpoint Riemann sum); see benchmarks/README.md for the cost.
+#: Integrated-gradients steps (midpoint Riemann sum); see benchmarks/results/2026-12-06-saliency-cost.md for the cost.
 DEFAULT_IG_STEPS = 16
 #: Samples per forward/backward pass.
 DEFAULT_BATCH = 16
