@@ -19,7 +19,7 @@ import pandas as pd
 
 from dpnbids.exceptions import InputError
 
-LOGGER = logging.getLogger("dpnbids.bids")
+LOGGER = logging.getLogger(__name__)
 
 #: Case-insensitive encodings of the response label. ``n/a`` (and empty) = unknown.
 POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "responder", "r"})

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-LOGGER = logging.getLogger("dpnbids")
+LOGGER = logging.getLogger(__name__)
 
 
 class _ConsoleFormatter(logging.Formatter):

@@ -30,7 +30,7 @@ from dpnbids.exceptions import InputError
 from dpnbids.nifti_io import save_nifti
 from dpnbids.preproc.itk import pin_itk_threads, seeded_registration
 
-LOGGER = logging.getLogger("dpnbids.preproc.bold")
+LOGGER = logging.getLogger(__name__)
 
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])

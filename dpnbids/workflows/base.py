@@ -19,7 +19,7 @@ from dpnbids.interfaces import AnatPreproc, DerivativesSink, function_node
 from dpnbids.workflows.bold import init_bold_wf, init_fmriprep_bold_wf
 from dpnbids.workflows.inputs import fmriprep_run_dof
 
-LOGGER = logging.getLogger("dpnbids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
 def check_participant_inputs(config, inputs) -> None:

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-LOGGER = logging.getLogger("dpnbids.classify")
+LOGGER = logging.getLogger(__name__)
 
 LEAKY_SUFFIX = "-leaky"
 

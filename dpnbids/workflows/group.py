@@ -20,7 +20,7 @@ from dpnbids.derivatives import sibling
 from dpnbids.exceptions import DimensionError, InputError, WorkflowError
 from dpnbids.interfaces import DerivativesSink, DualRegression
 
-LOGGER = logging.getLogger("dpnbids.group")
+LOGGER = logging.getLogger(__name__)
 
 #: Which dual-regression output feeds the classifier: the stage-2 parameter
 #: estimates ("pe"), as FSL randomise users do, because with --des_norm they
