@@ -27,6 +27,7 @@ exclude_patterns = ["_build", "_generated", "README.md"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 nitpicky = True
+smartquotes = False  # option names such as --fmriprep-dir must keep their two hyphens
 html_theme = "alabaster"
 html_title = f"dpnbids {release}"
 html_theme_options = {"description": "Predict treatment response from resting-state fMRI",
