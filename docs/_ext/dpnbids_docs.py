@@ -4,6 +4,7 @@
   (``tools/options_table.py`` renders the same tables on the command line);
 * ``_generated/workflows.md``: the nodes and edges of the ``init_*_wf`` factories,
   built (not run) on a throw-away four-volume dataset;
+* ``_generated/modules.md``: every module of the package with its docstring's first line;
 * ``_generated/results.md``: the index of the dated measurements in
   ``benchmarks/results/``, each linked to its page under ``results/``.
 
@@ -106,6 +107,22 @@ def _workflows_page() -> str:
     return "\n".join(lines)
 
 
+def _modules_page() -> str:
+    """Every module of the package with the first line of its docstring, by sub-package."""
+    import ast
+
+    package = REPO / "dpnbids"
+    lines = ["| Module | What it holds |", "|---|---|"]
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "__init__.py" and path.parent != package:
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        summary = doc.strip().split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+        lines.append(f"| `{name}` | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def _results_pages() -> str:
     """One page per file of benchmarks/results/ (an include), and their index."""
     lines = ["| Measurement | File |", "|---|---|"]
@@ -121,6 +138,7 @@ def _results_pages() -> str:
 def _generate(app) -> None:
     _write(GENERATED / "options.md", _options_page())
     _write(GENERATED / "workflows.md", _workflows_page())
+    _write(GENERATED / "modules.md", _modules_page())
     _write(GENERATED / "results.md", _results_pages())
 
 
