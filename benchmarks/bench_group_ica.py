@@ -14,7 +14,7 @@ peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); recovery is the best
 
 Methods (same n_components, no smoothing, both read the NIfTI files):
 
-* ``ours``: :class:`dpnbids.analysis.ica.GroupICA` (MIGP, pca_dim 64, one FastICA run);
+* ``ours``: :class:`dpnbids.analysis.decomposition.GroupICA` (MIGP, pca_dim 64, one FastICA run);
 * ``ours-icasso10``: the same with ``n_repeats=10`` (ICASSO);
 * ``canica``: nilearn ``CanICA`` with its defaults (n_init=10, do_cca=True)
   except ``smoothing_fwhm=None`` and ``threshold=None`` (unthresholded maps,
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import benchmark_parser, cpu_model  # noqa: E402
+from _measure import benchmark_parser, cpu_model
 
 HERE = Path(__file__).resolve().parent
 

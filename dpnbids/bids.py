@@ -19,7 +19,7 @@ import pandas as pd
 
 from dpnbids.exceptions import InputError
 
-LOGGER = logging.getLogger("dpnbids.bids")
+LOGGER = logging.getLogger(__name__)
 
 #: Case-insensitive encodings of the response label. ``n/a`` (and empty) = unknown.
 POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "responder", "r"})
@@ -279,7 +279,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
     bids_filters = bids_filters or {}
     try:
         layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False)
-    except Exception as exc:  # pybids raises many types on malformed datasets
+    except Exception as exc:  # noqa: BLE001 - pybids raises many types on malformed datasets
         raise InputError(f"pybids could not index BIDS_DIR {bids_dir}: {exc}") from None
     available = sorted(layout.get_subjects())
     if not participant_label:
@@ -305,7 +305,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
         try:
             bolds = sorted(layout.get(**bold_q))
             t1ws = sorted(layout.get(**t1_q))
-        except Exception as exc:  # invalid entity names in a filter file
+        except Exception as exc:  # noqa: BLE001 - pybids raises many types for invalid entity names
             raise InputError(f"the BIDS query for sub-{sub} failed ({exc}); check the entity "
                              "names in --bids-filter-file") from None
         if not bolds:

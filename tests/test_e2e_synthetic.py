@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 
-from conftest import run_cli as main  # noqa: E402
+from conftest import run_cli as main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -150,6 +150,7 @@ def test_missing_space_names_the_flag(tmp_path):
     assert "--output-space MNI152NLin6Asym" in err and "re-run fmriprep on" not in err.lower()
 
 
+@pytest.mark.slow  # runs the participant level first: 42 s of CPU (2026-12-07)
 def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
     """--n-components 40 on 110-volume runs: refused in the checks, no image data read."""
     ds = make_fmriprep_dataset(tmp_path / "ds", subjects={"01": 1, "02": 0, "03": 1, "04": 0},

@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-LOGGER = logging.getLogger("dpnbids")
+LOGGER = logging.getLogger(__name__)
 
 
 class _ConsoleFormatter(logging.Formatter):

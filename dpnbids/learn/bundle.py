@@ -32,7 +32,7 @@ import numpy as np
 from dpnbids.derivatives import replace_dir
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 
-LOGGER = logging.getLogger("dpnbids.learn.bundle")
+LOGGER = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
 CHECKSUMS = "checksums.sha256"

@@ -41,7 +41,7 @@ LOGGER = logging.getLogger(__name__)
 PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
               "dropout": (0.3, 0.5), "batch_size": (4, 8), "epochs": (50, 100)}
 #: What ``tune=True`` searches by default (16 fits per fold): the choices that
-#: benchmarks/README.md found to matter for a VoxNet trained on about 40 subjects.
+#: benchmarks/results/2026-12-07-cnn-vs-linear.md found to matter for a VoxNet trained on about 40 subjects.
 TUNE_GRID = {"epsilon": (1e-3, 0.1), "dropout": (0.3, 0.5), "weight_decay": (0.0, 1e-3),
              "augment": (False, True)}
 #: Keys of a tuning grid that are :func:`dpnbids.learn.model.build_voxnet` arguments;

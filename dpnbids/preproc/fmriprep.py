@@ -46,7 +46,7 @@ from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["find_fmriprep_inputs", "available_spaces", "parse_space"]
 
-LOGGER = logging.getLogger("dpnbids.fmriprep")
+LOGGER = logging.getLogger(__name__)
 
 _RUN_KEYS = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
              "direction", "run", "echo")

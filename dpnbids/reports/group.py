@@ -231,7 +231,7 @@ def _gallery(components_img, components_df) -> str:
         return note("Component gallery not available (no components given).")
     try:
         uris = figures.plot_component_gallery(components_img, components_df)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a report must never crash on a figure
         return note(f"Component gallery could not be drawn ({type(exc).__name__}: {exc}).")
     head = (
         "<p>Selected components (SSC, p &lt; threshold) are framed in green. "

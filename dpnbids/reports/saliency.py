@@ -7,12 +7,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from dpnbids.reports import figures  # noqa: E402
-from dpnbids.reports.subject import esc, note, safe_figure  # noqa: E402
+from dpnbids.reports import figures
+from dpnbids.reports.subject import esc, note, safe_figure
 
 
 def plot_saliency_map(map_img, *, title="") -> str:

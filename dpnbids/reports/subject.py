@@ -178,7 +178,7 @@ def _func_block(run: dict, i: int) -> str:
     if run.get("confounds_tsv"):
         try:
             conf = _read_confounds(run["confounds_tsv"])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a report must never crash on one table
             parts.append(note(f"Confounds table could not be read: {exc}"))
     tr = run.get("tr") or 1.0
     if conf is not None:

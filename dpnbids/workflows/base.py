@@ -19,7 +19,7 @@ from dpnbids.interfaces import AnatPreproc, DerivativesSink, function_node
 from dpnbids.workflows.bold import init_bold_wf, init_fmriprep_bold_wf
 from dpnbids.workflows.inputs import fmriprep_run_dof
 
-LOGGER = logging.getLogger("dpnbids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
 def check_participant_inputs(config, inputs) -> None:
@@ -142,7 +142,7 @@ def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
 def init_dpnbids_wf(config, inputs, *, name="dpnbids_wf") -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per subject."""
     workflow = pe.Workflow(name=name, base_dir=str(config.execution.work_dir))
-    for sub, sub_inputs in inputs.items():
+    for sub_inputs in inputs.values():
         workflow.add_nodes([init_single_subject_wf(config, sub_inputs)])
     return workflow
 

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-LOGGER = logging.getLogger("dpnbids.classify")
+LOGGER = logging.getLogger(__name__)
 
 LEAKY_SUFFIX = "-leaky"
 
@@ -513,7 +513,8 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
         ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
                        n_repeats=config.ica.ica_repeats,
                        random_state=config.seed(f"ica.fold{fold.repeat}.{fold.fold}"))
-        ica.fit_arrays(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))
+        ica.fit_arrays(lambda i: load_run_matrix(train_runs[i].denoised, mask),  # noqa: B023 - called within this iteration
+                       len(train_runs))
         per_sub: dict[str, list] = {}
         for r in runs:
             if r.subject in index:

@@ -21,7 +21,7 @@ from dpnbids.exceptions import DimensionError, InputError, WorkflowError
 from dpnbids.interfaces import DerivativesSink, DualRegression
 from dpnbids.publish import STAGING_PREFIX  # noqa: F401 - where tests and users look
 
-LOGGER = logging.getLogger("dpnbids.group")
+LOGGER = logging.getLogger(__name__)
 
 #: Which dual-regression output feeds the classifier: the stage-2 parameter
 #: estimates ("pe"), as FSL randomise users do, because with --des_norm they
@@ -30,7 +30,7 @@ CLASSIFIER_FEATURE = "pe"
 
 
 def fit_group_ica(runs, mask, config, cap: int):
-    """Fit :class:`dpnbids.analysis.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
+    """Fit :class:`dpnbids.analysis.decomposition.GroupICA` on variance-normalised runs (MIGP, memory bounded).
 
     With ``--n-components auto`` the model order is estimated while MIGP reads
     each run (:mod:`dpnbids.analysis.model_order`) and capped at ``cap``, the cohort's
@@ -108,11 +108,13 @@ def check_model_order(config, runs, dofs: dict) -> int:
 
     cap = ica_order_cap(d.dof for d in dofs.values())
     worst = min(dofs, key=lambda k: dofs[k].dof)
+    budget = dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass,
+                                  config.preproc.low_pass)
     k = config.ica.n_components
     if cap < 1:
         raise InputError(
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}); "
+            f"({budget}); "
             f"dual regression needs at least {DUALREG_MARGIN + 1}. Exclude it "
             "(--participant-label) or rerun the participant level with a lighter "
             "--denoise-strategy.")
@@ -120,7 +122,7 @@ def check_model_order(config, runs, dofs: dict) -> int:
         raise InputError(
             f"--n-components {k} is more than the cohort's runs can be dual-regressed into: "
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}), "
+            f"({budget}), "
             f"so at most {cap} components fit ({DUALREG_MARGIN} residual degrees of freedom "
             f"kept). Use --n-components auto (the default), --n-components {cap} or fewer, "
             "--back-projection gica1, or longer runs.")

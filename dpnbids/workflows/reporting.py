@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-LOGGER = logging.getLogger("dpnbids.reports")
+LOGGER = logging.getLogger(__name__)
 
 
 def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> str:
