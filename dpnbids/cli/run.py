@@ -341,7 +341,7 @@ def _finish(config, writer, code: int, logs_dir: Path, run_id: str) -> int:
         writer.write_dataset_description(bids_dir=config.execution.bids_dir,
                                          container=config.execution.container,
                                          extra_sources=[config.preproc.fmriprep_dir])
-    except Exception:  # noqa: BLE001 - never hide the run's own outcome
+    except Exception:
         if code == 0:
             return _internal_error(logs_dir, run_id)
         LOGGER.debug("dataset_description.json not written", exc_info=True)

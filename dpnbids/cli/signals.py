@@ -114,7 +114,7 @@ def _resource_tracker_pid() -> int | None:
     try:
         from multiprocessing import resource_tracker
 
-        return resource_tracker._resource_tracker._pid  # noqa: SLF001 - no public accessor
+        return resource_tracker._resource_tracker._pid
     except (ImportError, AttributeError):
         return None
 
