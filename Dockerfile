@@ -35,7 +35,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
 COPY dpnbids ./dpnbids
-COPY docker/wheel_requirements.py ./docker/
+COPY tools/wheel_requirements.py ./tools/
 
 # A wheel of this tree, its dependencies at the locked versions (TensorFlow swapped
 # for the requested build) plus the BIDS validator, then the wheel itself; the
@@ -47,12 +47,12 @@ RUN python3 -m venv /opt/venv \
          cpu) tf="tensorflow-cpu==${TF_VERSION}" ;; \
          *) echo "TF_VARIANT must be 'and-cuda' or 'cpu', got '${TF_VARIANT}'" >&2; exit 1 ;; \
        esac \
-    && /opt/venv/bin/python docker/wheel_requirements.py /src/dist/dpnbids-*.whl --tf "${tf}" \
+    && /opt/venv/bin/python tools/wheel_requirements.py /src/dist/dpnbids-*.whl --tf "${tf}" \
          --lock requirements.lock --out /tmp/requirements.txt --constraints /tmp/constraints.txt \
     && /opt/venv/bin/python -m pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
          "bids-validator-deno==${BIDS_VALIDATOR_VERSION}" \
     && /opt/venv/bin/python -m pip install --no-deps /src/dist/dpnbids-*.whl \
-    && /opt/venv/bin/python docker/wheel_requirements.py --check --tf "${tf}" \
+    && /opt/venv/bin/python tools/wheel_requirements.py --check --tf "${tf}" \
     && /opt/venv/bin/python -m pip freeze > /opt/venv/pip-freeze.txt
 
 # -------------------------------------------------------------- runtime stage
@@ -91,7 +91,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     TF_CPP_MIN_LOG_LEVEL=2 \
     LANG=C.UTF-8
 
-COPY docker/prefetch_templates.py /opt/dpnbids/prefetch_templates.py
+COPY tools/prefetch_templates.py /opt/dpnbids/prefetch_templates.py
 # TEMPLATE_FETCH is a space-separated list: word splitting is intended.
 # hadolint ignore=SC2086
 RUN useradd --create-home --home-dir /home/dpnbids --uid 1000 --shell /bin/bash dpnbids \

@@ -15,7 +15,8 @@ concentration near the planted networks and the planted networks' ranks in
         --cohort planted:13:2.0 --cohort null:14
 
 A cohort is ``planted:SEED:EFFECT_SIZE`` (the generator's default effect networks, the
-default-mode and sensorimotor networks, at Cohen's d = EFFECT_SIZE) or ``null:SEED``. Existing cohort folders under WORKROOT are reused.
+default-mode and sensorimotor networks, at Cohen's d = EFFECT_SIZE) or ``null:SEED``. Existing
+cohort folders under WORKROOT are reused.
 """
 from __future__ import annotations
 

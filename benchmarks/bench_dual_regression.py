@@ -41,7 +41,7 @@ def main(argv=None):
     print(f"{args.subjects} subjects, {args.volumes[0]}-{args.volumes[1]} volumes, "
           f"{n_vox} voxels ({args.res:g} mm), K = {k}, float32")
     times, vols, recov = [], [], []
-    for i in range(args.subjects):
+    for _ in range(args.subjects):
         t = int(rng.integers(args.volumes[0], args.volumes[1] + 1))
         tcs = rng.standard_normal((t, k), dtype=np.float32)
         data = rng.standard_normal((t, n_vox), dtype=np.float32) * noise_sd + tcs @ maps

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import benchmark_parser, cpu_model, measure  # noqa: E402
+from _measure import benchmark_parser, cpu_model, measure
 
 
 def _bin(name: str) -> str:

@@ -14,7 +14,7 @@ peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); recovery is the best
 
 Methods (same n_components, no smoothing, both read the NIfTI files):
 
-* ``ours``: :class:`dpnbids.analysis.ica.GroupICA` (MIGP, pca_dim 64, one FastICA run);
+* ``ours``: :class:`dpnbids.analysis.decomposition.GroupICA` (MIGP, pca_dim 64, one FastICA run);
 * ``ours-icasso10``: the same with ``n_repeats=10`` (ICASSO);
 * ``ours-auto`` (``--auto``): ``n_components="auto"``, the default; its time
   includes the model-order estimate, and CanICA then runs at the order it chose;
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import benchmark_parser, cpu_model  # noqa: E402
+from _measure import benchmark_parser, cpu_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import benchmark_parser, cpu_model  # noqa: E402
+from _measure import benchmark_parser, cpu_model
 
 
 

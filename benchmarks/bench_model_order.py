@@ -32,7 +32,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import cpu_model  # noqa: E402
+from _measure import cpu_model
 
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _measure import near_planted  # noqa: E402
+from _measure import near_planted
 
 
 def ranks(shares, planted_channels) -> list[int]:

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_model  # noqa: E402
+from _measure import cpu_model
 
 DEFAULT_BOLD = (Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
                 / "sub-01" / "func" / "sub-01_task-oneback_bold.nii.gz")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dpnbids.exceptions import InputError
 
-LOGGER = logging.getLogger("dpnbids.bids")
+LOGGER = logging.getLogger(__name__)
 
 #: Case-insensitive encodings of the response label. ``n/a`` (and empty) = unknown.
 POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "responder", "r"})
@@ -49,10 +49,15 @@ def read_participants(bids_dir: Path) -> pd.DataFrame:
     """Read participants.tsv as strings, indexed by label without ``sub-``."""
     path = Path(bids_dir) / "participants.tsv"
     if not path.is_file():
-        raise InputError(f"{path} does not exist; the group level needs a participants.tsv with "
+        found = "is a directory" if path.is_dir() else "does not exist"
+        raise InputError(f"{path} {found}; the group level needs a participants.tsv file with "
                          "a participant_id column and a responder column.")
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty; the group level needs a header line with a "
+                         "participant_id column and a responder column, and one row per "
+                         "participant.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not a readable tab-separated file ({exc}); "
                          "save it as UTF-8 TSV") from None
@@ -176,6 +181,30 @@ def _check_writable(output_dir: Path, out: Path) -> None:
                          f"(e.g. `chmod u+w {existing}`).")
 
 
+def check_work_dir(work_dir: Path) -> None:
+    """--work-dir, or its nearest existing parent, must be a folder this run can write in.
+
+    Probed by creating (and removing) an empty folder in it: permissions bits do not
+    tell an immutable folder or a read-only file system, and nipype would otherwise
+    fail after OUTPUT_DIR is written."""
+    import tempfile
+
+    path = Path(work_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--work-dir {work_dir} cannot be used: {existing} is a file, not a "
+                         "folder. Give a folder path (e.g. -w /scratch/$USER/dpnbids_work).")
+    try:
+        probe = tempfile.mkdtemp(prefix=".dpnbids-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise InputError(f"--work-dir {work_dir} cannot be written: creating a folder in "
+                         f"{existing} failed ({exc.strerror or exc}). Give a folder you can "
+                         "write to (-w), with free space.") from None
+
+
 def validator_executable() -> str | None:
     """Path of bids-validator-deno next to this interpreter or on PATH."""
     here = Path(sys.executable).parent / "bids-validator-deno"
@@ -226,6 +255,22 @@ def _entity_filters(filters: dict, query: str) -> dict:
     return {k: (v if v is not None else None) for k, v in raw.items()}
 
 
+def _refuse_unindexed_subjects(bids_dir: Path, available) -> None:
+    """A sub-* folder that pybids did not index (a label with characters BIDS does not allow,
+    e.g. accents) would be dropped without a word: name it instead."""
+    import re
+
+    ignored = sorted(p.name for p in Path(bids_dir).glob("sub-*")
+                     if p.is_dir() and p.name[4:] not in available
+                     and not re.fullmatch(r"[a-zA-Z0-9]+", p.name[4:]))
+    if ignored:
+        raise InputError(
+            f"BIDS_DIR {bids_dir} has subject folder(s) {', '.join(map(repr, ignored))} whose "
+            "label is not a BIDS label (letters a-z, A-Z and digits only); they would be left "
+            "out silently. Rename them (e.g. sub-01), or choose the subjects to process with "
+            "--participant-label.")
+
+
 def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None,
                    task="rest", bids_filters=None, need_t1w=True) -> dict[str, SubjectInputs]:
     """Query BIDS_DIR with pybids for the T1w and BOLD runs of each participant."""
@@ -234,9 +279,11 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
     bids_filters = bids_filters or {}
     try:
         layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False)
-    except Exception as exc:  # pybids raises many types on malformed datasets
+    except Exception as exc:  # noqa: BLE001 - pybids raises many types on malformed datasets
         raise InputError(f"pybids could not index BIDS_DIR {bids_dir}: {exc}") from None
     available = sorted(layout.get_subjects())
+    if not participant_label:
+        _refuse_unindexed_subjects(bids_dir, available)
     subjects = list(participant_label) if participant_label else available
     missing = [s for s in subjects if s not in available]
     if missing:
@@ -258,7 +305,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
         try:
             bolds = sorted(layout.get(**bold_q))
             t1ws = sorted(layout.get(**t1_q))
-        except Exception as exc:  # invalid entity names in a filter file
+        except Exception as exc:  # noqa: BLE001 - pybids raises many types for invalid entity names
             raise InputError(f"the BIDS query for sub-{sub} failed ({exc}); check the entity "
                              "names in --bids-filter-file") from None
         if not bolds:

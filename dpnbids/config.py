@@ -43,6 +43,8 @@ def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
 #: Choices of ``--dim-est`` and ``--ica-contrast``, shared by the parser and
 #: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
 DIM_ESTIMATORS = ("pooled", "lap", "mdl", "aic", "bic")
+#: The paper's fixed number of ICA components (the default with ``paper_faithful``).
+PAPER_N_COMPONENTS = 30
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
 KERAS_BACKENDS = ("auto", "tensorflow", "jax", "torch")
 
@@ -92,6 +94,24 @@ class PreprocConfig:
     min_volumes: int = 50
     fd_thresh: float | None = None
 
+    def __post_init__(self):
+        from dpnbids.exceptions import ConfigError
+
+        if self.fmriprep_dir is None and ":" in str(self.output_space):
+            raise ConfigError(
+                f"output_space {self.output_space}: cohort/res modifiers select fMRIPrep files "
+                "and need fmriprep_dir; for the built-in preprocessing give the voxel size with "
+                "output_resolution", ("output_space", "fmriprep_dir", "output_resolution"))
+        res = self.output_resolution
+        if self.fmriprep_dir is None and isinstance(res, str) and not res.isdigit():
+            raise ConfigError(
+                f"output_resolution res-{res}: a res label selects fMRIPrep files "
+                "(fmriprep_dir); for the built-in preprocessing give millimetres, e.g. "
+                "output_resolution 2", ("output_resolution", "fmriprep_dir"))
+        if self.low_pass and self.high_pass and self.low_pass <= self.high_pass:
+            raise ConfigError(f"low_pass ({self.low_pass} Hz) must be above high_pass "
+                              f"({self.high_pass} Hz)", ("low_pass", "high_pass"))
+
     @property
     def resolution_mm(self) -> float:
         """Isotropic voxel size (mm) of the built-in preprocessing's template-space outputs."""
@@ -111,6 +131,14 @@ class ICAConfig:
     group_maps: Path | None = None
     ssc_p: float = 0.1
     component_threshold: float = 2.0
+
+    def __post_init__(self):
+        from dpnbids.exceptions import ConfigError
+
+        if self.n_components != "auto" and self.pca_dim < int(self.n_components):
+            raise ConfigError(f"pca_dim ({self.pca_dim}) must be >= n_components "
+                              f"({self.n_components}); lower n_components or raise pca_dim",
+                              ("pca_dim", "n_components"))
 
 
 @dataclass(frozen=True)
@@ -161,6 +189,9 @@ class Config:
     random_seed: int = 0
     version: str = __version__
 
+    def __post_init__(self):
+        check_level_rules(self.execution.analysis_level, self.cnn.model, self.ica.group_maps)
+
     def seed(self, purpose: str) -> int:
         """Seed for ``purpose``, derived from ``--random-seed``."""
         return derive_seed(self.random_seed, purpose)
@@ -206,6 +237,20 @@ def _plain(obj):
     return obj
 
 
+def _check_plugin_name(path: Path, name: str) -> None:
+    """The plugin named in a --use-plugin file must be one nipype has."""
+    from nipype.pipeline import plugins
+
+    from dpnbids.exceptions import InputError
+
+    known = sorted(n[:-len("Plugin")] for n in dir(plugins)
+                   if n.endswith("Plugin") and n != "Plugin")
+    if name not in known:
+        raise InputError(f"plugin file {path} names the plugin {name!r}, which nipype does not "
+                         f"have. Expected one of: {', '.join(known)} (names are "
+                         "case-sensitive).")
+
+
 def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[str, dict]:
     """Read an fMRIPrep-style plugin YAML; default to MultiProc/Linear."""
     from dpnbids.exceptions import InputError
@@ -228,6 +273,7 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     if not isinstance(data, dict) or not isinstance(data.get("plugin"), str):
         raise InputError(f"plugin file {path} must define 'plugin:' (MultiProc, Linear, SLURM, "
                          "SGE, PBS ...) and optionally 'plugin_args:' as in fMRIPrep")
+    _check_plugin_name(path, data["plugin"])
     plugin_args = data.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise InputError(f"plugin file {path}: 'plugin_args' must be a mapping")
@@ -246,6 +292,45 @@ def _section(cls, args, **overrides):
               if hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def resolve_n_components(given, paper_faithful: bool) -> int | str:
+    """``given`` (an int, ``"auto"`` or None); None: the paper's 30 with ``paper_faithful``,
+    :class:`ICAConfig`'s default otherwise."""
+    if given is not None:
+        return given
+    return PAPER_N_COMPONENTS if paper_faithful else ICAConfig.n_components
+
+
+def check_level_rules(analysis_level: str, model, group_maps) -> None:
+    """A saved model and group maps are alternatives, and apply to the participant level."""
+    from dpnbids.exceptions import ConfigError
+
+    if model is not None and group_maps is not None:
+        raise ConfigError("model already contains group maps; give model or group_maps, not both",
+                          ("model", "group_maps"))
+    if analysis_level == "group" and (model is not None or group_maps is not None):
+        raise ConfigError("model and group_maps apply to the participant level only",
+                          ("model", "group_maps"))
+
+
+def option_sections(args) -> dict:
+    """The selection, preprocessing, ICA and CNN sections from parsed arguments.
+
+    Building them runs every rule between options (the sections' ``__post_init__``), without
+    reading or writing any file; :class:`ConfigError` names the fields at fault.
+    """
+    selection = _section(
+        SelectionConfig, args,
+        participant_label=tuple(args.participant_label) if args.participant_label else None,
+        session_label=tuple(args.session_label) if args.session_label else None,
+        bids_filters=args.bids_filter_file or {})
+    preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
+    ica = _section(ICAConfig, args, n_components=resolve_n_components(
+        args.n_components, args.paper_faithful))
+    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)))
+    check_level_rules(args.analysis_level, cnn.model, ica.group_maps)
+    return {"selection": selection, "preproc": preproc, "ica": ica, "cnn": cnn}
 
 
 def available_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
@@ -295,16 +380,7 @@ def config_from_args(args, argv=None) -> Config:
         plugin=plugin, plugin_args=plugin_args,
         command_line=" ".join(["dpnbids", *(argv if argv is not None else sys.argv[1:])]),
         container=os.environ.get("DPNBIDS_CONTAINER"))
-    selection = _section(
-        SelectionConfig, args,
-        participant_label=tuple(args.participant_label) if args.participant_label else None,
-        session_label=tuple(args.session_label) if args.session_label else None,
-        bids_filters=args.bids_filter_file or {})
-    preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
-    ica = _section(ICAConfig, args)
-    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)))
-    return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
-                  random_seed=args.random_seed)
+    return Config(execution=execution, **option_sections(args), random_seed=args.random_seed)
 
 
 def nipype_poll_seconds(plugin: str) -> float:

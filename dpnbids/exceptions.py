@@ -18,6 +18,18 @@ class InputError(DpnbidsError):
     exit_code = 2
 
 
+class ConfigError(InputError):
+    """Option values that contradict each other.
+
+    The message names configuration fields (``low_pass``, ``pca_dim``, ...); ``params`` lists
+    them, so the command line can say which flags they are.
+    """
+
+    def __init__(self, message: str, params=()):
+        super().__init__(message)
+        self.params = tuple(params)
+
+
 class DimensionError(InputError):
     """Images or arrays have incompatible shapes, grids or lengths."""
 

@@ -132,7 +132,7 @@ def _seed_nilearn_mni(home: Path) -> None:
         write_nifti(img, tdir / template_filename(_NILEARN_SPACE, 1, kind))
     desc = tdir / "template_description.json"
     if not desc.exists():
-        atomic_write_text(desc, 
+        atomic_write_text(desc,
             '{"Identifier": "MNI152NLin2009aSym", "Name": "ICBM 2009a Nonlinear Symmetric",'
             ' "Authors": ["Fonov V", "Evans AC", "Collins DL"],'
             ' "ReferencesAndLinks": ["doi:10.1016/j.neuroimage.2010.07.033"],'
@@ -227,7 +227,8 @@ def get_template(space: str = DEFAULT_SPACE, resolution: float = 2.0, kind: str 
         ``TEMPLATEFLOW_HOME``.
     """
     if not re.fullmatch(r"[A-Za-z0-9]+", space or ""):
-        raise InputError(f"Invalid template space {space!r}: expected a TemplateFlow identifier such as {DEFAULT_SPACE}.")
+        raise InputError(f"Invalid template space {space!r}: expected a TemplateFlow identifier "
+                         f"such as {DEFAULT_SPACE}.")
     if resolution <= 0:
         raise InputError(f"Invalid output resolution {resolution} mm: expected a positive number such as 2.")
     home = templateflow_home()

@@ -17,6 +17,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI sets it (dpnbids.learn.backend)
 
 
+def pytest_collection_modifyitems(items):
+    """The unit tier is every test marked neither ``integration`` nor ``acceptance``."""
+    for item in items:
+        if not (item.get_closest_marker("integration") or item.get_closest_marker("acceptance")):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _free_module_scratch(request, tmp_path_factory):
     """Delete what a module's fixtures wrote under the pytest base temp when all its tests passed.

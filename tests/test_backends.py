@@ -66,3 +66,48 @@ def test_nested_cv_ensemble_and_attribution_on_jax():
     assert first["auc"] > 0.9, first
     assert max(first["ig_gaps"]) < 0.1, first["ig_gaps"]
     assert first["probs"] == second["probs"]
+
+
+AGREE_SCRIPT = """
+import json, os, numpy as np, keras
+from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+from dpnbids.learn.metrics import binary_metrics
+from dpnbids.sim.maps import make_map_cohort
+c = make_map_cohort(16, 16, shape=(12, 14, 12), n_networks=3, n_affected=1,
+                    effect="amplitude", effect_size=3.0, scale=100.0, seed=5)
+ids = [f"{i:02d}" for i in range(len(c.y))]
+folds = make_outer_splits(ids, c.y, n_folds=4, random_state=2)
+res = run_nested_cv(c.x, c.y, ids, folds, model_params={"epsilon": 1e-3},
+                    train_params={"epochs": 15, "batch_size": 4, "patience": 5,
+                                  "jit_compile": bool(os.environ.get("DPN_XLA"))},
+                    baselines=(), random_state=0)
+p = res.predictions
+print("RESULT " + json.dumps({"backend": keras.backend.backend(),
+      "auc": binary_metrics(p["true_label"], p["raw_score"])["auc"],
+      "restarts": sum(len(h.get("restarts", [])) for h in res.histories.values())}))
+"""
+
+
+def _agree_run(backend: str, xla: bool = False) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env.pop("DPN_XLA", None)
+    if xla:
+        env["DPN_XLA"] = "1"
+    proc = subprocess.run([sys.executable, "-c", AGREE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_backends_agree_on_a_planted_cohort():
+    """TensorFlow (oneDNN graphs, and XLA) and JAX find the same planted effect on the same
+    folds of a cohort whose maps are 100x the z scale (dpnbids.sim.maps): every AUC is high
+    and they agree within the CV's noise."""
+    runs = [_agree_run("tensorflow"), _agree_run("tensorflow", xla=True)]
+    if importlib.util.find_spec("jax") is not None:
+        runs.append(_agree_run("jax"))
+    aucs = [r["auc"] for r in runs]
+    assert min(aucs) >= 0.8, runs
+    assert max(aucs) - min(aucs) <= 0.15, runs

@@ -18,12 +18,12 @@ OUTPUT_IDS = {"output_dir_name", "participant_level_analysis_dir"}
 POSITIONAL_IDS = {"bids_dir", "analysis_level"} | OUTPUT_IDS
 
 boutiques = pytest.importorskip("boutiques", reason="boutiques is not installed (pip install boutiques)")
-from boutiques import bosh  # noqa: E402
-from boutiques.validator import DescriptorValidationError  # noqa: E402
+from boutiques import bosh  # noqa: E402 - only once importorskip found boutiques
+from boutiques.validator import DescriptorValidationError  # noqa: E402 - same
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_boutiques", REPO / "docker" / "make_boutiques.py")
+    spec = importlib.util.spec_from_file_location("make_boutiques", REPO / "tools" / "make_boutiques.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,7 +45,7 @@ def test_descriptor_is_generated_from_current_parser():
     gen = _load_generator()
     expected = gen.render(gen.build_descriptor())
     assert DESCRIPTOR.read_text() == expected, (
-        "boutiques.json is stale: run `python docker/make_boutiques.py` and commit it")
+        "boutiques.json is stale: run `python tools/make_boutiques.py` and commit it")
 
 
 def test_every_parser_option_is_a_descriptor_input(descriptor, parser_options):

@@ -185,15 +185,15 @@ def test_missing_file_is_not_a_bundle(bundle):
 
 
 def test_unloadable_model_is_named(bundle):
-    """A complete zip that Keras cannot read still ends in a message naming the file."""
+    """A complete zip that Keras cannot read still ends in a message naming the file,
+    at load time (before any subject is processed)."""
     import zipfile
 
     with zipfile.ZipFile(bundle / "model.keras", "w") as archive:
         archive.writestr("junk.txt", "not a model")
     _write_checksums(bundle)
-    loaded = load_bundle(bundle)
-    with pytest.raises(BundleError, match="could not be loaded as a Keras model") as info:
-        loaded.model  # noqa: B018 - the lazy load
+    with pytest.raises(BundleError, match="is not a Keras model archive") as info:
+        load_bundle(bundle)
     assert str(bundle / "model.keras") in str(info.value)
 
 
@@ -244,3 +244,56 @@ def test_an_inner_fold_ensemble_is_saved_and_predicts_as_one_model(saved, tmp_pa
     x = predict(loaded, maps, return_input=True)
     np.testing.assert_allclose(predict(loaded, maps),
                                np.asarray(ensemble.predict(x, verbose=0)).ravel(), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def other_weights(saved, tmp_path_factory):
+    """model.keras of another training with the same architecture and component count."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    shape = tuple(json.loads((saved / "bundle.json").read_text())["grid_shape"])
+    tmp = tmp_path_factory.mktemp("other")
+    build_voxnet(shape + (2,)).save(str(tmp / "model.keras"))
+    return tmp / "model.keras"
+
+
+@pytest.mark.parametrize("checksums", ["regenerate", "remove"])
+def test_weights_from_another_run_are_refused_without_checksums(bundle, other_weights,
+                                                                 checksums):
+    import shutil
+
+    shutil.copyfile(other_weights, bundle / "model.keras")
+    if checksums == "regenerate":
+        _write_checksums(bundle)
+    else:
+        (bundle / CHECKSUMS).unlink()
+    with pytest.raises(BundleError, match="holds weights that bundle.json .* does not record"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["scaling"].update(mean=[0.3, -0.2]),
+    lambda m: m.update(calibration={"slope": 1.0, "intercept": 0.5, "threshold": 0.5}),
+    lambda m: m.update(selected_components=[0, 1]),
+])
+def test_maps_scaling_or_calibration_edited_after_save_are_refused(bundle, edit):
+    _edit_json(bundle, edit)  # checksums regenerated: only the binding can tell
+    with pytest.raises(BundleError, match=r"scaling or calibration .*binding digest mismatch"):
+        load_bundle(bundle)
+
+
+def test_maps_from_another_run_are_refused_without_checksums(bundle, rng):
+    img = nib.load(str(bundle / "group_maps.nii.gz"))
+    nib.save(nib.Nifti1Image(rng.normal(size=img.shape).astype(np.float32), img.affine),
+             str(bundle / "group_maps.nii.gz"))
+    (bundle / CHECKSUMS).unlink()
+    with pytest.raises(BundleError, match="not those its weights were trained with"):
+        load_bundle(bundle)
+
+
+def test_the_saved_binding_loads_and_the_model_still_loads(bundle):
+    loaded = load_bundle(bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert len(meta["binding"]["weights_sha256"]) == 64
+    assert loaded.model.count_params() > 0  # Keras ignores the binding member

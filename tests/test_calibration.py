@@ -92,3 +92,70 @@ def test_decision_curve_and_reliability():
 
 def test_logit_is_finite_at_the_edges():
     assert np.all(np.isfinite(logit([0.0, 1.0, 0.5])))
+
+
+def test_calibrated_probabilities_stay_inside_a_margin_set_by_the_validation_size():
+    """Smoothed targets bound the fit, not a far-away new score: 1e-14 and 1.0 were reported."""
+    from dpnbids.learn.calibration import margin_for
+
+    scores, y = np.array([-3.0, -1.0, 2.0]), np.array([0, 0, 1])
+    cal = fit_platt(scores, y)
+    far = cal(np.array([-1e6, -50.0, 0.0, 50.0, 1e6]))
+    assert cal.margin == margin_for(3) == pytest.approx(0.2)
+    assert far.min() >= 0.2 and far.max() <= 0.8
+    assert np.all(np.diff(far[1:-1]) > 0)  # still strictly increasing: rankings kept
+    again = Platt.from_dict(cal.to_dict())
+    assert again == cal and again(np.array([1e6]))[0] < 1.0
+
+
+def test_an_older_record_without_margin_still_never_reaches_0_or_1():
+    cal = Platt.from_dict({"method": "platt", "slope": 5.0, "intercept": 0.0})
+    p = cal(np.array([-1e6, 1e6]))
+    assert 0.0 < p[0] < 0.01 and 0.99 < p[1] < 1.0
+
+
+@pytest.mark.slow
+def test_seven_subjects_three_folds_gives_no_certain_probability_and_a_report_note():
+    """The reported case: 7 subjects, 3 outer folds, a cleanly separable CNN input."""
+    from dpnbids.learn.calibration import calibration_note
+    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.metrics import binary_metrics
+
+    rng = np.random.default_rng(7)
+    y = np.array([1, 0, 1, 0, 1, 0, 1])
+    x = rng.normal(size=(7, 12, 14, 11, 2)).astype(np.float32)
+    x[y == 1, 3:9, 4:10, 3:8, 0] += 6.0
+    ids = [f"{i:02d}" for i in range(1, 8)]
+    folds = make_outer_splits(ids, y, n_folds=3, random_state=2)
+    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 2, "batch_size": 4},
+                        baselines=("svm",), random_state=2)
+    pred = res.predictions
+    for manifest in res.manifests:
+        for model, cal in manifest["calibration"].items():
+            fold_p = pred[(pred.fold == manifest["fold"]) & (pred.model == model)].probability
+            m = 1.0 / (cal["n_fitted"] + 2)  # Laplace: n subjects, no more certainty
+            assert fold_p.between(m, 1 - m).all(), (model, fold_p.tolist(), m)
+    assert pred.probability.between(1e-3, 1 - 1e-3).all()
+    # a new subject may score anywhere: the network's most confident outputs (a sigmoid of
+    # 1e-6 or 1 - 1e-6, logits -13.8 / 13.8) must still map inside the margin
+    for manifest in res.manifests:
+        cal = manifest["calibration"]["cnn"]
+        m = 1.0 / (cal["n_fitted"] + 2)  # Laplace: n subjects, no more certainty
+        extreme = Platt.from_dict(cal)(logit(np.array([0.0, 1.0])))
+        assert extreme.min() >= m and extreme.max() <= 1 - m, (cal, extreme)
+    slopes = [m["calibration"]["cnn"]["slope"] for m in res.manifests]
+    assert max(slopes) > 0.3  # the calibrators are not flat: the bound does the work
+    cnn = pred[pred.model == "cnn"]
+    worst = -np.log(min(1.0 / (c["calibration"]["cnn"]["n_fitted"] + 2)
+                         for c in res.manifests))
+    assert binary_metrics(cnn.true_label, cnn.probability)["log_loss"] <= worst
+    note = calibration_note(res.manifests)
+    assert note and "validation subjects" in note and "fewer than 10" in note
+
+
+def test_no_calibration_note_when_every_fold_has_enough_subjects():
+    from dpnbids.learn.calibration import calibration_note
+
+    manifests = [{"calibration": {"cnn": {"n_fitted": 12}, "svm": {"n_fitted": 30}}}]
+    assert calibration_note(manifests) is None
+    assert calibration_note([]) is None

@@ -5,6 +5,7 @@ leave OUTPUT_DIR uncreated.
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -218,7 +219,7 @@ def test_config_seeds_and_toml(tiny_bids, tmp_path):
 
     data = tomllib.loads(config.to_toml())
     assert data["random_seed"] == 7 and data["cnn"]["folds"] == 10
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.random_seed = 3  # frozen
 
 

@@ -9,7 +9,7 @@ matter, smoothed 5 mm) with |r| >= 0.9, the issue's floor. At the estimated
 order (5, the planted number) the default FastICA contrast ("auto": skew or
 cube, whichever gives the larger negentropy) reaches 0.90-0.94 for every
 network and every seed; "cube" alone cycled without converging on the
-default-mode/sensorimotor pair (0.72-0.91 over seeds; benchmarks/README.md).
+default-mode/sensorimotor pair (0.72-0.91 over seeds; benchmarks/results/2026-12-03-group-level.md).
 A null cohort (labels independent of
 the images) stays at chance. Only the cross-validation is trimmed (folds and
 epochs) to fit CI.
@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
 
 CV_SMALL = ["--folds", "3", "--epochs", "5", "--patience", "3", "--n-bootstrap", "200",
             "--input-sets", "ASC"]

@@ -137,6 +137,7 @@ def test_same_seed_same_predictions(rng):
     assert not np.array_equal(a, _cnn_probs(x, y, 6))
 
 
+@pytest.mark.slow  # about 15 s of CPU, 54 s on shared cores (2026-12-07)
 def test_tuning_picks_from_the_grid(rng):
     x, y = _planted(rng, n=12)
     ids = _ids(12)
@@ -174,10 +175,11 @@ def test_fit_final_model(rng):
     assert 0 < calibration["threshold"] < 1 and calibration["threshold_rule"] == "youden"
 
 
+@pytest.mark.slow  # bfloat16 is emulated on CPUs without AVX-512 BF16/AMX: over 7 min on the AMD EPYC
 def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
     import keras
 
-    from dpnbids.learn.cv import mixed_precision_policy
+    from dpnbids.learn.train import mixed_precision_policy
 
     assert mixed_precision_policy() == "mixed_bfloat16"  # the test machines have no GPU
     x, y = _planted(rng)
@@ -197,7 +199,7 @@ def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
 
 
 def test_augmentation_shifts_without_wrapping_or_mirroring():
-    from dpnbids.learn.cv import augment_batch
+    from dpnbids.learn.train import augment_batch
 
     x = np.zeros((1, 6, 6, 6, 2), np.float32)
     x[0, 0, 2, 3, :] = 1.0  # on the low X edge
@@ -219,7 +221,7 @@ def test_augmentation_shifts_without_wrapping_or_mirroring():
 
 
 def test_balanced_weights_equalise_the_classes():
-    from dpnbids.learn.cv import balanced_weights
+    from dpnbids.learn.train import balanced_weights
 
     y = np.array([1] * 29 + [0] * 14)
     w = balanced_weights(y)
@@ -227,6 +229,7 @@ def test_balanced_weights_equalise_the_classes():
     assert np.isclose(w.mean(), 1.0)
 
 
+@pytest.mark.slow  # about 80 s of CPU each (3 folds of a 24-subject CV), measured 2026-12-07
 @pytest.mark.parametrize("train", [{"monitor": "val_auc"}, {"augment": True, "balanced": True}])
 def test_training_options_still_learn_the_planted_blob(rng, train):
     x, y = _planted(rng, n=24, amplitude=3.0)
@@ -239,6 +242,7 @@ def test_training_options_still_learn_the_planted_blob(rng, train):
     assert roc_auc_score(pred["true_label"], pred["probability"]) > 0.8
 
 
+@pytest.mark.slow  # about 16 s of CPU, 62 s on shared cores (2026-12-07)
 def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
     x, y = _planted(rng, n=12)
     ids = _ids(12)

@@ -117,7 +117,7 @@ def test_many_equals_single(rng):
     subjects = [rng.normal(size=(t, 300)) for t in (31, 44, 27)]
     out = list(dual_regression_many(lambda i: subjects[i], 3, maps))
     assert [i for i, _ in out] == [0, 1, 2]
-    for (i, res), data in zip(out, subjects):
+    for (_, res), data in zip(out, subjects):
         np.testing.assert_allclose(res.maps, dual_regression(data, maps).maps)
         assert res.timecourses.shape == (data.shape[0], 3)
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 
-from conftest import run_cli as main  # noqa: E402
+from conftest import run_cli as main
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -219,7 +219,7 @@ def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list((dest / "group").glob("../" + STAGING_PREFIX
-                                                                     + "*/*ica_components*")):
+                                                                     + "*/group/*ica_comp*")):
         time.sleep(0.5)
     assert proc.poll() is None, "the group run ended before it could be killed"
     time.sleep(3)

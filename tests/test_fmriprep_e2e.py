@@ -84,6 +84,10 @@ def test_natural_call_both_levels_on_mixed_fmriprep_grids(mixed, tmp_path):
     # stage-2 maps of every subject on the common grid
     stage2 = sorted(out.glob(f"sub-*/func/*_space-{SPACE}_res-4_desc-stage2pe_components.nii.gz"))
     assert len(stage2) == 6
+    # ... published with group/ as one set: the group folder lists them as its own
+    owned = json.loads((group / "published_files.json").read_text())["files"]
+    assert {str(p.relative_to(out)) for p in stage2} <= set(owned)
+    assert not list(out.glob(".group-*"))
     html = (out / "group.html").read_text()
     assert "Model order" in html and "analysis_grid" in html
     if validator_exe():
@@ -146,6 +150,7 @@ def test_missing_space_names_the_flag(tmp_path):
     assert "--output-space MNI152NLin6Asym" in err and "re-run fmriprep on" not in err.lower()
 
 
+@pytest.mark.slow  # runs the participant level first: 42 s of CPU (2026-12-07)
 def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
     """--n-components 40 on 110-volume runs: refused in the checks, no image data read."""
     ds = make_fmriprep_dataset(tmp_path / "ds", subjects={"01": 1, "02": 0, "03": 1, "04": 0},

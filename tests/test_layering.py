@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dpnbids"
 #: lowest first; a module may import only from its own layer or below
 LAYERS = (
     ("dpnbids", "dpnbids.exceptions", "dpnbids.nifti_io", "dpnbids.derivatives",
-     "dpnbids.templates", "dpnbids.bids", "dpnbids.config"),
+     "dpnbids.publish", "dpnbids.templates", "dpnbids.bids", "dpnbids.config"),
     ("dpnbids.preproc", "dpnbids.analysis", "dpnbids.learn", "dpnbids.sim"),
     ("dpnbids.interfaces", "dpnbids.reports"),
     ("dpnbids.workflows",),

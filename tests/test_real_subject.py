@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli as main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
 
 
 @pytest.fixture(scope="module")

@@ -257,3 +257,98 @@ def test_group_report_calibration_decisions_and_permutation_nulls(predictions, r
     assert ">200<" in perm and "200.000" not in perm  # a count, not a float
     assert "below</em> 0.5" in perm  # the null bias is explained
     assert "0.44999" not in text and str(perms["ASC"]["null_aucs"][0])[:8] not in text
+
+
+def test_roc_legend_gives_the_prior_only_model_auc_0_5_as_table_2_does(monkeypatch):
+    """Pooled fold priors of the majority baseline draw an 'AUC' from class balance alone
+    (0.42 was shown); the legend must say 0.50, like Table 2."""
+    import pandas as pd
+
+    from dpnbids.reports import figures
+
+    rows = []
+    y = [1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0]
+    for i, label in enumerate(y):
+        fold = i % 3
+        rows.append({"participant_id": f"{i:02d}", "repeat": 0, "fold": fold,
+                     "input_set": "ASC", "model": "majority", "true_label": label,
+                     "probability": [0.3, 0.6, 0.45][fold]})
+        rows.append({"participant_id": f"{i:02d}", "repeat": 0, "fold": fold,
+                     "input_set": "ASC", "model": "cnn", "true_label": label,
+                     "probability": 0.2 + 0.6 * label + 0.01 * i})
+    legends = []
+    monkeypatch.setattr(figures, "fig_to_data_uri", lambda fig: legends.extend(
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()))
+    figures.plot_roc(pd.DataFrame(rows))
+    assert "majority AUC=0.50 (prior only)" in legends
+    assert "cnn AUC=1.00" in legends
+
+
+def test_subject_report_prediction_once_no_empty_methods_and_fd_line_only_when_censoring(
+        tmp_path, confounds, monkeypatch):
+    from dpnbids.reports import figures
+
+    conf_tsv = tmp_path / "conf.tsv"
+    confounds.to_csv(conf_tsv, sep="\t", index=False, na_rep="n/a")
+    drawn = []
+    real = figures.plot_confounds
+    monkeypatch.setattr(figures, "plot_confounds",
+                        lambda *a, **k: drawn.append(k.get("fd_threshold")) or real(*a, **k))
+    run = dict(confounds_tsv=conf_tsv, tr=2.0,
+               prediction={"probability_response": 0.61, "responder": True})
+    text = render_subject_report(subject="01", sessions_runs=[run])
+    assert text.count("probability_response") == 1  # the summary only
+    assert "<h2>Methods</h2>" not in text and "No methods text" not in text
+    assert drawn == [None] and "FD threshold 0.5" not in text
+    assert "no volume was censored" in text
+    text = render_subject_report(subject="01", sessions_runs=[{**run, "fd_threshold": 0.3}])
+    assert drawn[-1] == 0.3 and "threshold, 0.3 mm" in text
+
+
+def test_group_report_audit_and_permutation_text_fit_the_run(predictions, rng):
+    perms = {"ASC": {"statistic": "fold-mean AUC", "observed_auc": 0.8,
+                     "null_aucs": rng.normal(0.45, 0.1, 50).tolist(), "null_mean": 0.45,
+                     "null_95th_percentile": 0.6, "p_value": 0.02, "n_permutations": 50}}
+    text = render_group_report(predictions_df=predictions, permutation=perms)
+    n = predictions["participant"].nunique()
+    assert f"with {n} subjects" in text and "about 40" not in text
+    audit = text.split("<h2>Leakage audit</h2>")[1].split("<h2>")[0]
+    assert "The leakage audit ran on every outer fold" in audit
+    assert "No leakage-audit notes" not in text
+
+
+def test_confusion_counts_contrast_with_their_cell(predictions, monkeypatch):
+    from matplotlib.colors import to_rgb
+
+    from dpnbids.reports import figures
+
+    seen = []
+    monkeypatch.setattr(figures, "fig_to_data_uri", lambda fig: seen.append(fig) or "")
+    figures.plot_confusion(predictions)
+    for ax in seen[0].axes:
+        if not ax.get_visible() or not ax.images:
+            continue
+        image = ax.images[0]
+        for label in ax.texts:
+            x, y = (int(round(v)) for v in label.get_position())
+            cell = image.cmap(image.norm(image.get_array()[y, x]))[:3]
+            luminance = 0.2126 * cell[0] + 0.7152 * cell[1] + 0.0722 * cell[2]
+            text_lum = sum(to_rgb(label.get_color())) / 3
+            assert abs(luminance - text_lum) > 0.4, (label.get_text(), cell)
+
+
+def test_attribution_share_error_bars_stay_within_0_and_1(monkeypatch):
+    import pandas as pd
+
+    from dpnbids.reports import figures, saliency
+
+    table = pd.DataFrame({"model": ["cnn"] * 3, "component": [0, 1, 2], "rank": [1, 2, 3],
+                          "network": ["a", "b", "c"], "share_mean": [0.6, 0.3, 0.1],
+                          "share_sd": [0.5, 0.4, 0.3]})
+    seen = []
+    monkeypatch.setattr(figures, "fig_to_data_uri", lambda fig: seen.append(fig) or "")
+    saliency.plot_network_ranking(table)
+    ax = seen[0].axes[0]
+    lows = [seg[0][0] for coll in ax.collections for seg in coll.get_segments()]
+    highs = [seg[1][0] for coll in ax.collections for seg in coll.get_segments()]
+    assert lows and min(lows) >= 0.0 and max(highs) <= 1.0

@@ -36,7 +36,7 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
 
 ONE_THREAD = ["--participant-label", "01", "--output-resolution", "4", "--dummy-scans", "0",
               "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1",
@@ -249,7 +249,7 @@ def test_group_run_resumes_after_sigkill(group_cohort):
     command = [str(Path(sys.executable).with_name("dpnbids")), str(synth.bids_dir), str(out),
                "group", *options, *GROUP_CV, "-w", str(work)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(STAGING_PREFIX + "*/cv/splits.tsv", out, proc, 600)  # dual regression done
+    _wait_for(STAGING_PREFIX + "*/group/cv/splits.tsv", out, proc, 600)  # dual regression done
     time.sleep(2)
     assert proc.poll() is None, "the group run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)

@@ -59,6 +59,7 @@ def test_methods_are_exact_on_a_linear_model(rng):
                                rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow  # about 21 s of CPU, 53 s on shared cores (2026-12-07)
 def test_integrated_gradients_completeness_on_voxnet(rng):
     """sum(IG) ~= logit(x) - logit(baseline) (the completeness axiom; on the logit)."""
     from dpnbids.learn.model import build_voxnet
@@ -416,6 +417,7 @@ def _bundle(tmp_path, rng, *, baseline=True):
     return path, subject, aff, shape
 
 
+@pytest.mark.slow  # about 21 s of CPU, 55 s on shared cores (2026-12-07)
 def test_model_prediction_writes_a_subject_map(tmp_path, rng):
     from dpnbids.learn.bundle import load_bundle, scaled_input
     from dpnbids.workflows.predict import predict_subject

@@ -25,6 +25,7 @@ from dpnbids.analysis.ica import (_MAX_SEED, _check_2d, _migp, _rng, _subject_na
                                   flip_signs, gica1_backproject, icasso, variance_normalise,
                                   zscore_rows)
 from dpnbids.analysis.masking import img_to_maps, load_run_matrix, maps_to_img
+from dpnbids.config import ICAConfig
 from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["GroupICA", "SubjectMaps"]
@@ -63,7 +64,7 @@ class GroupICA:
 
     Parameters
     ----------
-    n_components : int or "auto"
+    n_components : int or "auto", default "auto" (the configuration's)
         Number of independent components K (``--n-components``). ``"auto"``:
         estimated while MIGP reads the runs (``dim_est``; by default the pooled
         estimate of :mod:`dpnbids.analysis.group_order`), then capped by
@@ -138,8 +139,10 @@ class GroupICA:
         After :meth:`fit` on images only: ``components_`` as a 4D image, and the mask.
     """
 
-    def __init__(self, n_components=30, pca_dim=64, n_repeats=1, random_state=None, *,
-                 internal_dim=None, max_iter=200, tol=1e-4, fun="auto", dim_est="pooled",
+    # the defaults are the configuration's (dpnbids.config.ICAConfig), the one source of them
+    def __init__(self, n_components=ICAConfig.n_components, pca_dim=ICAConfig.pca_dim,
+                 n_repeats=ICAConfig.ica_repeats, random_state=None, *, internal_dim=None,
+                 max_iter=200, tol=1e-4, fun=ICAConfig.ica_contrast, dim_est=ICAConfig.dim_est,
                  max_components=None, mask=None):
         self.n_components = n_components
         self.pca_dim = pca_dim

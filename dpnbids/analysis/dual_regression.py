@@ -35,7 +35,7 @@ from dpnbids.analysis.masking import group_mask_for, img_to_maps, maps_to_img
 from dpnbids.exceptions import DimensionError, InputError
 from dpnbids.nifti_io import save_nifti
 
-LOGGER = logging.getLogger("dpnbids.group")
+LOGGER = logging.getLogger(__name__)
 
 __all__ = ["DualRegressionResult", "dual_regression", "dual_regression_many", "t_to_z",
            "temporal_rank"]

@@ -15,7 +15,7 @@ import numpy as np
 from dpnbids.derivatives import sibling, write_nifti
 from dpnbids.exceptions import DimensionError, InputError
 
-LOGGER = logging.getLogger("dpnbids.group")
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
 
     Steps:
 
-    1. per-voxel variance normalisation (as :class:`dpnbids.analysis.ica.GroupICA`);
+    1. per-voxel variance normalisation (as :class:`dpnbids.analysis.decomposition.GroupICA`);
     2. temporal whitening as :func:`temporal_whiten` (unless ``whiten=False``):
        DCT-II, drop the bins with ~zero power, divide by the smoothed median
        noise power of each bin;

@@ -37,7 +37,7 @@ def component_summary(maps, group_maps, *, threshold_z: float = 2.0) -> np.ndarr
 
     For component k, the region is the positive lobe of its group map,
     ``group_maps[k] > threshold_z`` (group maps are z-scored and sign-flipped
-    so the peak is positive, as :class:`dpnbids.analysis.ica.GroupICA` returns them;
+    so the peak is positive, as :class:`dpnbids.analysis.decomposition.GroupICA` returns them;
     they are used as given, not re-normalised). The summary of subject s is
     the mean of its stage-2 map ``maps[s, k]`` over that region: the
     subject's expression of the network where the group network is. If no

@@ -27,7 +27,7 @@ from pathlib import Path
 from dpnbids.derivatives import atomic_write_text, pid_alive
 from dpnbids.exceptions import InputError
 
-LOGGER = logging.getLogger("dpnbids.locks")
+LOGGER = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
 

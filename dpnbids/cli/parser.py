@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS, option_defaults
+from dpnbids.config import (DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS, option_defaults,
+                            option_sections)
+from dpnbids.exceptions import ConfigError
 
 DEFAULTS = option_defaults()
 
@@ -38,7 +41,7 @@ def _bids_label(entity: str, what: str, example: str, name: str):
                 f"{what} label {value!r} is not a BIDS label: use alphanumeric characters "
                 f"only, e.g. {example}")
         return value
-    parse.__name__ = parse.__qualname__ = name  # docker/make_boutiques.py keys types by name
+    parse.__name__ = parse.__qualname__ = name  # tools/make_boutiques.py keys types by name
     return parse
 
 
@@ -91,24 +94,43 @@ def _dropout(value: str) -> float:
     return fvalue
 
 
+def _not_a(kind: str, value: str, path: Path) -> argparse.ArgumentTypeError:
+    """'does not exist' only when nothing is there; a folder for a file (or the reverse)
+    is named as such."""
+    if path.is_dir():
+        found = "is a directory"
+    elif path.exists():
+        found = "is a file" if path.is_file() else "is not a regular file"
+    else:
+        found = "does not exist"
+        from dpnbids.publish import pending_publish
+
+        for parent in path.parents[:2]:  # OUTPUT_DIR/group/model of a half-published run
+            if pending_publish(parent):
+                found += (f"; {parent} holds an interrupted group publish: rerun the group "
+                          "level on that OUTPUT_DIR, which completes it first")
+                break
+    return argparse.ArgumentTypeError(f"expected {kind}, but {value!r} {found}")
+
+
 def _existing_file(value: str) -> Path:
     path = Path(value).expanduser().absolute()
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file {value!r} does not exist")
+        raise _not_a("a file", value, path)
     return path
 
 
 def _existing_dir(value: str) -> Path:
     path = Path(value).expanduser().absolute()
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"directory {value!r} does not exist")
+        raise _not_a("a directory", value, path)
     return path
 
 
 def _bids_filter(value: str) -> dict:
     path = Path(value).expanduser()
     if not path.is_file():
-        raise argparse.ArgumentTypeError(f"BIDS filter file {value!r} does not exist")
+        raise _not_a("a BIDS filter file (JSON)", value, path.absolute())
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -214,25 +236,18 @@ def parse_args(argv=None):
     """Parse ``argv`` into an :class:`argparse.Namespace` (exit 2 on bad options)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.fmriprep_dir is None:
-        if ":" in str(args.output_space):
-            parser.error(f"--output-space {args.output_space}: cohort/res modifiers select "
-                         "fMRIPrep files and need --fmriprep-dir; for the built-in "
-                         "preprocessing give the voxel size with --output-resolution")
-        if isinstance(args.output_resolution, str) and not args.output_resolution.isdigit():
-            parser.error(f"--output-resolution res-{args.output_resolution}: a res label "
-                         "selects fMRIPrep files (--fmriprep-dir); for the built-in "
-                         "preprocessing give millimetres, e.g. --output-resolution 2")
-    if args.n_components is None:  # not given: the paper's fixed order in paper mode
-        args.n_components = 30 if args.paper_faithful else "auto"
-    if args.n_components != "auto" and args.pca_dim < args.n_components:
-        parser.error(f"--pca-dim ({args.pca_dim}) must be >= --n-components "
-                     f"({args.n_components}); lower --n-components or raise --pca-dim")
-    if args.low_pass and args.high_pass and args.low_pass <= args.high_pass:
-        parser.error(f"--low-pass ({args.low_pass} Hz) must be above --high-pass "
-                     f"({args.high_pass} Hz)")
-    if args.model is not None and args.group_maps is not None:
-        parser.error("--model already contains group maps; give --model or --group-maps, not both")
-    if args.analysis_level == "group" and (args.model is not None or args.group_maps is not None):
-        parser.error("--model and --group-maps apply to the participant level only")
+    try:
+        option_sections(args)  # the rules between options live in the configuration
+    except ConfigError as exc:
+        parser.error(config_error_message(parser, exc))
     return parser, args
+
+
+def config_error_message(parser: argparse.ArgumentParser, exc: ConfigError) -> str:
+    """A :class:`~dpnbids.exceptions.ConfigError`'s message with its fields named as flags."""
+    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.dest)
+             for a in parser._actions}  # argparse has no public list of its actions
+    message = str(exc)
+    for param in sorted(exc.params, key=len, reverse=True):
+        message = re.sub(rf"(?<![-\w]){re.escape(param)}(?![\w])", flags.get(param, param), message)
+    return message

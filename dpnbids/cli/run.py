@@ -3,7 +3,10 @@
 Exit codes: 0 success; 2 bad input or options; 3 data leakage detected;
 4 one or more nodes failed (the message names subjects and crash files);
 1 unexpected error (the traceback goes to OUTPUT_DIR/logs, not the console);
-130 interrupted.
+130 interrupted (SIGINT), 143 terminated (SIGTERM): the whole process tree is
+stopped and a rerun with the same ``--work-dir`` resumes. A full disk (work
+directory or OUTPUT_DIR: under 16 MiB free, or a write failing with ENOSPC) stops
+the run within seconds with exit 4, naming the folder.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-LOGGER = logging.getLogger("dpnbids")
+LOGGER = logging.getLogger(__name__)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -41,6 +44,11 @@ def _setup_console_logging(verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
     root.propagate = False
+    # a worker pool broken by a signal or a full disk logs its callbacks' tracebacks
+    # here: they belong in the log file (see _add_file_logging), not on the console
+    futures = logging.getLogger("concurrent.futures")
+    futures.handlers[:] = [logging.NullHandler()]
+    futures.propagate = False
     nipype_level = logging.INFO if verbose >= 2 else logging.WARNING
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
@@ -63,6 +71,7 @@ def _add_file_logging(log_file: Path) -> None:
     # node tracebacks go to the log and crash files, not the console
     nipype_logger.handlers[:] = [handler]
     nipype_logger.propagate = False
+    logging.getLogger("concurrent.futures").handlers[:] = [handler]
 
 
 def _error(message: str) -> None:
@@ -76,6 +85,7 @@ def check_inputs(config):
     ex, sel = config.execution, config.selection
     bids.check_bids_root(ex.bids_dir)
     bids.check_output_dir(ex.bids_dir, ex.output_dir)
+    bids.check_work_dir(ex.work_dir)
     if not ex.skip_bids_validation:
         bids.run_bids_validator(ex.bids_dir)
     need_t1w = config.preproc.fmriprep_dir is None and ex.analysis_level == "participant"
@@ -159,13 +169,38 @@ def _run_level(config, inputs, labels, writer) -> None:
     for path in remove_stale_temporaries(config.execution.output_dir):
         LOGGER.info("removed %s, left by a killed run", path)
     if config.execution.analysis_level == "participant":
+        from dpnbids.publish import pending_publish
         from dpnbids.workflows.base import run_participant_level
+
+        if pending_publish(config.execution.output_dir):
+            LOGGER.warning("%s records a group publish that was interrupted: group/, "
+                           "group.html and the per-subject dual-regression files may come from "
+                           "two runs until the group level is run again on this OUTPUT_DIR "
+                           "(it completes the publish first).",
+                           pending_publish(config.execution.output_dir))
 
         run_participant_level(config, inputs, writer)
     else:
         from dpnbids.workflows.group import run_group_level
 
         run_group_level(config, inputs, labels, writer)
+
+
+def _signal_text(exc) -> str:
+    signum = getattr(exc, "signum", None)
+    if signum is None or signum == 2:
+        return "interrupted (SIGINT)"
+    import signal
+
+    return f"terminated by {signal.Signals(signum).name}"
+
+
+def _stopped(exc, code: int | None = None) -> int:
+    """Stop the worker processes left behind; the exit code (128 + signal by default)."""
+    from dpnbids.cli.signals import end_process_tree
+
+    end_process_tree()
+    return int(code if code is not None else getattr(exc, "exit_code", 130))
 
 
 def _configure_backend(config) -> None:
@@ -178,6 +213,17 @@ def _configure_backend(config) -> None:
 
 
 def main(argv=None) -> int:
+    """Run dpnbids (:func:`run`) with SIGTERM/SIGINT turned into a clean stop."""
+    from dpnbids.cli import signals
+
+    previous = signals.install()
+    try:
+        return run(argv)
+    finally:
+        signals.restore(previous)
+
+
+def run(argv=None) -> int:
     """Run dpnbids; return the process exit code.
 
     Nothing is written before the input checks pass: a refused run leaves
@@ -208,22 +254,50 @@ def main(argv=None) -> int:
     except DpnbidsError as exc:
         _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted before any output was written")
-        return 130
+    except KeyboardInterrupt as exc:
+        _error(f"{_signal_text(exc)} before any output was written")
+        return _stopped(exc)
     except Exception:  # noqa: BLE001 - OUTPUT_DIR is not touched before the checks pass
         return _internal_error(Path(tempfile.gettempdir()) / "dpnbids-crashes", run_id)
 
-    # The checks passed: from here on OUTPUT_DIR is written.
+    return _execute(config, inputs, labels, run_id)
+
+
+def _no_space(exc: BaseException) -> OSError | None:
+    """The 'no space left' (or quota) OSError behind ``exc``, following its causes."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC,
+                                                      getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _disk_full_text(folder, detail: str) -> str:
+    return (f"no space left on the device holding {folder} ({detail}). The run was stopped; "
+            "free some space (or give another -w / OUTPUT_DIR) and rerun the same command "
+            "with the same --work-dir to resume.")
+
+
+def _execute(config, inputs, labels, run_id: str) -> int:
+    """Run the level once the checks passed (from here on OUTPUT_DIR is written)."""
+    from dpnbids.cli.signals import DiskFull, DiskWatch
+    from dpnbids.derivatives import DerivativesWriter
+    from dpnbids.exceptions import DpnbidsError
+
     output_dir = config.execution.output_dir
     logs_dir = output_dir / "logs"
-    from dpnbids.derivatives import DerivativesWriter
-
     writer = DerivativesWriter(output_dir)
+    watch = DiskWatch([config.execution.work_dir, output_dir], on_stuck=lambda folder, free: (
+        _error(_disk_full_text(folder, f"{free // 1024} KiB free")), logging.shutdown()))
     code = 0
     started = False
     try:
-        with _subject_locks(config, inputs):
+        with _subject_locks(config, inputs), watch:
             logs_dir = _start_run_logs(config, run_id)
             started = True
             _run_level(config, inputs, labels, writer)
@@ -231,31 +305,46 @@ def main(argv=None) -> int:
         _error(str(exc))
         LOGGER.debug("error details", exc_info=True)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted; rerun with the same --work-dir to resume")
-        code = 130
-    except OSError as exc:
-        if started:
-            code = _internal_error(logs_dir, run_id)
-        else:  # OUTPUT_DIR passed the checks but cannot be written after all
+    except KeyboardInterrupt as exc:
+        exc = watch.check(exc)
+        if isinstance(exc, DiskFull):
+            _error(_disk_full_text(exc.path, f"{exc.free // 1024} KiB free"))
+            code = _stopped(exc, 4)
+        else:
+            _error(f"{_signal_text(exc)}; every process of this run was stopped. Rerun the "
+                   "same command (with the same --work-dir) to resume.")
+            code = _stopped(exc)
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log file only
+        full = _no_space(exc)
+        if full is not None:  # a full disk, under whatever wrapper, is named as such
+            _error(_disk_full_text(Path(full.filename or output_dir).parent,
+                                   f"writing {full.filename or 'a file'}: {full.strerror}"))
+            code = _stopped(exc, 4)
+        elif isinstance(exc, OSError) and not started:
+            # OUTPUT_DIR passed the checks but cannot be written after all
             _error(f"cannot write to OUTPUT_DIR {output_dir}: {exc.strerror or exc} "
                    f"({exc.filename or logs_dir}). Give a folder you can write to.")
             code = 2
-    except Exception:  # noqa: BLE001 - the traceback goes to the log file only
-        code = _internal_error(logs_dir, run_id)
+        else:
+            code = _internal_error(logs_dir, run_id)
     finally:
         if started:
-            try:
-                writer.write_dataset_description(bids_dir=config.execution.bids_dir,
-                                                 container=config.execution.container,
-                                                 extra_sources=[config.preproc.fmriprep_dir])
-            except Exception:  # noqa: BLE001 - never hide the run's own outcome
-                if code == 0:
-                    code = _internal_error(logs_dir, run_id)
-                else:
-                    LOGGER.debug("dataset_description.json not written", exc_info=True)
+            code = _finish(config, writer, code, logs_dir, run_id)
     if code == 0:
         LOGGER.info("dpnbids finished successfully; outputs in %s", output_dir)
+    return code
+
+
+def _finish(config, writer, code: int, logs_dir: Path, run_id: str) -> int:
+    """dataset_description.json, written whatever the outcome (as fMRIPrep does)."""
+    try:
+        writer.write_dataset_description(bids_dir=config.execution.bids_dir,
+                                         container=config.execution.container,
+                                         extra_sources=[config.preproc.fmriprep_dir])
+    except Exception:
+        if code == 0:
+            return _internal_error(logs_dir, run_id)
+        LOGGER.debug("dataset_description.json not written", exc_info=True)
     return code
 
 

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s dpnbids-synth %(levelname)s: %(message)s")
-    log = logging.getLogger("dpnbids.synth")
+    log = logging.getLogger(__name__)
     try:
         params = SynthParams(**{f.name: getattr(args, f.name) for f, _ in _cli_fields()})
         start = time.perf_counter()

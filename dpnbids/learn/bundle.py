@@ -32,7 +32,7 @@ import numpy as np
 from dpnbids.derivatives import replace_dir
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 
-LOGGER = logging.getLogger("dpnbids.learn.bundle")
+LOGGER = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
 CHECKSUMS = "checksums.sha256"
@@ -120,7 +120,9 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
                 "cv_metrics": cv_metrics, "versions": _versions(dpnbids_version),
                 "config": config, "history": history or {},
                 "calibration": calibration or {}}
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+        meta = json.loads(json.dumps(meta, default=str))  # as load_bundle will read it
+        meta["binding"] = _bind(tmp, meta)
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
         _write_checksums(tmp)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
@@ -130,6 +132,81 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+#: A member that save_bundle adds to model.keras: the digest of the parts the weights
+#: were trained with (Keras ignores members it does not know).
+BINDING_MEMBER = "dpnbids_binding.json"
+#: The Keras archive member that holds the weights.
+WEIGHTS_MEMBER = "model.weights.h5"
+#: bundle.json keys that a prediction depends on besides the files.
+_BOUND_KEYS = ("input_set", "feature", "n_components", "selected_components", "scaling",
+               "calibration", "grid_shape", "grid_affine", "voxel_size")
+
+
+def _parts_digest(folder: Path, meta: dict) -> str:
+    """One digest of the group maps, mask, scaling support and the bound bundle.json keys."""
+    digest = hashlib.sha256()
+    for name in ("group_maps.nii.gz", "group_mask.nii.gz", "scaling_support.npy"):
+        digest.update(f"{name}:{_sha256(folder / name)}\n".encode())
+    bound = {k: meta.get(k) for k in _BOUND_KEYS}
+    digest.update(json.dumps(bound, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _weights_digest(model_file: Path) -> str:
+    with zipfile.ZipFile(model_file) as archive:
+        return hashlib.sha256(archive.read(WEIGHTS_MEMBER)).hexdigest()
+
+
+def _bind(folder: Path, meta: dict) -> dict:
+    """Tie the weights to the maps, scaling and calibration: each side records the other."""
+    parts = _parts_digest(folder, meta)
+    with zipfile.ZipFile(folder / "model.keras", "a") as archive:
+        archive.writestr(BINDING_MEMBER, json.dumps({"parts_sha256": parts}))
+    return {"parts_sha256": parts, "weights_sha256": _weights_digest(folder / "model.keras"),
+            "Description": "sha256 of the group maps, mask, scaling support and the scaling, "
+                           "calibration and input keys of this file (parts_sha256, also "
+                           f"stored in model.keras as {BINDING_MEMBER}), and of the "
+                           f"weights ({WEIGHTS_MEMBER} inside model.keras)"}
+
+
+def _check_binding(path: Path, meta: dict) -> None:
+    """Refuse weights that do not belong to the maps, scaling and calibration beside them.
+
+    Independent of checksums.sha256 (which a copy may lack or have regenerated)."""
+    model_file = path / "model.keras"
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            names = set(archive.namelist())
+            embedded = json.loads(archive.read(BINDING_MEMBER)) \
+                if BINDING_MEMBER in names else None
+            weights = hashlib.sha256(archive.read(WEIGHTS_MEMBER)).hexdigest() \
+                if WEIGHTS_MEMBER in names else None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _damaged(model_file, f"could not be read ({type(exc).__name__}: {exc})") from None
+    if weights is None:
+        raise _damaged(model_file, f"is not a Keras model archive (it has no {WEIGHTS_MEMBER})")
+    binding = meta.get("binding")
+    if binding is None and embedded is None:
+        LOGGER.warning("%s was written by an older dpnbids without a binding digest: that its "
+                       "weights belong to its maps, scaling and calibration cannot be "
+                       "checked", path)
+        return
+    parts = _parts_digest(path, meta)
+    if not isinstance(binding, dict) or binding.get("weights_sha256") != weights:
+        raise BundleError(
+            f"{model_file} holds weights that bundle.json of {path} does not record (its "
+            "binding digest differs): the model file comes from another group run, or "
+            "bundle.json does. Its predictions would use the wrong maps, scaling or "
+            "calibration; copy the whole model folder of one group run (OUTPUT_DIR/group/model).")
+    if binding.get("parts_sha256") != parts or not isinstance(embedded, dict) \
+            or embedded.get("parts_sha256") != parts:
+        raise BundleError(
+            f"the group maps, mask, scaling or calibration in {path} are not those its "
+            "weights were trained with (binding digest mismatch): a file was replaced by one "
+            "from another group run. Copy the whole model folder of one group run "
+            "(OUTPUT_DIR/group/model).")
 
 
 def _sha256(path: Path) -> str:
@@ -336,6 +413,7 @@ def load_bundle(path) -> Bundle:
     _validate_meta(meta, file)
     scaling = dict(meta["scaling"])
     scaling["support"] = _validate_arrays(path, meta, verified=verified)
+    _check_binding(path, meta)
     return Bundle(path=path, group_maps_file=path / "group_maps.nii.gz",
                   mask_file=path / "group_mask.nii.gz", input_set=meta["input_set"],
                   feature=meta["feature"], space=meta["space"],

@@ -11,7 +11,12 @@ cross-validated scores) and then applied, frozen, to the outer test subjects.
   the model's ranking of new subjects (a validation set on which the score points the wrong
   way gives a near-flat calibration, i.e. probabilities near the training prior).
   Isotonic regression is not offered: with 5-10 validation subjects a step function
-  overfits them.
+  overfits them. The smoothed targets bound the fit on the validation subjects only; a new
+  subject whose score lies far outside them would still get 1e-14 or 1.0. So the
+  calibrated probability is shrunk into ``[m, 1 - m]`` with ``m = 1 / (n + 2)`` for ``n``
+  validation subjects (the Laplace rule-of-succession bound: n observations cannot
+  justify more certainty than that): ``p = m + (1 - 2m) * sigmoid(...)``, strictly
+  increasing, so rankings and AUC are unchanged.
 * :func:`choose_threshold` - the ``--threshold-rule``: ``youden`` (maximise sensitivity +
   specificity), ``balanced`` (sensitivity closest to specificity), ``fixed:T`` and
   ``sensitivity:S`` (the highest threshold that keeps sensitivity >= S).
@@ -28,28 +33,44 @@ from dpnbids.exceptions import InputError
 
 #: Smallest slope a Platt calibrator may take (keeps the ranking of new subjects).
 MIN_SLOPE = 1e-6
+#: Margin of a calibrator recorded without its validation-set size (older models).
+LEGACY_MARGIN = 1e-3
+#: Fewer validation subjects than this and the report says the calibration is fragile.
+MIN_CALIBRATION_SUBJECTS = 10
 #: The ``--threshold-rule`` forms.
 THRESHOLD_RULES = ("youden", "balanced", "fixed:T", "sensitivity:S")
 
 
 @dataclass(frozen=True)
 class Platt:
-    """A fitted sigmoid calibrator: ``p = sigmoid(slope * score + intercept)``."""
+    """A fitted sigmoid calibrator: ``p = m + (1 - 2m) * sigmoid(slope * score + intercept)``,
+    ``m`` the margin that keeps it inside (0, 1) (``1 / (n_fitted + 2)``)."""
 
     slope: float = 1.0
     intercept: float = 0.0
+    margin: float = LEGACY_MARGIN
+    n_fitted: int | None = None
 
     def __call__(self, scores) -> np.ndarray:
         z = self.slope * np.asarray(scores, dtype=float) + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return self.margin + (1.0 - 2.0 * self.margin) * p
 
     def to_dict(self) -> dict:
         return {"method": "platt", "slope": float(self.slope),
-                "intercept": float(self.intercept)}
+                "intercept": float(self.intercept), "margin": float(self.margin),
+                "n_fitted": self.n_fitted}
 
     @classmethod
     def from_dict(cls, record: dict) -> "Platt":
-        return cls(float(record["slope"]), float(record["intercept"]))
+        n = record.get("n_fitted")
+        return cls(float(record["slope"]), float(record["intercept"]),
+                   float(record.get("margin", LEGACY_MARGIN)), None if n is None else int(n))
+
+
+def margin_for(n_subjects: int) -> float:
+    """The probability margin of a calibration fitted on ``n_subjects``: 1 / (n + 2)."""
+    return 1.0 / (max(int(n_subjects), 0) + 2.0)
 
 
 def logit(prob, eps: float = 1e-6) -> np.ndarray:
@@ -62,7 +83,8 @@ def fit_platt(scores, y) -> Platt:
     """Fit Platt scaling of ``scores`` to 0/1 labels ``y`` (smoothed targets, slope >= 0).
 
     With a single class in ``y`` no slope can be estimated: the calibrator returns the
-    smoothed prior for every score (slope at its floor).
+    smoothed prior for every score (slope at its floor; no further margin). Otherwise the
+    probability is kept inside ``[1/(n+2), 1 - 1/(n+2)]`` (``n = len(y)``).
     """
     from scipy.optimize import minimize
 
@@ -85,13 +107,32 @@ def fit_platt(scores, y) -> Platt:
         return value, np.array([np.sum((p - t) * u), np.sum(p - t)])
 
     prior = np.log((n_pos + 1.0) / (n_neg + 1.0))
-    if n_pos == 0 or n_neg == 0:
-        return Platt(MIN_SLOPE, float(prior))
+    margin, n = margin_for(s.size), int(s.size)
+    if n_pos == 0 or n_neg == 0:  # already the smoothed prior, inside (0, 1): no shrink
+        return Platt(MIN_SLOPE, float(prior), 0.0, n)
     res = minimize(loss, x0=np.array([1.0, prior]), jac=True, method="L-BFGS-B",
                    bounds=[(MIN_SLOPE * scale, None), (None, None)])
     a, b = res.x
     slope = a / scale
-    return Platt(float(max(slope, MIN_SLOPE)), float(b - slope * np.mean(s)))
+    return Platt(float(max(slope, MIN_SLOPE)), float(b - slope * np.mean(s)), margin, n)
+
+
+def calibration_note(manifests) -> str | None:
+    """What a report must say when some fold's calibration rests on too few subjects
+    (fewer than :data:`MIN_CALIBRATION_SUBJECTS`); None otherwise."""
+    sizes = [int(c["n_fitted"]) for m in manifests or []
+             for c in (m.get("calibration") or {}).values()
+             if isinstance(c, dict) and c.get("n_fitted")]
+    if not sizes or min(sizes) >= MIN_CALIBRATION_SUBJECTS:
+        return None
+    small, margin = min(sizes), margin_for(min(sizes))
+    return (f"Calibration rests on few subjects: in some outer folds Platt scaling and the "
+            f"operating threshold were fitted on only {small} validation subjects (fewer "
+            f"than {MIN_CALIBRATION_SUBJECTS}). Probabilities are kept within "
+            f"[{margin:.2f}, {1 - margin:.2f}] (1/(n+2) from each edge) and remain coarse: "
+            "read them as a ranking, not as a patient's risk; a larger cohort (or "
+            "--inner-folds, which calibrates on every training subject) gives a firmer "
+            "calibration.")
 
 
 def parse_threshold_rule(rule: str) -> tuple[str, float | None]:

@@ -18,7 +18,7 @@ this guard watches every attempt:
   ``SATURATED_LOGIT`` for ``STALL_EPOCHS`` epochs running, or a validation loss that has
   not moved (range below ``FLAT_TOL``) for ``STALL_EPOCHS`` epochs while above log 2.
 
-A tripped guard stops the attempt (:class:`GuardTripped`); :func:`dpnbids.learn.cv._fit_cnn`
+A tripped guard stops the attempt (:class:`GuardTripped`); :func:`dpnbids.learn.train._fit_cnn`
 restarts from a new seeded initialisation at half the learning rate. On the last allowed
 attempt the guard only records what it saw (``flags``), which the fold manifest and
 group.html report.

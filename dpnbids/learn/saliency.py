@@ -28,14 +28,19 @@ This module is pure (Keras, numpy, scipy): it never imports nipype.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported where it is used; the annotation needs only its name
+    import pandas as pd
 
 from dpnbids.exceptions import DimensionError, InputError
 from dpnbids.learn.model import logit_layer
 
 #: Methods of ``--saliency`` (``none`` disables attribution).
 METHODS = ("none", "gradients", "integrated-gradients", "occlusion")
-#: Integrated-gradients steps (midpoint Riemann sum); see benchmarks/README.md for the cost.
+#: Integrated-gradients steps (midpoint Riemann sum); see benchmarks/results/2026-12-06-saliency-cost.md for the cost.
 DEFAULT_IG_STEPS = 16
 #: Samples per forward/backward pass.
 DEFAULT_BATCH = 16
@@ -488,7 +493,7 @@ def _linear_svm_weights(x_train, y_train) -> np.ndarray:
 
 
 def network_ranking(shares, components_table=None, *, input_set: str,
-                    model: str) -> "pd.DataFrame":
+                    model: str) -> pd.DataFrame:
     """Rank the K channels of one input set and model by their mean share over folds.
 
     ``shares``: (folds, K). ``components_table`` (optional): the group level's table with

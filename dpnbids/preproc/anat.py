@@ -89,7 +89,7 @@ from scipy import ndimage
 from dpnbids.exceptions import DimensionError, InputError
 from dpnbids.preproc.itk import pin_itk_threads, seeded_registration
 
-LOGGER = logging.getLogger("dpnbids.preproc.anat")
+LOGGER = logging.getLogger(__name__)
 
 #: Registration presets accepted by ``registration`` (ANTsPy names).
 REGISTRATIONS = ("SyN", "SyNRA", "SyNCC", "antsRegistrationSyNQuick[s]",

@@ -30,7 +30,7 @@ from dpnbids.exceptions import InputError
 from dpnbids.nifti_io import save_nifti
 from dpnbids.preproc.itk import pin_itk_threads, seeded_registration
 
-LOGGER = logging.getLogger("dpnbids.preproc.bold")
+LOGGER = logging.getLogger(__name__)
 
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 _FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -142,7 +142,7 @@ class HMCResult:
 def _load_bold4d(bold_file):
     try:
         img = nib.load(str(bold_file))
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds
+    except Exception as exc:  # nibabel raises many kinds
         raise InputError(f"Cannot read BOLD file {bold_file}: {exc}. Expected a readable "
                          "4D NIfTI; re-export or re-download it.") from exc
     if img.ndim != 4:

@@ -254,6 +254,8 @@ def check_bold_has_signal(bold, *, name: str | None = None) -> None:
     name = name or "(in memory)"
     if data.ndim != 4 or data.shape[3] < 2:
         return  # the shape checks say what is wrong with the dimensions
+    if not np.isfinite(data).all():  # NaN would otherwise read as "constant over time"
+        _check_finite(data, name, "BOLD")
     scale = float(np.max(np.abs(data)))
     if scale == 0:
         raise InputError(f"BOLD file {name} is all zeros. Expected an image with signal; "
@@ -267,6 +269,34 @@ def check_bold_has_signal(bold, *, name: str | None = None) -> None:
             f"{data.shape[3]} volumes. Expected a resting-state series whose intensities "
             "vary; the file is probably one volume repeated (check the conversion from "
             "DICOM, or the fMRIPrep run).")
+
+
+def check_preprocessed_bold(bold, *, n_confound_rows: int | None = None) -> int:
+    """Door check of an already preprocessed (fMRIPrep) BOLD run; returns its volume count.
+
+    The image must read completely, be 4D with at least 3 volumes, hold finite values
+    and vary over time; with ``n_confound_rows`` its confounds table must have one row
+    per volume (the regression pairs them row by row).
+    """
+    img, data = _read(bold, "BOLD")
+    name = _name(bold)
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] < 3:
+        raise DimensionError(
+            f"BOLD file {name} has shape {tuple(data.shape)}: "
+            + (f"only {data.shape[3]} volumes. " if data.ndim == 4 else f"{data.ndim}D. ")
+            + "Expected a 4D resting-state series (x, y, z, time) with many volumes; give "
+              "fMRIPrep's *_desc-preproc_bold.nii.gz of a complete run.")
+    _check_affine(img, bold, "BOLD")
+    check_bold_has_signal(data, name=name)
+    n_volumes = int(data.shape[3])
+    if n_confound_rows is not None and n_confound_rows != n_volumes:
+        raise DimensionError(
+            f"BOLD file {name} has {n_volumes} volumes but its confounds table has "
+            f"{n_confound_rows} rows. Expected one row per volume; the table belongs to "
+            "another run or was cut: use the confounds TSV fMRIPrep wrote with this run.")
+    return n_volumes
 
 
 def load_anat(t1w_file):
@@ -332,3 +362,51 @@ def check_mask_not_empty(mask_img, name: str, *, min_voxels: int = 1) -> int:
             "registration that produced it failed: check the input images (field of view, "
             "orientation, a BOLD and T1w of the same subject).")
     return n
+
+
+def check_confounds_table(tsv_path, strategy, *, columns=None) -> int:
+    """Door check of an fMRIPrep confounds TSV's values; returns its number of rows.
+
+    Beyond the header (:func:`dpnbids.preproc.confounds.check_confounds_header`): the file
+    and its JSON sidecar parse, the table has rows, and every column the strategy regresses
+    is numeric and not entirely ``n/a`` (such a table would regress nothing, silently).
+    """
+    import json
+
+    import pandas as pd
+
+    from dpnbids.preproc.confounds import check_confounds_header, expand_confounds
+
+    path = Path(str(tsv_path))
+    sidecar = Path(str(path)[:-4] + ".json")
+    try:
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{sidecar} is not valid JSON ({exc}). Expected fMRIPrep's confounds "
+                         "sidecar; restore it from the fMRIPrep output or remove it.") from None
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty. Expected fMRIPrep's confounds table: a header "
+                         "and one row per volume; rerun fMRIPrep or restore the file.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a readable tab-separated table ({exc}).") from None
+    if not len(table):
+        raise InputError(f"{path} has a header but no rows. Expected one row per volume.")
+    wanted = check_confounds_header(path, strategy, columns=columns, confounds_meta=meta)
+    table, _ = expand_confounds(table, [c for c in wanted if c not in table.columns])
+    for col in (c for c in wanted if c in table.columns):
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table[col].notna() & values.isna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{path}: column {col!r} holds {table[col].iloc[row]!r} on data row {row + 1}. "
+                f"Expected numbers (or n/a); the {strategy!r} denoising regresses this "
+                "column. Fix the value or give the table fMRIPrep wrote.")
+        if values.isna().all():
+            raise InputError(
+                f"{path}: column {col!r} is n/a on every row, so the {strategy!r} denoising "
+                "would regress nothing from it. Expected fMRIPrep's values; rerun fMRIPrep "
+                "or choose a --denoise-strategy that does not use this column.")
+    return int(len(table))

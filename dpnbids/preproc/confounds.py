@@ -537,8 +537,8 @@ def n_censored(confounds_tsv_path, fd_thresh) -> int:
     if fd_thresh is None or fd_thresh == 0:
         return 0
     path = Path(str(confounds_tsv_path))
-    wanted = lambda c: c == "framewise_displacement" or c.startswith("motion_outlier")  # noqa: E731
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"], usecols=wanted)
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"], usecols=lambda c: (
+        c == "framewise_displacement" or c.startswith("motion_outlier")))
     try:
         return int(censor_mask(table, fd_thresh).sum())
     except InputError as exc:

@@ -46,7 +46,7 @@ from dpnbids.exceptions import DimensionError, InputError
 
 __all__ = ["find_fmriprep_inputs", "available_spaces", "parse_space"]
 
-LOGGER = logging.getLogger("dpnbids.fmriprep")
+LOGGER = logging.getLogger(__name__)
 
 _RUN_KEYS = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
              "direction", "run", "echo")
@@ -101,7 +101,12 @@ def _res_label(resolution) -> str | None:
 
 
 def _voxel_mm(path: Path) -> tuple[float, ...]:
-    zooms = nib.load(str(path)).header.get_zooms()[:3]
+    try:
+        zooms = nib.load(str(path)).header.get_zooms()[:3]
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path} could not be read as a NIfTI image ({type(exc).__name__}: "
+                         f"{exc}). Expected the image fMRIPrep wrote; restore it from the "
+                         "fMRIPrep output or rerun fMRIPrep.") from None
     return tuple(round(float(z), 4) for z in zooms)
 
 

@@ -33,7 +33,7 @@ import os
 
 from dpnbids.exceptions import InputError
 
-LOGGER = logging.getLogger("dpnbids.preproc.itk")
+LOGGER = logging.getLogger(__name__)
 
 ITK_THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 _PINNED: int | None = None

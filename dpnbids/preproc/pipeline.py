@@ -17,7 +17,7 @@ import pandas as pd
 
 from dpnbids.nifti_io import save_nifti
 
-LOGGER = logging.getLogger("dpnbids.preproc")
+LOGGER = logging.getLogger(__name__)
 
 
 def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min_volumes=50,

@@ -15,12 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
 
-from dpnbids.exceptions import InputError  # noqa: E402
+from dpnbids.exceptions import InputError
 
 __all__ = [
     "fig_to_data_uri",
@@ -355,8 +355,14 @@ def _label_of(input_set, leaky):
 
 
 def plot_roc(predictions_df) -> str:
-    """Pooled out-of-fold ROC curves: one panel per input set, one line per model."""
+    """Pooled out-of-fold ROC curves: one panel per input set, one line per model.
+
+    A model whose score is constant within every fold (the prior-only baseline) ranks
+    nobody: its legend says AUC=0.50, as Table 2 does, whatever the pooled fold priors
+    would draw (:func:`dpnbids.learn.metrics.is_constant_score`)."""
     from sklearn.metrics import roc_auc_score, roc_curve
+
+    from dpnbids.learn.metrics import is_constant_score
 
     df = predictions_df.copy()
     _check_pred(df)
@@ -371,6 +377,9 @@ def plot_roc(predictions_df) -> str:
             y = g["true_label"].to_numpy(dtype=int)
             p = g["probability"].to_numpy(dtype=float)
             if len(np.unique(y)) < 2:
+                continue
+            if {"repeat", "fold"} <= set(g.columns) and is_constant_score(g):
+                ax.plot([0, 1], [0, 1], lw=1.2, ls="--", label=f"{model} AUC=0.50 (prior only)")
                 continue
             fpr, tpr, _ = roc_curve(y, p)
             ax.plot(fpr, tpr, lw=1.2, label=f"{model} AUC={roc_auc_score(y, p):.2f}")
@@ -410,9 +419,10 @@ def plot_confusion(predictions_df, *, threshold=0.5) -> str:
         yhat = (g["predicted_label"].to_numpy(dtype=int) if "predicted_label" in g
                 else (g["probability"].to_numpy(dtype=float) >= threshold).astype(int))
         cm = confusion_matrix(y, yhat, labels=[0, 1])
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center")
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+        for (i, j), v in np.ndenumerate(cm):  # white on the dark cells, black on the light
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11, fontweight="bold",
+                    color="white" if v > 0.5 * max(int(cm.max()), 1) else "black")
         ax.set_xticks([0, 1], ["NR", "R"])
         ax.set_yticks([0, 1], ["NR", "R"])
         ax.set_xlabel("predicted", fontsize=8)

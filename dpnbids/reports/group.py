@@ -178,7 +178,7 @@ def _nested_permutations(permutation) -> dict:
     return {k: v for k, v in permutation.items() if isinstance(v, dict) and "p_value" in v}
 
 
-def _permutations(permutation) -> str:
+def _permutations(permutation, n_subjects: int | None = None) -> str:
     records = _nested_permutations(permutation)
     if not records:
         return note("No permutation test was run (--n-permutations-baselines 0 and "
@@ -191,14 +191,22 @@ def _permutations(permutation) -> str:
     text = ("<p>Each permutation shuffles the responder labels and reruns the whole "
             "cross-validation: new stratified folds, the in-fold component selection, "
             "scaling and fitting. p = (1 + #null &ge; observed) / (1 + permutations).</p>"
-            "<p class=\"note\">Read the p-value, not the distance from 0.5: with about 40 "
-            "subjects, cross-validated AUCs under the null sit <em>below</em> 0.5 (each test "
+            "<p class=\"note\">Read the p-value, not the distance from 0.5: "
+            + (f"with {n_subjects} subjects" if n_subjects else "in small cohorts")
+            + ", cross-validated AUCs under the null sit <em>below</em> 0.5 (each test "
             "fold's class balance is the mirror image of its training fold's, which pushes "
             "a model's predictions the wrong way), so a point AUC alone misleads in both "
             "directions. The null mean above measures that bias on these data.</p>")
     fig = safe_figure(figures.plot_permutation_nulls, "Null distributions (grey) and the "
                       "observed statistic (red); dotted: 0.5.", records)
     return text + _df_table(rows) + fig
+
+
+def _n_subjects(predictions_df) -> int | None:
+    """Number of subjects in the predictions (None when it cannot be told)."""
+    columns = getattr(predictions_df, "columns", ())
+    col = next((c for c in ("participant_id", "participant") if c in columns), None)
+    return None if col is None else int(predictions_df[col].nunique())
 
 
 def _decisions(predictions_df) -> str:
@@ -223,7 +231,7 @@ def _gallery(components_img, components_df) -> str:
         return note("Component gallery not available (no components given).")
     try:
         uris = figures.plot_component_gallery(components_img, components_df)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a report must never crash on a figure
         return note(f"Component gallery could not be drawn ({type(exc).__name__}: {exc}).")
     head = (
         "<p>Selected components (SSC, p &lt; threshold) are framed in green. "
@@ -301,6 +309,7 @@ def render_group_report(
     permutation: dict | None = None, leakage_notes: list[str] | None = None,
     timings: dict | None = None, out_file=None, command_line=None,
     model_order: dict | None = None, saliency_html: str | None = None,
+    calibration_note: str | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -333,6 +342,9 @@ def render_group_report(
         spectrum, criterion, cap); shown with a scree plot.
     saliency_html : str, optional
         The saliency section (:func:`dpnbids.reports.saliency.saliency_section`).
+    calibration_note : str, optional
+        A warning shown with Table 2 when a calibration rests on too few subjects
+        (:func:`dpnbids.learn.calibration.calibration_note`).
     out_file : path, optional
         Written atomically when given.
 
@@ -360,17 +372,26 @@ def render_group_report(
     else:
         lc = note("Learning curves not available.")
     leak = "".join(f"<li>{esc(n)}</li>" for n in (leakage_notes or []))
-    leak = f"<ul>{leak}</ul>" if leak else note("No leakage-audit notes were given.")
+    audit = ("<p>The leakage audit ran on every outer fold: its training, validation and test "
+             "subjects were checked to be disjoint, and the subjects that calibration and the "
+             "operating threshold were fitted on were checked to include no test subject (the "
+             "run stops with exit 3 otherwise). Component selection and scaling are fitted on "
+             "each fold's training subjects only. Each fold's subjects are listed in "
+             "group/cv/.</p>")
+    leak = audit + (f"<p>Notes:</p><ul>{leak}</ul>" if leak else "")
 
     text = page(
         "dpnbids group report",
         [
             ("summary", "Summary", summary),
-            ("table2", "Table 2: classification performance", _table2(table2_df, metrics_df, permutation)),
+            ("table2", "Table 2: classification performance",
+             (f'<div class="warning">{esc(calibration_note)}</div>' if calibration_note
+              else "") + _table2(table2_df, metrics_df, permutation)),
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
             ("decisions", "Calibration and decision curves", _decisions(predictions_df)),
-            ("permutation", "Permutation tests", _permutations(permutation)),
+            ("permutation", "Permutation tests",
+             _permutations(permutation, _n_subjects(predictions_df))),
             ("learning", "Learning curves", lc),
             ("saliency", "Saliency", saliency_html or note("No saliency maps (--saliency "
                                                            "none).")),

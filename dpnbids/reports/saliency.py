@@ -7,12 +7,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from dpnbids.reports import figures  # noqa: E402
-from dpnbids.reports.subject import esc, note, safe_figure  # noqa: E402
+from dpnbids.reports import figures
+from dpnbids.reports.subject import esc, note, safe_figure
 
 
 def plot_saliency_map(map_img, *, title="") -> str:
@@ -49,10 +49,14 @@ def plot_network_ranking(table: pd.DataFrame, *, title="") -> str:
     for ax, model in zip(axes[0], models):
         rows = table[table["model"] == model].sort_values("rank", ascending=False)
         labels = [f"{int(c)}: {n}" for c, n in zip(rows["component"], rows["network"])]
-        sd = pd.to_numeric(rows["share_sd"], errors="coerce").fillna(0.0)
-        ax.barh(labels, rows["share_mean"], xerr=sd, color="#c0392b" if model == "cnn"
+        sd = pd.to_numeric(rows["share_sd"], errors="coerce").fillna(0.0).to_numpy()
+        mean = pd.to_numeric(rows["share_mean"], errors="coerce").fillna(0.0).to_numpy()
+        # a share lies in [0, 1]: the SD bar is cut there rather than drawn below 0
+        err = np.vstack([np.minimum(sd, mean), np.minimum(sd, 1.0 - mean)])
+        ax.barh(labels, mean, xerr=err, color="#c0392b" if model == "cnn"
                 else "#2c3e50", alpha=0.85)
-        ax.set_xlabel("share of |attribution| (mean ± SD over folds)")
+        ax.set_xlim(0, min(1.0, float(np.max(mean + err[1], initial=0.0)) * 1.1 or 1.0))
+        ax.set_xlabel("share of |attribution| (mean ± SD over folds, cut at 0 and 1)")
         ax.set_title(f"{title} {model}".strip())
     fig.tight_layout()
     return figures.fig_to_data_uri(fig)

@@ -178,14 +178,16 @@ def _func_block(run: dict, i: int) -> str:
     if run.get("confounds_tsv"):
         try:
             conf = _read_confounds(run["confounds_tsv"])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a report must never crash on one table
             parts.append(note(f"Confounds table could not be read: {exc}"))
     tr = run.get("tr") or 1.0
     if conf is not None:
-        parts.append(
-            safe_figure(figures.plot_confounds, "Framewise displacement (FD, Power) and DVARS; "
-                        "dashed line: FD threshold 0.5 mm.", conf, tr=tr)
-        )
+        fd = run.get("fd_threshold")  # None or 0: censoring was off, no line to draw
+        caption = "Framewise displacement (FD, Power) and DVARS" + (
+            f"; dashed line: the --fd-thresh censoring threshold, {fd:g} mm." if fd
+            else "; no volume was censored (--fd-thresh not given).")
+        parts.append(safe_figure(figures.plot_confounds, caption, conf, tr=tr,
+                                 fd_threshold=fd or None))
         parts.append(safe_figure(figures.plot_motion, "Estimated head motion.", conf))
     else:
         parts.append(note("Confound traces not available (no confounds TSV)."))
@@ -196,7 +198,7 @@ def _func_block(run: dict, i: int) -> str:
         )
     else:
         parts.append(note("Carpet plot not available (preprocessed BOLD or mask not given)."))
-    if run.get("prediction"):
+    if run.get("prediction") and not run.get("prediction_in_summary"):
         parts.append("<h4>Predicted response to IV lidocaine</h4>")
         parts.append(dict_table(run["prediction"], header=("field", "value")))
     return "".join(parts)
@@ -243,9 +245,14 @@ def render_subject_report(
             "skipped steps": len(all_skip),
         }
     )
-    if any(r.get("prediction") for r in runs):
-        p = next(r["prediction"] for r in runs if r.get("prediction"))
-        summary += "<h3>Prediction</h3>" + dict_table(p, header=("field", "value"))
+    predicted = [r for r in runs if r.get("prediction")]
+    if len(predicted) == 1:  # shown once, in the summary
+        summary += "<h3>Prediction</h3>" + dict_table(predicted[0]["prediction"],
+                                                      header=("field", "value"))
+        runs = [{**r, "prediction_in_summary": True} for r in runs]
+    elif predicted:
+        summary += note(f"{len(predicted)} runs have a prediction: see each run under "
+                        "Functional.")
     if all_warn:
         summary += f'<div class="warning">{len(all_warn)} warning(s): see "Errors and warnings".</div>'
 
@@ -256,19 +263,12 @@ def render_subject_report(
     errs += "".join(f'<div class="skipped">Skipped: {esc(s)}</div>' for s in all_skip)
     errs = errs or note("No errors or warnings were recorded.")
     bp = boilerplate or next((r.get("boilerplate") for r in runs if r.get("boilerplate")), None)
-    methods = f"<pre>{esc(bp)}</pre>" if bp else note("No methods text was provided.")
-
-    text = page(
-        f"dpnbids report: sub-{label}",
-        [
-            ("summary", "Summary", summary),
-            ("anatomical", "Anatomical", anat),
-            ("functional", "Functional", func),
-            ("errors", "Errors and warnings", errs),
-            ("methods", "Methods", methods),
-            ("about", "About", about_section(command_line)),
-        ],
-    )
+    sections = [("summary", "Summary", summary), ("anatomical", "Anatomical", anat),
+                ("functional", "Functional", func), ("errors", "Errors and warnings", errs)]
+    if bp:  # no empty "Methods" section that reads as if something were missing
+        sections.append(("methods", "Methods", f"<pre>{esc(bp)}</pre>"))
+    text = page(f"dpnbids report: sub-{label}",
+                sections + [("about", "About", about_section(command_line))])
     if out_file is not None:
         atomic_write_text(Path(out_file), text)
     return text

@@ -72,7 +72,7 @@ class SynthParams:
 
     Notes
     -----
-    With the defaults, a 10-subject group ICA (dpnbids.analysis.ica.GroupICA, 20 or 30
+    With the defaults, a 10-subject group ICA (dpnbids.analysis.decomposition.GroupICA, 20 or 30
     components) on the fMRIPrep-style derivatives recovers every planted group
     map with spatial |r| > 0.92 (measured; a larger ``shift_mm`` blurs the
     group maps and lowers this).

@@ -19,7 +19,7 @@ from dpnbids.interfaces import AnatPreproc, DerivativesSink, function_node
 from dpnbids.workflows.bold import init_bold_wf, init_fmriprep_bold_wf
 from dpnbids.workflows.inputs import fmriprep_run_dof
 
-LOGGER = logging.getLogger("dpnbids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
 def check_participant_inputs(config, inputs) -> None:
@@ -32,7 +32,8 @@ def check_participant_inputs(config, inputs) -> None:
     in seconds, instead of failing after the compute.
     """
     from dpnbids import bids
-    from dpnbids.preproc.checks import check_bold_has_signal, load_anat, load_bold
+    from dpnbids.preproc.checks import (check_confounds_table, check_preprocessed_bold,
+                                        load_anat, load_bold)
     from dpnbids.preproc.dof import builtin_run_dof
 
     n_maps = _n_group_maps(config)
@@ -51,8 +52,8 @@ def check_participant_inputs(config, inputs) -> None:
             load_anat(sub_inputs.t1w)
         else:
             for run in _fmriprep_runs(config, sub, sub_inputs):
-                check_bold_has_signal(run["bold"])
-                _check_confound_columns(config, run["confounds"])
+                rows = check_confounds_table(run["confounds"], config.preproc.denoise_strategy)
+                check_preprocessed_bold(run["bold"], n_confound_rows=rows)
                 _check_dof(config, Path(run["bold"]).name, fmriprep_run_dof(config, run),
                            n_maps)
     if config.cnn.model is not None:
@@ -123,14 +124,6 @@ def _check_dof(config, name: str, budget, n_maps: int | None) -> None:
         + "or exclude this run (--participant-label / --bids-filter-file).")
 
 
-def _check_confound_columns(config, confounds_file) -> None:
-    """The denoising strategy's columns are in an fMRIPrep confounds TSV (header only;
-    derivative and squared columns that can be computed from their base count)."""
-    from dpnbids.preproc.confounds import check_confounds_header
-
-    check_confounds_header(confounds_file, config.preproc.denoise_strategy)
-
-
 def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
     from dpnbids.preproc.fmriprep import find_fmriprep_inputs
 
@@ -149,7 +142,7 @@ def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:
 def init_dpnbids_wf(config, inputs, *, name="dpnbids_wf") -> pe.Workflow:
     """Top-level participant workflow: one sub-workflow per subject."""
     workflow = pe.Workflow(name=name, base_dir=str(config.execution.work_dir))
-    for sub, sub_inputs in inputs.items():
+    for sub_inputs in inputs.values():
         workflow.add_nodes([init_single_subject_wf(config, sub_inputs)])
     return workflow
 

@@ -20,7 +20,7 @@ from dpnbids.interfaces import (BoldToStd, ConfoundsDenoise, DerivativesSink, Du
                                 PrepareBold, function_node)
 from dpnbids.workflows.inputs import fmriprep_run_dof
 
-LOGGER = logging.getLogger("dpnbids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
 def _res_meta(config, run: dict | None = None) -> dict:

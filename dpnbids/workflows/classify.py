@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-LOGGER = logging.getLogger("dpnbids.classify")
+LOGGER = logging.getLogger(__name__)
 
 LEAKY_SUFFIX = "-leaky"
 
@@ -461,6 +461,7 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
 def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bundle_dir,
                   saliency=None):
     from dpnbids.derivatives import atomic_write_text
+    from dpnbids.learn.calibration import calibration_note
     from dpnbids.reports.group import render_group_report
     from dpnbids.reports.saliency import saliency_section
 
@@ -489,7 +490,8 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
                                permutation=cvs.permutations, leakage_notes=notes,
                                timings=cvs.timings, command_line=config.execution.command_line,
                                model_order=res.order,
-                               saliency_html=saliency_section(saliency))
+                               saliency_html=saliency_section(saliency),
+                               calibration_note=calibration_note(cvs.manifests))
     # staged with the rest of group/ and published with it (workflows.group)
     atomic_write_text(res.group_dir / "group.html", html)
 
@@ -511,7 +513,8 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
         ica = GroupICA(n_components=n_components, pca_dim=config.ica.pca_dim,
                        n_repeats=config.ica.ica_repeats,
                        random_state=config.seed(f"ica.fold{fold.repeat}.{fold.fold}"))
-        ica.fit_arrays(lambda i: load_run_matrix(train_runs[i].denoised, mask), len(train_runs))
+        ica.fit_arrays(lambda i: load_run_matrix(train_runs[i].denoised, mask),  # noqa: B023 - called within this iteration
+                       len(train_runs))
         per_sub: dict[str, list] = {}
         for r in runs:
             if r.subject in index:

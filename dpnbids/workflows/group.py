@@ -19,8 +19,9 @@ from nipype.pipeline import engine as pe
 from dpnbids.derivatives import sibling
 from dpnbids.exceptions import DimensionError, InputError, WorkflowError
 from dpnbids.interfaces import DerivativesSink, DualRegression
+from dpnbids.publish import STAGING_PREFIX  # noqa: F401 - where tests and users look
 
-LOGGER = logging.getLogger("dpnbids.group")
+LOGGER = logging.getLogger(__name__)
 
 #: Which dual-regression output feeds the classifier: the stage-2 parameter
 #: estimates ("pe"), as FSL randomise users do, because with --des_norm they
@@ -29,7 +30,7 @@ CLASSIFIER_FEATURE = "pe"
 
 
 def fit_group_ica(runs, mask, config, cap: int):
-    """Fit :class:`dpnbids.analysis.ica.GroupICA` on variance-normalised runs (MIGP, memory bounded).
+    """Fit :class:`dpnbids.analysis.decomposition.GroupICA` on variance-normalised runs (MIGP, memory bounded).
 
     With ``--n-components auto`` the model order is estimated while MIGP reads
     each run (:mod:`dpnbids.analysis.model_order`) and capped at ``cap``, the cohort's
@@ -38,12 +39,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     from dpnbids.analysis.masking import load_run_matrix
     from dpnbids.analysis.decomposition import GroupICA
 
-    for r in runs:
-        n_t = nib.load(str(r.denoised)).shape[-1]
-        if n_t < config.ica.pca_dim:
-            raise DimensionError(
-                f"{r.key} has {n_t} volumes but --pca-dim {config.ica.pca_dim} needs at least "
-                f"{config.ica.pca_dim} per run; lower --pca-dim or drop this run.")
+    check_pca_dim(config, runs)
     started = time.time()
 
     def loader(i):
@@ -64,6 +60,19 @@ def fit_group_ica(runs, mask, config, cap: int):
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
                 len(runs), time.time() - started)
     return ica
+
+
+def check_pca_dim(config, runs) -> None:
+    """Every denoised run has at least --pca-dim volumes (headers only: a door check)."""
+    lengths = {r.key: int(nib.load(str(r.denoised)).shape[-1]) for r in runs}
+    short = min(lengths, key=lengths.get) if lengths else None
+    if short is not None and lengths[short] < config.ica.pca_dim:
+        n = lengths[short]
+        raise DimensionError(
+            f"--pca-dim is {config.ica.pca_dim} but the denoised run "
+            f"{short} has only {n} volumes; the group PCA keeps at most as many dimensions "
+            f"as the shortest run has volumes. Give --pca-dim {n} or less, or leave this "
+            "run out (--participant-label).")
 
 
 def cohort_dof(config, runs) -> dict:
@@ -99,11 +108,13 @@ def check_model_order(config, runs, dofs: dict) -> int:
 
     cap = ica_order_cap(d.dof for d in dofs.values())
     worst = min(dofs, key=lambda k: dofs[k].dof)
+    budget = dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass,
+                                  config.preproc.low_pass)
     k = config.ica.n_components
     if cap < 1:
         raise InputError(
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}); "
+            f"({budget}); "
             f"dual regression needs at least {DUALREG_MARGIN + 1}. Exclude it "
             "(--participant-label) or rerun the participant level with a lighter "
             "--denoise-strategy.")
@@ -111,7 +122,7 @@ def check_model_order(config, runs, dofs: dict) -> int:
         raise InputError(
             f"--n-components {k} is more than the cohort's runs can be dual-regressed into: "
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
-            f"({dofs[worst].describe(config.preproc.denoise_strategy, config.preproc.high_pass, config.preproc.low_pass)}), "
+            f"({budget}), "
             f"so at most {cap} components fit ({DUALREG_MARGIN} residual degrees of freedom "
             f"kept). Use --n-components auto (the default), --n-components {cap} or fewer, "
             "--back-projection gica1, or longer runs.")
@@ -129,15 +140,18 @@ def check_group_inputs(config, inputs) -> None:
     dofs = cohort_dof(config, runs)
     check_same_tr(dofs)
     check_model_order(config, runs, dofs)
+    check_pca_dim(config, runs)
 
 
-def init_dualreg_wf(config, runs, group_maps_file, std, *, name="dualreg_wf") -> pe.Workflow:
+def init_dualreg_wf(config, runs, group_maps_file, std, out_dir=None, *,
+                    name="dualreg_wf") -> pe.Workflow:
     """One dual-regression node per run (parallel under MultiProc/SLURM), with sinks.
 
-    ``std`` holds the space entities (space, cohort, res) of the analysis grid.
+    ``std`` holds the space entities (space, cohort, res) of the analysis grid; the sinks
+    write under ``out_dir`` (the group run's staging subject tree; OUTPUT_DIR if None).
     """
     workflow = pe.Workflow(name=name, base_dir=str(config.execution.work_dir))
-    out = str(config.execution.output_dir)
+    out = str(out_dir or config.execution.output_dir)
     for i, run in enumerate(runs):
         source = run.source
         dual_regression = pe.Node(DualRegression(bold_file=str(run.denoised),
@@ -164,13 +178,13 @@ def init_dualreg_wf(config, runs, group_maps_file, std, *, name="dualreg_wf") ->
     return workflow
 
 
-def run_dual_regression(config, runs, group_maps_file, std) -> list[dict]:
+def run_dual_regression(config, runs, group_maps_file, std, out_dir=None) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
     from dpnbids.config import prepare_nipype
 
     logs = config.execution.output_dir / "logs"
     prepare_nipype(config)
-    workflow = init_dualreg_wf(config, runs, group_maps_file, std)
+    workflow = init_dualreg_wf(config, runs, group_maps_file, std, out_dir)
     try:
         graph = workflow.run(plugin=config.execution.plugin,
                              plugin_args=config.execution.plugin_args)
@@ -218,12 +232,21 @@ def gica1_maps(config, writer, runs, ica, mask, affine, std) -> dict:
 
 
 def run_group_level(config, inputs, labels, writer) -> None:
-    """The whole group level, staged: ``group/`` and group.html change only when it completes."""
+    """The whole group level as one transaction (:mod:`dpnbids.publish`): ``group/``,
+    group.html and the per-subject dual-regression files change together, only when it
+    completes. ``writer`` (OUTPUT_DIR's) is not written: the run writes into its staging."""
     import shutil
 
+    from dpnbids.derivatives import DerivativesWriter
+    from dpnbids.publish import recover_publish, staging_parts
+
+    done = recover_publish(config.execution.output_dir)
+    if done:
+        LOGGER.warning("%s", done)
     staging = open_group_staging(config.execution.output_dir)
+    group_dir, tree = staging_parts(staging)
     try:
-        _group_level(config, inputs, labels, writer, staging)
+        _group_level(config, inputs, labels, DerivativesWriter(tree), group_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -231,7 +254,8 @@ def run_group_level(config, inputs, labels, writer) -> None:
 
 
 def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
-    """Group ICA, dual regression, statistics and classification into ``group_dir``."""
+    """Group ICA, dual regression, statistics and classification into ``group_dir``;
+    per-subject files through ``writer`` (the staging's subject tree)."""
     from dpnbids.analysis.masking import analysis_grid, group_mask, resample_runs
     from dpnbids.workflows.inputs import find_participant_outputs
     from dpnbids.analysis.networks import match_networks, network_templates
@@ -281,7 +305,7 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
         LOGGER.info("dual regression skipped: %d components exceed the %d the shortest run "
                     "can be dual-regressed into; GICA1 back-projection only", n_components, cap)
     else:
-        dr_files = run_dual_regression(config, runs, comps_file, std)
+        dr_files = run_dual_regression(config, runs, comps_file, std, writer.output_dir)
     if config.ica.back_projection == "gica1":
         maps = gica1_maps(config, writer, runs, ica, mask, affine, std)
     else:
@@ -353,42 +377,18 @@ def _component_statistics(config, table, stack, y, ica) -> None:
     table["selected_descriptive_all_subjects"] = table["p"] < config.ica.ssc_p
 
 
-STAGING_PREFIX = ".group-staging-"
-
-
 def open_group_staging(output_dir: Path) -> Path:
-    """A fresh staging folder for this run's group results (stale ones are removed).
+    """A fresh staging folder for this run (see :mod:`dpnbids.publish`)."""
+    from dpnbids.publish import open_staging
 
-    A staging folder of a run whose process is gone (killed) is deleted; one of a
-    live process is another group run in progress and is left alone (the run
-    lock already refuses two group runs into one OUTPUT_DIR).
-    """
-    import os
-    import shutil
-
-    from dpnbids.derivatives import pid_alive
-
-    for old in Path(output_dir).glob(f"{STAGING_PREFIX}*"):
-        pid = old.name[len(STAGING_PREFIX):]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(pid):
-            continue
-        shutil.rmtree(old, ignore_errors=True)
-    staging = Path(output_dir) / f"{STAGING_PREFIX}{os.getpid()}"
-    staging.mkdir(parents=True)
-    return staging
+    return open_staging(output_dir)
 
 
 def publish_group_staging(staging: Path, output_dir: Path) -> Path:
-    """Swap a completed staging folder in as ``group/`` (and its report as group.html)."""
-    import os
+    """Publish group/, group.html and the per-subject files of a complete run together."""
+    from dpnbids.publish import publish_staging
 
-    from dpnbids.derivatives import replace_dir
-
-    final = replace_dir(staging, Path(output_dir) / "group")
-    if (final / "group.html").exists():
-        os.replace(final / "group.html", Path(output_dir) / "group.html")
-    LOGGER.info("group results published in %s", final)
-    return final
+    return publish_staging(staging, output_dir)
 
 
 def _template_note(template: str) -> str:

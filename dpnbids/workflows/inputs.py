@@ -148,11 +148,19 @@ def fmriprep_run_tr(run: dict) -> float:
     from dpnbids.preproc.checks import TR_RANGE_S
 
     if run.get("bold_json"):
-        meta = json.loads(Path(run["bold_json"]).read_text())
-        if meta.get("RepetitionTime") is not None:
-            from dpnbids.preproc.checks import sidecar_repetition_time
+        sidecar = Path(run["bold_json"])
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{sidecar} is not valid JSON ({exc}). Expected the BOLD sidecar "
+                             "fMRIPrep wrote; restore it from the fMRIPrep output.") from None
+        if not isinstance(meta, dict) or meta.get("RepetitionTime") is None:
+            raise InputError(f"{sidecar} has no RepetitionTime. fMRIPrep writes it in every "
+                             "BOLD sidecar; add \"RepetitionTime\" (seconds) or restore the "
+                             "file from the fMRIPrep output.")
+        from dpnbids.preproc.checks import sidecar_repetition_time
 
-            return sidecar_repetition_time(meta["RepetitionTime"], name=Path(run["bold"]).name)
+        return sidecar_repetition_time(meta["RepetitionTime"], name=Path(run["bold"]).name)
     tr = float(nib.load(run["bold"]).header["pixdim"][4])
     if not TR_RANGE_S[0] <= tr <= TR_RANGE_S[1]:
         raise InputError(f"{Path(run['bold']).name} has no RepetitionTime (no JSON sidecar "

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pandas as pd
 
 from dpnbids.derivatives import DerivativesWriter

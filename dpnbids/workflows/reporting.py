@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-LOGGER = logging.getLogger("dpnbids.reports")
+LOGGER = logging.getLogger(__name__)
 
 
 def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> str:
@@ -50,12 +50,27 @@ def write_subject_report(subject, output_dir, runs, anat, space, resolution) -> 
             "prediction": _read_prediction(summary.get("prediction")),
             "dice_std_mask": (anat or {}).get("dice_std_mask"),
             "n_dummy": prep.get("n_dummy"),
+            "fd_threshold": _fd_threshold(summary["denoised"]),
         })
     from dpnbids.derivatives import atomic_write_text
 
     out_file = output_dir / f"sub-{subject}.html"
     atomic_write_text(out_file, render_subject_report(subject=subject, sessions_runs=run_dicts))
     return str(out_file)
+
+
+def _fd_threshold(denoised):
+    """The --fd-thresh the run was censored with (its JSON sidecar), None when off."""
+    import json
+
+    from dpnbids.derivatives import sibling
+
+    sidecar = sibling(denoised, extension=".json")
+    try:
+        value = json.loads(Path(sidecar).read_text()).get("FramewiseDisplacementThreshold")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def _first_existing(*paths):

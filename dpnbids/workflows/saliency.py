@@ -25,7 +25,7 @@ import pandas as pd
 
 from dpnbids.derivatives import sibling
 
-LOGGER = logging.getLogger("dpnbids.saliency")
+LOGGER = logging.getLogger(__name__)
 
 BASELINE_TEXT = ("the training fold's mean input map: the mean over the fold's outer-training "
                  "subjects of the scaled CNN inputs (never zeros: after per-channel z-scoring "

@@ -2,9 +2,9 @@
 
 Used by the Dockerfile's build stage::
 
-    python docker/wheel_requirements.py dist/dpnbids-*.whl --tf "tensorflow[and-cuda]==2.21.0" \
+    python tools/wheel_requirements.py dist/dpnbids-*.whl --tf "tensorflow[and-cuda]==2.21.0" \
         --lock requirements.lock --out /tmp/requirements.txt --constraints /tmp/constraints.txt
-    python docker/wheel_requirements.py --check --tf "tensorflow[and-cuda]==2.21.0"
+    python tools/wheel_requirements.py --check --tf "tensorflow[and-cuda]==2.21.0"
 
 ``pyproject.toml`` depends on ``tensorflow-cpu`` (small, CPU only) and the lock
 pins it. The image ships the CUDA build instead, so this script writes:
@@ -62,10 +62,14 @@ def swap_tensorflow(reqs: list[str], tf_spec: str) -> list[str]:
 
 
 def lock_constraints(lock: Path) -> list[str]:
-    """Lock lines without TensorFlow builds, comments and options."""
+    """Lock lines without TensorFlow builds, comments, options and hashes.
+
+    A hashed lock (``name==1.0 \\`` followed by ``--hash=...`` lines) gives ``name==1.0``:
+    a constraints file takes no hashes.
+    """
     keep = []
     for line in lock.read_text().splitlines():
-        line = line.strip()
+        line = line.strip().removesuffix("\\").strip()
         if not line or line.startswith(("#", "-")):
             continue
         if _req_name(line) in _TF_NAMES:

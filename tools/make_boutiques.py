@@ -3,8 +3,8 @@
 The descriptor is generated, never edited by hand, so it cannot promise an
 option the parser rejects::
 
-    python docker/make_boutiques.py            # rewrite boutiques.json
-    python docker/make_boutiques.py --check    # exit 1 if boutiques.json is stale
+    python tools/make_boutiques.py            # rewrite boutiques.json
+    python tools/make_boutiques.py --check    # exit 1 if boutiques.json is stale
 
 Every option of :func:`dpnbids.cli.parser.build_parser` becomes one Boutiques
 input (``id`` = the argparse ``dest``), typed from its validator; ``--help``
@@ -98,11 +98,11 @@ def option_input(action: argparse.Action) -> dict:
         return entry
     if not isinstance(action, argparse._StoreAction):
         raise TypeError(f"option {_flag(action)}: unsupported argparse action "
-                        f"{type(action).__name__}; teach docker/make_boutiques.py about it")
+                        f"{type(action).__name__}; teach tools/make_boutiques.py about it")
     tname = _type_name(action)
     if tname not in _TYPES:
         raise TypeError(f"option {_flag(action)}: unknown validator {tname!r}; add it to "
-                        "_TYPES in docker/make_boutiques.py")
+                        "_TYPES in tools/make_boutiques.py")
     entry.update(_TYPES[tname])
     choices = action.choices
     if choices is None and tname == "_input_set":
@@ -132,7 +132,7 @@ def build_descriptor(parser: argparse.ArgumentParser | None = None) -> dict:
     expected = ["bids_dir", "output_dir", "analysis_level"]
     if list(positionals) != expected:
         raise TypeError(f"positional arguments {list(positionals)} differ from the BIDS-Apps "
-                        f"contract {expected}; update docker/make_boutiques.py")
+                        f"contract {expected}; update tools/make_boutiques.py")
     options = [a for a in parser._actions
                if a.option_strings and not isinstance(a, _SKIP_ACTIONS)]
     # BIDS-Apps order: participant and session labels right after the positionals.
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(build_descriptor())
     if args.check:
         if not args.output.is_file() or args.output.read_text() != text:
-            print(f"{args.output} is stale: run python docker/make_boutiques.py", file=sys.stderr)
+            print(f"{args.output} is stale: run python tools/make_boutiques.py", file=sys.stderr)
             return 1
         print(f"{args.output} matches the parser")
         return 0

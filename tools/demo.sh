@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Set up, generate the embedded synthetic cohort, run participant then group.
-# Usage: bash scripts/demo.sh [OUT_ROOT]   (default ./demo_out)
+# Usage: bash tools/demo.sh [OUT_ROOT]   (default ./demo_out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash tools/bootstrap.sh
 OUT_ROOT="${1:-demo_out}"
 export TF_CPP_MIN_LOG_LEVEL=3
 BIDS="$OUT_ROOT/bids"
 # A planted effect of d = 2 on two networks (the generator's default is a modest d = 1, which
-# 43 subjects do not reveal reliably to any model, linear or not: see benchmarks/README.md)
+# 43 subjects do not reveal reliably to any model, linear or not: see benchmarks/results/2026-12-07-cnn-vs-linear.md)
 if [ ! -f "$BIDS/dataset_description.json" ]; then
     .venv/bin/dpnbids-synth "$BIDS" --space template --seed 0 --n-jobs 2 --effect-size 2
 fi

@@ -16,7 +16,7 @@ with a message naming the missing template.
 
 Usage::
 
-    python docker/prefetch_templates.py --home /opt/templateflow \
+    python tools/prefetch_templates.py --home /opt/templateflow \
         --resolutions 1 2 --fetch MNI152NLin2009cAsym --strict
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for space in args.fetch:
         try:
             files = fetch_space(space, args.resolutions)
-        except Exception as exc:  # network errors come in many types
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
             failed.append(space)
             # TemplateFlow's index holds empty placeholder files; drop them so that
             # dpnbids reports the space as unavailable instead of reading an empty file.
