@@ -16,6 +16,8 @@ Methods (same n_components, no smoothing, both read the NIfTI files):
 
 * ``ours``: :class:`dpnbids.analysis.decomposition.GroupICA` (MIGP, pca_dim 64, one FastICA run);
 * ``ours-icasso10``: the same with ``n_repeats=10`` (ICASSO);
+* ``ours-auto`` (``--auto``): ``n_components="auto"``, the default; its time
+  includes the model-order estimate, and CanICA then runs at the order it chose;
 * ``canica``: nilearn ``CanICA`` with its defaults (n_init=10, do_cca=True)
   except ``smoothing_fwhm=None`` and ``threshold=None`` (unthresholded maps,
   like ours, so |r| compares like with like).
@@ -23,6 +25,7 @@ Methods (same n_components, no smoothing, both read the NIfTI files):
 Usage::
 
     python benchmarks/bench_group_ica.py [--subjects 20] [--volumes 150] [--res 4]
+    python benchmarks/bench_group_ica.py --auto --subjects 43 --volumes 110
 """
 from __future__ import annotations
 
@@ -117,15 +120,18 @@ def run_method(method: str, data_dir: Path, n_components: int, seed: int,
     mask_img = nib.load(str(data_dir / "mask.nii.gz"))
     mask = np.asarray(mask_img.dataobj) > 0
     started = time.perf_counter()
+    extra = {}
     if method.startswith("ours"):
         from dpnbids.analysis.masking import load_run_matrix
         from dpnbids.analysis.decomposition import GroupICA
 
         repeats = 10 if method.endswith("icasso10") else 1
-        ica = GroupICA(n_components=n_components, pca_dim=pca_dim, n_repeats=repeats,
-                       random_state=seed)
+        auto = method == "ours-auto"  # the default: the order estimated, estimate included
+        ica = GroupICA(n_components="auto" if auto else n_components, pca_dim=pca_dim,
+                       n_repeats=repeats, random_state=seed, mask=mask if auto else None)
         ica.fit_arrays(lambda i: load_run_matrix(files[i], mask, normalise=False), len(files))
         comps = ica.components_
+        extra["n_components"] = int(ica.n_components_)
     elif method == "canica":
         from nilearn.decomposition import CanICA
 
@@ -137,7 +143,7 @@ def run_method(method: str, data_dir: Path, n_components: int, seed: int,
         raise SystemExit(f"unknown method {method}")
     wall = time.perf_counter() - started
     np.save(data_dir / f"components_{method}.npy", comps)
-    return {"method": method, "wall_s": wall,
+    return {"method": method, "wall_s": wall, **extra,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
 
 
@@ -157,6 +163,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["ours", "ours-icasso10", "canica"])
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--auto", action="store_true",
+                        help="dpnbids with --n-components auto (the estimate is timed with "
+                             "it), then CanICA at the order dpnbids chose")
     args = parser.parse_args(argv)
 
     if args.run:
@@ -180,7 +189,8 @@ def main(argv=None):
               f"n_components = {args.n_components}, pca_dim (ours) = {args.pca_dim}")
         print(f"{'method':<16}{'wall s':>9}{'peak RSS GB':>13}{'median |r|':>12}{'min |r|':>9}"
               f"{'n |r|>=0.9':>12}")
-        for method in args.methods:
+        methods = ["ours-auto", "canica"] if args.auto else args.methods
+        for method in methods:
             proc = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--run", method, "--data-dir",
                  str(data_dir), "--n-components", str(args.n_components), "--seed",
@@ -189,6 +199,9 @@ def main(argv=None):
                 print(f"{method}: failed\n{proc.stderr[-2000:]}")
                 continue
             res = json.loads(proc.stdout.strip().splitlines()[-1])
+            if method == "ours-auto":  # CanICA runs at the order dpnbids chose
+                args.n_components = res["n_components"]
+                print(f"ours-auto chose {args.n_components} components")
             best = recovery(truth, np.load(data_dir / f"components_{method}.npy"))
             print(f"{method:<16}{res['wall_s']:>9.1f}{res['peak_rss_gb']:>13.2f}"
                   f"{np.median(best):>12.3f}{best.min():>9.3f}"

@@ -42,7 +42,7 @@ def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
 
 #: Choices of ``--dim-est`` and ``--ica-contrast``, shared by the parser and
 #: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
-DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
+DIM_ESTIMATORS = ("pooled", "lap", "mdl", "aic", "bic")
 #: The paper's fixed number of ICA components (the default with ``paper_faithful``).
 PAPER_N_COMPONENTS = 30
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
@@ -124,7 +124,7 @@ class PreprocConfig:
 class ICAConfig:
     pca_dim: int = 64
     n_components: int | str = "auto"
-    dim_est: str = "lap"
+    dim_est: str = "pooled"
     ica_repeats: int = 1
     ica_contrast: str = "auto"
     back_projection: str = "dual_regression"

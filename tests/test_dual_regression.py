@@ -60,11 +60,14 @@ def test_matches_lstsq_reference(rng):
 def test_noise_free_exact_recovery(rng):
     maps, tcs = planted(rng)
     data = tcs @ maps + 3.0  # a global offset is removed by demeaning
-    res = dual_regression(data, maps, des_norm=False)
+    with pytest.warns(RuntimeWarning, match="leaves none for the residuals"):
+        res = dual_regression(data, maps, des_norm=False)  # rank K: no residual dof
+    assert res.dof == 0 and not res.zmaps.any()
     np.testing.assert_allclose(res.timecourses, tcs, atol=1e-9)
     np.testing.assert_allclose(res.maps, maps, atol=1e-9)
     # with des_norm the maps carry each time course's standard deviation
-    res_n = dual_regression(data, maps, des_norm=True)
+    with pytest.warns(RuntimeWarning):
+        res_n = dual_regression(data, maps, des_norm=True)
     np.testing.assert_allclose(res_n.maps, maps * tcs.std(axis=0, ddof=1)[:, None], atol=1e-9)
 
 
@@ -117,3 +120,50 @@ def test_many_equals_single(rng):
     for (_, res), data in zip(out, subjects):
         np.testing.assert_allclose(res.maps, dual_regression(data, maps).maps)
         assert res.timecourses.shape == (data.shape[0], 3)
+
+
+# --------------------------------------------------------------------------- temporal dof
+def _denoised_run(rng, t=110, v=900, k=4, n_confounds=17):
+    """A run band-passed (0.008-0.09 Hz, TR 2 s) and confound-regressed as the participant
+    level does: about 19 of its 110 volumes' degrees of freedom are left."""
+    from dpnbids.preproc.signal import fft_bandpass
+
+    maps = rng.normal(size=(k, v))
+    x = rng.normal(size=(t, k)) @ maps + rng.normal(size=(t, v))
+    x = fft_bandpass(x, 2.0, high_pass=0.008, low_pass=0.09)
+    conf = fft_bandpass(rng.normal(size=(t, n_confounds)), 2.0, high_pass=0.008,
+                        low_pass=0.09)
+    q, _ = np.linalg.qr(conf)
+    return (x - q @ (q.T @ x)).astype(np.float32), maps
+
+
+def test_dual_regression_uses_the_runs_temporal_dof(rng):
+    from dpnbids.analysis.dual_regression import temporal_rank
+
+    data, maps = _denoised_run(rng)
+    r = temporal_rank(data)
+    assert 15 <= r <= 25  # not 109
+    res = dual_regression(data, maps)
+    assert res.dof == r - maps.shape[0]
+    # the same z as the GLM with the residual dof counted in the run's span
+    assert dual_regression(data, maps, dof=r).dof == res.dof
+    # a dof the participant level recorded is taken as given
+    assert dual_regression(data, maps, dof=r - 2).dof == r - 2 - maps.shape[0]
+    # z under the null: unit variance only with the right dof (T - K - 1 would shrink it)
+    null = _denoised_run(rng, k=0)[0]  # noise only
+    z = dual_regression(null, maps).zmaps
+    assert 0.8 < float(z.std()) < 1.25
+
+
+def test_dual_regression_refuses_components_beyond_the_dof(rng):
+    from dpnbids.analysis.dual_regression import temporal_rank
+
+    data, _ = _denoised_run(rng, k=2)
+    r = temporal_rank(data)
+    maps = rng.normal(size=(r + 1, data.shape[1]))
+    with pytest.raises(DimensionError, match=rf"{r + 1} components.*keeps {r} \(dof.*--n-components"):
+        dual_regression(data, maps)
+    with pytest.warns(RuntimeWarning, match="none for the residuals"):
+        assert dual_regression(data, maps[:r]).dof == 0  # K == dof: says so
+    with pytest.raises(InputError, match="dof=500"):
+        dual_regression(data, maps[:3], dof=500)

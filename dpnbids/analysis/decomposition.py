@@ -66,10 +66,8 @@ class GroupICA:
     ----------
     n_components : int or "auto", default "auto" (the configuration's)
         Number of independent components K (``--n-components``). ``"auto"``:
-        estimated after MIGP by :mod:`dpnbids.analysis.model_order` (per-subject
-        estimates on temporally whitened, rank-reduced data with a smoothness
-        correction of the sample size, combined by the median; see
-        :func:`dpnbids.analysis.model_order.estimate_group_order`), then capped by
+        estimated while MIGP reads the runs (``dim_est``; by default the pooled
+        estimate of :mod:`dpnbids.analysis.group_order`), then capped by
         ``pca_dim``, ``max_components`` and the smallest subject's temporal
         degrees of freedom after denoising; at least 1.
     pca_dim : int
@@ -85,9 +83,12 @@ class GroupICA:
         FastICA stopping rule.
     fun : {"auto", "cube", "skew", "logcosh", "exp"}
         FastICA contrast (see :func:`fastica`).
-    dim_est : {"lap", "bic", "mdl", "aic"}
-        Model-order criterion for ``n_components="auto"`` (MELODIC's default
-        "lap"). Ignored for an integer ``n_components``.
+    dim_est : {"pooled", "lap", "bic", "mdl", "aic"}
+        Model-order estimator for ``n_components="auto"``: "pooled" (default) pools
+        all runs, whitened in time, and counts the eigenvalues above a
+        parallel-analysis noise bulk (:mod:`dpnbids.analysis.group_order`); the
+        others take the median of per-run criteria (MELODIC's "lap", ...). Ignored
+        for an integer ``n_components``.
     max_components : int, optional
         Extra cap on the automatic order (e.g. the cohort's smallest temporal
         dof from :mod:`dpnbids.preproc.dof`). Ignored for an integer
@@ -124,6 +125,9 @@ class GroupICA:
         come from dual regression stage 1 or :meth:`backproject_gica1`.
     unmixing_ : ndarray, shape (K, pca_dim)
         ``components_ == unmixing_ @ (Z - mean)``.
+    warnings_ : list of str
+        What :func:`dpnbids.analysis.group_order.order_warnings` says about the fit
+        (a capped estimate, unstable components); each is also a RuntimeWarning.
     subject_order_ : ndarray
         Order in which MIGP visited the subjects.
     subject_ids_ : list of str or None
@@ -154,7 +158,7 @@ class GroupICA:
 
     def _check_params(self):
         if isinstance(self.n_components, str) and self.n_components == "auto":
-            from dpnbids.analysis.model_order import METHODS
+            from dpnbids.config import DIM_ESTIMATORS as METHODS
 
             for name in ("pca_dim", "n_repeats"):
                 val = getattr(self, name)
@@ -259,24 +263,12 @@ class GroupICA:
             return variance_normalise(np.asarray(subject_loader(i), dtype=np.float32))
 
         if auto:
-            from dpnbids.analysis.model_order import estimate_subject_order
-
             mask = None if mask is None else np.asarray(mask, dtype=bool)
             if mask is None:
                 warnings.warn("n_components='auto' without a mask: the model order uses N = "
                               "number of voxels (no smoothness correction) and is biased "
                               "upward on smoothed data.", RuntimeWarning, stacklevel=2)
-            plain_load = load
-
-            def load(i):  # one pass: the estimate rides along with MIGP
-                y = plain_load(i)
-                if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
-                    raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
-                                         f"in-mask voxels but the mask has {int(mask.sum())}.")
-                if y.ndim == 2 and np.isfinite(y).all():
-                    order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
-                                                               max_order=self.pca_dim)
-                return y
+            load = self._order_loader(load, order_subjects, mask, n_subjects, subject_ids)
 
         res = _migp(load, n_subjects, dim=self.pca_dim, internal_dim=self.internal_dim,
                     random_state=migp_seed, subject_ids=subject_ids)
@@ -287,11 +279,8 @@ class GroupICA:
         lam = res.eigenvalues[:dim]
         self.order_estimate_ = None
         if auto:
-            from dpnbids.analysis.model_order import combine_subject_orders
-
-            self.order_estimate_ = combine_subject_orders(
-                [order_subjects[i] for i in sorted(order_subjects)], method=self.dim_est,
-                max_order=self.max_components, pca_dim=dim, migp_eigenvalues=res.eigenvalues)
+            self.order_estimate_ = self._combine_order(order_subjects, mask, dim, ica_seed,
+                                                       res.eigenvalues)
             n_comp = int(self.order_estimate_.n_components)
         else:
             n_comp = self.n_components
@@ -320,7 +309,62 @@ class GroupICA:
         self.subject_ids_ = list(subject_ids) if subject_ids is not None else None
         self.n_timepoints_ = res.n_timepoints
         self.n_features_in_ = z.shape[1]
+        from dpnbids.analysis.group_order import order_warnings
+
+        self.warnings_ = order_warnings(self.n_components_, estimate=self.order_estimate_,
+                                        stability=self.stability_)
+        for text in self.warnings_:
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
         return self
+
+    def _order_loader(self, plain_load, order_subjects: dict, mask, n_subjects, subject_ids):
+        """A loader that also collects, in ``order_subjects``, what the order estimate needs:
+        one pass, the estimate rides along with MIGP (whitened runs for "pooled", an even
+        share of them so memory stays bounded; per-run estimates for the other methods)."""
+        from dpnbids.analysis.group_order import (MAX_POOLED_ROWS, pool_index, pool_stride,
+                                                  whiten_run)
+        from dpnbids.analysis.model_order import estimate_subject_order
+
+        pool_every = [1]
+        columns = []
+
+        def load(i):
+            y = plain_load(i)
+            if mask is not None and y.ndim == 2 and y.shape[1] != int(mask.sum()):
+                raise DimensionError(f"{_subject_name(i, subject_ids)} has {y.shape[1]} "
+                                     f"in-mask voxels but the mask has {int(mask.sum())}.")
+            if not (y.ndim == 2 and np.isfinite(y).all()):
+                return y
+            if self.dim_est != "pooled":
+                order_subjects[i] = estimate_subject_order(y, mask, method=self.dim_est,
+                                                           max_order=self.pca_dim)
+            elif not order_subjects or i % pool_every[0] == 0:
+                if not columns:  # the voxels the pooled estimate uses (all, or 1/8)
+                    columns.append(pool_index(mask, y.shape[1], pool_stride(mask)))
+                w = whiten_run(y[:, columns[0]])
+                if not order_subjects:
+                    pool_every[0] = max(1, int(np.ceil(
+                        n_subjects * max(w.shape[0], 1) / MAX_POOLED_ROWS)))
+                order_subjects[i] = w
+            return y
+
+        return load
+
+    def _combine_order(self, order_subjects, mask, dim, seed, migp_eigenvalues):
+        """The group order from what the loader collected (whitened runs or run estimates)."""
+        runs = [order_subjects[i] for i in sorted(order_subjects)]
+        if not runs:
+            raise InputError("no run had finite 2D data to estimate the model order from.")
+        if self.dim_est == "pooled":
+            from dpnbids.analysis.group_order import estimate_pooled_order, pooled_group_estimate
+
+            pooled = estimate_pooled_order(None, len(runs), mask, whitened=runs,
+                                           random_state=seed)
+            return pooled_group_estimate(pooled, max_order=self.max_components, pca_dim=dim)
+        from dpnbids.analysis.model_order import combine_subject_orders
+
+        return combine_subject_orders(runs, method=self.dim_est, max_order=self.max_components,
+                                      pca_dim=dim, migp_eigenvalues=migp_eigenvalues)
 
     def backproject_gica1(self, subject_data, *, subject_pca_dim: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,11 @@ Stage 2 (temporal regression): the stage-1 time courses, demeaned and (with
 ``des_norm``, FSL's ``--des_norm``) scaled to unit standard deviation, are
 regressed on each voxel's time series, demeaned over time. The coefficients
 are the subject's spatial maps (parameter estimates, shape (K, V)); their
-GLM t-statistics are converted to z-statistics with ``dof = T - K - 1``
-(``T - K`` without demeaning), as ``fsl_glm --out_z`` does.
+GLM t-statistics are converted to z-statistics with the residual degrees of
+freedom ``r - K``, ``r`` the run's temporal degrees of freedom after denoising
+(its numerical rank, or the participant level's record): ``T - K - 1`` for an
+undenoised run, as ``fsl_glm --out_z`` assumes, far fewer after a band-pass.
+A run with ``r <= K`` is refused.
 
 Which output feeds the classifier is decided by the caller
 (:data:`dpnbids.workflows.group.CLASSIFIER_FEATURE`).
@@ -18,6 +21,7 @@ Which output feeds the classifier is decided by the caller
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,7 +37,8 @@ from dpnbids.nifti_io import save_nifti
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["DualRegressionResult", "dual_regression", "dual_regression_many", "t_to_z"]
+__all__ = ["DualRegressionResult", "dual_regression", "dual_regression_many", "t_to_z",
+           "temporal_rank"]
 
 
 @dataclass
@@ -146,9 +151,56 @@ class _Stage1:
         return (data @ self.g.T).astype(np.float64) @ self.gram_inv
 
 
-def _dual_regression(data, stage1, *, des_norm, demean) -> DualRegressionResult:
+#: Eigenvalues of the run's (T x T) gram below this fraction of the largest are outside
+#: the span the denoising left (the band-pass and confound regression zero them exactly;
+#: float32 storage leaves them ~1e-12 of the largest).
+RANK_RTOL = 1e-6
+
+
+def temporal_rank(data, *, demean: bool = True) -> int:
+    """Numerical rank of a run's (T, V) data in time: its temporal degrees of freedom.
+
+    A denoised run (band-pass, confound regression; :mod:`dpnbids.preproc.dof`)
+    keeps far fewer than ``T - 1``: 110 volumes at TR 2 s keep about 19.
+    """
+    x = np.asarray(data)
+    if demean:
+        x = x - x.mean(axis=0, keepdims=True)
+    gram = (x @ x.T).astype(np.float64)
+    lam = np.linalg.eigvalsh((gram + gram.T) / 2)
+    return int(np.sum(lam > RANK_RTOL * lam.max())) if lam.size and lam.max() > 0 else 0
+
+
+def _residual_dof(data, k, dof, demean) -> int:
+    """Stage 2's residual dof from the run's temporal dof; refuses K >= that dof."""
+    t = data.shape[0]
+    full = t - (1 if demean else 0)
+    if dof is None:
+        dof = temporal_rank(data, demean=demean)
+    elif not 1 <= int(dof) <= full:
+        raise InputError(f"dof={dof} is not a number of temporal degrees of freedom of a "
+                         f"{t}-volume run; expected 1..{full} (TemporalDegreesOfFreedom of the "
+                         "participant level), or None to measure it.")
+    dof = int(dof)
+    if k > dof:
+        raise DimensionError(
+            f"dual regression of {k} components (group_maps) needs at least {k} temporal "
+            f"degrees of freedom, but the run keeps {dof} (dof; {t} volumes before the "
+            "band-pass and confound regression). Its stage-2 fit would be singular. Use at "
+            f"most {dof - 1} components (--n-components), longer runs, or a lighter "
+            "--denoise-strategy.")
+    if k == dof:
+        warnings.warn(f"dual regression of {k} components on a run that keeps {dof} temporal "
+                      "degrees of freedom leaves none for the residuals: the stage-2 maps fit "
+                      "exactly and the z-statistics are set to 0. Use fewer components "
+                      "(--n-components) for z-statistics.", RuntimeWarning, stacklevel=4)
+    return dof - k
+
+
+def _dual_regression(data, stage1, *, des_norm, demean, dof=None) -> DualRegressionResult:
     t, v = data.shape
     k = stage1.g.shape[0]
+    dof = _residual_dof(data, k, dof, demean)
     tc = stage1(data)  # (T, K) float64
     design = tc - tc.mean(axis=0, keepdims=True) if demean else tc.copy()
     if des_norm:
@@ -167,18 +219,17 @@ def _dual_regression(data, stage1, *, des_norm, demean) -> DualRegressionResult:
     resid = data - data.mean(axis=0, keepdims=True) if demean else data.copy()
     beta = xtx_inv.astype(dtype) @ (design_d.T @ resid)  # (K, V)
     resid -= design_d @ beta  # residuals, in place
-    dof = t - k - (1 if demean else 0)
-    sigma = np.sqrt(np.einsum("tv,tv->v", resid, resid).astype(np.float64) / dof)
+    sigma = np.sqrt(np.einsum("tv,tv->v", resid, resid).astype(np.float64) / max(dof, 1))
     del resid
     se = (np.sqrt(np.diag(xtx_inv))[:, None] * sigma[None, :]).astype(dtype)
     tstat = np.divide(beta, se, out=np.zeros_like(beta), where=se > 0)
     del se
-    zmaps = t_to_z(tstat, dof).astype(dtype)
+    zmaps = (t_to_z(tstat, dof) if dof > 0 else np.zeros_like(tstat)).astype(dtype)
     return DualRegressionResult(timecourses=tc.astype(dtype), maps=beta, zmaps=zmaps, dof=dof)
 
 
 def dual_regression(data, group_maps, *, des_norm: bool = True,
-                    demean: bool = True) -> DualRegressionResult:
+                    demean: bool = True, dof=None) -> DualRegressionResult:
     """Dual regression of one subject's data against group maps.
 
     Parameters
@@ -195,23 +246,30 @@ def dual_regression(data, group_maps, *, des_norm: bool = True,
     demean : bool
         Demean data and design in both stages (FSL ``--demean``): stage 1 over
         voxels, stage 2 over time.
+    dof : int, optional
+        The run's temporal degrees of freedom after denoising (the participant
+        level's ``TemporalDegreesOfFreedom``). Default: measured as the
+        numerical rank of the (demeaned) data (:func:`temporal_rank`). The
+        stage-2 residual dof, and so the z-statistics, are ``dof - K``, not
+        ``T - K - 1``: a band-passed, confound-regressed run has far fewer.
 
     Returns
     -------
     DualRegressionResult
         ``timecourses`` (T, K) from stage 1; ``maps`` (K, V) stage-2 parameter
-        estimates; ``zmaps`` (K, V) stage-2 z-statistics; ``dof``.
+        estimates; ``zmaps`` (K, V) stage-2 z-statistics; ``dof`` (residual).
 
     Raises
     ------
     DimensionError
-        Arrays are not 2D, voxel counts differ, or T < K + 2.
+        Arrays are not 2D, voxel counts differ, T < K + 2, or K >= the run's
+        temporal dof (stage 2 would be singular).
     """
     data, group_maps = _check(data, group_maps)
     dtype = np.result_type(data.dtype, np.float32)
     stage1 = _Stage1(group_maps, demean=demean, dtype=dtype)
     return _dual_regression(data.astype(dtype, copy=False), stage1, des_norm=des_norm,
-                            demean=demean)
+                            demean=demean, dof=dof)
 
 
 def dual_regression_many(loader: Callable[[int], np.ndarray], n_subjects: int, group_maps, *,

@@ -283,7 +283,11 @@ class GroupOrderEstimate:
         subjects of the normalised whitened spectra (truncated to the shortest).
     criterion : ndarray
         Mean over subjects of each subject's criterion curve, each shifted so
-        its best value is 0 (truncated to the shortest curve).
+        its best value is 0 (truncated to the shortest curve). For
+        ``method="pooled"``: each pooled eigenvalue over the noise threshold
+        (> 1 counts).
+    pooled : dpnbids.analysis.group_order.PooledOrderEstimate or None
+        The pooled estimate (``method="pooled"``); then the per-subject fields are empty.
     """
 
     n_components: int
@@ -297,6 +301,7 @@ class GroupOrderEstimate:
     dof: np.ndarray = field(repr=False)
     spectrum: np.ndarray = field(repr=False)
     criterion: np.ndarray = field(repr=False)
+    pooled: object = field(default=None, repr=False)
 
 
 def combine_subject_orders(subject_estimates, *, method: str = "lap",

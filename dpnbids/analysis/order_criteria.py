@@ -18,8 +18,10 @@ from scipy.special import gammaln
 from dpnbids.config import DIM_ESTIMATORS
 
 
-#: Supported estimators; "lap" (Minka's Laplace evidence) is MELODIC's default.
-METHODS = DIM_ESTIMATORS
+#: The spectral criteria; "lap" (Minka's Laplace evidence) is MELODIC's default. (The
+#: ``--dim-est`` choice "pooled" is not a criterion on one spectrum: see
+#: :mod:`dpnbids.analysis.group_order`.)
+METHODS = tuple(m for m in DIM_ESTIMATORS if m != "pooled")
 
 
 _HIGHER_IS_BETTER = {"lap": True, "bic": True, "mdl": False, "aic": False}

@@ -192,10 +192,17 @@ def plot_scree(spectrum, criterion, n_components, *, method="lap", cap=None) -> 
     a1.set_ylabel("normalised eigenvalue")
     a1.set_title("eigenvalue spectrum", fontsize=9)
     ks = np.arange(crit.size)
-    a2.plot(ks, crit, "o-", ms=3, lw=0.8)
     a2.set_xlabel("number of components k")
-    a2.set_ylabel(f"{method} criterion (0 = best)", fontsize=8)
-    a2.set_title("model-order criterion (mean over runs)", fontsize=9)
+    if method == "pooled":  # criterion: each pooled eigenvalue over its noise threshold
+        ks = np.arange(1, crit.size + 1)
+        a2.axhline(1.0, color="0.5", lw=0.6)
+        a2.set_yscale("log")
+        a2.set_ylabel("eigenvalue / noise threshold", fontsize=8)
+        a2.set_title("pooled runs against the noise null (> 1 counts)", fontsize=9)
+    else:
+        a2.set_ylabel(f"{method} criterion (0 = best)", fontsize=8)
+        a2.set_title("model-order criterion (mean over runs)", fontsize=9)
+    a2.plot(ks, crit, "o-", ms=3, lw=0.8)
     for a in (a1, a2):
         a.axvline(n_components, color="r", ls="--", lw=0.9, label=f"chosen: {n_components}")
         if cap is not None:

@@ -265,7 +265,7 @@ def _model_order(record: dict | None) -> str:
     text = ""
     if "Method" in record:
         rows.update({"estimator": record.get("MethodDescription", record["Method"]),
-                     "median of run estimates": record.get("Estimate"),
+                     "estimate (before the cap)": record.get("Estimate"),
                      "capped": record.get("Capped")})
         text = safe_figure(figures.plot_scree, "Eigenvalue spectrum and model-order criterion; "
                            "red: the number of components used, grey: the cap.",
@@ -274,6 +274,8 @@ def _model_order(record: dict | None) -> str:
     else:
         text = note("The number of components was fixed (--n-components); no estimate was "
                     "made.")
+    for warning in record.get("Warnings", []):
+        text = note(f"Warning: {warning}") + text
     return dict_table(rows, header=("setting", "value")) + text
 
 

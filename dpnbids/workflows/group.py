@@ -55,7 +55,7 @@ def fit_group_ica(runs, mask, config, cap: int):
     ica.fit_arrays(loader, len(runs), subject_ids=[r.key for r in runs])
     if auto:
         est = ica.order_estimate_
-        LOGGER.info("model order (%s): %d components (median of run estimates %.1f, cap %d)",
+        LOGGER.info("model order (%s): %d components (estimate %.1f, cap %d)",
                     config.ica.dim_est, est.n_components, est.raw_n_components, est.cap)
     LOGGER.info("group ICA: %d components from %d runs in %.1f s", ica.components_.shape[0],
                 len(runs), time.time() - started)
@@ -298,6 +298,7 @@ def _group_level(config, inputs, labels, writer, group_dir: Path) -> None:
     table = match_networks(ica.components_, templates, names,
                            threshold_z=config.ica.component_threshold)
     table["stability"] = np.asarray(ica.stability_, dtype=float)
+    order_record["Warnings"] = _order_warnings(ica, order, len(names))
 
     # ---- subject maps: dual regression (parallel nodes) or GICA1 back-projection
     if config.ica.back_projection == "gica1" and n_components > cap:
@@ -398,6 +399,19 @@ def _template_note(template: str) -> str:
             "indicative")
 
 
+def _order_warnings(ica, order, n_expected: int) -> list:
+    """The group ICA's warnings (capped estimate, unstable components) and, beside them,
+    whether the data support fewer components than the reference networks; each is logged."""
+    from dpnbids.analysis.group_order import order_warnings
+
+    texts = list(getattr(ica, "warnings_", []))
+    texts += order_warnings(int(ica.n_components_), estimate=order, expected=n_expected)
+    texts = list(dict.fromkeys(texts))
+    for text in texts:
+        LOGGER.warning("group ICA: %s", text)
+    return texts
+
+
 def _order_record(config, order, n_components, cap, dofs) -> dict:
     """What the components JSON says about how the number of components was chosen."""
     dof_values = [d.dof for d in dofs.values()]
@@ -412,7 +426,10 @@ def _order_record(config, order, n_components, cap, dofs) -> dict:
     if order is not None:
         record.update({
             "Method": config.ica.dim_est,
-            "MethodDescription": {"lap": "Laplace approximation of the PPCA evidence (Minka "
+            "MethodDescription": {"pooled": "eigenvalues of all runs, whitened in time and "
+                                            "pooled, above a parallel-analysis noise bulk with "
+                                            "the data's spatial smoothness",
+                                  "lap": "Laplace approximation of the PPCA evidence (Minka "
                                          "2000; MELODIC's default)",
                                   "mdl": "minimum description length (Li et al. 2007; GIFT)",
                                   "aic": "Akaike information criterion",
