@@ -43,6 +43,8 @@ def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
 #: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
 DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+#: Choices of ``--cv-scheme``.
+CV_SCHEMES = ("stratified", "leave-group-out")
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,39 @@ class CNNConfig:
     cnn_voxel_size: float | None = None
     saliency: str = "integrated-gradients"
     saliency_fwhm: float = 8.0
+    # confounds (dpnbids.learn.confounds)
+    cv_scheme: str = "stratified"
+    cv_group: str | None = None
+    covariates: tuple[str, ...] = ()
+    harmonize: str | None = None
+
+    def __post_init__(self):
+        problem = confound_option_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+
+def confound_option_problem(options) -> str | None:
+    """What is wrong with the combination of --cv-scheme, --cv-group, --covariates and
+    --harmonize (and --cv-repeats) in ``options`` (parsed arguments or a CNNConfig), or
+    None. The parser and :class:`CNNConfig` both apply it."""
+    scheme, group = getattr(options, "cv_scheme", "stratified"), getattr(options, "cv_group")
+    covariates = tuple(getattr(options, "covariates", None) or ())
+    harmonize = getattr(options, "harmonize", None)
+    if scheme == "leave-group-out" and not group:
+        return ("--cv-scheme leave-group-out needs --cv-group COL, the participants.tsv "
+                "column whose levels are the test folds (e.g. --cv-group site)")
+    if group and scheme != "leave-group-out":
+        return f"--cv-group {group} applies to --cv-scheme leave-group-out only; add it"
+    if scheme == "leave-group-out" and getattr(options, "cv_repeats", 1) != 1:
+        return ("--cv-scheme leave-group-out has one fixed fold per group: --cv-repeats "
+                "must be 1")
+    if harmonize and harmonize in covariates:
+        return (f"{harmonize} is given to both --harmonize and --covariates; ComBat removes "
+                "its effect already: name it once")
+    if len(set(covariates)) != len(covariates):
+        return f"--covariates names a column twice: {' '.join(covariates)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -267,7 +302,8 @@ def config_from_args(args, argv=None) -> Config:
         bids_filters=args.bids_filter_file or {})
     preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
     ica = _section(ICAConfig, args)
-    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)))
+    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)),
+                   covariates=tuple(getattr(args, "covariates", None) or ()))
     return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
                   random_seed=args.random_seed)
 

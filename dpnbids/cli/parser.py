@@ -14,7 +14,8 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import DIM_ESTIMATORS, ICA_CONTRASTS, option_defaults
+from dpnbids.config import (CV_SCHEMES, DIM_ESTIMATORS, ICA_CONTRASTS, confound_option_problem,
+                            option_defaults)
 
 DEFAULTS = option_defaults()
 
@@ -155,7 +156,8 @@ TYPES = {f.__name__.lstrip("_"): f for f in (
 CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIES,
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
            "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
-           "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS}
+           "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS,
+           "CV_SCHEMES": CV_SCHEMES}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 
@@ -230,6 +232,9 @@ def parse_args(argv=None):
     if args.low_pass and args.high_pass and args.low_pass <= args.high_pass:
         parser.error(f"--low-pass ({args.low_pass} Hz) must be above --high-pass "
                      f"({args.high_pass} Hz)")
+    problem = confound_option_problem(args)
+    if problem:
+        parser.error(problem)
     if args.model is not None and args.group_maps is not None:
         parser.error("--model already contains group maps; give --model or --group-maps, not both")
     if args.analysis_level == "group" and (args.model is not None or args.group_maps is not None):

@@ -285,6 +285,7 @@ def render_group_report(
     permutation: dict | None = None, leakage_notes: list[str] | None = None,
     timings: dict | None = None, out_file=None, command_line=None,
     model_order: dict | None = None, saliency_html: str | None = None,
+    confounds_html: str | None = None, confound_warnings: list[str] | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -317,6 +318,10 @@ def render_group_report(
         spectrum, criterion, cap); shown with a scree plot.
     saliency_html : str, optional
         The saliency section (:func:`dpnbids.reports.saliency.saliency_section`).
+    confounds_html : str, optional
+        The confounds section (confound-only baselines, confounds per class).
+    confound_warnings : list of str, optional
+        Confounds that predict the label on their own; shown at the top of the summary.
     out_file : path, optional
         Written atomically when given.
 
@@ -336,6 +341,8 @@ def render_group_report(
             "components were selected on all subjects, including each test fold, as in the "
             "original paper. Compare them with the leakage-free results.</div>" + summary
         )
+    summary = "".join(f'<div class="warning">{esc(w)}</div>'
+                      for w in confound_warnings or ()) + summary
     roc, conf = _performance_figures(predictions_df, any_leaky)
     if histories:
         lc = safe_figure(figures.plot_learning_curves,
@@ -350,6 +357,8 @@ def render_group_report(
         [
             ("summary", "Summary", summary),
             ("table2", "Table 2: classification performance", _table2(table2_df, metrics_df, permutation)),
+            ("confounds", "Confounds: site, motion and covariates",
+             confounds_html or note("No confound information was given.")),
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
             ("decisions", "Calibration and decision curves", _decisions(predictions_df)),
