@@ -144,3 +144,23 @@ def test_confound_table_reads_participants_and_refuses_missing_values():
         confound_table(participants, ["01", "02", "03"], required=("age",))
     with pytest.raises(InputError, match="no 'scanner' column"):
         confound_table(participants, ["01", "02", "03"], required=("scanner",))
+
+
+def test_nested_cv_deconfounds_every_model_inside_the_folds():
+    """The hook in run_nested_cv: the CNN and the linear baselines see the deconfounded
+    inputs, each fold manifest records the fit and the subjects it was fitted on."""
+    from dpnbids.learn.cv import run_nested_cv
+
+    x, y, table = confounded_maps(8, 8, confound="site", shape=(11, 12, 11), n_maps=2, seed=3)
+    ids = list(table.index)
+    folds = make_outer_splits(ids, y, n_folds=2, random_state=0)
+    deconf = FoldDeconfounder(table, covariates=["age"], harmonize="site")
+    res = run_nested_cv(x, y, ids, folds, model_params={"dense_units": 4},
+                        train_params={"epochs": 1, "batch_size": 8, "min_epochs": 0},
+                        baselines=("svm",), deconfound=deconf, random_state=0)
+    assert set(res.predictions["model"]) == {"cnn", "svm"}
+    assert res.predictions.groupby("model").size().tolist() == [16, 16]
+    for fold, manifest in zip(folds, res.manifests):
+        record = manifest["deconfounding"]
+        assert sorted(record["fitted_on"]) == sorted(fold.outer_train_ids)
+        assert record["harmonize"] == "site" and record["covariates"] == ["age"]
