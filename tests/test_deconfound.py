@@ -164,3 +164,17 @@ def test_nested_cv_deconfounds_every_model_inside_the_folds():
         record = manifest["deconfounding"]
         assert sorted(record["fitted_on"]) == sorted(fold.outer_train_ids)
         assert record["harmonize"] == "site" and record["covariates"] == ["age"]
+
+
+def test_permutation_ranking_shortcut_matches_the_logistic_fit(rng):
+    from dpnbids.learn.confounds import _logistic_values, _ranking_values
+    from dpnbids.learn.linear import fold_auc
+
+    for _ in range(20):
+        f = rng.normal(0, 1, (30, 1))
+        y = (rng.random(30) < 0.5).astype(int)
+        y[:2] = [0, 1]
+        te = rng.normal(0, 1, (9, 1))
+        yt = np.r_[0, 1, (rng.random(7) < 0.5).astype(int)]
+        assert fold_auc(yt, _ranking_values(f, y, te)) == \
+            pytest.approx(fold_auc(yt, _logistic_values(f, y, te)))
