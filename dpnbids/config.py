@@ -149,7 +149,7 @@ class CNNConfig:
     # confounds (dpnbids.learn.confounds)
     cv_scheme: str = "stratified"
     cv_group: str | None = None
-    covariates: tuple[str, ...] = ()
+    covariates: tuple[str, ...] | None = None
     harmonize: str | None = None
 
     def __post_init__(self):
@@ -303,7 +303,8 @@ def config_from_args(args, argv=None) -> Config:
     preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
     ica = _section(ICAConfig, args)
     cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)),
-                   covariates=tuple(getattr(args, "covariates", None) or ()))
+                   covariates=tuple(args.covariates) if getattr(args, "covariates", None)
+                   else None)
     return Config(execution=execution, selection=selection, preproc=preproc, ica=ica, cnn=cnn,
                   random_seed=args.random_seed)
 

@@ -466,6 +466,10 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         LOGGER.info("no map-based input set requested: no final model saved")
         return None
     input_set = "ASC" if "ASC" in config.cnn.input_sets else "SSC"
+    if config.cnn.covariates or config.cnn.harmonize:
+        LOGGER.warning("the saved model is trained on maps without --covariates/--harmonize "
+                       "correction and stores no such fit: participant --model applies none "
+                       "(docs/confounds.md)")
     x = features["ASC"]
     channels = None
     if input_set == "SSC":

@@ -44,7 +44,8 @@ def group_confounds(config, runs, subjects) -> pd.DataFrame:
     from dpnbids.learn.confounds import confound_table
 
     cnn = config.cnn
-    required = tuple(cnn.covariates) + tuple(c for c in (cnn.harmonize, cnn.cv_group) if c)
+    required = tuple(cnn.covariates or ()) + tuple(c for c in (cnn.harmonize, cnn.cv_group)
+                                                   if c)
     return confound_table(read_participants(config.execution.bids_dir), subjects,
                           mean_fd=subject_mean_fd(config, runs), required=required,
                           source=str(config.execution.bids_dir / "participants.tsv"))
@@ -54,7 +55,7 @@ def deconfounder(config, table):
     """The in-fold :class:`FoldDeconfounder` of --covariates / --harmonize, or None."""
     from dpnbids.learn.confounds import FoldDeconfounder
 
-    deconf = FoldDeconfounder(table, covariates=config.cnn.covariates,
+    deconf = FoldDeconfounder(table, covariates=config.cnn.covariates or (),
                               harmonize=config.cnn.harmonize)
     return deconf if deconf else None
 
