@@ -178,3 +178,59 @@ def test_permutation_ranking_shortcut_matches_the_logistic_fit(rng):
         yt = np.r_[0, 1, (rng.random(7) < 0.5).astype(int)]
         assert fold_auc(yt, _ranking_values(f, y, te)) == \
             pytest.approx(fold_auc(yt, _logistic_values(f, y, te)))
+
+
+def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
+    """The final model's covariate/harmonisation fits travel in the bundle; predicting needs
+    the patient's values, and a site the model never saw is corrected with nothing."""
+    import logging
+
+    import keras
+    import nibabel as nib
+
+    from dpnbids.learn.bundle import load_bundle, predict, save_bundle
+    from dpnbids.learn.model import build_voxnet, cnn_grid
+
+    vs = 12.0
+    shape, affine = cnn_grid(vs)
+    rng = np.random.default_rng(0)
+    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    src_affine[:3, 3] = affine[:3, 3]
+    src_shape = tuple(2 * s for s in shape)
+    maps = rng.normal(size=src_shape + (2,)).astype(np.float32)
+    nib.save(nib.Nifti1Image(maps, src_affine), str(tmp_path / "maps.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine),
+             str(tmp_path / "mask.nii.gz"))
+    n = 12
+    table = pd.DataFrame({"site": ["A", "B"] * (n // 2), "mean_fd": rng.uniform(0.1, 0.5, n)},
+                         index=[f"{i:02d}" for i in range(n)])
+    x = rng.normal(size=(n,) + shape + (2,)).astype(np.float32)
+    deconf = FoldDeconfounder(table, covariates=["mean_fd"], harmonize="site")
+    deconf.fit(x, np.arange(n))
+    keras.utils.set_random_seed(1)
+    folder = save_bundle(tmp_path / "model", build_voxnet(shape + (2,)),
+                         group_maps_file=tmp_path / "maps.nii.gz",
+                         mask_file=tmp_path / "mask.nii.gz", selected_components=None,
+                         grid_affine=affine, grid_shape=shape,
+                         scaling={"mean": [0.0, 0.0], "sd": [1.0, 1.0],
+                                  "support": np.ones(shape, bool)},
+                         input_set="ASC", feature="pe", config={}, cv_metrics={},
+                         space="MNI152NLin2009aSym", resolution=6, n_components=2,
+                         voxel_size=vs, deconfounding=deconf.state())
+    bundle = load_bundle(folder)
+    stored = bundle.deconfounding
+    assert stored.covariates == ("mean_fd",) and stored.harmonize == "site"
+    patient = pd.DataFrame({"site": ["B"], "mean_fd": [0.3]}, index=["99"])
+    got = stored.transform(x[:1], table=patient)[0]
+    want = deconf.transform(x[:1], table=patient)[0]
+    np.testing.assert_allclose(got, want)
+    with pytest.raises(InputError, match="needs the patient's mean_fd, site"):
+        predict(bundle, tmp_path / "maps.nii.gz")
+    report = {}
+    with caplog.at_level(logging.WARNING):
+        p = predict(bundle, tmp_path / "maps.nii.gz",
+                    confounds=pd.DataFrame({"site": ["C"], "mean_fd": [0.2]}, index=["99"]),
+                    report=report)
+    assert 0 <= p[0] <= 1
+    assert report["sites_unseen_in_training"] == ["C"]
+    assert "not among the model's training sites" in caplog.text

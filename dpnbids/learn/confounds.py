@@ -416,6 +416,39 @@ class FoldDeconfounder:
         return "; ".join(parts) + ", fitted on the outer training fold, applied frozen to " \
                                   "its test subjects"
 
+    def state(self) -> tuple[dict, dict]:
+        """The fitted state as JSON-able metadata and named arrays (a model bundle's
+        ``bundle.json`` entry and ``deconfound.npz``); :meth:`from_state` restores it."""
+        meta = {"covariates": list(self.covariates), "harmonize": self.harmonize,
+                "method": self.method(), "codings": [c.to_dict() for c in self.codings_],
+                "fitted_on": list(self.fitted_on_), "n_channels": len(self.channels_),
+                "sites": [] if self.harmonize is None else
+                list(self.channels_[0].combat.sites)}
+        arrays = {}
+        for c, fit in enumerate(self.channels_):
+            arrays[f"c{c}_support"] = fit.support
+            if fit.beta is not None:
+                arrays[f"c{c}_beta"] = fit.beta
+            if fit.combat is not None:
+                arrays.update({f"c{c}_combat_{k}": v for k, v in fit.combat.to_arrays().items()})
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays) -> "FoldDeconfounder":
+        """A fitted deconfounder from :meth:`state`'s metadata and arrays."""
+        self = cls(pd.DataFrame(), covariates=meta["covariates"], harmonize=meta["harmonize"])
+        self.codings_ = [Coding.from_dict(d) for d in meta["codings"]]
+        self.fitted_on_ = list(meta.get("fitted_on", []))
+        self.channels_ = []
+        for c in range(int(meta["n_channels"])):
+            prefix = f"c{c}_combat_"
+            combat = {k[len(prefix):]: arrays[k] for k in arrays if k.startswith(prefix)}
+            self.channels_.append(ChannelFit(
+                np.asarray(arrays[f"c{c}_support"]),
+                CombatFit.from_arrays(combat) if combat else None,
+                np.asarray(arrays[f"c{c}_beta"]) if f"c{c}_beta" in arrays else None))
+        return self
+
     def fit_apply_2d(self, x2d, train_rows) -> np.ndarray:
         """Deconfounded copy of subject-by-feature data (all rows), fitted on
         ``train_rows``: the component summaries of in-fold SSC selection."""

@@ -111,6 +111,7 @@ class _FinalModelInputs:
     voxel: float
     space: str
     resolution: float
+    deconf: object = None
 
 
 @dataclass
@@ -170,7 +171,7 @@ def run_classification(config, writer, res: GroupICAResult):
         features, summaries, y, grid_affine, tables, voxel,
         space=res.space or config.preproc.output_space,
         resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
-                    else config.preproc.resolution_mm))
+                    else config.preproc.resolution_mm), deconf=deconf)
     bundle_dir = _final_model(config, final, res)
     _group_report(config, res, cvs, tables, bundle_dir, saliency)
     print(tables["table2"].to_string())
@@ -466,19 +467,23 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         LOGGER.info("no map-based input set requested: no final model saved")
         return None
     input_set = "ASC" if "ASC" in config.cnn.input_sets else "SSC"
-    if config.cnn.covariates or config.cnn.harmonize:
-        LOGGER.warning("the saved model is trained on maps without --covariates/--harmonize "
-                       "correction and stores no such fit: participant --model applies none "
-                       "(docs/confounds.md)")
     x = features["ASC"]
     channels = None
     if input_set == "SSC":
-        channels = np.asarray(select_components(summaries, y, p_threshold=config.ica.ssc_p))
+        s = summaries if final.deconf is None else final.deconf.fit_apply_2d(summaries,
+                                                                             np.arange(len(y)))
+        channels = np.asarray(select_components(s, y, p_threshold=config.ica.ssc_p))
+    from dpnbids.workflows.confounds import deconfound_final
+
+    x, deconfounding = deconfound_final(final.deconf, x, channels, len(y))
     final_fit = fit_final_model(
-        x, y, channels=channels, model_params=_model_params(config),
+        x, y, channels=channels if deconfounding is None else None,
+        model_params=_model_params(config),
         train_params=_train_params(config), threshold_rule=config.cnn.threshold_rule,
         random_state=config.seed("final"))
-    model, scaling, selected = final_fit.model, final_fit.scaling, final_fit.channels
+    model, scaling = final_fit.model, final_fit.scaling
+    selected = final_fit.channels if deconfounding is None else \
+        (None if channels is None else [int(c) for c in channels])
     summary = tables["summary"]
     row = summary[(summary["input_set"] == input_set) & (summary["model"] == "cnn")]
     cv_metrics = {}
@@ -496,7 +501,8 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         resolution=final.resolution,
         n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
         history=final_fit.history, calibration=final_fit.calibration,
-        dpnbids_version=__version__, baseline=bundle_baseline(x, selected, scaling))
+        dpnbids_version=__version__, deconfounding=deconfounding,
+        baseline=bundle_baseline(x, selected if deconfounding is None else None, scaling))
     LOGGER.info("final %s model saved in %s", input_set, path)
     return path
 

@@ -5,6 +5,7 @@ folds of ``--cv-scheme leave-group-out``, the in-fold deconfounder of ``--covari
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,25 +13,45 @@ import pandas as pd
 LOGGER = logging.getLogger("dpnbids.confounds")
 
 
+def run_mean_fd(output_dir, source) -> float:
+    """Mean framewise displacement of one run from the participant level's confounds table
+    (OSError or ValueError when it has none)."""
+    from dpnbids.derivatives import DerivativesWriter
+
+    conf = DerivativesWriter(output_dir).path(source=source, suffix="timeseries",
+                                              extension=".tsv", desc="confounds")
+    fd = pd.read_csv(conf, sep="\t", usecols=["framewise_displacement"], na_values=["n/a"])
+    return float(np.nanmean(fd["framewise_displacement"].to_numpy(float)))
+
+
+def patient_confounds(bids_dir, output_dir, source, subject, needed) -> pd.DataFrame:
+    """The one-row confound table of a new patient (``participant --model``): the
+    ``needed`` participants.tsv columns and the run's own mean FD."""
+    from dpnbids.bids import read_participants
+    from dpnbids.learn.confounds import confound_table
+
+    try:
+        mean_fd = {subject: run_mean_fd(output_dir, source)}
+    except (OSError, ValueError):
+        mean_fd = None
+    return confound_table(read_participants(bids_dir), [subject], mean_fd=mean_fd,
+                          required=tuple(needed),
+                          source=str(Path(bids_dir) / "participants.tsv"))
+
+
 def subject_mean_fd(config, runs) -> dict:
     """Mean framewise displacement of each subject over its runs' confounds tables (the
     participant level's ``desc-confounds_timeseries.tsv``); subjects without one are left
     out (and logged)."""
-    from dpnbids.derivatives import DerivativesWriter
-
-    writer = DerivativesWriter(config.execution.output_dir)
     per_subject: dict[str, list] = {}
     missing = []
     for run in runs:
-        conf = writer.path(source=run.source, suffix="timeseries", extension=".tsv",
-                           desc="confounds")
         try:
-            fd = pd.read_csv(conf, sep="\t", usecols=["framewise_displacement"],
-                             na_values=["n/a"])["framewise_displacement"]
+            fd = run_mean_fd(config.execution.output_dir, run.source)
         except (OSError, ValueError):
             missing.append(run.key)
             continue
-        per_subject.setdefault(run.subject, []).append(float(np.nanmean(fd.to_numpy(float))))
+        per_subject.setdefault(run.subject, []).append(fd)
     if missing:
         LOGGER.warning("no framewise_displacement column for %s: mean FD is n/a there",
                        ", ".join(missing))
@@ -58,6 +79,18 @@ def deconfounder(config, table):
     deconf = FoldDeconfounder(table, covariates=config.cnn.covariates or (),
                               harmonize=config.cnn.harmonize)
     return deconf if deconf else None
+
+
+def deconfound_final(deconf, x, channels, n_subjects):
+    """The final model's inputs (``channels`` of ``x``) deconfounded by ``deconf`` fitted on
+    all labelled subjects, and that fit's state for the bundle; ``x`` and None without
+    ``deconf``."""
+    if deconf is None:
+        return x, None
+    x = x if channels is None else x[..., channels]
+    rows = np.arange(n_subjects)
+    deconf.fit(x, rows)
+    return deconf.transform(x, rows)[0], deconf.state()
 
 
 def group_folds(config, subjects, y, table):
