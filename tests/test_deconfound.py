@@ -234,3 +234,33 @@ def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
     assert 0 <= p[0] <= 1
     assert report["sites_unseen_in_training"] == ["C"]
     assert "not among the model's training sites" in caplog.text
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--cv-scheme", "leave-group-out"], "needs --cv-group COL"),
+    (["--cv-group", "site"], "applies to --cv-scheme leave-group-out only"),
+    (["--harmonize", "site", "--covariates", "site", "age"], "name it once"),
+    (["--cv-scheme", "leave-group-out", "--cv-group", "site", "--cv-repeats", "2"],
+     "--cv-repeats must be 1"),
+])
+def test_parser_refuses_inconsistent_confound_options(argv, fragment, capsys):
+    from dpnbids.cli.parser import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["bids", "out", "group", *argv])
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_group_refuses_a_missing_confound_column_before_writing(tmp_path, capsys):
+    import dpnbids.cli.run as cli_run
+    from conftest import make_tiny_bids
+
+    bids = make_tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    code = cli_run.main([str(bids), str(out), "group", "--skip-bids-validation", "--folds",
+                         "2", "--harmonize", "site"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "no 'site' column" in err and "--harmonize" in err
+    assert not out.exists()

@@ -72,6 +72,21 @@ def group_confounds(config, runs, subjects) -> pd.DataFrame:
                           source=str(config.execution.bids_dir / "participants.tsv"))
 
 
+def check_confound_columns(config, subjects) -> None:
+    """At the door: the participants.tsv columns of --covariates, --harmonize and
+    --cv-group exist and are filled for every labelled subject (InputError otherwise)."""
+    from dpnbids.bids import read_participants
+    from dpnbids.learn.confounds import MEAN_FD, confound_table
+
+    cnn = config.cnn
+    required = [c for c in (*(cnn.covariates or ()), cnn.harmonize, cnn.cv_group)
+                if c and c != MEAN_FD]
+    if required:
+        confound_table(read_participants(config.execution.bids_dir), subjects,
+                       required=tuple(required),
+                       source=str(config.execution.bids_dir / "participants.tsv"))
+
+
 def deconfounder(config, table):
     """The in-fold :class:`FoldDeconfounder` of --covariates / --harmonize, or None."""
     from dpnbids.learn.confounds import FoldDeconfounder
