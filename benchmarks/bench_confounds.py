@@ -11,10 +11,13 @@ baselines) with:
   before the CV (what Snoek et al. 2019 call whole-dataset confound regression);
 * ``in-fold OLS``: ``--covariates``: fitted on each outer training fold, applied frozen
   to its test subjects;
-* ``in-fold ComBat``: ``--harmonize site`` (site cohorts only);
+* ``in-fold ComBat``: ``--harmonize site`` (site cohorts only), with dpnbids' shrinkage of
+  the scale only and with neuroCombat's shrinkage of location and scale;
 * the confound-only baseline (logistic regression on the confound).
 
 Usage: ``python benchmarks/bench_confounds.py --cohorts 12``. Prints mean (SD) AUCs.
+``--cnn`` runs the VoxNet instead (5 folds, ``--epochs`` epochs; slow): no correction and
+the confound's flag.
 """
 from __future__ import annotations
 
@@ -49,11 +52,30 @@ def one_cohort(confound, seed, effect):
            "in-fold OLS": linear_cv_auc(x, y, ids, folds,
                                         deconfound=FoldDeconfounder(table, covariates=[column]))}
     if confound == "site":
-        out["in-fold ComBat"] = linear_cv_auc(x, y, ids, folds,
-                                              deconfound=FoldDeconfounder(table,
-                                                                          harmonize="site"))
+        for label, shrink in (("in-fold ComBat", "scale"),
+                              ("ComBat, EB loc+scale", "location+scale")):
+            out[label] = linear_cv_auc(x, y, ids, folds, deconfound=FoldDeconfounder(
+                table, harmonize="site", combat_shrink=shrink))
     base = summarise_folds(confound_baselines(table[[column]], y, folds))
     out[f"{column} baseline"] = float(base["auc_mean"].iloc[0])
+    return out
+
+
+def one_cohort_cnn(confound, seed, effect, epochs):
+    """The CNN's fold-mean AUC without correction and with the confound's flag."""
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.metrics import fold_mean_auc
+
+    x, y, table = confounded_maps(confound=confound, seed=seed, effect_size=effect)
+    ids = list(table.index)
+    folds = make_outer_splits(ids, y, n_folds=5, random_state=seed + 1000)
+    flag = {"harmonize": "site"} if confound == "site" else {"covariates": ["mean_fd"]}
+    out = {}
+    for label, deconf in (("none", None), (str(flag), FoldDeconfounder(table, **flag))):
+        res = run_nested_cv(x, y, ids, folds, baselines=(), deconfound=deconf,
+                            train_params={"epochs": epochs, "patience": 5, "min_epochs": 5},
+                            random_state=seed)
+        out[label] = fold_mean_auc(res.predictions, score="raw_score")
     return out
 
 
@@ -62,10 +84,13 @@ def main(argv=None):
     parser.add_argument("--cohorts", type=int, default=12)
     parser.add_argument("--effect", type=float, default=0.0,
                         help="Cohen's d of the planted brain effect (0: null cohorts)")
+    parser.add_argument("--cnn", action="store_true", help="the VoxNet instead (slow)")
+    parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args(argv)
     for confound in ("site", "motion"):
         started = time.time()
-        rows = [one_cohort(confound, seed, args.effect) for seed in range(args.cohorts)]
+        rows = [one_cohort_cnn(confound, seed, args.effect, args.epochs) if args.cnn
+                else one_cohort(confound, seed, args.effect) for seed in range(args.cohorts)]
         print(f"{confound} confound, effect d={args.effect}, {args.cohorts} cohorts "
               f"({time.time() - started:.0f} s):")
         for key in rows[0]:

@@ -38,9 +38,9 @@ WARN_AUC, WARN_P = 0.7, 0.05
 _MISSING = {"", "n/a", "na", "nan", "none"}
 #: ComBat's empirical-Bayes shrinkage on voxel maps: the scale only. Shrinking each
 #: voxel's site location towards the mean over voxels (neuroCombat's default) leaves part
-#: of a spatially structured site effect (a gain, a bias field) in the maps: on null site
-#: cohorts a linear SVM still read the site at AUC 0.69, against 0.55 with the location
-#: unshrunk (docs/confounds.md, benchmarks/bench_confounds.py).
+#: of a spatially structured site effect (a gain, a bias field) in the maps: on 10 null
+#: site cohorts a linear SVM still read the site at AUC 0.63, against 0.49 with the
+#: location unshrunk (docs/confounds.md, benchmarks/bench_confounds.py).
 COMBAT_SHRINK = "scale"
 
 
@@ -339,10 +339,12 @@ class FoldDeconfounder:
     :meth:`transform` any rows; :meth:`fold` does both for one outer fold.
     """
 
-    def __init__(self, table: pd.DataFrame, *, covariates=(), harmonize=None):
+    def __init__(self, table: pd.DataFrame, *, covariates=(), harmonize=None,
+                 combat_shrink: str = COMBAT_SHRINK):
         self.table = table
         self.covariates = tuple(covariates)
         self.harmonize = harmonize
+        self.combat_shrink = combat_shrink
         if harmonize is not None and harmonize in self.covariates:
             raise InputError(f"{harmonize!r} is given to both --harmonize and --covariates; "
                              "ComBat removes its effect already: name it once.")
@@ -364,7 +366,7 @@ class FoldDeconfounder:
             data = flat[:, support, c].astype(np.float64)
             combat = None
             if sites is not None:
-                combat = fit_combat(data, sites.to_numpy(), cov, shrink=COMBAT_SHRINK)
+                combat = fit_combat(data, sites.to_numpy(), cov, shrink=self.combat_shrink)
                 data, _ = apply_combat(combat, data, sites.to_numpy(), cov)
             beta = fit_residualiser(data, cov) if self.covariates else None
             self.channels_.append(ChannelFit(support, combat, beta))

@@ -15,9 +15,10 @@ per subject and a participants-style table (``site``, ``mean_fd``, ``age``, ``se
   has 1.6 times the noise SD.
 * **Motion confound** (``confound="motion"``): mean FD is log-normal (median 0.12 mm),
   twice as large for responders; a subject's maps get an edge artefact (the mask's rim
-  raised by twice the FD: what spin history and interpolation leave at the brain's edge), spike artefacts (``round(40 * FD)`` random voxels of +-3) and a
-  loss of amplitude by ``1 / (1 + FD)``: effects that a linear regression on mean FD
-  only partly removes.
+  raised by twice the FD: what spin history and interpolation leave at the brain's
+  edge), spike artefacts (``round(40 * FD)`` random voxels of +-3) and a loss of
+  amplitude by ``1 / (1 + FD)``: effects that a linear regression on mean FD only partly
+  removes.
 
 Everything follows from ``seed``; nothing here is tuned to dpnbids' own generator.
 """
