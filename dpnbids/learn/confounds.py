@@ -140,7 +140,10 @@ class Coding:
 
 def _as_array(values) -> np.ndarray:
     """A confound's values as floats (NaN missing) or as strings ("" missing)."""
-    if isinstance(values, np.ndarray) and values.dtype in (object, float):
+    if isinstance(values, np.ndarray) and values.dtype == float:
+        return values
+    if isinstance(values, np.ndarray) and values.dtype == object and all(
+            isinstance(v, str) for v in values):
         return values
     series = pd.Series(values)
     if is_categorical(series):
