@@ -2,6 +2,8 @@
 folds, on cohorts with a planted site or motion confound (dpnbids.sim.confounded)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,6 +148,7 @@ def test_confound_table_reads_participants_and_refuses_missing_values():
         confound_table(participants, ["01", "02", "03"], required=("scanner",))
 
 
+@pytest.mark.slow
 def test_nested_cv_deconfounds_every_model_inside_the_folds():
     """The hook in run_nested_cv: the CNN and the linear baselines see the deconfounded
     inputs, each fold manifest records the fit and the subjects it was fitted on."""
@@ -180,15 +183,13 @@ def test_permutation_ranking_shortcut_matches_the_logistic_fit(rng):
             pytest.approx(fold_auc(yt, _logistic_values(f, y, te)))
 
 
-def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
-    """The final model's covariate/harmonisation fits travel in the bundle; predicting needs
-    the patient's values, and a site the model never saw is corrected with nothing."""
-    import logging
-
+def _deconfounded_bundle(tmp_path):
+    """A bundle whose model was trained with --covariates mean_fd --harmonize site (sites
+    A and B), its group maps (also a patient's 2-component maps) and the fitted deconfounder."""
     import keras
     import nibabel as nib
 
-    from dpnbids.learn.bundle import load_bundle, predict, save_bundle
+    from dpnbids.learn.bundle import save_bundle
     from dpnbids.learn.model import build_voxnet, cnn_grid
 
     vs = 12.0
@@ -217,6 +218,17 @@ def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
                          input_set="ASC", feature="pe", config={}, cv_metrics={},
                          space="MNI152NLin2009aSym", resolution=6, n_components=2,
                          voxel_size=vs, deconfounding=deconf.state())
+    return folder, tmp_path / "maps.nii.gz", deconf, x
+
+
+def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
+    """The final model's covariate/harmonisation fits travel in the bundle; predicting needs
+    the patient's values, and a site the model never saw is corrected with nothing."""
+    import logging
+
+    from dpnbids.learn.bundle import load_bundle, predict
+
+    folder, maps, deconf, x = _deconfounded_bundle(tmp_path)
     bundle = load_bundle(folder)
     stored = bundle.deconfounding
     assert stored.covariates == ("mean_fd",) and stored.harmonize == "site"
@@ -225,10 +237,10 @@ def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
     want = deconf.transform(x[:1], table=patient)[0]
     np.testing.assert_allclose(got, want)
     with pytest.raises(InputError, match="needs the patient's mean_fd, site"):
-        predict(bundle, tmp_path / "maps.nii.gz")
+        predict(bundle, maps)
     report = {}
     with caplog.at_level(logging.WARNING):
-        p = predict(bundle, tmp_path / "maps.nii.gz",
+        p = predict(bundle, maps,
                     confounds=pd.DataFrame({"site": ["C"], "mean_fd": [0.2]}, index=["99"]),
                     report=report)
     assert 0 <= p[0] <= 1
@@ -236,31 +248,27 @@ def test_bundle_stores_the_fits_and_predict_applies_them(tmp_path, caplog):
     assert "not among the model's training sites" in caplog.text
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--cv-scheme", "leave-group-out"], "needs --cv-group COL"),
-    (["--cv-group", "site"], "applies to --cv-scheme leave-group-out only"),
-    (["--harmonize", "site", "--covariates", "site", "age"], "name it once"),
-    (["--cv-scheme", "leave-group-out", "--cv-group", "site", "--cv-repeats", "2"],
-     "--cv-repeats must be 1"),
-])
-def test_parser_refuses_inconsistent_confound_options(argv, fragment, capsys):
-    from dpnbids.cli.parser import parse_args
+def test_participant_model_reads_the_patients_site_and_motion(tmp_path):
+    """participant --model's prediction step: the patient's site from participants.tsv,
+    mean FD from the run's confounds table, recorded in the prediction's sidecar."""
+    import json
 
-    with pytest.raises(SystemExit) as exc:
-        parse_args(["bids", "out", "group", *argv])
-    assert exc.value.code == 2
-    assert fragment in capsys.readouterr().err
+    from dpnbids.derivatives import DerivativesWriter
+    from dpnbids.workflows.predict import predict_subject
 
-
-def test_group_refuses_a_missing_confound_column_before_writing(tmp_path, capsys):
-    import dpnbids.cli.run as cli_run
-    from conftest import make_tiny_bids
-
-    bids = make_tiny_bids(tmp_path / "bids")
-    out = tmp_path / "out"
-    code = cli_run.main([str(bids), str(out), "group", "--skip-bids-validation", "--folds",
-                         "2", "--harmonize", "site"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    assert "no 'site' column" in err and "--harmonize" in err
-    assert not out.exists()
+    folder, maps, _, _ = _deconfounded_bundle(tmp_path)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tsite\nsub-99\tD\n")
+    source = "sub-99/func/sub-99_task-rest_bold.nii.gz"
+    conf = DerivativesWriter(out).path(source=source, suffix="timeseries", extension=".tsv",
+                                       desc="confounds")
+    conf.parent.mkdir(parents=True)
+    pd.DataFrame({"framewise_displacement": [np.nan, 0.2, 0.4]}).to_csv(conf, sep="\t",
+                                                                        index=False)
+    target = predict_subject(folder, maps, maps, out, source, saliency="none", bids_dir=bids)
+    sidecar = json.loads(Path(str(target)[:-4] + ".json").read_text())
+    assert sidecar["Deconfounding"]["SitesUnseenInTraining"] == ["D"]
+    (bids / "participants.tsv").write_text("participant_id\tage\nsub-99\t50\n")
+    with pytest.raises(InputError, match="no 'site' column"):
+        predict_subject(folder, maps, maps, out, source, saliency="none", bids_dir=bids)
