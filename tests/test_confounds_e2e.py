@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,10 +20,14 @@ GROUP = ["--folds", "3", "--epochs", "2", "--min-epochs", "0", "--patience", "1"
          "--saliency", "none", "--n-components", "4", "--pca-dim", "8"]
 
 
-def test_confound_baselines_warn_and_the_flags_run_inside_the_folds(tmp_path):
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Participant-level outputs of a 12-subject null cohort; site A holds 5 responders
+    and 1 non-responder, site B the reverse; two centres hold 3 of each class."""
     from dpnbids.sim.generator import SynthParams, generate_dataset
 
-    synth = generate_dataset(tmp_path / "bids", SynthParams(
+    tmp = tmp_path_factory.mktemp("confounds")
+    synth = generate_dataset(tmp / "bids", SynthParams(
         n_responders=6, n_nonresponders=6, seed=5, null=True, space="template",
         n_volumes=60, template_resolution=4.0))
     participants = pd.read_csv(synth.bids_dir / "participants.tsv", sep="\t")
@@ -30,10 +35,17 @@ def test_confound_baselines_warn_and_the_flags_run_inside_the_folds(tmp_path):
     site = participants["responder"].map({1: "A", 0: "B"}).to_numpy()
     site[0], site[-1] = site[-1], site[0]
     participants["site"] = site
+    rank = participants.groupby("responder").cumcount()
+    participants["centre"] = np.where(rank % 2 == 0, "north", "south")
     participants.to_csv(synth.bids_dir / "participants.tsv", sep="\t", index=False)
-    out, work = tmp_path / "out", tmp_path / "work"
+    out, work = tmp / "out", tmp / "work"
     common = [*FAST, "--fmriprep-dir", str(synth.fmriprep_dir), "-w", str(work)]
     assert main([synth.bids_dir, out, "participant", *common]) == 0
+    return synth, out, common
+
+
+def test_confound_baselines_warn_and_the_flags_run_inside_the_folds(cohort):
+    synth, out, common = cohort
     assert main([synth.bids_dir, out, "group", *common, *GROUP, "--covariates", "mean_fd",
                  "--harmonize", "site"]) == 0
 
@@ -51,3 +63,23 @@ def test_confound_baselines_warn_and_the_flags_run_inside_the_folds(tmp_path):
         fit = record["deconfounding"]
         assert fit["harmonize"] == "site" and fit["covariates"] == ["mean_fd"]
         assert not set(fit["fitted_on"]) & set(record["test_ids"])
+
+
+def test_leave_centre_out(cohort, tmp_path):
+    import shutil
+
+    synth, out, common = cohort
+    dest = tmp_path / "out"
+    shutil.copytree(out, dest, ignore=shutil.ignore_patterns("group", "group.html"))
+    assert main([synth.bids_dir, dest, "group", *common, *GROUP, "--cv-scheme",
+                 "leave-group-out", "--cv-group", "centre"]) == 0
+    assert json.loads((dest / "group" / "cv" / "splits.json").read_text())["scheme"] == \
+        "leave-group-out"
+    splits = pd.read_csv(dest / "group" / "cv" / "splits.tsv", sep="\t")
+    participants = pd.read_csv(synth.bids_dir / "participants.tsv", sep="\t")
+    centre = dict(zip(participants["participant_id"], participants["centre"]))
+    tests = splits[splits["role"] == "test"]
+    assert sorted(tests["fold"].unique()) == [0, 1]
+    for _, fold in tests.groupby("fold"):
+        assert len({centre[p] for p in fold["participant_id"]}) == 1
+    assert sorted(tests["participant_id"]) == sorted(participants["participant_id"])
