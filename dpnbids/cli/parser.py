@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import (CV_SCHEMES, DIM_ESTIMATORS, ICA_CONTRASTS, confound_option_problem,
-                            option_defaults)
+from dpnbids.config import (CV_SCHEMES, DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS,
+                            confound_option_problem, option_defaults)
 
 DEFAULTS = option_defaults()
 
@@ -157,7 +157,7 @@ CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIE
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
            "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
            "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS,
-           "CV_SCHEMES": CV_SCHEMES}
+           "KERAS_BACKENDS": KERAS_BACKENDS, "CV_SCHEMES": CV_SCHEMES}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 
