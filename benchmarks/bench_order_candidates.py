@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import cpu_model  # noqa: E402
+from _measure import cpu_model
 
 DENOISED = dict(band=(0.008, 0.09), n_confounds=17)
 SETTINGS = [

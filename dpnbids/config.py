@@ -46,6 +46,8 @@ DIM_ESTIMATORS = ("pooled", "lap", "mdl", "aic", "bic")
 #: The paper's fixed number of ICA components (the default with ``paper_faithful``).
 PAPER_N_COMPONENTS = 30
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+#: Choices of ``--cv-scheme``.
+CV_SCHEMES = ("stratified", "leave-group-out")
 KERAS_BACKENDS = ("auto", "tensorflow", "jax", "torch")
 
 
@@ -175,6 +177,41 @@ class CNNConfig:
     cnn_voxel_size: float | None = None
     saliency: str = "integrated-gradients"
     saliency_fwhm: float = 8.0
+    # confounds (dpnbids.learn.confounds)
+    cv_scheme: str = "stratified"
+    cv_group: str | None = None
+    covariates: tuple[str, ...] | None = None
+    harmonize: str | None = None
+
+    def __post_init__(self):
+        from dpnbids.exceptions import ConfigError
+
+        problem = confound_option_problem(self)
+        if problem:
+            raise ConfigError(problem)
+
+
+def confound_option_problem(options) -> str | None:
+    """What is wrong with the combination of --cv-scheme, --cv-group, --covariates and
+    --harmonize (and --cv-repeats) in ``options`` (parsed arguments or a CNNConfig), or
+    None. The parser and :class:`CNNConfig` both apply it."""
+    scheme, group = getattr(options, "cv_scheme", "stratified"), getattr(options, "cv_group", None)
+    covariates = tuple(getattr(options, "covariates", None) or ())
+    harmonize = getattr(options, "harmonize", None)
+    if scheme == "leave-group-out" and not group:
+        return ("--cv-scheme leave-group-out needs --cv-group COL, the participants.tsv "
+                "column whose levels are the test folds (e.g. --cv-group site)")
+    if group and scheme != "leave-group-out":
+        return f"--cv-group {group} applies to --cv-scheme leave-group-out only; add it"
+    if scheme == "leave-group-out" and getattr(options, "cv_repeats", 1) != 1:
+        return ("--cv-scheme leave-group-out has one fixed fold per group: --cv-repeats "
+                "must be 1")
+    if harmonize and harmonize in covariates:
+        return (f"{harmonize} is given to both --harmonize and --covariates; ComBat removes "
+                "its effect already: name it once")
+    if len(set(covariates)) != len(covariates):
+        return f"--covariates names a column twice: {' '.join(covariates)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -328,7 +365,9 @@ def option_sections(args) -> dict:
     preproc = _section(PreprocConfig, args, fd_thresh=args.fd_thresh or None)
     ica = _section(ICAConfig, args, n_components=resolve_n_components(
         args.n_components, args.paper_faithful))
-    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)))
+    cnn = _section(CNNConfig, args, input_sets=tuple(dict.fromkeys(args.input_sets)),
+                   covariates=tuple(args.covariates) if getattr(args, "covariates", None)
+                   else None)
     check_level_rules(args.analysis_level, cnn.model, ica.group_maps)
     return {"selection": selection, "preproc": preproc, "ica": ica, "cnn": cnn}
 

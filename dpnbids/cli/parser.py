@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import (DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS, option_defaults,
-                            option_sections)
+from dpnbids.config import (CV_SCHEMES, DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS,
+                            option_defaults, option_sections)
 from dpnbids.exceptions import ConfigError
 
 DEFAULTS = option_defaults()
@@ -178,7 +178,7 @@ CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIE
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
            "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
            "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS,
-           "KERAS_BACKENDS": KERAS_BACKENDS}
+           "KERAS_BACKENDS": KERAS_BACKENDS, "CV_SCHEMES": CV_SCHEMES}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 

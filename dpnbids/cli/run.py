@@ -96,8 +96,10 @@ def check_inputs(config):
     if ex.analysis_level == "group":
         labels = bids.load_labels(ex.bids_dir, sel.responder_column, list(inputs),
                                   min_per_class=config.cnn.folds)
+        from dpnbids.workflows.confounds import check_confound_columns
         from dpnbids.workflows.group import check_group_inputs
 
+        check_confound_columns(config, [s for s, v in labels.items() if v is not None])
         check_group_inputs(config, inputs)
     else:
         from dpnbids.workflows.base import check_participant_inputs

@@ -41,6 +41,9 @@ BUNDLE_FILES = ("bundle.json", "model.keras", "group_maps.nii.gz", "group_mask.n
                 "scaling_support.npy")
 #: Optional: the mean scaled training input, the saliency baseline (absent in older bundles).
 BASELINE_FILE = "ig_baseline.npy"
+#: Optional: the --covariates / --harmonize fits of the final model (bundle.json's
+#: ``deconfounding`` describes them).
+DECONFOUND_FILE = "deconfound.npz"
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Bundle:
     config: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     baseline: np.ndarray | None = None
+    #: the fitted :class:`dpnbids.learn.confounds.FoldDeconfounder`, or None
+    deconfounding: object = None
     _model: object = None
 
     @property
@@ -91,13 +96,14 @@ def _versions(dpnbids_version: str) -> dict:
 def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_components, grid_affine,
                 grid_shape, scaling, input_set, feature, config, cv_metrics, space, resolution,
                 n_components, voxel_size, history=None, calibration=None,
-                dpnbids_version="", baseline=None) -> Path:
+                dpnbids_version="", baseline=None, deconfounding=None) -> Path:
     """Write a bundle folder atomically; returns its path.
 
     ``calibration``: the Platt scaling and operating threshold fitted on the final model's
     validation subjects (:class:`dpnbids.learn.cv.FinalModel`). ``baseline`` (X, Y, Z, C),
     optional: the mean scaled training input, stored as ``ig_baseline.npy`` for the
-    saliency maps of predictions."""
+    saliency maps of predictions. ``deconfounding``: the (metadata, arrays) of a fitted
+    :class:`dpnbids.learn.confounds.FoldDeconfounder` (:meth:`~FoldDeconfounder.state`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
@@ -108,6 +114,8 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
         np.save(tmp / "scaling_support.npy", np.asarray(scaling["support"], dtype=bool))
         if baseline is not None:
             np.save(tmp / BASELINE_FILE, np.asarray(baseline, dtype=np.float32))
+        if deconfounding is not None:
+            np.savez_compressed(tmp / DECONFOUND_FILE, **deconfounding[1])
         meta = {"bundle_version": BUNDLE_VERSION, "input_set": input_set, "feature": feature,
                 "space": space, "resolution": float(resolution),
                 "n_components": int(n_components), "voxel_size": float(voxel_size),
@@ -119,7 +127,8 @@ def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_componen
                             "method": "per-channel z-score over training brain voxels"},
                 "cv_metrics": cv_metrics, "versions": _versions(dpnbids_version),
                 "config": config, "history": history or {},
-                "calibration": calibration or {}}
+                "calibration": calibration or {},
+                **({"deconfounding": deconfounding[0]} if deconfounding is not None else {})}
         meta = json.loads(json.dumps(meta, default=str))  # as load_bundle will read it
         meta["binding"] = _bind(tmp, meta)
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
@@ -423,7 +432,24 @@ def load_bundle(path) -> Bundle:
                   selected_components=meta.get("selected_components"), scaling=scaling,
                   cv_metrics=meta.get("cv_metrics", {}), versions=meta.get("versions", {}),
                   config=meta.get("config", {}), calibration=meta.get("calibration") or {},
-                  baseline=_load_baseline(path, meta))
+                  baseline=_load_baseline(path, meta),
+                  deconfounding=_load_deconfounding(path, meta))
+
+
+def _load_deconfounding(path: Path, meta: dict):
+    """The stored --covariates / --harmonize fits, or None for a bundle without them."""
+    info = meta.get("deconfounding")
+    if not info:
+        return None
+    from dpnbids.learn.confounds import FoldDeconfounder
+
+    file = path / DECONFOUND_FILE
+    try:
+        with np.load(file, allow_pickle=False) as arrays:
+            return FoldDeconfounder.from_state(info, dict(arrays))
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise _damaged(file, f"could not be read as the model's covariate/harmonisation "
+                             f"fits ({type(exc).__name__}: {exc})") from None
 
 
 def _load_baseline(path: Path, meta: dict):
@@ -461,8 +487,14 @@ def check_compatible(bundle: Bundle, *, space=None, resolution=None, n_component
                 "model on data like these.")
 
 
-def predict(bundle: Bundle, maps_img, *, return_input=False) -> np.ndarray:
-    """Probability of response from a subject's 4D stage-2 maps image (K volumes)."""
+def predict(bundle: Bundle, maps_img, *, return_input=False, confounds=None,
+            report=None) -> np.ndarray:
+    """Probability of response from a subject's 4D stage-2 maps image (K volumes).
+
+    A model trained with --covariates / --harmonize needs ``confounds``: a one-row
+    :func:`dpnbids.learn.confounds.confound_table` of the subject. A site the model never
+    saw is standardised with the pooled training estimates (docs/confounds.md) and listed
+    in ``report["sites_unseen_in_training"]`` when ``report`` (a dict) is given."""
     import nibabel as nib
 
     from dpnbids.learn.model import resample_maps_to_grid
@@ -483,6 +515,8 @@ def predict(bundle: Bundle, maps_img, *, return_input=False) -> np.ndarray:
         x = x[..., np.asarray(bundle.selected_components, dtype=int)]
     from dpnbids.learn.cv import apply_scaler
 
+    if bundle.deconfounding is not None:
+        x = _deconfound_input(bundle, x, confounds, report)
     xs = apply_scaler(x, bundle.scaling)
     if return_input:
         return xs
@@ -508,6 +542,25 @@ def decide(bundle: Bundle, raw_probability) -> dict:
             "responder": prob >= threshold}
 
 
-def scaled_input(bundle: Bundle, maps_img) -> np.ndarray:
+def _deconfound_input(bundle: Bundle, x, confounds, report):
+    """The stored covariate/harmonisation fits applied to one subject's input."""
+    fit = bundle.deconfounding
+    needed = list(fit.covariates) + ([fit.harmonize] if fit.harmonize else [])
+    if confounds is None or any(c not in confounds for c in needed):
+        raise InputError(f"model {bundle.path} was trained with "
+                         f"{fit.method()}; predicting needs the patient's "
+                         f"{', '.join(needed)} (participants.tsv columns; mean_fd from the "
+                         "participant level's confounds table).")
+    x, unseen = fit.transform(x, table=confounds)
+    if unseen:
+        LOGGER.warning("site(s) %s not among the model's training sites %s: no site "
+                       "correction (pooled estimates, docs/confounds.md)", unseen,
+                       list(fit.channels_[0].combat.sites))
+    if report is not None:
+        report["sites_unseen_in_training"] = list(unseen)
+    return x
+
+
+def scaled_input(bundle: Bundle, maps_img, confounds=None) -> np.ndarray:
     """The model's input for a subject's 4D stage-2 maps: (1, X, Y, Z, C), scaled."""
-    return predict(bundle, maps_img, return_input=True)
+    return predict(bundle, maps_img, return_input=True, confounds=confounds)

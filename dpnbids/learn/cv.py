@@ -201,13 +201,14 @@ class CVResult:
 def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                   model_params=None, train_params=None, tune=False, tune_grid=None,
                   baselines=BASELINES, threshold_rule="youden", random_state=None,
-                  progress=None, on_fold=None, gram=None) -> CVResult:
+                  progress=None, on_fold=None, gram=None, deconfound=None) -> CVResult:
     """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
 
     ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
     CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
     the held-out subjects). ``gram``: the baselines' :class:`GramCache` of ``x``, when the
-    caller already has it (it is built here otherwise).
+    caller already has it (it is built here otherwise). ``deconfound``: a fold-wise
+    :class:`~dpnbids.learn.confounds.FoldDeconfounder` for the CNN and the baselines.
 
     Every model's outer-test probabilities are calibrated and thresholded with what was
     fitted inside the outer training fold (:func:`_calibrate`): the CNN on its inner
@@ -227,7 +228,7 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
     train_params = dict(train_params or {})
     rows, manifests, histories = [], [], {}
     fold_seconds, epoch_seconds = [], []
-    if baselines and gram is None:
+    if baselines and gram is None and not deconfound:
         gram = GramCache(x)
     for fold in folds:
         check_no_leakage(fold)
@@ -236,8 +237,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         te = np.array([index[s] for s in fold.test_ids])
         outer = np.concatenate([tr, va])
         started = time.perf_counter()
-        channels, scaler, xs_outer, xs_test = _fold_inputs(x, outer, te, select_fn, fold,
-                                                           input_set)
+        channels, scaler, xs_outer, xs_test, deconf = _fold_inputs(x, outer, te, select_fn,
+                                                                   fold, input_set, deconfound)
         n_tr = tr.size
         x_tr, x_val = xs_outer[:n_tr], xs_outer[n_tr:]
         mp, tp, chosen = model_params, train_params, None
@@ -259,14 +260,16 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         calibration = {"cnn": cal}
         rows.extend(_prediction_rows(fold, input_set, "cnn", test_subjects, y[te], raw, cal,
                                      z_test))
+        base = (gram, outer, te, y, ids, channels) if not deconf else \
+            GramCache.of_fold(deconf, y, ids, outer, te)
         for name in baselines:
-            calibration[name], dv = _baseline_fold(gram, name, fold, outer, te, y, ids,
-                                                   channels, threshold_rule)
+            calibration[name], dv = _baseline_fold(base[0], name, fold, *base[1:], threshold_rule)
             rows.extend(_prediction_rows(fold, input_set, name, test_subjects, y[te], dv,
                                          calibration[name], dv))
         fold_seconds.append(time.perf_counter() - started)
         manifests.append(_fold_manifest(fold, channels, net, chosen, calibration,
                                         threshold_rule))
+        manifests[-1].update({"deconfounding": deconf["record"]} if deconf else {})
         if progress:
             progress(f"repeat {fold.repeat} fold {fold.fold}: {net.epochs} epochs, "
                      f"{fold_seconds[-1]:.1f} s")
@@ -304,18 +307,21 @@ def _fold_manifest(fold: Fold, channels, net: FoldNetwork, chosen, calibration,
             "scaling": "per-channel z-score fitted on the outer training fold"}
 
 
-def _fold_inputs(x, outer, test, select_fn, fold: Fold, input_set: str):
+def _fold_inputs(x, outer, test, select_fn, fold: Fold, input_set: str, deconfound=None):
     """The fold's channels (selected on its outer-training subjects), the scaler fitted on
-    them, and the scaled outer-training and test inputs."""
+    them, the scaled outer-training and test inputs, and ``deconfound.fold``'s result."""
     channels = np.arange(x.shape[-1])
     if select_fn is not None:
         channels = np.asarray(select_fn(np.sort(outer)), dtype=int)
         if channels.size == 0:
             raise InputError(f"{input_set}: component selection returned no component "
                              f"in repeat {fold.repeat} fold {fold.fold}")
-    xs = x[..., channels]
-    scaler = fit_scaler(xs[outer])
-    return channels, scaler, apply_scaler(xs[outer], scaler), apply_scaler(xs[test], scaler)
+    xs_outer, xs_test = x[outer][..., channels], x[test][..., channels]
+    deconf = deconfound.fold(xs_outer, xs_test, outer, test, fold) if deconfound else None
+    if deconf:
+        xs_outer, xs_test = deconf["outer"], deconf["test"]
+    scaler = fit_scaler(xs_outer)
+    return channels, scaler, *(apply_scaler(a, scaler) for a in (xs_outer, xs_test)), deconf
 
 
 def check_calibration_leakage(fold: Fold, calibration_ids) -> None:

@@ -86,6 +86,18 @@ class GramCache:
         g += float(np.sum(mean ** 2 * w)) * self.n_voxels
         return g
 
+    @staticmethod
+    def of_fold(deconf: dict, y, ids, outer, test):
+        """A cache of one fold's own (deconfounded) inputs ``deconf["outer"]`` and
+        ``deconf["test"]``, and the arguments that index it: the fold's subjects renumbered
+        (outer training first, then test), their labels and IDs, and all its channels."""
+        n = len(outer)
+        local = np.arange(n + len(test))
+        return (GramCache(np.concatenate([deconf["outer"], deconf["test"]])), local[:n],
+                local[n:], np.concatenate([y[outer], y[test]]),
+                [ids[i] for i in outer] + [ids[i] for i in test],
+                np.arange(deconf["outer"].shape[-1]))
+
     def _explicit_kernel(self, train_idx, ch, rows):
         """``Z Z^T`` of the features scaled exactly as the CV scales them."""
         from dpnbids.learn.cv import apply_scaler, fit_scaler

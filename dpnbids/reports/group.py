@@ -310,6 +310,7 @@ def render_group_report(
     timings: dict | None = None, out_file=None, command_line=None,
     model_order: dict | None = None, saliency_html: str | None = None,
     calibration_note: str | None = None,
+    confounds_html: str | None = None, confound_warnings: list[str] | None = None,
 ) -> str:
     """Render the group HTML report.
 
@@ -345,6 +346,10 @@ def render_group_report(
     calibration_note : str, optional
         A warning shown with Table 2 when a calibration rests on too few subjects
         (:func:`dpnbids.learn.calibration.calibration_note`).
+    confounds_html : str, optional
+        The confounds section (confound-only baselines, confounds per class).
+    confound_warnings : list of str, optional
+        Confounds that predict the label on their own; shown at the top of the summary.
     out_file : path, optional
         Written atomically when given.
 
@@ -364,6 +369,8 @@ def render_group_report(
             "components were selected on all subjects, including each test fold, as in the "
             "original paper. Compare them with the leakage-free results.</div>" + summary
         )
+    summary = "".join(f'<div class="warning">{esc(w)}</div>'
+                      for w in confound_warnings or ()) + summary
     roc, conf = _performance_figures(predictions_df, any_leaky)
     if histories:
         lc = safe_figure(figures.plot_learning_curves,
@@ -387,6 +394,8 @@ def render_group_report(
             ("table2", "Table 2: classification performance",
              (f'<div class="warning">{esc(calibration_note)}</div>' if calibration_note
               else "") + _table2(table2_df, metrics_df, permutation)),
+            ("confounds", "Confounds: site, motion and covariates",
+             confounds_html or note("No confound information was given.")),
             ("roc", "ROC curves", roc),
             ("confusion", "Confusion matrices", conf),
             ("decisions", "Calibration and decision curves", _decisions(predictions_df)),

@@ -286,16 +286,18 @@ def _add_dualreg(config, workflow, source, sinks, run=None):
         predict.inputs.output_dir = out
         predict.inputs.source = source
         predict.inputs.saliency = config.cnn.saliency
+        predict.inputs.bids_dir = str(config.execution.bids_dir)
         workflow.connect([(ds_pe, predict, [("out_file", "maps_pe")]),
                           (ds_z, predict, [("out_file", "maps_z")])])
         return predict
     return None
 
 
-def _predict_node(model_dir, maps_pe, maps_z, output_dir, source, saliency):
+def _predict_node(model_dir, maps_pe, maps_z, output_dir, source, saliency, bids_dir):
     from dpnbids.workflows.predict import predict_subject
 
-    return predict_subject(model_dir, maps_pe, maps_z, output_dir, source, saliency)
+    return predict_subject(model_dir, maps_pe, maps_z, output_dir, source, saliency,
+                           bids_dir)
 
 
 def _as_dict(n_dummy, dummy_detected, slice_timing_applied, skipped, tr):

@@ -111,6 +111,7 @@ class _FinalModelInputs:
     voxel: float
     space: str
     resolution: float
+    deconf: object = None
 
 
 @dataclass
@@ -123,6 +124,7 @@ class CrossValidation:
     timings: dict
     permutations: dict
     saliency: dict | None = None
+    confounds: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -138,14 +140,20 @@ def run_classification(config, writer, res: GroupICAResult):
     from dpnbids.learn.model import cnn_voxel_size
     from dpnbids.analysis.stats import component_summary
 
+    from dpnbids.workflows import confounds
+
     voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
     subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
-    folds = _outer_folds(config, writer, subjects, y, res.group_dir / "cv")
+    table = confounds.group_confounds(config, res.runs, subjects)
+    deconf = confounds.deconfounder(config, table)
+    folds = _outer_folds(config, writer, subjects, y, res.group_dir / "cv",
+                         confounds.group_folds(config, subjects, y, table))
     summaries = component_summary(np.stack([res.maps[s] for s in subjects]),
                                   res.ica.components_,
                                   threshold_z=config.ica.component_threshold)
-    features, grid_affine, sets = _input_sets(config, res, summaries, voxel)
-    cvs = _cross_validate(config, sets, y, subjects, folds, summaries)
+    features, grid_affine, sets = _input_sets(config, res, summaries, voxel, deconf)
+    cvs = _cross_validate(config, sets, y, subjects, folds, summaries, deconf)
+    _confound_baselines(config, cvs, table, y, folds)
     from dpnbids.workflows.saliency import write_group_saliency
 
     saliency = write_group_saliency(config, writer, res, cvs.saliency or {}, grid_affine)
@@ -163,36 +171,58 @@ def run_classification(config, writer, res: GroupICAResult):
         features, summaries, y, grid_affine, tables, voxel,
         space=res.space or config.preproc.output_space,
         resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
-                    else config.preproc.resolution_mm))
+                    else config.preproc.resolution_mm), deconf=deconf)
     bundle_dir = _final_model(config, final, res)
     _group_report(config, res, cvs, tables, bundle_dir, saliency)
     print(tables["table2"].to_string())
 
 
-def _outer_folds(config, writer, subjects, y, cv_dir):
-    """The seeded, stratified outer folds every input set and model shares, and their files."""
+def _outer_folds(config, writer, subjects, y, cv_dir, folds=None):
+    """The seeded outer folds every input set and model shares (stratified, or the given
+    leave-group-out ``folds``), and their files."""
     from dpnbids.learn import cv
 
-    folds = cv.make_outer_splits(subjects, y, n_folds=config.cnn.folds,
-                                 n_repeats=config.cnn.cv_repeats,
-                                 random_state=config.seed("cv.splits"))
+    if folds is None:
+        folds = cv.make_outer_splits(subjects, y, n_folds=config.cnn.folds,
+                                     n_repeats=config.cnn.cv_repeats,
+                                     random_state=config.seed("cv.splits"))
     for fold in folds:
         cv.check_no_leakage(fold)
     writer.write_tsv(cv.splits_to_dataframe(folds), cv_dir / "splits.tsv")
-    writer.write_json({"n_folds": config.cnn.folds, "cv_repeats": config.cnn.cv_repeats,
-                       "stratified": True, "level": "subject",
+    writer.write_json({"n_folds": len({(f.repeat, f.fold) for f in folds}),
+                       "cv_repeats": config.cnn.cv_repeats, "scheme": config.cnn.cv_scheme,
+                       "group_column": config.cnn.cv_group,
+                       "stratified": config.cnn.cv_scheme == "stratified", "level": "subject",
                        "seed": config.seed("cv.splits")}, cv_dir / "splits.json")
     return folds
 
 
-def _input_sets(config, res: GroupICAResult, summaries, voxel):
-    """The requested input sets as (name, CNN-grid features, in-fold selection)."""
+def _confound_baselines(config, cvs: CrossValidation, table, y, folds) -> None:
+    """The confound-only baselines on the outer folds, into ``cvs``; their warnings logged."""
+    from dpnbids.learn.cv import stratified_folds
+    from dpnbids.config import derive_seed
+    from dpnbids.workflows.confounds import confound_cv
+
+    seed = derive_seed(config.seed("cv.perm.splits"), 0, bits=32)
+    preds, nulls = confound_cv(config, table, y, folds,
+                               lambda y_perm: stratified_folds(y_perm, config.cnn.folds, seed))
+    cvs.confounds = table
+    if len(preds):
+        cvs.predictions = pd.concat([cvs.predictions, preds], ignore_index=True)
+    cvs.permutations.update({k: _permutation_record(o, n, STATISTIC)
+                             for k, (o, n) in nulls.items()})
+
+
+def _input_sets(config, res: GroupICAResult, summaries, voxel, deconf=None):
+    """The requested input sets as (name, CNN-grid features, in-fold selection); with
+    ``deconf``, SSC selection reads summaries deconfounded on the training subjects."""
     from dpnbids.analysis.stats import select_components
 
     subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
 
     def ssc_select(train_idx):
-        return select_components(summaries, y, p_threshold=config.ica.ssc_p,
+        s = summaries if deconf is None else deconf.fit_apply_2d(summaries, train_idx)
+        return select_components(s, y, p_threshold=config.ica.ssc_p,
                                  subjects_idx=np.asarray(train_idx))
 
     features, grid_affine, sets = {}, None, []
@@ -216,7 +246,8 @@ def _input_sets(config, res: GroupICAResult, summaries, voxel):
     return features, grid_affine, sets
 
 
-def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidation:
+def _cross_validate(config, sets, y, subjects, folds, summaries,
+                    deconf=None) -> CrossValidation:
     """The nested CV of every input set on the same folds (and its permutation test)."""
     from dpnbids.learn.linear import GramCache
     from dpnbids.workflows.saliency import make_accumulators
@@ -229,9 +260,10 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
                     "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
                     tuple(x.shape[1:]))
         started = time.time()
-        gram = GramCache(x)  # the baselines' kernels: their CV and their permutations
+        # the baselines' kernels: their CV and their permutations (per fold when deconfounded)
+        gram = GramCache(x) if deconf is None else None
         result = _run_cv(config, x, y, subjects, folds, name, item.select_fn,
-                         on_fold=out.saliency.get(name), gram=gram)
+                         on_fold=out.saliency.get(name), gram=gram, deconf=deconf)
         out.timings[name] = {"total_s": time.time() - started, **result.timings}
         if name in out.saliency:  # attribution time, included in total_s
             out.timings[name]["saliency_s"] = out.saliency[name].seconds_
@@ -245,8 +277,13 @@ def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidat
         for key, hist in result.histories.items():
             out.histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
         if config.cnn.n_permutations:
-            out.permutations[name] = _permutation(config, x, y, subjects, name, summaries)
-        if config.cnn.n_permutations_baselines:
+            out.permutations[name] = _permutation(config, x, y, subjects, name, summaries,
+                                                  deconf)
+        if config.cnn.n_permutations_baselines and deconf is not None:
+            LOGGER.info("%s: no label permutations of the linear baselines with --covariates "
+                        "or --harmonize (their kernel-space permutations read the "
+                        "uncorrected maps)", name)
+        elif config.cnn.n_permutations_baselines:
             out.permutations.update(_baseline_permutations(config, gram, y, name, summaries,
                                                            result.predictions))
     out.predictions = pd.concat(preds, ignore_index=True)
@@ -266,7 +303,8 @@ def _write_cv(writer, cvs: CrossValidation, group_dir):
     writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
 
 
-def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None, gram=None):
+def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None, gram=None,
+            deconf=None):
     from dpnbids.learn import cv
 
     return cv.run_nested_cv(
@@ -274,7 +312,8 @@ def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None, gram=N
         model_params=_model_params(config), train_params=_train_params(config),
         tune=config.cnn.tune, threshold_rule=config.cnn.threshold_rule,
         random_state=config.seed(f"cv.{name}"),
-        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold, gram=gram)
+        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold, gram=gram,
+        deconfound=deconf)
 
 
 def _permutation_splits(config, subjects):
@@ -316,7 +355,7 @@ def _permutation_record(observed, null, statistic) -> dict:
 STATISTIC = "fold-mean AUC of the outer test folds"
 
 
-def _permutation(config, x, y, subjects, name, summaries):
+def _permutation(config, x, y, subjects, name, summaries, deconf=None):
     """Rerun the whole CNN CV (new splits, in-fold selection) with permuted labels."""
     from dpnbids.learn import cv
     from dpnbids.learn.metrics import fold_mean_auc
@@ -328,7 +367,8 @@ def _permutation(config, x, y, subjects, name, summaries):
         res = cv.run_nested_cv(x, y_perm, subjects, splits(y_perm), input_set=name,
                                select_fn=select_for(y_perm), model_params=_model_params(config),
                                train_params=_train_params(config), tune=False,
-                               baselines=(), random_state=config.seed(f"cv.perm.{name}"))
+                               baselines=(), random_state=config.seed(f"cv.perm.{name}"),
+                               deconfound=deconf)
         return fold_mean_auc(res.predictions, score="raw_score")
 
     observed, null, _ = cv.permutation_test(run_fn, y,
@@ -430,12 +470,20 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
     x = features["ASC"]
     channels = None
     if input_set == "SSC":
-        channels = np.asarray(select_components(summaries, y, p_threshold=config.ica.ssc_p))
+        s = summaries if final.deconf is None else final.deconf.fit_apply_2d(summaries,
+                                                                             np.arange(len(y)))
+        channels = np.asarray(select_components(s, y, p_threshold=config.ica.ssc_p))
+    from dpnbids.workflows.confounds import deconfound_final
+
+    x, deconfounding = deconfound_final(final.deconf, x, channels, len(y))
     final_fit = fit_final_model(
-        x, y, channels=channels, model_params=_model_params(config),
+        x, y, channels=channels if deconfounding is None else None,
+        model_params=_model_params(config),
         train_params=_train_params(config), threshold_rule=config.cnn.threshold_rule,
         random_state=config.seed("final"))
-    model, scaling, selected = final_fit.model, final_fit.scaling, final_fit.channels
+    model, scaling = final_fit.model, final_fit.scaling
+    selected = final_fit.channels if deconfounding is None else \
+        (None if channels is None else [int(c) for c in channels])
     summary = tables["summary"]
     row = summary[(summary["input_set"] == input_set) & (summary["model"] == "cnn")]
     cv_metrics = {}
@@ -453,7 +501,8 @@ def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
         resolution=final.resolution,
         n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
         history=final_fit.history, calibration=final_fit.calibration,
-        dpnbids_version=__version__, baseline=bundle_baseline(x, selected, scaling))
+        dpnbids_version=__version__, deconfounding=deconfounding,
+        baseline=bundle_baseline(x, selected if deconfounding is None else None, scaling))
     LOGGER.info("final %s model saved in %s", input_set, path)
     return path
 
@@ -479,7 +528,17 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
             # where the model will be once the staged results are published
             "model_dir": str(config.execution.output_dir / "group" / "model")
             if bundle_dir else ""}
+    from dpnbids.learn.confounds import confound_warnings
+    from dpnbids.workflows.confounds import confound_section
+
+    warnings = confound_warnings(tables["summary"], tables["perm"], cvs.confounds)
+    for w in warnings:
+        LOGGER.warning("confound: %s", w)
     notes = []
+    if config.cnn.covariates or config.cnn.harmonize:
+        notes.append("Covariate removal and harmonisation were fitted on each outer training "
+                     "fold and applied frozen to its test subjects (see each fold manifest's "
+                     "'deconfounding').")
     if config.cnn.paper_faithful:
         notes.append("SSC-leaky reproduces the paper: components chosen on ALL subjects "
                      "before cross-validation. Its metrics are optimistic.")
@@ -491,7 +550,9 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
                                timings=cvs.timings, command_line=config.execution.command_line,
                                model_order=res.order,
                                saliency_html=saliency_section(saliency),
-                               calibration_note=calibration_note(cvs.manifests))
+                               calibration_note=calibration_note(cvs.manifests),
+                               confounds_html=confound_section(cvs.confounds, res.y, warnings),
+                               confound_warnings=warnings)
     # staged with the rest of group/ and published with it (workflows.group)
     atomic_write_text(res.group_dir / "group.html", html)
 

@@ -166,7 +166,7 @@ def bundle_baseline(x, channels, scaling) -> np.ndarray:
     return apply_scaler(x, scaling).mean(axis=0)
 
 
-def write_subject_saliency(bundle, writer, source, maps_img, method) -> dict:
+def write_subject_saliency(bundle, writer, source, maps_img, method, confounds=None) -> dict:
     """Per-subject attribution of a ``--model`` prediction beside the prediction.
 
     Integrated gradients (or the chosen method) with the bundle's stored training mean as
@@ -187,7 +187,7 @@ def write_subject_saliency(bundle, writer, source, maps_img, method) -> dict:
     from dpnbids.derivatives import split_bids_name
 
     img = nib.load(str(maps_img))
-    xs = scaled_input(bundle, img)
+    xs = scaled_input(bundle, img, confounds)
     attr = attribute(method, bundle.model, xs, baseline=bundle.baseline)[0]
     on_grid = grid_to_grid(attr, bundle.grid_affine, img.affine, img.shape[:3])
     mask = np.asarray(nib.load(str(bundle.mask_file)).dataobj) > 0.5
