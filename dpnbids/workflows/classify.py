@@ -2,15 +2,10 @@
 same folds, metrics with bootstrap CIs and permutation p-values, the Table 2
 layout, the final model bundle and the group report.
 
-Leakage rules (see README "Cross-validation without leakage"):
-
-* SSC components are selected with :func:`dpnbids.analysis.stats.select_components`
-  on the outer-training subjects of each fold only (``select_fn``).
-* ``--paper-faithful`` adds the paper's procedure (SSC chosen on all
-  subjects) as the input set ``SSC-leaky``; it is labelled leaky in every
-  table, file and figure.
-* ``--ica-in-folds`` refits group ICA and dual regression on each fold's
-  training runs and projects the test subjects onto those maps.
+Leakage rules (the manual's cross-validation page): SSC components are selected on each
+fold's outer-training subjects only (``select_fn``); ``--paper-faithful`` adds the paper's
+procedure as the input set ``SSC-leaky``, labelled leaky everywhere; ``--ica-in-folds``
+refits group ICA and dual regression on each fold's training runs.
 """
 from __future__ import annotations
 
