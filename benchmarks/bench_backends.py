@@ -15,7 +15,7 @@ Configurations (``--configs``):
 * ``torch``: ``KERAS_BACKEND=torch`` (skipped when PyTorch is not installed).
 
 Every configuration also sets ``TF_DETERMINISTIC_OPS=1`` as the CLI does. FLOPs are counted
-from the layer shapes (:func:`voxnet_flops`: multiply-add = 2 FLOPs; backward = 2 x forward
+from the layer shapes (``bench_cnn.voxnet_flops``: multiply-add = 2 FLOPs; backward = 2 x forward
 except the first convolution, which needs no input gradient), and the fraction of peak is
 against this CPU's float32 matmul rate measured by numpy in the parent process on the same
 cores (``--cpus``), not a datasheet figure.
@@ -31,6 +31,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cnn import voxnet_flops
 
 CONFIGS = {
     "tf-legacy": {"KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"},
@@ -39,19 +43,6 @@ CONFIGS = {
     "jax": {"KERAS_BACKEND": "jax"},
     "torch": {"KERAS_BACKEND": "torch"},
 }
-
-
-def voxnet_flops(shape, channels, f1=32, f2=32, dense=128):
-    """Forward FLOPs per sample and training FLOPs (forward + backward) per sample."""
-    d1 = [(s - 5) // 2 + 1 for s in shape]
-    d2 = [d - 2 for d in d1]
-    d3 = [d // 2 for d in d2]
-    n1, n2, n3 = (d1[0] * d1[1] * d1[2], d2[0] * d2[1] * d2[2], d3[0] * d3[1] * d3[2])
-    conv1 = 2 * n1 * f1 * 125 * channels
-    conv2 = 2 * n2 * f2 * 27 * f1
-    fc = 2 * n3 * f2 * dense + 2 * dense
-    fwd = conv1 + conv2 + fc
-    return fwd, fwd + conv1 + 2 * (conv2 + fc)
 
 
 def matmul_peak_gflops(n=2048, repeats=5) -> float:

@@ -45,10 +45,11 @@ print("RESULT " + json.dumps({
 """
 
 
-def _run(backend: str) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+def _run(backend: str, script: str = SCRIPT, **extra_env) -> dict:
+    """Run ``script`` in a fresh process on ``backend``; its ``RESULT {json}`` line."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), **extra_env}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -88,26 +89,15 @@ print("RESULT " + json.dumps({"backend": keras.backend.backend(),
 """
 
 
-def _agree_run(backend: str, xla: bool = False) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    env.pop("DPN_XLA", None)
-    if xla:
-        env["DPN_XLA"] = "1"
-    proc = subprocess.run([sys.executable, "-c", AGREE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
-
-
 @pytest.mark.slow
 def test_backends_agree_on_a_planted_cohort():
     """TensorFlow (oneDNN graphs, and XLA) and JAX find the same planted effect on the same
     folds of a cohort whose maps are 100x the z scale (dpnbids.sim.maps): every AUC is high
     and they agree within the CV's noise."""
-    runs = [_agree_run("tensorflow"), _agree_run("tensorflow", xla=True)]
+    runs = [_run("tensorflow", AGREE_SCRIPT, DPN_XLA=""),
+            _run("tensorflow", AGREE_SCRIPT, DPN_XLA="1")]
     if importlib.util.find_spec("jax") is not None:
-        runs.append(_agree_run("jax"))
+        runs.append(_run("jax", AGREE_SCRIPT, DPN_XLA=""))
     aucs = [r["auc"] for r in runs]
     assert min(aucs) >= 0.8, runs
     assert max(aucs) - min(aucs) <= 0.15, runs
