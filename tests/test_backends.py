@@ -34,7 +34,7 @@ def on_fold(fm):
     gaps.append(float(np.max(np.abs(ig.reshape(len(ig), -1).sum(1) - change))
                       / max(float(np.abs(change).max()), 1e-3)))
 res = run_nested_cv(x, y, ids, folds, model_params={"epsilon": 1e-3},
-                    train_params={"epochs": 5, "batch_size": 4, "patience": 100,
+                    train_params={"epochs": 12, "batch_size": 4, "patience": 100,
                                   "inner_folds": 2},
                     baselines=(), random_state=0, on_fold=on_fold)
 p = res.predictions[res.predictions["model"] == "cnn"]
