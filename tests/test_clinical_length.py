@@ -68,10 +68,10 @@ def test_default_group_level_completes_and_recovers_networks(tmp_path):
     dof = order["RunTemporalDegreesOfFreedom"]
     print("model order:", {k: order[k] for k in ("NumberOfComponents", "Estimate", "Cap")},
           "dof range:", min(dof.values()), max(dof.values()))
-    assert order["Requested"] == "auto" and order["Method"] == "lap"
+    assert order["Requested"] == "auto" and order["Method"] == "pooled"  # the default
     assert max(dof.values()) <= 25  # clinical-length runs: too few for 30 components
     assert order["NumberOfComponents"] <= order["Cap"] == min(dof.values()) - 2
-    assert len(order["RunEstimates"]) == 43 and len(order["Spectrum"]) > 0
+    assert len(order["Spectrum"]) > 0
 
     mask = np.asarray(nib.load(next(group.glob("*_desc-ica_mask.nii.gz"))).dataobj) > 0
     comps = np.moveaxis(np.asarray(nib.load(comps_file).dataobj), -1, 0)[:, mask]
