@@ -3,6 +3,7 @@ names it and its crash file, and a rerun with the same work directory resumes fr
 cached nodes instead of recomputing them."""
 from __future__ import annotations
 
+import gzip
 import shutil
 
 import pandas as pd
@@ -28,13 +29,13 @@ def _denoised(out, sub):
 def test_failed_subject_is_named_others_finish_and_rerun_resumes(cohort, tmp_path):
     bids, fmriprep = cohort.bids_dir, cohort.fmriprep_dir
     out, work = tmp_path / "out", tmp_path / "work"
-    conf = next((fmriprep / "sub-02" / "func").glob("*desc-confounds_timeseries.tsv"))
-    good = tmp_path / "confounds_backup.tsv"
+    conf = next((fmriprep / "sub-02" / "func").glob("*desc-brain_mask.nii.gz"))
+    good = tmp_path / "mask_backup.nii.gz"
     shutil.copyfile(conf, good)
-    # sub-02's confounds table loses its last rows: the files exist and hold every column
-    # (the up-front checks pass), its denoising node fails inside the workflow
-    table = pd.read_csv(conf, sep="\t")
-    table.iloc[:-5].to_csv(conf, sep="\t", index=False)
+    # sub-02's brain mask keeps its header but loses most of its voxels: the up-front checks
+    # (which read headers) pass, and the first node that reads the voxels fails
+    raw = gzip.decompress(conf.read_bytes())
+    conf.write_bytes(gzip.compress(raw[:352 + 64]))
     argv = [bids, out, "participant", "--fmriprep-dir", fmriprep, "--output-resolution", "4",
             "-w", work, "--nprocs", "2", "--skip-bids-validation"]
     try:
