@@ -14,6 +14,7 @@ Leakage rules (see README "Cross-validation without leakage"):
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -99,20 +100,6 @@ class GroupICAResult:
     order: dict | None = None
 
 
-@dataclass(frozen=True)
-class _FinalModelInputs:
-    """The cross-validated features and summaries the final model is trained on."""
-
-    features: dict
-    summaries: np.ndarray
-    y: np.ndarray
-    grid_affine: np.ndarray
-    tables: dict
-    voxel: float
-    space: str
-    resolution: float
-
-
 @dataclass
 class CrossValidation:
     """Everything the cross-validation of all input sets produced, in one place."""
@@ -128,15 +115,18 @@ class CrossValidation:
 @dataclass(frozen=True)
 class _InputSet:
     name: str
-    features: np.ndarray
-    select_fn: object = None
+    features: str  # the key of its feature array: "ASC" (maps) or "RSP"
+    selection: str = "all"  # "all", "in-fold" (SSC) or "leaky" (the paper's SSC)
+    n_channels: int = 0
 
 
 def run_classification(config, writer, res: GroupICAResult):
-    """Everything after dual regression at the group level: outer folds, the CV of each
-    input set (and of the strict ICA-in-folds mode), metrics, the final model, the report."""
-    from dpnbids.learn.model import cnn_voxel_size
+    """Everything after dual regression at the group level, as engine nodes: the outer folds
+    of each input set, the permutation blocks and the final model
+    (:func:`dpnbids.workflows.group_cv.init_group_cv_wf`), then the join's metrics, the
+    saliency maps, the model bundle and the report into ``res.group_dir``."""
     from dpnbids.analysis.stats import component_summary
+    from dpnbids.learn.model import cnn_voxel_size
 
     voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
     subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
@@ -144,27 +134,24 @@ def run_classification(config, writer, res: GroupICAResult):
     summaries = component_summary(np.stack([res.maps[s] for s in subjects]),
                                   res.ica.components_,
                                   threshold_z=config.ica.component_threshold)
-    features, grid_affine, sets = _input_sets(config, res, summaries, voxel)
-    cvs = _cross_validate(config, sets, y, subjects, folds, summaries)
-    from dpnbids.workflows.saliency import write_group_saliency
+    features, grid_affine, sets = _input_sets(config, res, voxel)
+    from dpnbids.learn.jobs import write_job_inputs
 
-    saliency = write_group_saliency(config, writer, res, cvs.saliency or {}, grid_affine)
+    inputs = write_job_inputs(config.execution.work_dir / "group_cv_inputs", features,
+                              subjects, y, summaries)
+    del features
+    strict = None
     if config.cnn.ica_in_folds:
         strict = _ica_in_folds(config, res.runs, subjects, y, folds, res.mask, res.affine,
                                voxel, res.ica.components_.shape[0])
-        cvs.predictions = pd.concat([cvs.predictions, strict["predictions"]],
-                                    ignore_index=True)
-        cvs.manifests.extend(strict["manifests"])
-        cvs.timings.update(strict["timings"])
-    _write_cv(writer, cvs, res.group_dir)
-    tables = _metrics(config, cvs.predictions, cvs.permutations, writer, res.group_dir)
-    writer.write_json(cvs.timings, res.group_dir / "timings.json")
-    final = _FinalModelInputs(
-        features, summaries, y, grid_affine, tables, voxel,
-        space=res.space or config.preproc.output_space,
-        resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
-                    else config.preproc.resolution_mm))
-    bundle_dir = _final_model(config, final, res)
+    plan = _plan(config, sets, inputs, folds, strict)
+    outputs = _run_group_cv(config, plan)
+    cvs, tables = _collect(config, sets, outputs["pool"], writer, res.group_dir)
+    from dpnbids.workflows.saliency import write_group_saliency
+
+    saliency = write_group_saliency(config, writer, res, cvs.saliency or {}, grid_affine)
+    bundle_dir = _save_final_model(config, outputs.get("final"), tables, res, grid_affine,
+                                   voxel, int(summaries.shape[1]))
     _group_report(config, res, cvs, tables, bundle_dir, saliency)
     print(tables["table2"].to_string())
 
@@ -185,276 +172,211 @@ def _outer_folds(config, writer, subjects, y, cv_dir):
     return folds
 
 
-def _input_sets(config, res: GroupICAResult, summaries, voxel):
-    """The requested input sets as (name, CNN-grid features, in-fold selection)."""
-    from dpnbids.analysis.stats import select_components
-
-    subjects, y = list(res.subjects), np.asarray(res.y, dtype=int)
-
-    def ssc_select(train_idx):
-        return select_components(summaries, y, p_threshold=config.ica.ssc_p,
-                                 subjects_idx=np.asarray(train_idx))
-
+def _input_sets(config, res: GroupICAResult, voxel):
+    """The CNN-grid feature arrays ({"ASC": maps, "RSP": volumes}) and the requested input
+    sets (name, feature array, where components are selected)."""
+    subjects = list(res.subjects)
     features, grid_affine, sets = {}, None, []
     if any(s.startswith(("ASC", "SSC")) for s in config.cnn.input_sets):
         features["ASC"], grid_affine = build_map_features(res.maps, subjects, res.mask,
                                                           res.affine, voxel)
     for name in config.cnn.input_sets:
         if name == "ASC":
-            sets.append(_InputSet("ASC", features["ASC"]))
+            sets.append(_InputSet("ASC", "ASC", "all", features["ASC"].shape[-1]))
         elif name == "SSC":
-            sets.append(_InputSet("SSC", features["ASC"], ssc_select))
+            sets.append(_InputSet("SSC", "ASC", "in-fold", features["ASC"].shape[-1]))
             if config.cnn.paper_faithful:
-                leaky = np.asarray(select_components(summaries, y,
-                                                     p_threshold=config.ica.ssc_p))
-                sets.append(_InputSet("SSC" + LEAKY_SUFFIX, features["ASC"],
-                                      lambda idx, _l=leaky: _l))
+                sets.append(_InputSet("SSC" + LEAKY_SUFFIX, "ASC", "leaky",
+                                      features["ASC"].shape[-1]))
         elif name == "RSP":
-            x_rsp, _ = build_rsp_features(res.runs, subjects, res.mask, res.affine, voxel,
-                                          config.cnn.rsp_volumes)
-            sets.append(_InputSet("RSP", x_rsp))
+            features["RSP"], _ = build_rsp_features(res.runs, subjects, res.mask, res.affine,
+                                                    voxel, config.cnn.rsp_volumes)
+            sets.append(_InputSet("RSP", "RSP", "all", features["RSP"].shape[-1]))
     return features, grid_affine, sets
 
 
-def _cross_validate(config, sets, y, subjects, folds, summaries) -> CrossValidation:
-    """The nested CV of every input set on the same folds (and its permutation test)."""
-    from dpnbids.learn.linear import GramCache
-    from dpnbids.workflows.saliency import make_accumulators
+def _spec(config, item: _InputSet, kind: str) -> str:
+    """The JSON settings of one input set's ``kind`` of node ("fold", "perm", "final"):
+    only what that node uses, so changing e.g. --n-permutations reruns no fold node."""
+    from dpnbids.learn.model import cnn_voxel_size
 
-    out = CrossValidation(pd.DataFrame(), [], {}, {}, {}, make_accumulators(config, sets))
-    preds = []
+    name = item.name
+    spec = {"name": name, "selection": item.selection, "ssc_p": config.ica.ssc_p,
+            "model_params": _model_params(config), "train_params": _train_params(config),
+            "threshold_rule": config.cnn.threshold_rule}
+    if kind == "fold":
+        spec.update(tune=config.cnn.tune, cv_seed=config.seed(f"cv.{name}"),
+                    saliency={"method": config.cnn.saliency, "haufe": not name.startswith("RSP"),
+                              "fwhm_mm": config.cnn.saliency_fwhm,
+                              "voxel_mm": cnn_voxel_size(config.cnn.cnn_voxel_size)})
+    elif kind == "perm":
+        spec.update(n_folds=config.cnn.folds, n_permutations=config.cnn.n_permutations,
+                    perm_seed=config.seed(f"perm.{name}"),
+                    perm_splits_seed=config.seed("cv.perm.splits"),
+                    perm_cv_seed=config.seed(f"cv.perm.{name}"),
+                    n_permutations_baselines=config.cnn.n_permutations_baselines,
+                    perm_linear_seed=config.seed(f"perm.linear.{name}"))
+    else:
+        spec.update(final_seed=config.seed("final"))
+    return json.dumps(spec, sort_keys=True)
+
+
+def _mem_gb(features: str) -> float:
+    """A CNN node's memory: its features (loaded, selected and scaled copies) and TensorFlow."""
+    from dpnbids.workflows.group_cv import CNN_BASE_GB
+
+    return round(CNN_BASE_GB + 3 * Path(features).stat().st_size / 1e9, 1)
+
+
+def _plan(config, sets, inputs: dict, folds, strict):
+    """Every learning node of the group level: folds, permutation blocks, final model."""
+    from dpnbids.learn.jobs import PERMUTATIONS_PER_BLOCK, fold_to_dict
+    from dpnbids.workflows.group_cv import GroupPlan, Job, fold_node_name, node_label
+
+    fold_jobs, perm_jobs, specs = [], [], []
+    n_perm = int(config.cnn.n_permutations)
+    n_blocks = -(-n_perm // PERMUTATIONS_PER_BLOCK)
+    width = max(2, len(str(max(n_blocks - 1, 0))))
     for item in sets:
-        name, x = item.name, item.features
-        LOGGER.info("cross-validation of input set %s: %d subjects, %d folds x %d repeats, "
-                    "input %s", name, len(subjects), config.cnn.folds, config.cnn.cv_repeats,
-                    tuple(x.shape[1:]))
-        started = time.time()
-        gram = GramCache(x)  # the baselines' kernels: their CV and their permutations
-        result = _run_cv(config, x, y, subjects, folds, name, item.select_fn,
-                         on_fold=out.saliency.get(name), gram=gram)
-        out.timings[name] = {"total_s": time.time() - started, **result.timings}
-        if name in out.saliency:  # attribution time, included in total_s
-            out.timings[name]["saliency_s"] = out.saliency[name].seconds_
-        p = result.predictions.copy()
-        p["leaky"] = name.endswith(LEAKY_SUFFIX)
-        preds.append(p)
-        for m in result.manifests:
-            out.manifests.append({**m, "input_set": name,
-                                  "ica_source": "all subjects (group level; labels unused)",
-                                  "leaky": name.endswith(LEAKY_SUFFIX)})
-        for key, hist in result.histories.items():
-            out.histories[(name,) + tuple(key if isinstance(key, tuple) else (key,))] = hist
-        if config.cnn.n_permutations:
-            out.permutations[name] = _permutation(config, x, y, subjects, name, summaries)
-        if config.cnn.n_permutations_baselines:
-            out.permutations.update(_baseline_permutations(config, gram, y, name, summaries,
-                                                           result.predictions))
-    out.predictions = pd.concat(preds, ignore_index=True)
+        features = inputs[item.features]
+        mem, label = _mem_gb(features), node_label(item.name)
+        spec = _spec(config, item, "fold")
+        fold_jobs.extend(
+            Job(fold_node_name(item.name, f.repeat, f.fold, config.cnn.cv_repeats), features,
+                spec, mem, fold=json.dumps(fold_to_dict(f), sort_keys=True)) for f in folds)
+        perm = _spec(config, item, "perm")
+        specs.append({**json.loads(perm), "features": features, "cohort": inputs["cohort"],
+                      "summaries": inputs["summaries"]})
+        if n_perm:
+            perm_jobs.append(Job(f"perm_{label}_observed", features, perm, mem, block=-1))
+            perm_jobs.extend(Job(f"perm_{label}_block{b:0{width}d}", features, perm, mem,
+                                 block=b) for b in range(n_blocks))
+    final = None
+    if "ASC" in inputs:
+        item = next(i for i in sets if i.name == ("ASC" if "ASC" in config.cnn.input_sets
+                                                  else "SSC"))
+        final = Job(f"final_{node_label(item.name)}", inputs["ASC"],
+                    _spec(config, item, "final"), _mem_gb(inputs["ASC"]))
+    settings = json.dumps({"random_seed": config.random_seed,
+                           "n_bootstrap": config.cnn.n_bootstrap,
+                           "threshold_rule": config.cnn.threshold_rule, "sets": specs},
+                          sort_keys=True)
+    return GroupPlan(cohort=inputs["cohort"], summaries=inputs["summaries"], folds=fold_jobs,
+                     permutations=perm_jobs, final=final, settings=settings,
+                     n_threads=int(config.execution.omp_nthreads),
+                     node_plugin_args=dict(config.execution.node_plugin_args),
+                     extra_predictions=strict and strict["predictions"],
+                     extra_records=strict and strict["records"])
+
+
+def _run_group_cv(config, plan) -> dict:
+    """Run the learning workflow with the configured plugin; the join's folder and the
+    final model's files."""
+    from dpnbids.config import prepare_nipype
+    from dpnbids.exceptions import WorkflowError
+    from dpnbids.workflows.group_cv import init_group_cv_wf
+
+    prepare_nipype(config)
+    workflow = init_group_cv_wf(plan, config.execution.work_dir)
+    LOGGER.info("group level: %d cross-validation, %d permutation and %d final-model nodes "
+                "(%s)", len(plan.folds), len(plan.permutations), int(plan.final is not None),
+                config.execution.plugin)
+    try:
+        graph = workflow.run(plugin=config.execution.plugin,
+                             plugin_args=config.execution.plugin_args)
+    except RuntimeError as exc:
+        raise WorkflowError(f"the group level's cross-validation failed ({exc}); crash files "
+                            f"are in {config.execution.output_dir / 'logs'}") from None
+    out = {}
+    for node in graph.nodes():
+        if node.name == "pool_results":
+            out["pool"] = Path(node.result.outputs.out_dir)
+        elif plan.final is not None and node.name == plan.final.name:
+            out["final"] = node.result.outputs.get()
     return out
 
 
-def _write_cv(writer, cvs: CrossValidation, group_dir):
-    """predictions.tsv, one manifest per fold and the learning curves."""
-    writer.write_tsv(cvs.predictions, group_dir / "predictions.tsv")
-    for m in cvs.manifests:
+#: The join's files that are published as they are, under ``group/``.
+POOLED_FILES = ("predictions.tsv", "learning_curves.tsv", "timings.json", "metrics.tsv",
+                "metrics_ci.tsv", "table2.tsv", "permutation.tsv", "metrics.json")
+
+
+def _collect(config, sets, pool: Path, writer, group_dir):
+    """Publish the join's files into ``group_dir``; the pooled CV and tables for the report."""
+    from dpnbids.learn.jobs import read_predictions
+
+    for name in POOLED_FILES:
+        if (pool / name).exists():
+            writer.copy(pool / name, group_dir / name)
+    manifests = json.loads((pool / "manifests.json").read_text())["manifests"]
+    for m in manifests:
         name = (f"manifest_set-{m['input_set']}_repeat-{int(m.get('repeat', 0)):02d}"
                 f"_fold-{int(m.get('fold', 0)):02d}.json")
         writer.write_json(m, group_dir / "cv" / name)
-    curves = [{"input_set": k[0], "key": "_".join(map(str, k[1:])), "epoch": e + 1,
-               "loss": h["loss"][e], "val_loss": h.get("val_loss", [np.nan] * len(h["loss"]))[e]}
-              for k, h in cvs.histories.items() for e in range(len(h["loss"]))]
-    writer.write_tsv(pd.DataFrame(curves), group_dir / "learning_curves.tsv")
+    histories = {tuple(k): h for k, h in
+                 json.loads((pool / "histories.json").read_text())["histories"]}
+    cvs = CrossValidation(read_predictions(pool / "predictions.tsv"), manifests, histories,
+                          json.loads((pool / "timings.json").read_text()),
+                          json.loads((pool / "permutations.json").read_text()),
+                          _saliency(config, sets, pool))
+
+    def table(name, **kw):
+        return pd.read_csv(pool / name, sep="\t", na_values=["n/a"], **kw)
+
+    tables = {"summary": table("metrics.tsv"), "ci": table("metrics_ci.tsv"),
+              "table2": pd.read_csv(pool / "table2.tsv", sep="\t", index_col=0,
+                                    keep_default_na=False),
+              "perm": table("permutation.tsv") if (pool / "permutation.tsv").exists()
+              else pd.DataFrame()}
+    return cvs, tables
 
 
-def _run_cv(config, x, y, subjects, folds, name, select_fn, on_fold=None, gram=None):
-    from dpnbids.learn import cv
+def _saliency(config, sets, pool: Path) -> dict:
+    """One accumulator per input set, holding what its fold nodes attributed."""
+    from dpnbids.workflows.saliency import make_accumulators
 
-    return cv.run_nested_cv(
-        x, y, subjects, folds, input_set=name, select_fn=select_fn,
-        model_params=_model_params(config), train_params=_train_params(config),
-        tune=config.cnn.tune, threshold_rule=config.cnn.threshold_rule,
-        random_state=config.seed(f"cv.{name}"),
-        progress=lambda msg: LOGGER.info("%s: %s", name, msg), on_fold=on_fold, gram=gram)
-
-
-def _permutation_splits(config, subjects):
-    from dpnbids.learn import cv
-
-    return lambda y_perm: cv.make_outer_splits(subjects, y_perm, n_folds=config.cnn.folds,
-                                               n_repeats=1,
-                                               random_state=config.seed("cv.perm.splits"))
+    accumulators = make_accumulators(config, {i.name: i.n_channels for i in sets})
+    index = pool / "saliency.json"
+    pooled = json.loads(index.read_text()) if index.exists() else {}
+    for name, acc in accumulators.items():
+        if name in pooled:
+            acc.absorb(np.load(pool / pooled[name]["sum_abs"]), pooled[name])
+    return accumulators
 
 
-def _permutation_select(config, name, summaries):
-    """``y_perm -> select_fn``: the input set's component selection redone on permuted
-    labels (inside the training folds; on all subjects for the leaky paper mode)."""
-    from dpnbids.analysis.stats import select_components
+def _save_final_model(config, final, tables, res: GroupICAResult, grid_affine, voxel,
+                      n_components):
+    """The final model node's network, scaling and calibration as a bundle in group/model."""
+    import keras
 
-    def for_labels(y_perm):
-        if not name.startswith("SSC"):
-            return None
-        if name.endswith(LEAKY_SUFFIX):
-            leaky = np.asarray(select_components(summaries, y_perm,
-                                                 p_threshold=config.ica.ssc_p))
-            return lambda idx: leaky
-        return lambda idx: select_components(summaries, y_perm, p_threshold=config.ica.ssc_p,
-                                             subjects_idx=np.asarray(idx))
-    return for_labels
-
-
-def _permutation_record(observed, null, statistic) -> dict:
-    from dpnbids.learn.cv import permutation_p
-
-    null = np.asarray(null, dtype=float)
-    p = permutation_p(observed, null)
-    return {"statistic": statistic, "observed_auc": float(observed),
-            "null_aucs": [float(v) for v in null], "null_mean": float(np.nanmean(null)),
-            "null_95th_percentile": float(np.nanpercentile(null, 95)),
-            "p_value": float(p), "n_permutations": int(null.size)}
-
-
-STATISTIC = "fold-mean AUC of the outer test folds"
-
-
-def _permutation(config, x, y, subjects, name, summaries):
-    """Rerun the whole CNN CV (new splits, in-fold selection) with permuted labels."""
-    from dpnbids.learn import cv
-    from dpnbids.learn.metrics import fold_mean_auc
-
-    splits, select_for = _permutation_splits(config, subjects), \
-        _permutation_select(config, name, summaries)
-
-    def run_fn(y_perm):
-        res = cv.run_nested_cv(x, y_perm, subjects, splits(y_perm), input_set=name,
-                               select_fn=select_for(y_perm), model_params=_model_params(config),
-                               train_params=_train_params(config), tune=False,
-                               baselines=(), random_state=config.seed(f"cv.perm.{name}"))
-        return fold_mean_auc(res.predictions, score="raw_score")
-
-    observed, null, _ = cv.permutation_test(run_fn, y,
-                                            n_permutations=config.cnn.n_permutations,
-                                            random_state=config.seed(f"perm.{name}"))
-    return _permutation_record(observed, null, STATISTIC)
-
-
-def _baseline_permutations(config, gram, y, name, summaries, predictions) -> dict:
-    """Label permutations of the linear baselines' whole CV in kernel space, on the outer
-    folds that :func:`_permutation_splits` gives the CNN's permutations."""
-    from dpnbids.config import derive_seed
-    from dpnbids.learn.cv import stratified_folds
-    from dpnbids.learn.linear import permutation_nulls
-    from dpnbids.learn.metrics import fold_mean_auc
-
-    started = time.time()
-    models = ("svm", "logreg")
-    seed = derive_seed(config.seed("cv.perm.splits"), 0, bits=32)
-    null = permutation_nulls(gram, y,
-                             splits_fn=lambda y_perm: stratified_folds(y_perm,
-                                                                       config.cnn.folds, seed),
-                             select_fn_for=_permutation_select(config, name, summaries),
-                             n_permutations=config.cnn.n_permutations_baselines,
-                             models=models, random_state=config.seed(f"perm.linear.{name}"))
-    out = {}
-    for m in models:
-        observed = fold_mean_auc(predictions[predictions["model"] == m], score="raw_score")
-        out[f"{name} {m}"] = _permutation_record(observed, null[m], STATISTIC)
-    LOGGER.info("%s: %d label permutations of the linear baselines in %.1f s", name,
-                config.cnn.n_permutations_baselines, time.time() - started)
-    return out
-
-
-def _perm_key(key: str) -> tuple[str, str]:
-    """'ASC' -> ('ASC', 'cnn'); 'ASC svm' -> ('ASC', 'svm')."""
-    name, _, model = key.partition(" ")
-    return name, model or "cnn"
-
-
-def _metrics(config, predictions, perms, writer, group_dir):
-    from dpnbids.learn.metrics import (METRICS, bootstrap_ci, is_constant_score,
-                                       pooled_predictions, summarise_folds, table2)
-
-    summary = summarise_folds(predictions)
-    writer.write_tsv(summary, group_dir / "metrics.tsv")
-    ci_rows = []
-    for (input_set, model), pred in predictions.groupby(["input_set", "model"], sort=False):
-        pooled = pooled_predictions(pred)
-        constant = is_constant_score(pred)
-        for metric in METRICS:
-            if constant and metric == "auc":  # 0.5 by definition: no interval to give
-                lo = hi = float("nan")
-            else:
-                lo, hi = bootstrap_ci(pooled["true_label"].to_numpy(),
-                                      pooled["probability"].to_numpy(), metric=metric,
-                                      pred=pooled["predicted_label"].to_numpy(),
-                                      n_boot=config.cnn.n_bootstrap, constant_score=constant,
-                                      random_state=config.seed(
-                                          f"boot.{input_set}.{model}.{metric}"))
-            ci_rows.append({"input_set": input_set, "model": model, "metric": metric,
-                            "ci_low": lo, "ci_high": hi})
-    ci = pd.DataFrame(ci_rows)
-    perm_df = pd.DataFrame([{"input_set": _perm_key(k)[0], "model": _perm_key(k)[1],
-                             "statistic": v["statistic"], "observed_auc": v["observed_auc"],
-                             "null_mean": v["null_mean"], "p_value": v["p_value"],
-                             "n_permutations": v["n_permutations"]} for k, v in perms.items()])
-    t2 = table2(summary, ci, perm_df)
-    writer.write_tsv(ci, group_dir / "metrics_ci.tsv")
-    writer.write_tsv(t2, group_dir / "table2.tsv", index=True)
-    if len(perm_df):
-        writer.write_tsv(perm_df, group_dir / "permutation.tsv")
-    writer.write_json({"summary": summary.to_dict(orient="records"),
-                       "confidence_intervals": ci.to_dict(orient="records"),
-                       "permutation": perms, "threshold_rule": config.cnn.threshold_rule,
-                       "calibration": "Platt scaling fitted inside each outer training fold "
-                                      "(CNN: inner validation subjects; baselines: inner "
-                                      "cross-validated scores of the outer training subjects)",
-                       "leaky_input_sets": sorted({s for s in predictions["input_set"]
-                                                   if str(s).endswith(LEAKY_SUFFIX)})},
-                      group_dir / "metrics.json")
-    return {"summary": summary, "ci": ci, "table2": t2, "perm": perm_df}
-
-
-def _final_model(config, final: _FinalModelInputs, res: GroupICAResult):
-    """Train the ASC (or SSC) CNN on all labelled subjects and save the bundle."""
     from dpnbids import __version__
     from dpnbids.learn.bundle import save_bundle
-    from dpnbids.learn.cv import fit_final_model
-    from dpnbids.analysis.stats import select_components
-    from dpnbids.workflows.saliency import bundle_baseline
+    from dpnbids.learn.jobs import load_final
 
-    features, summaries, y, tables = final.features, final.summaries, final.y, final.tables
-
-    if "ASC" not in features:
+    if final is None:
         LOGGER.info("no map-based input set requested: no final model saved")
         return None
-    input_set = "ASC" if "ASC" in config.cnn.input_sets else "SSC"
-    x = features["ASC"]
-    channels = None
-    if input_set == "SSC":
-        channels = np.asarray(select_components(summaries, y, p_threshold=config.ica.ssc_p))
-    final_fit = fit_final_model(
-        x, y, channels=channels, model_params=_model_params(config),
-        train_params=_train_params(config), threshold_rule=config.cnn.threshold_rule,
-        random_state=config.seed("final"))
-    model, scaling, selected = final_fit.model, final_fit.scaling, final_fit.channels
+    data = load_final(final["record"], final["support"])
     summary = tables["summary"]
-    row = summary[(summary["input_set"] == input_set) & (summary["model"] == "cnn")]
+    row = summary[(summary["input_set"] == data["input_set"]) & (summary["model"] == "cnn")]
     cv_metrics = {}
     if len(row):
         cv_metrics = {k: float(v) for k, v in row.iloc[0].items()
                       if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
     # the bundle keeps its own copy of the maps so the model folder is self-contained
-    model_dir = res.group_dir / "model"
     path = save_bundle(
-        model_dir, model, group_maps_file=str(res.comps_file), mask_file=str(res.mask_file),
-        selected_components=None if selected is None else [int(c) for c in selected],
-        grid_affine=np.asarray(final.grid_affine), grid_shape=tuple(int(v) for v in x.shape[1:4]),
-        scaling=scaling, input_set=input_set, feature="pe",
-        config=config.to_dict(), cv_metrics=cv_metrics, space=final.space,
-        resolution=final.resolution,
-        n_components=int(summaries.shape[1]), voxel_size=float(final.voxel),
-        history=final_fit.history, calibration=final_fit.calibration,
-        dpnbids_version=__version__, baseline=bundle_baseline(x, selected, scaling))
-    LOGGER.info("final %s model saved in %s", input_set, path)
+        res.group_dir / "model", keras.saving.load_model(final["model"], compile=False),
+        group_maps_file=str(res.comps_file), mask_file=str(res.mask_file),
+        selected_components=data["channels"], grid_affine=np.asarray(grid_affine),
+        grid_shape=tuple(data["grid_shape"]), scaling=data["scaling"],
+        input_set=data["input_set"], feature="pe", config=config.to_dict(),
+        cv_metrics=cv_metrics, space=res.space or config.preproc.output_space,
+        resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
+                    else config.preproc.resolution_mm),
+        n_components=n_components, voxel_size=float(voxel), history=data["history"],
+        calibration=data["calibration"], dpnbids_version=__version__,
+        baseline=np.load(final["baseline"]))
+    LOGGER.info("final %s model saved in %s", data["input_set"], path)
     return path
 
 
@@ -495,7 +417,8 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
 
 
 def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_components):
-    """Strict mode: per outer fold, group ICA + dual regression on training runs only."""
+    """Strict mode: per outer fold, group ICA + dual regression on training runs only
+    (serial, before the learning nodes); its predictions and manifests go to the join."""
     from dpnbids.learn import cv
     from dpnbids.analysis.dual_regression import dual_regression
     from dpnbids.analysis.masking import load_run_matrix
@@ -534,5 +457,10 @@ def _ica_in_folds(config, runs, subjects, y, folds, mask, affine, voxel, n_compo
             m["ica_source"] = "refit on this fold's training subjects"
             manifests.append(m)
     timings["ASC-icainfolds"] = {"total_s": time.time() - started}
-    return {"predictions": pd.concat(preds, ignore_index=True), "manifests": manifests,
-            "timings": timings}
+    from dpnbids.derivatives import write_json, write_tsv
+
+    folder = config.execution.work_dir / "group_cv_inputs"
+    return {"predictions": str(write_tsv(pd.concat(preds, ignore_index=True),
+                                         folder / "strict_predictions.tsv")),
+            "records": str(write_json({"manifests": manifests, "timings": timings},
+                                      folder / "strict_records.json"))}
