@@ -13,7 +13,7 @@ GLM t-statistics are converted to z-statistics with ``dof = T - K - 1``
 (``T - K`` without demeaning), as ``fsl_glm --out_z`` does.
 
 Which output feeds the classifier is decided by the caller
-(:data:`dpnbids.workflows.group.CLASSIFIER_FEATURE`).
+(:data:`dpnbids.group.level.CLASSIFIER_FEATURE`).
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def check_inputs(config):
     if ex.analysis_level == "group":
         labels = bids.load_labels(ex.bids_dir, sel.responder_column, list(inputs),
                                   min_per_class=config.cnn.folds)
-        from dpnbids.workflows.group import check_group_inputs
+        from dpnbids.group.level import check_group_inputs
 
         check_group_inputs(config, inputs)
     else:
@@ -163,7 +163,7 @@ def _run_level(config, inputs, labels, writer) -> None:
 
         run_participant_level(config, inputs, writer)
     else:
-        from dpnbids.workflows.group import run_group_level
+        from dpnbids.group.level import run_group_level
 
         run_group_level(config, inputs, labels, writer)
 

@@ -1,7 +1,7 @@
 """The group level's learning as independent jobs that hand each other files.
 
 Each function here is one engine node's work (:mod:`dpnbids.interfaces` wraps them; the
-group workflow, :func:`dpnbids.workflows.group.init_group_cv_wf`, connects them):
+group workflow, :func:`dpnbids.workflows.group_cv.init_group_cv_wf`, connects them):
 
 * :func:`run_cv_fold` - one input set's nested CV on one outer fold (``cv_asc_fold03``);
 * :func:`run_permutation_block` - a block of label permutations of one input set's whole

@@ -412,7 +412,7 @@ def _group_report(config, res: GroupICAResult, cvs: CrossValidation, tables, bun
                                timings=cvs.timings, command_line=config.execution.command_line,
                                model_order=res.order,
                                saliency_html=saliency_section(saliency))
-    # staged with the rest of group/ and published with it (workflows.group)
+    # staged with the rest of group/ and published with it (group.level)
     atomic_write_text(res.group_dir / "group.html", html)
 
 
