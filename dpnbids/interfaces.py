@@ -236,10 +236,8 @@ class _FoldInputSpec(_LearnInputSpec):
     fold = traits.Str(mandatory=True, desc="the outer fold (JSON)")
 
 
-class _FoldOutputSpec(TraitedSpec):
-    predictions = File(exists=True)
-    record = File(exists=True)
-    saliency = traits.Str(desc="summed |attribution| .npy, or '' without saliency")
+_FoldOutputSpec = _output_spec("_FoldOutputSpec", ("predictions", "record"),
+                               saliency=traits.Str(desc="summed |attribution| .npy, or ''"))
 
 
 class CVFold(_FunctionInterface):
@@ -255,8 +253,7 @@ class _PermInputSpec(_LearnInputSpec):
     block = traits.Int(mandatory=True, desc="block of permutations; -1: the true labels")
 
 
-class _OutFileSpec(TraitedSpec):
-    out_file = File(exists=True)
+_OutFileSpec = _output_spec("_OutFileSpec", ("out_file",))
 
 
 class PermutationBlock(_FunctionInterface):
@@ -268,11 +265,7 @@ class PermutationBlock(_FunctionInterface):
     _keywords = ("cohort", "summaries", "spec", "block", "n_threads")
 
 
-class _FinalOutputSpec(TraitedSpec):
-    model = File(exists=True)
-    record = File(exists=True)
-    support = File(exists=True)
-    baseline = File(exists=True)
+_FinalOutputSpec = _output_spec("_FinalOutputSpec", ("model", "record", "support", "baseline"))
 
 
 class FinalModel(_FunctionInterface):
