@@ -174,3 +174,18 @@ def _wait_idle(cluster: Cluster, timeout: float) -> None:
     tail = (cluster.state / "slurmctld.log").read_text()[-1500:]
     raise RuntimeError(f"the SLURM node is not idle after {timeout:.0f} s (sinfo: {state!r});"
                        f" slurmctld.log ends:\n{tail}")
+
+
+if __name__ == "__main__":  # a cluster for benchmarks: prints SLURM_CONF, stops on Ctrl-C
+    import sys
+    import tempfile
+
+    cluster = start_cluster(Path(sys.argv[1] if len(sys.argv) > 1
+                                 else tempfile.mkdtemp(prefix="slurm_")))
+    print(f"export SLURM_CONF={cluster.conf}", flush=True)
+    stop_on = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_on)
+    try:
+        signal.sigwait(stop_on)
+    finally:
+        cluster.stop()
