@@ -90,7 +90,7 @@ def _plugin(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=14)
-    parser.add_argument("--grid", type=int, default=12)
+    parser.add_argument("--grid", type=int, default=12, help="at least 11 (VoxNet)")
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
