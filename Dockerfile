@@ -89,7 +89,6 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
-    KERAS_BACKEND=tensorflow \
     LANG=C.UTF-8
 
 COPY docker/prefetch_templates.py /opt/dpnbids/prefetch_templates.py

@@ -11,6 +11,7 @@ seeds of the others.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import zlib
@@ -43,6 +44,7 @@ def derive_seed(base_seed, purpose: str | int, *, bits: int = 31) -> int:
 #: :mod:`dpnbids.analysis` (defined here so the parser need not import scipy).
 DIM_ESTIMATORS = ("lap", "mdl", "aic", "bic")
 ICA_CONTRASTS = ("auto", "cube", "skew", "logcosh", "exp")
+KERAS_BACKENDS = ("auto", "tensorflow", "jax", "torch")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ExecutionConfig:
     skip_bids_validation: bool = False
     command_line: str = ""
     container: str | None = None
+    keras_backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -264,10 +267,42 @@ def _section(cls, args, **overrides):
     return cls(**values)
 
 
+def available_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
+
+    A 4-core SLURM job on a 64-core node sees 4 (affinity, or the cgroup's ``cpu.max``
+    quota of 400000/100000), not 64.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota(Path(cgroup_root))
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), if limited."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return float(text[0]) / float(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
 def config_from_args(args, argv=None) -> Config:
     """Build the frozen :class:`Config` from parsed arguments."""
-    nprocs = args.nprocs or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (args.nprocs or os.cpu_count() or 1)
+    nprocs = args.nprocs or available_cpus()
     omp = args.omp_nthreads or min(8, nprocs)
     output_dir = Path(args.output_dir).expanduser().absolute()
     work_dir = (Path(args.work_dir).expanduser().absolute() if args.work_dir

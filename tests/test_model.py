@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError, ModelMismatchError
-from dpnbids.learn.model import (build_voxnet, cnn_grid, count_voxnet_params, default_cnn_voxel_size,
+from dpnbids.learn.model import (build_voxnet, cnn_grid, logit_layer, count_voxnet_params, default_cnn_voxel_size,
                            resample_maps_to_grid)
 
 GRID = (14, 16, 13)
@@ -22,7 +22,7 @@ def test_voxnet_shapes_and_param_count(channels):
     assert model.count_params() == count_voxnet_params(GRID + (channels,))
     names = [layer.name for layer in model.layers]
     assert names[1:] == ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "pool", "flatten",
-                         "dropout1", "dense", "dropout2", "response"]
+                         "dropout1", "dense", "dropout2", "logit", "response"]
     assert model.get_layer("conv1").strides == (2, 2, 2)
     assert model.get_layer("conv1").kernel_size == (5, 5, 5)
     opt = model.optimizer
@@ -153,7 +153,12 @@ def test_ensemble_is_one_model_with_the_mean_logit(tmp_path, rng):
     members = []
     for k in range(3):
         keras.utils.set_random_seed(k)
-        members.append(build_voxnet(GRID + (2,)))
+        member = build_voxnet(GRID + (2,))
+        head = member.get_layer("logit")  # zero-initialised: give each member its own
+        rng = np.random.default_rng(k)
+        head.set_weights([rng.normal(0, 0.3, head.kernel.shape).astype(np.float32),
+                          np.array([0.1 * k], np.float32)])
+        members.append(member)
     ens = build_ensemble(members)
     assert build_ensemble(members[:1]) is members[0]
 
@@ -163,8 +168,7 @@ def test_ensemble_is_one_model_with_the_mean_logit(tmp_path, rng):
 
     want = np.mean([logit(m.predict(x, verbose=0)) for m in members], axis=0)
     np.testing.assert_allclose(logit(ens.predict(x, verbose=0)), want, atol=1e-4)
-    last = ens.layers[-1]
-    assert isinstance(last, keras.layers.Dense) and last.activation.__name__ == "sigmoid"
+    assert ens.layers[-1].name == "response" and ens.get_layer("logit") is logit_layer(ens)
     ens.save(tmp_path / "ens.keras")
     again = keras.models.load_model(tmp_path / "ens.keras")
     np.testing.assert_allclose(again.predict(x, verbose=0), ens.predict(x, verbose=0),

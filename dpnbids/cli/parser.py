@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dpnbids import __version__
 from dpnbids.cli import types
-from dpnbids.config import DIM_ESTIMATORS, ICA_CONTRASTS, option_defaults
+from dpnbids.config import DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS, option_defaults
 
 DEFAULTS = option_defaults()
 
@@ -155,7 +155,8 @@ TYPES = {f.__name__.lstrip("_"): f for f in (
 CHOICES = {"SLICE_ORDERS": SLICE_ORDERS, "DENOISE_STRATEGIES": DENOISE_STRATEGIES,
            "DIM_ESTIMATORS": DIM_ESTIMATORS, "ICA_CONTRASTS": ICA_CONTRASTS,
            "BACK_PROJECTIONS": BACK_PROJECTIONS, "INPUT_SETS": INPUT_SETS,
-           "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS}
+           "EARLY_STOPPING": EARLY_STOPPING, "SALIENCY_METHODS": SALIENCY_METHODS,
+           "KERAS_BACKENDS": KERAS_BACKENDS}
 OPTIONS_FILE = Path(__file__).with_name("options.toml")
 
 

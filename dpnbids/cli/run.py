@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-# Deterministic kernels on CPU; must be set before any backend import.
+# Deterministic kernels on CPU; must be set before any backend import. The Keras backend
+# and its threads are chosen after parsing (dpnbids.learn.backend.configure).
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 LOGGER = logging.getLogger("dpnbids")
 
@@ -168,6 +168,15 @@ def _run_level(config, inputs, labels, writer) -> None:
         run_group_level(config, inputs, labels, writer)
 
 
+def _configure_backend(config) -> None:
+    """Choose the Keras backend and its threads before anything imports Keras."""
+    from dpnbids.learn.backend import configure
+
+    backend = configure(config.execution.keras_backend, config.execution.omp_nthreads)
+    LOGGER.debug("Keras backend %s with %d compute threads", backend,
+                 config.execution.omp_nthreads)
+
+
 def main(argv=None) -> int:
     """Run dpnbids; return the process exit code.
 
@@ -194,6 +203,7 @@ def main(argv=None) -> int:
 
     try:
         config = config_from_args(args, argv)
+        _configure_backend(config)
         inputs, labels = check_inputs(config)
     except DpnbidsError as exc:
         _error(str(exc))

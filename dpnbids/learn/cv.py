@@ -18,17 +18,22 @@ validation and test subjects; it is called for every fold before training.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from dpnbids.config import derive_seed
 from dpnbids.exceptions import DataLeakageError, InputError
-from dpnbids.learn.calibration import fit_calibration, logit
+from dpnbids.learn.calibration import fit_calibration
 from dpnbids.learn.linear import BASELINES, GramCache, decision_values, inner_decision_values
+from dpnbids.learn.model import predict_logit
+
+LOGGER = logging.getLogger(__name__)
 
 #: The paper's hyperparameter grids (48 fits per fold; pass as ``tune_grid``).
 PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
@@ -233,11 +238,46 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
 
     ``train_params``: epochs, batch_size, patience, min_epochs, mixed_precision,
     ``monitor`` ("val_loss", the default, or "val_auc"), ``augment`` (shifts and
-    intensity jitter, :func:`augment_batch`) and ``balanced`` (class-balanced weights).
+    intensity jitter, :func:`augment_batch`), ``balanced`` (class-balanced weights),
+    ``jit_compile`` and ``max_restarts``.
+
+    The network is trained on its logit (:func:`dpnbids.learn.model.logit_model`,
+    cross-entropy ``from_logits``), under a :class:`dpnbids.learn.guard.TrainingGuard`:
+    an attempt whose initial loss is not sane, whose loss turns NaN or diverges, or whose
+    validation loss sits flat at a saturated value is abandoned, and training restarts
+    from a new seeded initialisation at half the learning rate (at most ``max_restarts``
+    times). The history's ``restarts`` lists every abandoned attempt and why.
     """
+    from dpnbids.learn.guard import GuardTripped
+
+    restarts = []
+    lr = float(model_params.get("learning_rate", 1e-3))
+    for attempt in range(int(train_params.get("max_restarts", 2)) + 1):
+        attempt_seed = seed if attempt == 0 else derive_seed(seed, f"restart{attempt}", bits=32)
+        try:
+            model, history, seconds = _fit_cnn_once(
+                x_tr, y_tr, x_val, y_val, {**model_params, "learning_rate": lr},
+                train_params, attempt_seed, final=attempt == int(train_params.get(
+                    "max_restarts", 2)))
+        except GuardTripped as trip:
+            restarts.append({"attempt": attempt, "seed": int(attempt_seed),
+                             "learning_rate": lr, **trip.record})
+            LOGGER.warning("CNN training attempt %d abandoned (%s); restarting from a new "
+                           "seeded initialisation at learning rate %g", attempt,
+                           trip.record["reason"], lr / 2)
+            lr /= 2.0
+            continue
+        history["restarts"] = restarts
+        return model, history, seconds
+    raise AssertionError("unreachable: the last attempt never trips the guard")
+
+
+def _fit_cnn_once(x_tr, y_tr, x_val, y_val, model_params, train_params, seed, *, final):
+    """One training attempt (see :func:`_fit_cnn`); ``final``: report, never trip."""
     import keras
 
-    from dpnbids.learn.model import build_voxnet
+    from dpnbids.learn.guard import TrainingGuard
+    from dpnbids.learn.model import build_voxnet, logit_model
 
     keras.utils.set_random_seed(int(seed) % (2**31))
     if train_params.get("mixed_precision"):
@@ -246,8 +286,16 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
         model = build_voxnet(x_tr.shape[1:], **model_params)
     finally:  # the policy is global: never let it leak into the next model or the baselines
         keras.mixed_precision.set_global_policy("float32")
+    trainer = logit_model(model)
+    trainer.compile(optimizer=model.optimizer,
+                    loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                    metrics=[keras.metrics.AUC(name="auc", from_logits=True)],
+                    jit_compile=train_params.get("jit_compile", "auto"))
     monitor = str(train_params.get("monitor", "val_loss"))
-    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor,
+    guard = TrainingGuard(x_tr, y_tr, x_val, y_val, trip=not final)
+    guard.check_initial(trainer)
+    callbacks = [guard,
+                 keras.callbacks.EarlyStopping(monitor=monitor,
                                                mode="max" if monitor == "val_auc" else "min",
                                                patience=int(train_params.get("patience", 10)),
                                                start_from_epoch=int(
@@ -260,12 +308,14 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     else:
         data.update(x=x_tr, y=y_tr.astype(np.float32), shuffle=True,
                     batch_size=int(train_params.get("batch_size", 4)))
-    hist = model.fit(**data, validation_data=(x_val, y_val.astype(np.float32)),
-                     epochs=int(train_params.get("epochs", 100)), callbacks=callbacks,
-                     verbose=0)
+    hist = trainer.fit(**data, validation_data=(x_val, y_val.astype(np.float32)),
+                       epochs=int(train_params.get("epochs", 100)), callbacks=callbacks,
+                       verbose=0)
+    guard.raise_if_tripped()
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()
                if k in ("loss", "val_loss", "val_auc")}
+    history.update(guard.summary())
     return model, history, seconds
 
 
@@ -313,14 +363,14 @@ def fit_fold_network(xs, y, n_train, model_params, train_params, seed) -> FoldNe
         model, hist, seconds = _fit_cnn(xs[:n_train], y[:n_train], xs[n_train:], y[n_train:],
                                         model_params, train_params, seed)
         rows = np.arange(n_train, len(y))
-        scores = logit(np.asarray(model.predict(xs[rows], verbose=0), dtype=float).ravel())
+        scores = predict_logit(model, xs[rows])
         return FoldNetwork(model, [hist], seconds, scores, rows)
     members, histories, seconds = [], [], 0.0
     scores = np.empty(len(y))
     for j, (a, b) in enumerate(stratified_folds(y, k, derive_seed(seed, "inner", bits=32))):
         model, hist, sec = _fit_cnn(xs[a], y[a], xs[b], y[b], model_params, train_params,
                                     derive_seed(seed, j, bits=32))
-        scores[b] = logit(np.asarray(model.predict(xs[b], verbose=0), dtype=float).ravel())
+        scores[b] = predict_logit(model, xs[b])
         members.append(model)
         histories.append(hist)
         seconds += sec
@@ -423,7 +473,8 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
             mp, tp, chosen = _tune(x_tr, y[tr], x_val, y[va], model_params, train_params,
                                    tune_grid or TUNE_GRID, fold.seed)
         net = fit_fold_network(xs_outer, y[outer], n_tr, mp, tp, fold.seed)
-        raw = np.asarray(net.model.predict(xs_test, verbose=0), dtype=float).ravel()
+        z_test = predict_logit(net.model, xs_test)
+        raw = expit(z_test)
         if on_fold is not None:
             on_fold(FoldModel(input_set, fold, net.model, channels, scaler, xs_outer, y[outer],
                               xs_test, y[te], tuple(fold.test_ids)))
@@ -435,7 +486,7 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                          threshold_rule, fold, [ids[i] for i in outer[net.calibration_rows]])
         calibration = {"cnn": cal}
         rows.extend(_prediction_rows(fold, input_set, "cnn", test_subjects, y[te], raw, cal,
-                                     logit(raw)))
+                                     z_test))
         for name in baselines:
             calibration[name], dv = _baseline_fold(gram, name, fold, outer, te, y, ids,
                                                    channels, threshold_rule)
@@ -472,6 +523,8 @@ def _fold_manifest(fold: Fold, channels, net: FoldNetwork, chosen, calibration,
             "seed": int(fold.seed), "epochs_trained": net.epochs,
             **({"inner_folds": members, "epochs_trained_per_member": net.member_epochs}
                if members > 1 else {}),
+            "training_restarts": [r for h in net.histories for r in h.get("restarts", [])],
+            "training_flags": [f for h in net.histories for f in h.get("flags", [])],
             "tuned_hyperparameters": chosen,
             "calibration": {m: {**c["platt"].to_dict(), "threshold": c["threshold"],
                                 "threshold_rule": threshold_rule, "fitted_on": c["fitted_on"]}

@@ -31,7 +31,8 @@ MNI_BRAIN_BBOX = ((-78.0, 78.0), (-114.0, 78.0), (-72.0, 90.0))
 
 def build_voxnet(input_shape, *, conv_filters=(32, 32), first_kernel=5, first_stride=2,
                  second_kernel=3, pool_size=2, dropout=0.3, dense_units=128,
-                 learning_rate=1e-3, epsilon=0.1, weight_decay=0.0, name="voxnet"):
+                 learning_rate=1e-3, epsilon=0.1, weight_decay=0.0, jit_compile="auto",
+                 name="voxnet"):
     """Build and compile the VoxNet classifier for inputs ``(X, Y, Z, C)`` (channels last).
 
     ``weight_decay`` > 0 adds an L2 penalty of that strength to every convolution and
@@ -66,12 +67,61 @@ def build_voxnet(input_shape, *, conv_filters=(32, 32), first_kernel=5, first_st
     x = layers.Dropout(dropout, name="dropout1")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense", kernel_regularizer=reg)(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="response", dtype="float32")(x)
+    logits = layers.Dense(1, name="logit", dtype="float32", kernel_initializer="zeros")(x)
+    outputs = layers.Activation("sigmoid", name="response", dtype="float32")(logits)
     model = keras.Model(inputs, outputs, name=name)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, epsilon=epsilon),
                   loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc"), "accuracy"])
+                  metrics=[keras.metrics.AUC(name="auc"), "accuracy"], jit_compile=jit_compile)
     return model
+
+
+def logit_layer(model):
+    """The ``Dense(1)`` layer whose output is ``model``'s logit.
+
+    A :func:`build_voxnet` network ends in ``Dense(1) -> sigmoid``; networks saved by
+    earlier versions end in one ``Dense(1, activation="sigmoid")``. Both are accepted.
+    """
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense) and _activation_name(last) == "sigmoid":
+        return last
+    if isinstance(last, keras.layers.Activation) and _activation_name(last) == "sigmoid":
+        names = [layer.name for layer in model.layers]
+        prev = model.get_layer("logit") if "logit" in names else None
+        if isinstance(prev, keras.layers.Dense) and _activation_name(prev) == "linear":
+            return prev
+    raise DimensionError(f"the logit of model {model.name!r} is not available: its last "
+                         f"layer is {type(last).__name__} with activation "
+                         f"{_activation_name(last)!r}; expected Dense(1) followed by a "
+                         "sigmoid (or a sigmoid Dense).")
+
+
+def _activation_name(layer) -> str | None:
+    return getattr(getattr(layer, "activation", None), "__name__", None)
+
+
+def logit_model(model):
+    """A Keras model sharing ``model``'s layers whose output is its logit (pre-sigmoid).
+
+    Training minimises the cross-entropy on this output (``from_logits=True``): the loss
+    then has a gradient however confident a wrong prediction is, on every backend.
+    """
+    import keras
+
+    layer = logit_layer(model)
+    if layer is model.layers[-1]:
+        raise DimensionError(f"model {model.name!r} ends in a sigmoid Dense layer (saved by an "
+                             "earlier version): it can be used to predict, not trained again.")
+    return keras.Model(model.input, layer.output, name=f"{model.name}_logit")
+
+
+def predict_logit(model, x, *, batch_size=16) -> np.ndarray:
+    """The logits of ``model`` for inputs ``x`` (float64, not rounded through a float32
+    sigmoid, so that confident predictions keep their order)."""
+    return np.asarray(logit_model(model).predict(x, verbose=0, batch_size=batch_size),
+                      dtype=float).ravel()
 
 
 def count_voxnet_params(input_shape, **kwargs) -> int:
@@ -129,11 +179,11 @@ def resample_maps_to_grid(maps, source_affine, voxel_size, *, mask=None):
 def build_ensemble(models, name="voxnet_ensemble"):
     """One Keras model whose output is the sigmoid of the mean logit of ``models``.
 
-    Each member is a :func:`build_voxnet` network (last layer: a sigmoid ``Dense(1)``). Its
-    body (everything before that layer) is kept as it is, the bodies' features are
-    concatenated, and one sigmoid ``Dense(1)`` holds every member's output weights divided
-    by the number of members, so ``logit(ensemble(x)) = mean_k logit(member_k(x))``
-    exactly. The result is a single model with a sigmoid ``Dense`` last layer: it saves to
+    Each member is a :func:`build_voxnet` network (``Dense(1)`` logit, then a sigmoid). Its
+    body (everything before the logit layer) is kept as it is, the bodies' features are
+    concatenated, and one ``Dense(1)`` logit layer holds every member's output weights
+    divided by the number of members, so ``logit(ensemble(x)) = mean_k logit(member_k(x))``
+    exactly. The result is a single model ending like a member (logit, sigmoid): it saves to
     one ``.keras`` file, predicts like one network, and its logit is attributed like one
     network's (:mod:`dpnbids.learn.saliency`).
     """
@@ -152,15 +202,15 @@ def build_ensemble(models, name="voxnet_ensemble"):
         if tuple(member.inputs[0].shape[1:]) != shape:
             raise DimensionError(f"ensemble member {k} takes inputs {member.inputs[0].shape}, "
                                  f"member 0 takes {shape}; members must share one grid")
-        last = member.layers[-1]
+        last = logit_layer(member)
         body = keras.Model(member.inputs, last.input, name=f"member{k}")
         feats.append(body(inputs))
         kernel, bias = last.get_weights()
         kernels.append(kernel)
         biases.append(bias)
     joined = layers.Concatenate(name="members")(feats)
-    head = layers.Dense(1, activation="sigmoid", name="response", dtype="float32")
-    outputs = head(joined)
+    head = layers.Dense(1, name="logit", dtype="float32")
+    outputs = layers.Activation("sigmoid", name="response", dtype="float32")(head(joined))
     head.set_weights([np.concatenate(kernels, axis=0) / len(models),
                       np.mean(biases, axis=0)])
     return keras.Model(inputs, outputs, name=name)

@@ -418,29 +418,54 @@ def plot_confusion(predictions_df, *, threshold=0.5) -> str:
 
 
 def plot_learning_curves(histories: dict) -> str:
-    """Training and validation loss per epoch, one panel per input set.
+    """Training and validation loss per epoch: one small panel per fold, a row per input set.
 
-    ``histories`` maps ``(input_set, repeat, fold)`` to
-    ``{"loss": [...], "val_loss": [...]}``.
+    ``histories`` maps ``(input_set, repeat, fold[, member])`` to ``{"loss": [...],
+    "val_loss": [...]}``; a fold flagged by :func:`fold_training_flags` has a red title.
     """
     by_set: dict = {}
     for key, h in histories.items():
-        s = key[0] if isinstance(key, tuple) else key
-        by_set.setdefault(str(s), []).append(h)
-    n = max(len(by_set), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3), squeeze=False)
-    for ax, (s, hs) in zip(axes[0], by_set.items()):
-        for h in hs:
+        key = key if isinstance(key, tuple) else (key,)
+        by_set.setdefault(str(key[0]), []).append(("/".join(map(str, key[1:])), h))
+    rows = max(len(by_set), 1)
+    cols = max([len(v) for v in by_set.values()] + [1])
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols + 0.6, 1.5 * rows + 0.4),
+                             squeeze=False, sharey="row")
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for r, (s, hs) in enumerate(by_set.items()):
+        for c, (label, h) in enumerate(hs):
+            ax = axes[r, c]
+            ax.set_visible(True)
             if h.get("loss") is not None:
-                ax.plot(h["loss"], color="tab:blue", alpha=0.4, lw=0.8)
+                ax.plot(h["loss"], color="tab:blue", lw=0.9)
             if h.get("val_loss") is not None:
-                ax.plot(h["val_loss"], color="tab:orange", alpha=0.4, lw=0.8)
-        ax.plot([], [], color="tab:blue", label="train loss")
-        ax.plot([], [], color="tab:orange", label="inner validation loss")
-        ax.set_title(s, fontsize=9, color="crimson" if "leaky" in s.lower() else "black")
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+                ax.plot(h["val_loss"], color="tab:orange", lw=0.9)
+            flagged = bool(fold_training_flags(h))
+            ax.set_title(f"{s} {label}", fontsize=7,
+                         color="crimson" if flagged or "leaky" in s.lower() else "black")
+            ax.tick_params(labelsize=6)
+    axes[0, 0].plot([], [], color="tab:blue", label="train")
+    axes[0, 0].plot([], [], color="tab:orange", label="validation")
+    axes[0, 0].legend(fontsize=6)
+    fig.supxlabel("epoch", fontsize=8)
+    fig.supylabel("loss", fontsize=8)
     return fig_to_data_uri(fig)
+
+
+def fold_training_flags(history: dict, tol: float = 1e-3) -> list[str]:
+    """What is wrong with one fold's training, in words (empty when nothing is): a
+    validation loss that never moved, restarts of the training guard and its flags."""
+    flags = []
+    val = np.asarray(history.get("val_loss") or [], dtype=float)
+    if val.size >= 2 and np.all(np.isfinite(val)) and float(np.ptp(val)) < tol:
+        flags.append(f"validation loss never moved ({val[0]:.3f})")
+    elif val.size and not np.all(np.isfinite(val)):
+        flags.append("validation loss is not finite")
+    for r in history.get("restarts") or []:
+        flags.append(f"restarted after attempt {r.get('attempt')}: {r.get('reason')}")
+    flags.extend(str(f) for f in history.get("flags") or [])
+    return flags
 
 
 def _pooled_by_set(predictions_df):

@@ -132,6 +132,20 @@ def timings_table(timings: dict) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _training_flags(histories: dict) -> str:
+    """A warning listing every fold whose training was flagged, or a note that none was."""
+    rows = []
+    for key, h in histories.items():
+        for flag in figures.fold_training_flags(h):
+            name = " ".join(map(str, key if isinstance(key, tuple) else (key,)))
+            rows.append(f"<li>{esc(name)}: {esc(flag)}</li>")
+    if not rows:
+        return note(f"Every one of the {len(histories)} trained networks moved its validation "
+                    "loss; none was restarted by the training guard.")
+    return ('<div class="warning">Training needs a look in these folds (input set, repeat, '
+            f"fold):<ul>{''.join(rows)}</ul></div>")
+
+
 def _table2(table2_df, metrics_df, permutation) -> str:
     parts = []
     if table2_df is not None and len(table2_df):
@@ -339,7 +353,8 @@ def render_group_report(
     roc, conf = _performance_figures(predictions_df, any_leaky)
     if histories:
         lc = safe_figure(figures.plot_learning_curves,
-                         "Training and inner-validation loss per epoch (all folds).", histories)
+                         "Training and inner-validation loss per epoch, one panel per fold "
+                         "(red: a fold flagged below).", histories) + _training_flags(histories)
     else:
         lc = note("Learning curves not available.")
     leak = "".join(f"<li>{esc(n)}</li>" for n in (leakage_notes or []))
