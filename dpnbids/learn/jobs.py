@@ -83,16 +83,20 @@ def fold_from_dict(data: dict):
 
 
 def pin_threads(n_threads: int) -> None:
-    """TensorFlow's thread pools to ``n_threads`` (what the node's n_procs promised the
-    scheduler); a no-op once TensorFlow has started (a Linear run in one process)."""
+    """The node's Keras backend and ``n_threads`` compute threads (what its n_procs promised
+    the scheduler), through :func:`dpnbids.learn.backend.configure`'s environment: the
+    driver's choice of backend, inherited by the node's process, is kept; values already
+    set win, and a process whose backend already runs (a Linear run) is left as it is."""
+    import os
+
+    from dpnbids.exceptions import InputError
+    from dpnbids.learn.backend import configure
+
     if not n_threads:
         return
-    import tensorflow as tf
-
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(n_threads))
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(n_threads)))
-    except RuntimeError:  # already initialised in this process
+        configure(os.environ.get("KERAS_BACKEND") or "auto", int(n_threads))
+    except InputError:  # Keras already imported in this process with its backend
         pass
 
 
