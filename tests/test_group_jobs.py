@@ -110,3 +110,58 @@ def test_plugin_file_node_plugin_args(tmp_path):
     bad.write_text("plugin: SLURM\nnode_plugin_args:\n  gpu: --gres=gpu:1\n")
     with pytest.raises(InputError, match="node_plugin_args.*cnn"):
         _load_plugin(bad, 2, None)
+
+
+def test_confound_table_round_trips_through_the_cohort_file(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"mean_fd": [0.1, np.nan, 0.3], "site": ["a", None, "b"],
+                          "age": [30.0, 41.5, 52.0]},
+                         index=pd.Index(["01", "02", "03"], name="participant"))
+    paths = jobs.write_job_inputs(tmp_path, {}, list(table.index), [1, 0, 1], np.ones((3, 2)),
+                                  confounds=table)
+    back = jobs.table_from_json(json.loads(open(paths["cohort"]).read())["confounds"])
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    assert back["site"].isna().tolist() == [False, True, False]
+    assert jobs.deconfounder_for({"deconfound": None}, paths["cohort"]) is None
+    deconf = jobs.deconfounder_for({"deconfound": {"covariates": ["age"], "harmonize": "site"}},
+                                   paths["cohort"])
+    assert deconf.covariates == ("age",) and deconf.harmonize == "site"
+    bare = jobs.write_job_inputs(tmp_path / "bare", {}, ["01"], [1], np.ones((1, 2)))
+    with pytest.raises(ValueError, match="no confound table"):
+        jobs.deconfounder_for({"deconfound": {"covariates": ["age"]}}, bare["cohort"])
+
+
+@pytest.mark.slow
+def test_fold_and_final_nodes_deconfound_inside_their_fits(tmp_path):
+    """A fold node fits --covariates/--harmonize on its outer-training subjects and records
+    it in its manifest; the final-model node fits them on everyone and stores the fit."""
+    from dpnbids.learn.cv import make_outer_splits
+    from dpnbids.sim.confounded import confounded_maps
+
+    x, y, table = confounded_maps(8, 8, confound="site", shape=(11, 12, 11), n_maps=2, seed=3)
+    ids = list(table.index)
+    paths = jobs.write_job_inputs(tmp_path / "in", {"ASC": x}, ids, y,
+                                  np.random.default_rng(0).random((len(ids), 2)),
+                                  confounds=table)
+    spec = json.dumps({"name": "SSC", "selection": "in-fold", "ssc_p": 1.0,
+                       "model_params": {"dense_units": 4},
+                       "train_params": {"epochs": 1, "batch_size": 8, "min_epochs": 0},
+                       "threshold_rule": "youden", "tune": False, "cv_seed": 1,
+                       "final_seed": 2, "saliency": {"method": "none"},
+                       "deconfound": {"covariates": ["age"], "harmonize": "site"}})
+    fold = make_outer_splits(ids, y, n_folds=2, random_state=0)[0]
+    (tmp_path / "fold").mkdir()
+    out = jobs.run_cv_fold(paths["ASC"], out_dir=tmp_path / "fold", cohort=paths["cohort"],
+                           summaries=paths["summaries"], spec=spec,
+                           fold=json.dumps(jobs.fold_to_dict(fold)))
+    record = json.loads(open(out["record"]).read())["manifests"][0]["deconfounding"]
+    assert sorted(record["fitted_on"]) == sorted(fold.outer_train_ids)
+    assert record["harmonize"] == "site" and record["covariates"] == ["age"]
+    (tmp_path / "final").mkdir()
+    final = jobs.fit_final(paths["ASC"], out_dir=tmp_path / "final", cohort=paths["cohort"],
+                           summaries=paths["summaries"], spec=spec)
+    data = jobs.load_final(final["record"], final["support"])
+    meta, arrays = data["deconfounding"]
+    assert sorted(meta["fitted_on"]) == sorted(ids) and meta["harmonize"] == "site"
+    assert meta["n_channels"] == len(data["channels"]) and "c0_support" in arrays

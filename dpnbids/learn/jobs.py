@@ -93,7 +93,8 @@ def table_from_json(data: dict) -> pd.DataFrame:
             out[col["name"]] = np.array([np.nan if v is None else v for v in col["values"]],
                                         dtype=float)
         else:
-            out[col["name"]] = pd.Series(col["values"], index=out.index, dtype=object)
+            # assigned as confound_table assigns it, so pandas infers the same dtype
+            out[col["name"]] = np.asarray(col["values"], dtype=object)
     return out
 
 
