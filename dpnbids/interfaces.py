@@ -265,7 +265,8 @@ class PermutationBlock(_FunctionInterface):
     _keywords = ("cohort", "summaries", "spec", "block", "n_threads")
 
 
-_FinalOutputSpec = _output_spec("_FinalOutputSpec", ("model", "record", "support", "baseline"))
+_FinalOutputSpec = _output_spec("_FinalOutputSpec", ("model", "record", "support", "baseline",
+                                                     "deconfound"))
 
 
 class FinalModel(_FunctionInterface):

@@ -161,7 +161,7 @@ def test_fold_and_final_nodes_deconfound_inside_their_fits(tmp_path):
     (tmp_path / "final").mkdir()
     final = jobs.fit_final(paths["ASC"], out_dir=tmp_path / "final", cohort=paths["cohort"],
                            summaries=paths["summaries"], spec=spec)
-    data = jobs.load_final(final["record"], final["support"])
+    data = jobs.load_final(final["record"], final["support"], final["deconfound"])
     meta, arrays = data["deconfounding"]
     assert sorted(meta["fitted_on"]) == sorted(ids) and meta["harmonize"] == "site"
     assert meta["n_channels"] == len(data["channels"]) and "c0_support" in arrays

@@ -399,7 +399,7 @@ def _save_final_model(config, final, tables, res: GroupICAResult, grid_affine, v
     if final is None:
         LOGGER.info("no map-based input set requested: no final model saved")
         return None
-    data = load_final(final["record"], final["support"])
+    data = load_final(final["record"], final["support"], final.get("deconfound"))
     summary = tables["summary"]
     row = summary[(summary["input_set"] == data["input_set"]) & (summary["model"] == "cnn")]
     cv_metrics = {}

@@ -299,21 +299,26 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
               "history": final.history, "calibration": final.calibration}
     if deconfounding is not None:
         record["deconfounding"] = deconfounding[0]
-        np.savez(out / "deconfound.npz", **deconfounding[1])
+    # always written (empty without deconfounding): the engine keeps only declared outputs
+    np.savez(out / "deconfound.npz", **(deconfounding[1] if deconfounding else {}))
     write_json(record, out / "final.json")
     return {"model": str(out / "model.keras"), "record": str(out / "final.json"),
-            "support": str(out / "support.npy"), "baseline": str(out / "baseline.npy")}
+            "support": str(out / "support.npy"), "baseline": str(out / "baseline.npy"),
+            "deconfound": str(out / "deconfound.npz")}
 
 
-def load_final(record, support) -> dict:
+def load_final(record, support, deconfound=None) -> dict:
     """What :func:`fit_final` wrote, as the bundle wants it (scaling with its support;
-    ``deconfounding``: the (metadata, arrays) of the final fit's deconfounder, or None)."""
+    ``deconfounding``: the (metadata, arrays) of the final fit's deconfounder from
+    ``deconfound``, or None)."""
     data = json.loads(Path(record).read_text())
     data["scaling"]["support"] = np.load(support)
     meta = data.pop("deconfounding", None)
     data["deconfounding"] = None
     if meta is not None:
-        with np.load(Path(record).with_name("deconfound.npz")) as arrays:
+        if deconfound is None:
+            raise ValueError(f"{record} records a deconfounding fit: give its arrays' file")
+        with np.load(deconfound) as arrays:
             data["deconfounding"] = (meta, {k: arrays[k] for k in arrays.files})
     return data
 
