@@ -135,3 +135,13 @@ def make_native_dataset(root, *, n_volumes: int):
     return generate_dataset(root / "bids", SynthParams(
         n_responders=1, n_nonresponders=1, seed=7, space="native", n_volumes=n_volumes,
         motion_mm=1.0, template_resolution=4.0, bold_voxel_size=4.0, t1w_voxel_size=2.0))
+
+
+def randomise_logit_head(model, seed: int = 0, scale: float = 0.3):
+    """Give an untrained VoxNet's zero-initialised logit layer random weights, so that tests
+    of attribution and prediction see a logit that depends on the input."""
+    head = model.get_layer("logit")
+    rng = np.random.default_rng(seed)
+    head.set_weights([rng.normal(0.0, scale, head.kernel.shape).astype(np.float32),
+                      np.zeros(1, np.float32)])
+    return model

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import make_tiny_bids, run_cli
+from conftest import make_tiny_bids, run_cli, randomise_logit_head
 from dpnbids.learn.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 from dpnbids.learn.model import build_voxnet, cnn_grid
@@ -230,7 +230,7 @@ def test_an_inner_fold_ensemble_is_saved_and_predicts_as_one_model(saved, tmp_pa
     members = []
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
-        members.append(build_voxnet(single.grid_shape + (2,)))
+        members.append(randomise_logit_head(build_voxnet(single.grid_shape + (2,)), seed))
     ensemble = build_ensemble(members)
     folder = save_bundle(tmp_path / "model", ensemble, group_maps_file=saved / "group_maps.nii.gz",
                          mask_file=saved / "group_mask.nii.gz", selected_components=[0, 2],

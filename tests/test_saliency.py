@@ -66,8 +66,10 @@ def test_integrated_gradients_completeness_on_voxnet(rng):
 
     import keras
 
+    from conftest import randomise_logit_head
+
     keras.utils.set_random_seed(1)
-    model = build_voxnet(GRID + (2,))
+    model = randomise_logit_head(build_voxnet(GRID + (2,)), seed=1)
     x = rng.normal(size=(2,) + GRID + (2,)).astype(np.float32)
     base = 0.2 * rng.normal(size=GRID + (2,)).astype(np.float32)
     ig = sal.integrated_gradients(model, x, base, steps=64)
@@ -299,6 +301,7 @@ def test_randomised_weights_sanity_check(planted_cv):
     convolution's uneven voxel coverage and the |x - baseline| factor of IG.
     """
     import keras
+    from conftest import randomise_logit_head
     from scipy.stats import spearmanr
 
     _, kept, _ = planted_cv
@@ -307,7 +310,8 @@ def test_randomised_weights_sanity_check(planted_cv):
         base = fm.x_train.mean(axis=0)
         trained = sal.integrated_gradients(fm.model, fm.x_test, base)
         keras.utils.set_random_seed(123)
-        random_model = keras.models.clone_model(fm.model)  # fresh initial weights
+        random_model = keras.models.clone_model(fm.model)  # fresh initial weights,
+        randomise_logit_head(random_model, 123)  # the zero-initialised logit layer too
         rand = sal.integrated_gradients(random_model, fm.x_test, base)
         signed = np.mean([spearmanr(t[brain].ravel(), r[brain].ravel())[0]
                           for t, r in zip(trained, rand)])
@@ -401,8 +405,10 @@ def _bundle(tmp_path, rng, *, baseline=True):
     maps = rng.normal(size=(6, 3) + shape).astype(np.float32) * mask
     x, grid_aff = resample_maps_to_grid(maps, aff, 12.0, mask=mask)
     scaling = fit_scaler(x)
+    from conftest import randomise_logit_head
+
     keras.utils.set_random_seed(0)
-    model = build_voxnet(x.shape[1:])
+    model = randomise_logit_head(build_voxnet(x.shape[1:]))
     nib.save(nib.Nifti1Image(maps[0].transpose(1, 2, 3, 0), aff), str(tmp_path / "g.nii.gz"))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(tmp_path / "m.nii.gz"))
     path = save_bundle(tmp_path / "model", model, group_maps_file=tmp_path / "g.nii.gz",
