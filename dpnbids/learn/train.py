@@ -115,13 +115,13 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
 
     restarts = []
     lr = float(model_params.get("learning_rate", 1e-3))
-    for attempt in range(int(train_params.get("max_restarts", 2)) + 1):
+    last = int(train_params.get("max_restarts", 2))
+    for attempt in range(last + 1):
         attempt_seed = seed if attempt == 0 else derive_seed(seed, f"restart{attempt}", bits=32)
-        try:
+        try:  # the last attempt only records what the guard sees: it never trips
             model, history, seconds = _fit_cnn_once(
                 x_tr, y_tr, x_val, y_val, {**model_params, "learning_rate": lr},
-                train_params, attempt_seed, final=attempt == int(train_params.get(
-                    "max_restarts", 2)))
+                train_params, attempt_seed, final=attempt == last)
         except GuardTripped as trip:
             restarts.append({"attempt": attempt, "seed": int(attempt_seed),
                              "learning_rate": lr, **trip.record})
