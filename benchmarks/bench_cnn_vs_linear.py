@@ -55,7 +55,7 @@ BASE_TRAIN = {"epochs": 100, "batch_size": 4, "patience": 10, "min_epochs": 10,
 
 def features(argv) -> int:
     """Run the group level and save the classifier's inputs instead of classifying."""
-    import dpnbids.workflows.classify as classify
+    import dpnbids.group.classify as classify
     from dpnbids.analysis.stats import component_summary
     from dpnbids.cli.run import main
     from dpnbids.learn.model import cnn_voxel_size

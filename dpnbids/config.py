@@ -63,6 +63,9 @@ class ExecutionConfig:
     use_plugin: Path | None = None
     plugin: str = "MultiProc"
     plugin_args: dict = field(default_factory=dict)
+    #: Per kind of node (``cnn``: CV folds, permutation blocks, final model), the
+    #: plugin arguments a node adds (``sbatch_args: --gres=gpu:1``): ``node_plugin_args``.
+    node_plugin_args: dict = field(default_factory=dict)
     stop_on_first_crash: bool = False
     verbose: int = 0
     skip_bids_validation: bool = False
@@ -288,8 +291,14 @@ def _check_plugin_name(path: Path, name: str) -> None:
                          "case-sensitive).")
 
 
-def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[str, dict]:
-    """Read an fMRIPrep-style plugin YAML; default to MultiProc/Linear."""
+def _load_plugin(path: Path | None, nprocs: int,
+                 mem_gb: float | None) -> tuple[str, dict, dict]:
+    """Read an fMRIPrep-style plugin YAML; default to MultiProc/Linear.
+
+    Returns the plugin, its arguments and ``node_plugin_args``: per kind of node
+    (``cnn``), the arguments those nodes add, e.g. ``{"cnn": {"sbatch_args":
+    "--gres=gpu:1"}}`` (nipype appends a node's ``sbatch_args``/``qsub_args`` to the
+    plugin's, or replaces them with ``overwrite: true``)."""
     from dpnbids.exceptions import InputError
 
     if path is None:
@@ -299,7 +308,7 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
                 "mp_context": "forkserver"}
         if mem_gb:
             args["memory_gb"] = mem_gb
-        return ("MultiProc" if nprocs > 1 else "Linear"), args
+        return ("MultiProc" if nprocs > 1 else "Linear"), args, {}
     import yaml
 
     try:
@@ -314,12 +323,22 @@ def _load_plugin(path: Path | None, nprocs: int, mem_gb: float | None) -> tuple[
     plugin_args = data.get("plugin_args") or {}
     if not isinstance(plugin_args, dict):
         raise InputError(f"plugin file {path}: 'plugin_args' must be a mapping")
+    node_args = data.get("node_plugin_args") or {}
+    if not isinstance(node_args, dict) or any(
+            k not in NODE_KINDS or not isinstance(v, dict) for k, v in node_args.items()):
+        raise InputError(f"plugin file {path}: 'node_plugin_args' must map a kind of node "
+                         f"({', '.join(NODE_KINDS)}) to plugin arguments, e.g.\n"
+                         "node_plugin_args:\n  cnn:\n    sbatch_args: --gres=gpu:1")
     if data["plugin"] == "MultiProc":
         plugin_args.setdefault("n_procs", nprocs)
         plugin_args.setdefault("mp_context", "forkserver")
         if mem_gb:
             plugin_args.setdefault("memory_gb", mem_gb)
-    return data["plugin"], plugin_args
+    return data["plugin"], plugin_args, node_args
+
+
+#: Kinds of node a plugin file may give their own arguments (``node_plugin_args``).
+NODE_KINDS = ("cnn",)
 
 
 def _section(cls, args, **overrides):
@@ -412,11 +431,11 @@ def config_from_args(args, argv=None) -> Config:
     output_dir = Path(args.output_dir).expanduser().absolute()
     work_dir = (Path(args.work_dir).expanduser().absolute() if args.work_dir
                 else output_dir.parent / f".{output_dir.name}_work")
-    plugin, plugin_args = _load_plugin(args.use_plugin, nprocs, args.mem_gb)
+    plugin, plugin_args, node_args = _load_plugin(args.use_plugin, nprocs, args.mem_gb)
     execution = _section(
         ExecutionConfig, args, bids_dir=Path(args.bids_dir).expanduser().absolute(),
         output_dir=output_dir, work_dir=work_dir, nprocs=nprocs, omp_nthreads=omp,
-        plugin=plugin, plugin_args=plugin_args,
+        plugin=plugin, plugin_args=plugin_args, node_plugin_args=node_args,
         command_line=" ".join(["dpnbids", *(argv if argv is not None else sys.argv[1:])]),
         container=os.environ.get("DPNBIDS_CONTAINER"))
     return Config(execution=execution, **option_sections(args), random_seed=args.random_seed)
@@ -453,6 +472,11 @@ def prepare_nipype(config: "Config", execution: dict | None = None) -> None:
     options.update(execution or {})
     ncfg.update_config({"execution": options, "monitoring": {"enabled": False}})
     ex.work_dir.mkdir(parents=True, exist_ok=True)
+    if ex.plugin not in ("MultiProc", "Linear", "LegacyMultiProc"):
+        import getpass
+
+        # nipype's batch plugins name each job after $LOGNAME, unset in many containers
+        os.environ.setdefault("LOGNAME", getpass.getuser())
     if ex.plugin == "MultiProc" and ex.plugin_args.get("mp_context") == "forkserver":
         import multiprocessing
 

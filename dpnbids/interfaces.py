@@ -223,6 +223,85 @@ class DualRegression(_FunctionInterface):
         return {"group_maps_file": self.inputs.group_maps, "mask_file": self.inputs.mask_file}
 
 
+# --------------------------------------------------------------------- group learning
+class _LearnInputSpec(BaseInterfaceInputSpec):
+    features = File(exists=True, mandatory=True, desc="(S, X, Y, Z, C) .npy")
+    cohort = File(exists=True, mandatory=True, desc="subjects and labels (JSON)")
+    summaries = File(exists=True, mandatory=True, desc="(S, K) component summaries .npy")
+    spec = traits.Str(mandatory=True, desc="the input set's settings and seeds (JSON)")
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _FoldInputSpec(_LearnInputSpec):
+    fold = traits.Str(mandatory=True, desc="the outer fold (JSON)")
+
+
+_FoldOutputSpec = _output_spec("_FoldOutputSpec", ("predictions", "record"),
+                               saliency=traits.Str(desc="summed |attribution| .npy, or ''"))
+
+
+class CVFold(_FunctionInterface):
+    """One input set's nested CV on one outer fold."""
+
+    input_spec = _FoldInputSpec
+    output_spec = _FoldOutputSpec
+    _function, _first = "dpnbids.learn.jobs:run_cv_fold", "features"
+    _keywords = ("cohort", "summaries", "spec", "fold", "n_threads")
+
+
+class _PermInputSpec(_LearnInputSpec):
+    block = traits.Int(mandatory=True, desc="block of permutations; -1: the true labels")
+
+
+_OutFileSpec = _output_spec("_OutFileSpec", ("out_file",))
+
+
+class PermutationBlock(_FunctionInterface):
+    """A block of label permutations of one input set's whole CNN cross-validation."""
+
+    input_spec = _PermInputSpec
+    output_spec = _OutFileSpec
+    _function, _first = "dpnbids.learn.jobs:run_permutation_block", "features"
+    _keywords = ("cohort", "summaries", "spec", "block", "n_threads")
+
+
+_FinalOutputSpec = _output_spec("_FinalOutputSpec", ("model", "record", "support", "baseline",
+                                                     "deconfound"))
+
+
+class FinalModel(_FunctionInterface):
+    """The final CNN on all labelled subjects."""
+
+    input_spec = _LearnInputSpec
+    output_spec = _FinalOutputSpec
+    _function, _first = "dpnbids.learn.jobs:fit_final", "features"
+    _keywords = ("cohort", "summaries", "spec", "n_threads")
+
+
+class _PoolInputSpec(BaseInterfaceInputSpec):
+    predictions = traits.List(File(exists=True), mandatory=True)
+    records = traits.List(File(exists=True), mandatory=True)
+    saliency = traits.List(traits.Str, mandatory=True)
+    permutations = traits.List(File(exists=True), value=[], usedefault=True)
+    settings = traits.Str(mandatory=True, desc="seeds, bootstrap and input sets (JSON)")
+    extra_predictions = traits.Either(None, File(exists=True), default=None, usedefault=True)
+    extra_records = traits.Either(None, File(exists=True), default=None, usedefault=True)
+
+
+class _PoolOutputSpec(TraitedSpec):
+    out_dir = traits.Str()
+
+
+class PoolGroupResults(_FunctionInterface):
+    """The join: pooled predictions, metrics, CIs, permutation p-values and Table 2."""
+
+    input_spec = _PoolInputSpec
+    output_spec = _PoolOutputSpec
+    _function, _first = "dpnbids.learn.pooling:pool_group_results", "predictions"
+    _keywords = ("records", "saliency", "permutations", "settings", "extra_predictions",
+                 "extra_records")
+
+
 # --------------------------------------------------------------------- writer
 class _SinkInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dpnbids.derivatives import atomic_write_text, pid_alive
 
-LOGGER = logging.getLogger("dpnbids.publish")
+LOGGER = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".group-staging-"
 BACKUP_PREFIX = ".group-backup-"

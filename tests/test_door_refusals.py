@@ -170,7 +170,7 @@ def test_pca_dim_above_the_shortest_run_is_refused_from_headers(tmp_path):
     from types import SimpleNamespace
 
     from dpnbids.exceptions import DimensionError
-    from dpnbids.workflows.group import check_pca_dim
+    from dpnbids.group.level import check_pca_dim
 
     runs = []
     for key, n in (("sub-01", 80), ("sub-02", 55)):

@@ -199,7 +199,7 @@ def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
     import time
 
     from dpnbids.learn.bundle import load_bundle
-    from dpnbids.workflows.group import STAGING_PREFIX, open_group_staging
+    from dpnbids.group.level import STAGING_PREFIX, open_group_staging
 
     synth, out, root = planted
     dest = tmp_path / "out"

@@ -155,7 +155,7 @@ def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
     """--n-components 40 on 110-volume runs: refused in the checks, no image data read."""
     ds = make_fmriprep_dataset(tmp_path / "ds", subjects={"01": 1, "02": 0, "03": 1, "04": 0},
                                layouts=("native",), n_volumes=110, tr=2.0, seed=3)
-    from dpnbids.workflows.group import check_model_order
+    from dpnbids.group.level import check_model_order
     from dpnbids.workflows.inputs import RunFiles
     from dpnbids.preproc.dof import RunDof
 
@@ -197,7 +197,7 @@ def test_group_refuses_fixed_order_above_dof_before_loading(tmp_path):
 def test_mixed_repetition_times_refused():
     from dpnbids.exceptions import InputError
     from dpnbids.preproc.dof import RunDof
-    from dpnbids.workflows.group import check_same_tr
+    from dpnbids.group.level import check_same_tr
 
     same = {"sub-01": RunDof(110, 2.0, 36, 17, 17, 0, 19),
             "sub-02": RunDof(120, 2.0, 39, 17, 17, 0, 22)}

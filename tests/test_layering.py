@@ -18,6 +18,7 @@ LAYERS = (
     ("dpnbids.preproc", "dpnbids.analysis", "dpnbids.learn", "dpnbids.sim"),
     ("dpnbids.interfaces", "dpnbids.reports"),
     ("dpnbids.workflows",),
+    ("dpnbids.group",),
     ("dpnbids.cli",),
 )
 

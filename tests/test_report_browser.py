@@ -104,7 +104,7 @@ def components_df():
 
 @pytest.fixture
 def timings():
-    """As workflows/classify.py records them: one dict of measures per input set."""
+    """As group/classify.py records them: one dict of measures per input set."""
     return {
         "ASC": {"total_s": 84.2, "seconds_per_fold_mean": 8.1, "seconds_per_epoch_mean": 0.4,
                 "seconds_per_fold": [7.9, 8.0, 8.4]},

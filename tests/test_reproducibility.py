@@ -241,7 +241,7 @@ def group_cohort(tmp_path_factory):
 
 def test_group_run_resumes_after_sigkill(group_cohort):
     from dpnbids.cli.locks import pid_alive
-    from dpnbids.workflows.group import STAGING_PREFIX
+    from dpnbids.group.level import STAGING_PREFIX
 
     synth, options, participant, clean, root = group_cohort
     out, work = root / "killed" / "out", root / "killed" / "work"

@@ -16,7 +16,7 @@ undenoised run, as ``fsl_glm --out_z`` assumes, far fewer after a band-pass.
 A run with ``r <= K`` is refused.
 
 Which output feeds the classifier is decided by the caller
-(:data:`dpnbids.workflows.group.CLASSIFIER_FEATURE`).
+(:data:`dpnbids.group.level.CLASSIFIER_FEATURE`).
 """
 from __future__ import annotations
 

@@ -96,8 +96,8 @@ def check_inputs(config):
     if ex.analysis_level == "group":
         labels = bids.load_labels(ex.bids_dir, sel.responder_column, list(inputs),
                                   min_per_class=config.cnn.folds)
+        from dpnbids.group.level import check_group_inputs
         from dpnbids.workflows.confounds import check_confound_columns
-        from dpnbids.workflows.group import check_group_inputs
 
         check_confound_columns(config, [s for s, v in labels.items() if v is not None])
         check_group_inputs(config, inputs)
@@ -183,7 +183,7 @@ def _run_level(config, inputs, labels, writer) -> None:
 
         run_participant_level(config, inputs, writer)
     else:
-        from dpnbids.workflows.group import run_group_level
+        from dpnbids.group.level import run_group_level
 
         run_group_level(config, inputs, labels, writer)
 

@@ -475,6 +475,26 @@ class SaliencyAccumulator:
         out[channels] = shares
         return out
 
+    def bookkeeping(self) -> dict:
+        """Everything collected besides ``sum_abs_``, as JSON (one fold's job hands it on)."""
+        return {"n_evaluations": int(self.n_evaluations_), "seconds": float(self.seconds_),
+                "folds": list(self.folds_),
+                "shares": {m: [[float(v) for v in row] for row in rows]
+                           for m, rows in self.shares_.items()}}
+
+    def absorb(self, sum_abs, bookkeeping: dict) -> None:
+        """Add what another accumulator collected (``sum_abs_`` and :meth:`bookkeeping`):
+        the outer folds' jobs are pooled in fold order into one accumulator."""
+        if sum_abs is not None:
+            if self.sum_abs_ is None:
+                self.sum_abs_ = np.zeros(np.shape(sum_abs), np.float64)
+            self.sum_abs_ += np.asarray(sum_abs, np.float64)
+        self.n_evaluations_ += int(bookkeeping["n_evaluations"])
+        self.seconds_ += float(bookkeeping["seconds"])
+        self.folds_.extend(bookkeeping["folds"])
+        for model, rows in bookkeeping["shares"].items():
+            self.shares_.setdefault(model, []).extend(np.asarray(r, float) for r in rows)
+
     @property
     def mean_abs_(self) -> np.ndarray:
         """(X, Y, Z, K) mean |attribution| over held-out subjects and folds."""

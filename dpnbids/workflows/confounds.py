@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LOGGER = logging.getLogger("dpnbids.confounds")
+LOGGER = logging.getLogger(__name__)
 
 
 def run_mean_fd(output_dir, source) -> float:
@@ -94,18 +94,6 @@ def deconfounder(config, table):
     deconf = FoldDeconfounder(table, covariates=config.cnn.covariates or (),
                               harmonize=config.cnn.harmonize)
     return deconf if deconf else None
-
-
-def deconfound_final(deconf, x, channels, n_subjects):
-    """The final model's inputs (``channels`` of ``x``) deconfounded by ``deconf`` fitted on
-    all labelled subjects, and that fit's state for the bundle; ``x`` and None without
-    ``deconf``."""
-    if deconf is None:
-        return x, None
-    x = x if channels is None else x[..., channels]
-    rows = np.arange(n_subjects)
-    deconf.fit(x, rows)
-    return deconf.transform(x, rows)[0], deconf.state()
 
 
 def group_folds(config, subjects, y, table):

@@ -48,8 +48,9 @@ def set_label(input_set: str) -> str:
     return "saliency" + re.sub(r"[^A-Za-z0-9]", "", str(input_set))
 
 
-def make_accumulators(config, sets) -> dict:
-    """One accumulator per input set (empty with ``--saliency none``)."""
+def make_accumulators(config, channels: dict) -> dict:
+    """One accumulator per input set (``{name: number of channels}``); empty with
+    ``--saliency none``."""
     from dpnbids.learn.saliency import SaliencyAccumulator
 
     method = config.cnn.saliency
@@ -59,10 +60,9 @@ def make_accumulators(config, sets) -> dict:
     from dpnbids.learn.model import cnn_voxel_size
 
     voxel = cnn_voxel_size(config.cnn.cnn_voxel_size)
-    return {item.name: SaliencyAccumulator(method, int(item.features.shape[-1]),
-                                           haufe=not item.name.startswith("RSP"),
-                                           fwhm_mm=config.cnn.saliency_fwhm, voxel_mm=voxel)
-            for item in sets}
+    return {name: SaliencyAccumulator(method, int(n), haufe=not name.startswith("RSP"),
+                                      fwhm_mm=config.cnn.saliency_fwhm, voxel_mm=voxel)
+            for name, n in channels.items()}
 
 
 def saliency_paths(comps_file, input_set: str) -> dict:
