@@ -130,19 +130,35 @@ def publish_staging(staging, output_dir) -> Path:
 def _without_interruption(function, *args):
     """Run ``function`` with SIGINT and SIGTERM held back (renames only: a fraction of a
     second); a signal that came meanwhile is delivered afterwards. SIGKILL cannot be held
-    back: :func:`recover_publish` completes what it interrupts."""
+    back: :func:`recover_publish` completes what it interrupts.
+
+    The signals are held by Python handlers, not by the thread's signal mask: a process
+    with worker threads (TensorFlow's pools, nipype's) would let the kernel hand a
+    process-directed SIGTERM to an unmasked thread, and Python would then run the old
+    handler in the main thread between two renames."""
     import signal
     import threading
 
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return function(*args)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def hold(signum, _frame):
+        if signum not in pending:
+            pending.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: set outside Python, and it could not be restored
+            previous[signum] = signal.signal(signum, hold)
     try:
         return function(*args)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def _move_aside(target: Path, backup: Path) -> None:
