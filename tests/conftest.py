@@ -15,13 +15,30 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI sets it (dpnbids.learn.backend)
+# as dpnbids.cli.run sets it at import: set here, every test and every subprocess a test starts
+# runs the same way whichever test imported the CLI first
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
 
 def pytest_collection_modifyitems(items):
-    """The unit tier is every test marked neither ``integration`` nor ``acceptance``."""
+    """The unit tier is every test marked neither ``integration`` nor ``acceptance``.
+
+    Files holding acceptance tests run first, then files holding slow tests, then the rest
+    (each file's tests stay together, in their order): with ``pytest -n 2 --dist loadfile``
+    (tools/test.sh) the long files start at once instead of leaving one worker alone with
+    them at the end."""
+    weight: dict = {}
     for item in items:
         if not (item.get_closest_marker("integration") or item.get_closest_marker("acceptance")):
             item.add_marker(pytest.mark.unit)
+        rank = 2 if item.get_closest_marker("acceptance") else \
+            1 if item.get_closest_marker("slow") else 0
+        weight[item.nodeid.split("::")[0]] = max(rank, weight.get(item.nodeid.split("::")[0], 0))
+    first = {}
+    for item in items:
+        first.setdefault(item.nodeid.split("::")[0], len(first))
+    items.sort(key=lambda it: (-weight[it.nodeid.split("::")[0]],
+                               first[it.nodeid.split("::")[0]]))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -70,18 +70,17 @@ def test_nested_cv_ensemble_and_attribution_on_jax():
 
 
 AGREE_SCRIPT = """
-import json, os, numpy as np, keras
+import json, numpy as np, keras
 from dpnbids.learn.cv import make_outer_splits, run_nested_cv
 from dpnbids.learn.metrics import binary_metrics
 from dpnbids.sim.maps import make_map_cohort
 c = make_map_cohort(16, 16, shape=(12, 14, 12), n_networks=3, n_affected=1,
-                    effect="amplitude", effect_size=3.0, scale=100.0, seed=5)
+                    effect="connectivity", effect_size=4.0, scale=100.0, seed=11)
 ids = [f"{i:02d}" for i in range(len(c.y))]
-folds = make_outer_splits(ids, c.y, n_folds=4, random_state=2)
+folds = make_outer_splits(ids, c.y, n_folds=4, random_state=3)
 res = run_nested_cv(c.x, c.y, ids, folds, model_params={"epsilon": 1e-3},
-                    train_params={"epochs": 15, "batch_size": 4, "patience": 5,
-                                  "jit_compile": bool(os.environ.get("DPN_XLA"))},
-                    baselines=(), random_state=0)
+                    train_params={"epochs": 15, "batch_size": 4, "patience": 5},
+                    baselines=(), random_state=3)
 p = res.predictions
 print("RESULT " + json.dumps({"backend": keras.backend.backend(),
       "auc": binary_metrics(p["true_label"], p["raw_score"])["auc"],
@@ -91,13 +90,14 @@ print("RESULT " + json.dumps({"backend": keras.backend.backend(),
 
 @pytest.mark.slow
 def test_backends_agree_on_a_planted_cohort():
-    """TensorFlow (oneDNN graphs, and XLA) and JAX find the same planted effect on the same
-    folds of a cohort whose maps are 100x the z scale (dpnbids.sim.maps): every AUC is high
-    and they agree within the CV's noise."""
-    runs = [_run("tensorflow", AGREE_SCRIPT, DPN_XLA=""),
-            _run("tensorflow", AGREE_SCRIPT, DPN_XLA="1")]
+    """TensorFlow (the CPU default: oneDNN graphs) and JAX (the GPU default) find the same
+    planted effect on the same folds of a cohort unlike dpnbids-synth's (a connectivity
+    change between networks, heavy-tailed noise, maps 100x the z scale; dpnbids.sim.maps):
+    every AUC is high and they agree within the CV's noise. XLA on TensorFlow is left out: no
+    default selects it (Keras' jit_compile="auto" is off on CPUs and JAX runs GPUs)."""
+    runs = [_run("tensorflow", AGREE_SCRIPT)]
     if importlib.util.find_spec("jax") is not None:
-        runs.append(_run("jax", AGREE_SCRIPT, DPN_XLA=""))
+        runs.append(_run("jax", AGREE_SCRIPT))
     aucs = [r["auc"] for r in runs]
     assert min(aucs) >= 0.8, runs
     assert max(aucs) - min(aucs) <= 0.15, runs

@@ -200,8 +200,9 @@ import json, os
 from dpnbids.config import available_cpus
 from dpnbids.learn.backend import configure
 backend = configure("auto")
-import numpy as np, tensorflow as tf
+import keras, numpy as np, tensorflow as tf
 from dpnbids.learn.model import build_voxnet
+keras.utils.set_random_seed(0)  # the CLI runs with TF_DETERMINISTIC_OPS=1, which asks for a seed
 m = build_voxnet((12, 13, 12, 2))
 m.fit(np.zeros((4, 12, 13, 12, 2), "float32"), np.array([0, 1, 0, 1], "float32"), verbose=0)
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]

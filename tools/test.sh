@@ -7,4 +7,12 @@ bash tools/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TF_CPP_MIN_LOG_LEVEL=3
-exec .venv/bin/python -m pytest tests -q -m "" --durations=25 "$@"
+# Test files run side by side in DPN_TEST_WORKERS processes (pytest-xdist; one file stays on one
+# worker, so a module's cohort fixture is built once). Most tests are single-threaded Python or
+# wait on subprocesses, so two workers shorten CI on 2 cores; DPN_TEST_WORKERS=0 runs serially.
+workers="${DPN_TEST_WORKERS:-2}"
+parallel=()
+if [ "$workers" != "0" ]; then
+    parallel=(-n "$workers" --dist loadfile)
+fi
+exec .venv/bin/python -m pytest tests -q -m "" --durations=25 "${parallel[@]}" "$@"
