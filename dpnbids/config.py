@@ -424,10 +424,19 @@ def _cgroup_quota(root: Path) -> float | None:
         return None
 
 
+def default_omp_nthreads(nprocs: int) -> int:
+    """Threads per process when ``--omp-nthreads`` is not given: ``nprocs - 1``, at most 8,
+    at least 1 (fMRIPrep's rule). Two processes on two CPUs then run two subjects, or two
+    cross-validation folds, side by side with one thread each, instead of one multi-threaded
+    node at a time (ITK and the CNN's kernels scale worse with threads than with processes),
+    and one-thread registrations are bit-reproducible."""
+    return max(1, min(8, int(nprocs) - 1))
+
+
 def config_from_args(args, argv=None) -> Config:
     """Build the frozen :class:`Config` from parsed arguments."""
     nprocs = args.nprocs or available_cpus()
-    omp = args.omp_nthreads or min(8, nprocs)
+    omp = args.omp_nthreads or default_omp_nthreads(nprocs)
     output_dir = Path(args.output_dir).expanduser().absolute()
     work_dir = (Path(args.work_dir).expanduser().absolute() if args.work_dir
                 else output_dir.parent / f".{output_dir.name}_work")

@@ -91,3 +91,12 @@ def test_n_components_default_has_one_source(tmp_path):
     assert (ica.n_components, ica.pca_dim, ica.n_repeats, ica.fun, ica.dim_est) == (
         ICAConfig.n_components, ICAConfig.pca_dim, ICAConfig.ica_repeats,
         ICAConfig.ica_contrast, ICAConfig.dim_est)
+
+
+@pytest.mark.parametrize("nprocs, omp", [(1, 1), (2, 1), (3, 2), (9, 8), (64, 8)])
+def test_threads_per_process_default_leaves_processes_the_cpus(nprocs, omp):
+    """--omp-nthreads defaults to nprocs - 1 within [1, 8]: on 2 CPUs two single-threaded
+    processes run side by side."""
+    from dpnbids.config import default_omp_nthreads
+
+    assert default_omp_nthreads(nprocs) == omp
