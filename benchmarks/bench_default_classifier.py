@@ -62,7 +62,7 @@ def run_dpnbids(bids: Path, seed: int) -> tuple[Path, dict]:
 
 def saliency_figures(group: Path, truth_dir: Path) -> dict:
     """Summed ASC |IG| within 8 mm of the planted networks' coordinates over the rest of
-    the group mask (the measure of tests/test_e2e_synthetic.py), and the planted
+    the group mask (the measure of tests/integration/test_e2e_synthetic.py), and the planted
     networks' ranks in saliency_networks.tsv."""
     import nibabel as nib
 

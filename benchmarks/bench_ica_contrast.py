@@ -7,7 +7,7 @@ run), computes MIGP once, and then runs FastICA at ``--n-components`` (default
 5, the estimated order) with each contrast and several seeds. It prints, per
 contrast and seed, FastICA's iterations (``max_iter`` means it stopped without
 converging), the best |r| of each planted network against the planted maps x
-grey matter smoothed 5 mm (as ``tests/test_clinical_length.py`` scores them),
+grey matter smoothed 5 mm (as ``tests/acceptance/test_e2e_clinical_length.py`` scores them),
 the total negentropy, and the best |r| reachable in the K-dimensional PCA
 subspace (the ceiling of any rotation).
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import cpu_model, measure  # noqa: E402
+from _measure import cpu_model, measure
 
 
 def _omp_used(out: Path) -> int | None:

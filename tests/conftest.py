@@ -20,21 +20,30 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI sets it (dpnbi
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 
 
-def pytest_collection_modifyitems(items):
-    """The unit tier is every test marked neither ``integration`` nor ``acceptance``.
+#: The test tiers, one folder each: tests/unit (pure functions, parsers, workflows built but
+#: not run), tests/integration (the CLI end to end on tiny cohorts) and tests/acceptance
+#: (clinical-length cohorts, the real subject, reproducibility, kill and resume, the cluster).
+TIERS = ("unit", "integration", "acceptance")
 
-    Files holding acceptance tests run first, then files holding slow tests, then the rest
-    (each file's tests stay together, in their order): with ``pytest -n 2 --dist loadfile``
+
+def pytest_collection_modifyitems(items):
+    """Each test gets its folder's tier as a marker (``pytest -m integration``).
+
+    Acceptance files run first, then files holding slow tests, then the rest (each file's
+    tests stay together, in their order): with ``pytest -n 2 --dist loadfile``
     (tools/test.sh) the long files start at once instead of leaving one worker alone with
     them at the end."""
     weight: dict = {}
     for item in items:
-        if not (item.get_closest_marker("integration") or item.get_closest_marker("acceptance")):
-            item.add_marker(pytest.mark.unit)
-        rank = 2 if item.get_closest_marker("acceptance") else \
-            1 if item.get_closest_marker("slow") else 0
-        weight[item.nodeid.split("::")[0]] = max(rank, weight.get(item.nodeid.split("::")[0], 0))
-    first = {}
+        tier = Path(str(item.path)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid} is outside tests/{{unit,integration,"
+                                    f"acceptance}}; put each test file in its tier's folder")
+        item.add_marker(getattr(pytest.mark, tier))
+        rank = 2 if tier == "acceptance" else 1 if item.get_closest_marker("slow") else 0
+        key = item.nodeid.split("::")[0]
+        weight[key] = max(rank, weight.get(key, 0))
+    first: dict = {}
     for item in items:
         first.setdefault(item.nodeid.split("::")[0], len(first))
     items.sort(key=lambda it: (-weight[it.nodeid.split("::")[0]],

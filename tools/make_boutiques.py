@@ -8,7 +8,7 @@ option the parser rejects::
 
 Every option of :func:`dpnbids.cli.parser.build_parser` becomes one Boutiques
 input (``id`` = the argparse ``dest``), typed from its validator; ``--help``
-and ``--version`` are not inputs. ``tests/test_boutiques.py`` checks both
+and ``--version`` are not inputs. ``tests/unit/test_boutiques.py`` checks both
 directions and that ``bosh exec simulate`` output parses.
 """
 from __future__ import annotations

@@ -185,7 +185,7 @@ def estimate_subject_order(data_tv, mask_3d=None, *, method: str = "lap",
        returned 34-117 with one pass and 5 with the re-measurement;
     6. the final estimate with ``method`` and N = N_eff.
 
-    Measured on the planted cases of ``tests/test_model_order.py`` (4304
+    Measured on the planted cases of ``tests/unit/test_model_order.py`` (4304
     voxels, T = 120, k = 5 and 12, four seeds each): "lap" and "mdl" are
     within 20% of k for white, AR(1), band-passed and smoothed noise (except
     band-pass plus smoothing at k = 12, amplitude 2, where the weakest

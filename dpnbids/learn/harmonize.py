@@ -6,7 +6,7 @@ location ``gamma_i`` and a scale ``delta_i`` per site, with covariates ``C`` (ag
 motion ...) whose effects are protected. The site parameters are shrunk towards their
 mean over features by empirical Bayes (normal prior on ``gamma``, inverse-gamma prior on
 ``delta``). The maths follow neuroCombat (Fortin's Python port, the one neuroHarmonize
-wraps); ``tests/test_harmonize.py`` checks :func:`fit_combat` against values computed
+wraps); ``tests/unit/test_harmonize.py`` checks :func:`fit_combat` against values computed
 with neuroCombat 0.2.12.
 
 :func:`fit_combat` estimates everything on the training subjects only;

@@ -68,7 +68,7 @@ ITK's thread count is ``omp_nthreads``, set by
 its first filter), and every ``antsRegistration`` call is seeded with
 ``random_seed`` through :func:`dpnbids.preproc.itk.seeded_registration`
 (``--random-seed``). With ``omp_nthreads=1`` two runs are bit-identical (the
-CLI test ``tests/test_reproducibility.py``). With more threads ITK's
+CLI test ``tests/acceptance/test_e2e_reproducibility.py``). With more threads ITK's
 multi-threaded metric sums are not order-stable: two 2-thread runs with the
 same seed differed by 0.1-0.2 mm (median over brain voxels) and up to 1.5 mm
 (at single voxels) in the normalisation warp, and their template-space brain

@@ -11,7 +11,6 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ once per module; participant then group levels run through the installed ``dpnbi
 Assertions: outputs pass bids-validator-deno, a planted effect is found
 (ASC AUC >= 0.85), same seed -> identical predictions, the final model
 scores new patients, and a mismatched model is refused. The null cohort (default flags,
-110-volume runs) is in tests/test_clinical_length.py.
+110-volume runs) is in tests/acceptance/test_e2e_clinical_length.py.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import run_cli as main
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow]
 
 #: Small but honest: 4 mm grid, the default (estimated) number of components; CV/epochs
 #: trimmed for CI time.

@@ -21,7 +21,7 @@ import pytest
 from conftest import run_cli
 from slurm_cluster import PLUGIN_FILE, CannotStart, start_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
+pytestmark = [pytest.mark.slow]
 
 FLAGS = ["--output-resolution", "4", "--skip-bids-validation", "--omp-nthreads", "1"]
 #: The smallest honest group level: 3 outer folds, a 12 mm CNN grid, 2 epochs.

@@ -12,7 +12,7 @@ import pytest
 
 from dpnbids.cli.parser import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "boutiques.json"
 OUTPUT_IDS = {"output_dir_name", "participant_level_analysis_dir"}
 POSITIONAL_IDS = {"bids_dir", "analysis_level"} | OUTPUT_IDS

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow]
 
 SPACE = "MNI152NLin2009aSym"
 

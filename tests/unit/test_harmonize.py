@@ -11,7 +11,7 @@ from dpnbids.learn.harmonize import CombatFit, apply_combat, fit_combat
 
 #: neuroCombat 0.2.12 on 30 subjects x 40 features, 3 sites, age protected
 #: (neuroCombat(dat=x.T, covars={site, age}, batch_col="site", continuous_cols=["age"])).
-REFERENCE = Path(__file__).parent / "data" / "combat_reference.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "combat_reference.npz"
 
 
 def test_fit_combat_matches_neurocombat():

@@ -50,7 +50,6 @@ def mixed(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.integration
 def test_natural_call_both_levels_on_mixed_fmriprep_grids(mixed, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     assert _call(mixed, out, "participant", work=work) == 0, run_cli.last_stderr

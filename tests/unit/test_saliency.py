@@ -107,7 +107,7 @@ def test_gradients_on_other_backends(backend, tmp_path):
             "np.testing.assert_allclose(sal.gradient_x_input(m, x), w * x, rtol=1e-4, "
             "atol=1e-5)\n" % backend)
     env = {**os.environ, "KERAS_BACKEND": backend,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

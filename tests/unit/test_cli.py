@@ -50,7 +50,7 @@ def test_unknown_option_fails(tiny_bids, tmp_path, capsys):
 
 
 def test_run_py_shim_and_console_script(tmp_path):
-    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, str(repo / "run.py"), "--version"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and __version__ in proc.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "dpnbids"
+PACKAGE = Path(__file__).resolve().parents[2] / "dpnbids"
 
 #: lowest first; a module may import only from its own layer or below
 LAYERS = (

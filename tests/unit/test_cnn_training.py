@@ -25,7 +25,7 @@ from dpnbids.learn import guard
 from dpnbids.learn.train import _fit_cnn
 from dpnbids.sim.maps import make_map_cohort
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli as main
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow]
 
 FAST = ["--output-resolution", "4", "--skip-bids-validation", "--nprocs", "2",
         "--omp-nthreads", "1"]

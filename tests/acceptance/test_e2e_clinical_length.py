@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
+pytestmark = [pytest.mark.slow]
 
 CV_SMALL = ["--folds", "3", "--epochs", "5", "--patience", "3", "--n-bootstrap", "200",
             "--input-sets", "ASC"]

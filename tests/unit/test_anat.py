@@ -13,7 +13,7 @@ from scipy import ndimage
 from dpnbids.exceptions import DimensionError, InputError
 from dpnbids.preproc.anat import dice, load_t1w, nifti_to_ants, preprocess_anat
 
-REAL_T1W = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "studyforrest" \
+REAL_T1W = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "studyforrest" \
     / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
 if not REAL_T1W.exists():
     REAL_T1W = Path("/work/shared/data/studyforrest/sub-01/anat/sub-01_T1w.nii.gz")

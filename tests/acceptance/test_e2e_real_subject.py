@@ -16,8 +16,8 @@ import pytest
 
 from conftest import run_cli as main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "studyforrest"
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

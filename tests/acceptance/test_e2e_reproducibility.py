@@ -36,7 +36,7 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.acceptance]
+pytestmark = [pytest.mark.slow]
 
 ONE_THREAD = ["--participant-label", "01", "--output-resolution", "4", "--dummy-scans", "0",
               "--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1",
