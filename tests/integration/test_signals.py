@@ -45,10 +45,18 @@ def test_terminated_exit_codes():
 
 @pytest.mark.slow
 def test_sigterm_to_the_main_pid_stops_every_process_with_one_message(tmp_path):
-    bids = make_tiny_bids(tmp_path / "bids", labels=("1", "0"), n_volumes=120)
+    """SIGTERM to the main PID only (as SLURM sends it at the walltime) ends the whole process
+    tree with one message and exit 143; the same command then resumes from the work folder
+    and completes."""
+    from dpnbids.sim.generator import SynthParams, generate_dataset
+
+    synth = generate_dataset(tmp_path / "bids", SynthParams(
+        n_responders=1, n_nonresponders=1, seed=5, space="template", n_volumes=100,
+        template_resolution=4.0))
     out, work = tmp_path / "out", tmp_path / "work"
     exe = str(Path(sys.executable).with_name("dpnbids"))
-    proc = subprocess.Popen([exe, str(bids), str(out), "participant", "--skip-bids-validation",
+    proc = subprocess.Popen([exe, str(synth.bids_dir), str(out), "participant",
+                             "--fmriprep-dir", str(synth.fmriprep_dir), "--skip-bids-validation",
                              "--nprocs", "2", "--omp-nthreads", "1", "-w", str(work)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -56,8 +64,8 @@ def test_sigterm_to_the_main_pid_stops_every_process_with_one_message(tmp_path):
         tree = []
         while time.time() < deadline and proc.poll() is None:
             tree = descendants(proc.pid)
-            if len(tree) >= 2 and list(work.rglob("_node.pklz")):
-                break  # nipype's workers are running nodes
+            if len(tree) >= 2 and _computed(work):
+                break  # nipype's workers are running nodes, and one has finished
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be signalled"
         tree = descendants(proc.pid)
@@ -76,6 +84,22 @@ def test_sigterm_to_the_main_pid_stops_every_process_with_one_message(tmp_path):
              and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]}
     assert not table, f"left running: {table}"
     assert work.exists()  # nipype's cache stays: a rerun resumes from it
+
+    # the same command again: it completes, reusing the nodes that finished before the signal
+    finished = {p: p.stat().st_mtime_ns for p in _computed(work)}
+    again = subprocess.run(proc.args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for sub in synth.subjects:
+        assert list((out / f"sub-{sub}" / "func").glob("*.nii.gz")), f"sub-{sub}: no outputs"
+    again_run = [str(p.relative_to(work)) for p, stamp in finished.items()
+                 if not p.exists() or p.stat().st_mtime_ns != stamp]
+    assert finished and not again_run, f"computed again after SIGTERM: {again_run}"
+
+
+def _computed(work: Path) -> list[Path]:
+    """Result files of finished nodes that compute something (the derivatives writers,
+    ``ds_*``, run again on every call by design, as fMRIPrep's do)."""
+    return [p for p in work.rglob("result_*.pklz") if not p.parent.name.startswith("ds_")]
 
 
 def _main(argv, capsys):
