@@ -3,8 +3,10 @@
 One small template-space cohort (fMRIPrep-style derivatives) is generated
 once per module; participant then group levels run through the installed ``dpnbids`` CLI.
 Assertions: outputs pass bids-validator-deno, a planted effect is found
-(ASC AUC >= 0.85), same seed -> identical predictions, the final model
-scores new patients, and a mismatched model is refused. The null cohort (default flags,
+(ASC AUC >= 0.85), the final model scores new patients, and a mismatched model is refused.
+Same seed -> identical predictions is checked where it is strongest, not here: a resumed group
+run against a clean one (tests/acceptance/test_e2e_reproducibility.py) and SLURM against
+MultiProc (tests/acceptance/test_e2e_slurm.py). The null cohort (default flags,
 110-volume runs) is in tests/acceptance/test_e2e_clinical_length.py.
 """
 from __future__ import annotations
@@ -170,22 +172,6 @@ def test_model_predicts_new_patients_and_rejects_mismatch(planted, tmp_path):
                  str(synth.fmriprep_dir), "--participant-label", "01", "--model", str(other)])
     assert code == 2 and not bad_out.exists()
     assert "does not match" in main.last_stderr
-
-
-def test_same_seed_identical_predictions(planted, tmp_path):
-    synth, out, root = planted
-    outs = []
-    for i in range(2):
-        dest = tmp_path / f"out{i}"
-        shutil.copytree(out, dest, ignore=shutil.ignore_patterns("group", "group.html"))
-        code = main([str(synth.bids_dir), str(dest), "group", *FAST, "--fmriprep-dir",
-                     str(synth.fmriprep_dir), "-w", str(tmp_path / f"w{i}"), "--folds", "3",
-                     "--epochs", "3", "--n-bootstrap", "50", "--input-sets", "ASC",
-                     "--random-seed", "11"])
-        assert code == 0
-        outs.append(pd.read_csv(dest / "group" / "predictions.tsv", sep="\t"))
-    pd.testing.assert_frame_equal(outs[0], outs[1])
-    assert np.isfinite(outs[0]["probability"]).all()
 
 
 def test_killed_group_rerun_leaves_previous_results_intact(planted, tmp_path):
