@@ -3,6 +3,7 @@ the bundle.json schema, the shapes and dtypes of its arrays, complete files. A d
 bundle is refused naming the file, never with a KeyError, ValueError or "File not found"."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -12,14 +13,16 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_bids, run_cli, randomise_logit_head
-from dpnbids.learn.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
+from dpnbids.learn.bundle import (BUNDLE_FILES, CHECKSUMS, Bundle, _write_checksums, load_bundle,
+                                  software_versions)
+from dpnbids.learn.scaling import ChannelScaler
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 from dpnbids.learn.model import build_voxnet, cnn_grid
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """One bundle written by save_bundle; each test damages a copy of it."""
+    """One bundle written by Bundle.save; each test damages a copy of it."""
     import keras
 
     tmp = tmp_path_factory.mktemp("bundle")
@@ -33,13 +36,13 @@ def saved(tmp_path_factory):
              str(tmp / "maps.nii.gz"))
     nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine), str(tmp / "mask.nii.gz"))
     keras.utils.set_random_seed(1)
-    scaling = {"mean": [0.1, -0.2], "sd": [1.5, 0.5], "support": np.ones(shape, bool)}
-    return save_bundle(tmp / "model", build_voxnet(shape + (2,)),
-                       group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
-                       selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
-                       scaling=scaling, input_set="SSC", feature="pe", config={"seed": 1},
-                       cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
-                       n_components=3, voxel_size=vs, dpnbids_version="0.0.test")
+    scaling = ChannelScaler([0.1, -0.2], [1.5, 0.5], np.ones(shape, bool))
+    return Bundle(group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
+                  selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
+                  scaling=scaling, input_set="SSC", feature="pe", config={"seed": 1},
+                  cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
+                  n_components=3, voxel_size=vs, versions=software_versions("0.0.test"),
+                  network=build_voxnet(shape + (2,))).save(tmp / "model")
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_checksums_cover_every_file(bundle):
     for name, digest in listed.items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
     loaded = load_bundle(bundle)
-    assert loaded.n_components == 3 and loaded.scaling["support"].dtype == bool
+    assert loaded.n_components == 3 and loaded.scaling.support.dtype == bool
 
 
 @pytest.mark.parametrize("name", ["bundle.json", "scaling_support.npy", "model.keras",
@@ -232,13 +235,7 @@ def test_an_inner_fold_ensemble_is_saved_and_predicts_as_one_model(saved, tmp_pa
         keras.utils.set_random_seed(seed)
         members.append(randomise_logit_head(build_voxnet(single.grid_shape + (2,)), seed))
     ensemble = build_ensemble(members)
-    folder = save_bundle(tmp_path / "model", ensemble, group_maps_file=saved / "group_maps.nii.gz",
-                         mask_file=saved / "group_mask.nii.gz", selected_components=[0, 2],
-                         grid_affine=single.grid_affine, grid_shape=single.grid_shape,
-                         scaling=single.scaling, input_set="SSC", feature="pe",
-                         config={"seed": 1}, cv_metrics={"auc": 0.8},
-                         space="MNI152NLin2009aSym", resolution=6, n_components=3,
-                         voxel_size=single.voxel_size, dpnbids_version="0.0.test")
+    folder = dataclasses.replace(single, path=None, network=ensemble).save(tmp_path / "model")
     loaded = load_bundle(folder)
     maps = saved.parent / "maps.nii.gz"
     x = predict(loaded, maps, return_input=True)
