@@ -8,9 +8,10 @@ from sklearn.metrics import roc_auc_score
 from dpnbids.config import derive_seed
 from dataclasses import replace
 
-from dpnbids.learn.cv import fit_final_model, permutation_test, run_nested_cv
+from dpnbids.learn.cv import permutation_test, run_nested_cv
 from dpnbids.learn.params import ModelParams, TrainParams
 from dpnbids.learn.splits import Fold, check_no_leakage, make_outer_splits, splits_to_dataframe
+from dpnbids.learn.train import fit_final_model
 from dpnbids.exceptions import DataLeakageError, InputError
 
 GRID = (14, 16, 13)

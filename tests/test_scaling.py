@@ -103,3 +103,11 @@ def test_group_level_builds_the_parameters_from_the_configuration():
     assert train.monitor == "val_loss"
     auc = _train_params(SimpleNamespace(cnn=dataclasses.replace(cnn, early_stopping="auc")))
     assert auc.monitor == "val_auc"
+
+
+def test_a_mapping_where_parameters_belong_is_refused_with_how_to_fix():
+    from dpnbids.learn.cv import run_nested_cv
+
+    x = np.zeros((4, 3, 3, 3, 1), np.float32)
+    with pytest.raises(TypeError, match="train_params must be a .*TrainParams.*from_mapping"):
+        run_nested_cv(x, [0, 1, 0, 1], ["a", "b", "c", "d"], [], train_params={"epochs": 2})

@@ -56,7 +56,7 @@ class Bundle:
     :meth:`save` writes one to a folder (``network``: the Keras model to save;
     ``group_maps_file`` and ``mask_file``: the images to copy in). ``scaling``: the input
     scaling; ``calibration``: the Platt scaling and operating threshold fitted on the
-    final model's validation subjects (:class:`dpnbids.learn.cv.FinalModel`);
+    final model's validation subjects (:class:`dpnbids.learn.train.FinalModel`);
     ``baseline`` (X, Y, Z, C), optional: the mean scaled training input, the saliency
     baseline of predictions; ``deconfounding``: the fitted
     :class:`dpnbids.learn.confounds.FoldDeconfounder`, or None; ``versions``: the software

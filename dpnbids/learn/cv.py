@@ -22,18 +22,16 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from dpnbids.config import derive_seed
 from dpnbids.exceptions import InputError
 from dpnbids.learn.calibration import fit_calibration
 from dpnbids.learn.linear import BASELINES, GramCache, decision_values, inner_decision_values
 from dpnbids.learn.model import predict_logit
-from dpnbids.learn.params import ModelParams, TrainParams, with_overrides
+from dpnbids.learn.params import ModelParams, TrainParams, checked, with_overrides
 from dpnbids.learn.scaling import ChannelScaler
 from dpnbids.learn.splits import Fold, check_calibration_leakage, check_no_leakage
 from dpnbids.learn.train import FoldNetwork, _fit_cnn, fit_fold_network
@@ -106,11 +104,13 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
                   progress=None, on_fold=None, gram=None, deconfound=None) -> CVResult:
     """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
 
-    ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
-    CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
-    the held-out subjects). ``gram``: the baselines' :class:`GramCache` of ``x``, when the
-    caller already has it (it is built here otherwise). ``deconfound``: a fold-wise
-    :class:`~dpnbids.learn.confounds.FoldDeconfounder` for the CNN and the baselines.
+    ``model_params`` and ``train_params``: the network and its training
+    (:mod:`dpnbids.learn.params`; None: the defaults). ``on_fold(FoldModel)``, if given, is
+    called once per outer fold with the fold's trained CNN and its scaled inputs, before the
+    model is discarded (e.g. for attribution maps of the held-out subjects). ``gram``: the
+    baselines' :class:`GramCache` of ``x``, when the caller already has it (it is built here
+    otherwise). ``deconfound``: a fold-wise :class:`~dpnbids.learn.confounds.FoldDeconfounder`
+    for the CNN and the baselines.
 
     Every model's outer-test probabilities are calibrated and thresholded with what was
     fitted inside the outer training fold (:func:`_calibrate`): the CNN on its inner
@@ -126,8 +126,7 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         raise InputError(f"features {x.shape}, {y.size} labels and {len(ids)} subjects do not "
                          "agree; expected (subjects, X, Y, Z, channels)")
     index = {s: i for i, s in enumerate(ids)}
-    model_params = model_params or ModelParams()
-    train_params = train_params or TrainParams()
+    model_params, train_params = checked(model_params, train_params)
     rows, manifests, histories = [], [], {}
     fold_seconds, epoch_seconds = [], []
     if baselines and gram is None and not deconfound:
@@ -267,49 +266,3 @@ def permutation_p(observed, null) -> float:
     """(1 + #{null >= observed}) / (1 + #null)."""
     null = np.asarray(null, dtype=float)
     return float((1.0 + np.sum(null >= observed)) / (1.0 + null.size))
-
-
-class FinalModel(NamedTuple):
-    """The model trained on all labelled subjects, its input scaling, the channels it uses,
-    its learning curve, and the calibration and threshold fitted on its validation subjects."""
-
-    model: object
-    scaling: ChannelScaler
-    channels: list | None
-    history: dict
-    calibration: dict
-
-
-def fit_final_model(x, y, *, channels=None, model_params: ModelParams | None = None,
-                    train_params: TrainParams | None = None, val_fraction=0.2,
-                    threshold_rule="youden", random_state=None) -> FinalModel:
-    """Train on all labelled subjects; the inner validation split drives early stopping,
-    Platt scaling and the threshold (``threshold_rule``), as in every outer fold."""
-    from sklearn.model_selection import train_test_split
-
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=int)
-    if channels is not None:
-        x = x[..., np.asarray(channels, dtype=int)]
-    seed = derive_seed(random_state, 0, bits=32)
-    scaler = ChannelScaler.fit(x)
-    xs = scaler.transform(x)
-    idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
-                              stratify=y, random_state=seed % (2**31))
-    order = np.concatenate([tr, va])
-    net = fit_fold_network(xs[order], y[order], tr.size, model_params or ModelParams(),
-                           train_params or TrainParams(), seed)
-    platt, threshold = fit_calibration(net.calibration_scores, y[order][net.calibration_rows],
-                                       threshold_rule)
-    n_members = len(net.histories)
-    fitted_on = (f"{len(va)} validation subjects of the final training set" if n_members == 1
-                 else f"out-of-inner-fold logits of all {len(y)} subjects ({n_members} "
-                      "inner folds)")
-    calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
-                   "threshold": threshold,
-                   "score": "logit of the network's sigmoid output", "fitted_on": fitted_on}
-    history = net.histories[0] if n_members == 1 else {
-        **net.histories[0], "members": net.histories}
-    return FinalModel(net.model, scaler, None if channels is None else [int(c) for c in channels],
-                      history, calibration)

@@ -276,7 +276,7 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
     (channels, scaling, learning curve, calibration), ``support.npy`` (the scaling's
     in-brain voxels) and ``baseline.npy`` (the mean scaled input, the saliency baseline)."""
     from dpnbids.analysis.stats import select_components
-    from dpnbids.learn.cv import fit_final_model
+    from dpnbids.learn.train import fit_final_model
 
     pin_threads(n_threads)
     spec = json.loads(spec)

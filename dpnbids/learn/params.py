@@ -75,6 +75,20 @@ class TrainParams(_Params):
     max_restarts: int = 2
 
 
+def checked(model=None, train=None) -> tuple[ModelParams, TrainParams]:
+    """``model`` and ``train``, or the defaults for None; anything other than
+    :class:`ModelParams` / :class:`TrainParams` raises TypeError saying how to make one."""
+    model = ModelParams() if model is None else model
+    train = TrainParams() if train is None else train
+    for value, cls, name in ((model, ModelParams, "model_params"),
+                             (train, TrainParams, "train_params")):
+        if not isinstance(value, cls):
+            raise TypeError(f"{name} must be a dpnbids.learn.params.{cls.__name__}, not "
+                            f"{type(value).__name__}; build one with {cls.__name__}(...) or "
+                            f"{cls.__name__}.from_mapping(...)")
+    return model, train
+
+
 def with_overrides(model: ModelParams, train: TrainParams, values: dict):
     """``model`` and ``train`` with the fields named in ``values`` replaced (each key goes to
     the parameter set that has it: a tuning grid mixes both); an unknown key raises."""

@@ -1,7 +1,7 @@
 """Training the VoxNet: one network under the training guard, or an inner-fold ensemble.
 
-:func:`fit_fold_network` trains what one outer fold (or the final model) needs from its
-training subjects; :func:`_fit_cnn` trains one network on its logit under a
+:func:`fit_fold_network` trains what one outer fold (or the final model,
+:func:`fit_final_model`) needs from its training subjects; :func:`_fit_cnn` trains one network on its logit under a
 :class:`dpnbids.learn.guard.TrainingGuard` and restarts a collapsed attempt. The batches
 (:func:`augment_batch`, :func:`balanced_weights`) and the dtype policy live here too.
 """
@@ -15,8 +15,10 @@ from typing import NamedTuple
 import numpy as np
 
 from dpnbids.config import derive_seed
+from dpnbids.learn.calibration import fit_calibration
 from dpnbids.learn.model import predict_logit
-from dpnbids.learn.params import ModelParams, TrainParams
+from dpnbids.learn.params import ModelParams, TrainParams, checked
+from dpnbids.learn.scaling import ChannelScaler
 from dpnbids.learn.splits import stratified_folds
 
 LOGGER = logging.getLogger(__name__)
@@ -244,3 +246,47 @@ def fit_fold_network(xs, y, n_train, model_params: ModelParams, train_params: Tr
     return FoldNetwork(build_ensemble(members), histories, seconds, scores, np.arange(len(y)))
 
 
+class FinalModel(NamedTuple):
+    """The model trained on all labelled subjects, its input scaling, the channels it uses,
+    its learning curve, and the calibration and threshold fitted on its validation subjects."""
+
+    model: object
+    scaling: ChannelScaler
+    channels: list | None
+    history: dict
+    calibration: dict
+
+
+def fit_final_model(x, y, *, channels=None, model_params: ModelParams | None = None,
+                    train_params: TrainParams | None = None, val_fraction=0.2,
+                    threshold_rule="youden", random_state=None) -> FinalModel:
+    """Train on all labelled subjects; the inner validation split drives early stopping,
+    Platt scaling and the threshold (``threshold_rule``), as in every outer fold."""
+    from sklearn.model_selection import train_test_split
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=int)
+    if channels is not None:
+        x = x[..., np.asarray(channels, dtype=int)]
+    seed = derive_seed(random_state, 0, bits=32)
+    scaler = ChannelScaler.fit(x)
+    xs = scaler.transform(x)
+    idx = np.arange(len(y))
+    tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
+                              stratify=y, random_state=seed % (2**31))
+    order = np.concatenate([tr, va])
+    model_params, train_params = checked(model_params, train_params)
+    net = fit_fold_network(xs[order], y[order], tr.size, model_params, train_params, seed)
+    platt, threshold = fit_calibration(net.calibration_scores, y[order][net.calibration_rows],
+                                       threshold_rule)
+    n_members = len(net.histories)
+    fitted_on = (f"{len(va)} validation subjects of the final training set" if n_members == 1
+                 else f"out-of-inner-fold logits of all {len(y)} subjects ({n_members} "
+                      "inner folds)")
+    calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
+                   "threshold": threshold,
+                   "score": "logit of the network's sigmoid output", "fitted_on": fitted_on}
+    history = net.histories[0] if n_members == 1 else {
+        **net.histories[0], "members": net.histories}
+    return FinalModel(net.model, scaler, None if channels is None else [int(c) for c in channels],
+                      history, calibration)
