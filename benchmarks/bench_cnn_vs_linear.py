@@ -24,6 +24,7 @@ calibration and the inner-fold ensemble use outer-training subjects only).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -47,10 +48,15 @@ VARIANTS = {
     "voxel-z": ({}, {}, "voxel-z"),
 }
 
-BASE_MODEL = {"dropout": 0.3, "dense_units": 128, "learning_rate": 1e-3, "epsilon": 1e-3,
-              "weight_decay": 0.0}
-BASE_TRAIN = {"epochs": 100, "batch_size": 4, "patience": 10, "min_epochs": 10,
-              "monitor": "val_loss"}
+
+def _base_params():
+    """The CLI's defaults as the CV's model and training parameters."""
+    from dpnbids.learn.params import ModelParams, TrainParams
+
+    return (ModelParams(dropout=0.3, dense_units=128, learning_rate=1e-3, epsilon=1e-3,
+                        weight_decay=0.0),
+            TrainParams(epochs=100, batch_size=4, patience=10, min_epochs=10,
+                        monitor="val_loss"))
 
 
 def features(argv) -> int:
@@ -94,44 +100,49 @@ def _scores(pred) -> dict:
 
 def _use_scaling(cv, kind: str) -> None:
     """Swap the CV's input scaling for the variant's (restored to dpnbids' for "channel")."""
-    if not hasattr(cv, "_channel_scaling"):
-        cv._channel_scaling = (cv.fit_scaler, cv.apply_scaler)
-    fit, apply = cv._channel_scaling
+    from dpnbids.learn.scaling import ChannelScaler
+
     if kind == "channel":
-        cv.fit_scaler, cv.apply_scaler = fit, apply
+        cv.ChannelScaler = ChannelScaler
         return
 
-    def fit_voxel(x):
-        scaler = fit(x)
-        scaler["voxel_mean"] = x.mean(axis=0)
-        if kind == "voxel-z":
-            sd = x.std(axis=0)
-            scaler["voxel_sd"] = np.where(sd > 0, sd, 1.0)
-        return scaler
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class VoxelScaler(ChannelScaler):
+        voxel_mean: np.ndarray = None
+        voxel_sd: np.ndarray | None = None
 
-    def apply_voxel(x, scaler):
-        out = (x - scaler["voxel_mean"]) / scaler.get(
-            "voxel_sd", np.asarray(scaler["sd"], np.float32))
-        out[:, ~np.asarray(scaler["support"], bool), :] = 0.0
-        return out.astype(np.float32)
+        @classmethod
+        def fit(cls, x):
+            base = ChannelScaler.fit(x)
+            sd = x.std(axis=0) if kind == "voxel-z" else None
+            return cls(base.mean, base.sd, base.support, x.mean(axis=0),
+                       None if sd is None else np.where(sd > 0, sd, 1.0))
 
-    cv.fit_scaler, cv.apply_scaler = fit_voxel, apply_voxel
+        def transform(self, x):
+            out = (x - self.voxel_mean) / (self.sd if self.voxel_sd is None else self.voxel_sd)
+            out[:, ~self.support, :] = 0.0
+            return out.astype(np.float32)
+
+    cv.ChannelScaler = VoxelScaler
 
 
 def compare(args) -> int:
     from dpnbids.learn import cv
+    from dpnbids.learn.splits import make_outer_splits
 
     data = np.load(args.features)
     x, y, subjects = data["x"], data["y"].astype(int), [str(s) for s in data["subjects"]]
-    folds = cv.make_outer_splits(subjects, y, n_folds=args.folds, random_state=args.seed)
+    folds = make_outer_splits(subjects, y, n_folds=args.folds, random_state=args.seed)
+    base_model, base_train = _base_params()
     print(f"# {len(y)} subjects ({y.sum()} responders), input {x.shape[1:]}, "
           f"{args.folds} folds", flush=True)
     for k, name in enumerate(args.variants):
         mp_over, tp_over, scaling = VARIANTS[name]
         _use_scaling(cv, scaling)
         started = time.perf_counter()
-        res = cv.run_nested_cv(x, y, subjects, folds, model_params={**BASE_MODEL, **mp_over},
-                               train_params={**BASE_TRAIN, **tp_over},
+        res = cv.run_nested_cv(x, y, subjects, folds,
+                               model_params=dataclasses.replace(base_model, **mp_over),
+                               train_params=dataclasses.replace(base_train, **tp_over),
                                baselines=("svm", "logreg") if k == 0 else (),
                                random_state=args.seed)
         seconds = time.perf_counter() - started

@@ -28,7 +28,7 @@ import numpy as np
 
 from dpnbids.learn.confounds import (FoldDeconfounder, apply_residualiser, confound_baselines,
                                      encode, fit_residualiser, linear_cv_auc)
-from dpnbids.learn.cv import make_outer_splits
+from dpnbids.learn.splits import make_outer_splits
 from dpnbids.learn.metrics import summarise_folds
 from dpnbids.sim.confounded import confounded_maps
 
@@ -64,6 +64,7 @@ def one_cohort(confound, seed, effect):
 def one_cohort_cnn(confound, seed, effect, epochs):
     """The CNN's fold-mean AUC without correction and with the confound's flag."""
     from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import TrainParams
     from dpnbids.learn.metrics import fold_mean_auc
 
     x, y, table = confounded_maps(confound=confound, seed=seed, effect_size=effect)
@@ -73,7 +74,7 @@ def one_cohort_cnn(confound, seed, effect, epochs):
     out = {}
     for label, deconf in (("none", None), (str(flag), FoldDeconfounder(table, **flag))):
         res = run_nested_cv(x, y, ids, folds, baselines=(), deconfound=deconf,
-                            train_params={"epochs": epochs, "patience": 5, "min_epochs": 5},
+                            train_params=TrainParams(epochs=epochs, patience=5, min_epochs=5),
                             random_state=seed)
         out[label] = fold_mean_auc(res.predictions, score="raw_score")
     return out

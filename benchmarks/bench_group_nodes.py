@@ -37,7 +37,7 @@ from _measure import cpu_model  # noqa: E402
 
 def _plan(folder: Path, args):
     from dpnbids.config import derive_seed
-    from dpnbids.learn.cv import make_outer_splits
+    from dpnbids.learn.splits import make_outer_splits
     from dpnbids.learn.jobs import PERMUTATIONS_PER_BLOCK, fold_to_dict, write_job_inputs
     from dpnbids.workflows.group_cv import GroupPlan, Job
 

@@ -19,7 +19,7 @@ import numpy as np
 def main() -> None:
     from _measure import cpu_model
 
-    from dpnbids.learn.cv import stratified_folds
+    from dpnbids.learn.splits import stratified_folds
     from dpnbids.learn.linear import GramCache, permutation_nulls
     from dpnbids.learn.model import cnn_grid
 

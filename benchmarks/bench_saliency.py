@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     from dpnbids.config import CNNConfig
-    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import ModelParams, TrainParams
+    from dpnbids.learn.splits import make_outer_splits
     from dpnbids.learn.model import cnn_grid, default_cnn_voxel_size
     from dpnbids.learn.saliency import DEFAULT_IG_STEPS, SaliencyAccumulator
 
@@ -59,12 +61,12 @@ def main(argv=None) -> int:
     x[y == 1, 12:18, 15:22, 12:18, 0] += 1.0
     ids = [f"{i:02d}" for i in range(1, n + 1)]
     fold = make_outer_splits(ids, y, n_folds=cfg.folds, random_state=args.seed)[0]
-    model_params = {"dropout": cfg.dropout, "dense_units": cfg.dense_units,
-                    "learning_rate": cfg.learning_rate, "epsilon": cfg.adam_epsilon,
-                    "weight_decay": cfg.weight_decay}
-    train_params = {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                    "patience": cfg.patience, "min_epochs": cfg.min_epochs,
-                    "monitor": "val_loss"}
+    model_params = ModelParams(dropout=cfg.dropout, dense_units=cfg.dense_units,
+                               learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon,
+                               weight_decay=cfg.weight_decay)
+    train_params = TrainParams(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                               patience=cfg.patience, min_epochs=cfg.min_epochs,
+                               monitor="val_loss")
     rows = []
     for method in args.methods:
         acc = SaliencyAccumulator(method, args.channels)

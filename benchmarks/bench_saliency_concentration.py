@@ -54,7 +54,9 @@ def main() -> int:
 
     from dpnbids.config import CNNConfig
     from dpnbids.learn import saliency as sal
-    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import ModelParams, TrainParams
+    from dpnbids.learn.splits import make_outer_splits
 
     data = np.load(args.features)
     x, y = data["x"], data["y"].astype(int)
@@ -72,13 +74,13 @@ def main() -> int:
         base = np.asarray(fm.x_train, np.float32).mean(axis=0)
         per_subject.append(sal.integrated_gradients(fm.model, fm.x_test, base))
 
-    model_params = {"dropout": cfg.dropout, "dense_units": cfg.dense_units,
-                    "learning_rate": cfg.learning_rate, "epsilon": cfg.adam_epsilon,
-                    "weight_decay": cfg.weight_decay}
-    train_params = {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                    "patience": cfg.patience, "min_epochs": cfg.min_epochs,
-                    "monitor": "val_loss",
-                    "inner_folds": args.inner_folds or cfg.inner_folds}
+    model_params = ModelParams(dropout=cfg.dropout, dense_units=cfg.dense_units,
+                               learning_rate=cfg.learning_rate, epsilon=cfg.adam_epsilon,
+                               weight_decay=cfg.weight_decay)
+    train_params = TrainParams(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                               patience=cfg.patience, min_epochs=cfg.min_epochs,
+                               monitor="val_loss",
+                               inner_folds=args.inner_folds or cfg.inner_folds)
     started = time.perf_counter()
     res = run_nested_cv(x, y, subjects, folds, model_params=model_params,
                         train_params=train_params, baselines=("svm",),

@@ -25,19 +25,25 @@ LOGGER = logging.getLogger(__name__)
 LEAKY_SUFFIX = "-leaky"
 
 
-def _model_params(config) -> dict:
-    return {"dropout": config.cnn.dropout, "dense_units": config.cnn.dense_units,
-            "learning_rate": config.cnn.learning_rate, "epsilon": config.cnn.adam_epsilon,
-            "weight_decay": config.cnn.weight_decay}
+def _model_params(config):
+    """The VoxNet the configuration asks for (the command line's defaults)."""
+    from dpnbids.learn.params import ModelParams
+
+    return ModelParams(dropout=config.cnn.dropout, dense_units=config.cnn.dense_units,
+                       learning_rate=config.cnn.learning_rate, epsilon=config.cnn.adam_epsilon,
+                       weight_decay=config.cnn.weight_decay)
 
 
-def _train_params(config) -> dict:
-    return {"epochs": config.cnn.epochs, "batch_size": config.cnn.batch_size,
-            "patience": config.cnn.patience, "min_epochs": config.cnn.min_epochs,
-            "inner_folds": config.cnn.inner_folds,
-            "mixed_precision": config.cnn.mixed_precision,
-            "monitor": "val_auc" if config.cnn.early_stopping == "auc" else "val_loss",
-            "augment": config.cnn.augment, "balanced": config.cnn.class_balance}
+def _train_params(config):
+    """The training the configuration asks for (the command line's defaults)."""
+    from dpnbids.learn.params import TrainParams
+
+    return TrainParams(epochs=config.cnn.epochs, batch_size=config.cnn.batch_size,
+                       patience=config.cnn.patience, min_epochs=config.cnn.min_epochs,
+                       inner_folds=config.cnn.inner_folds,
+                       mixed_precision=config.cnn.mixed_precision,
+                       monitor="val_auc" if config.cnn.early_stopping == "auc" else "val_loss",
+                       augment=config.cnn.augment, balanced=config.cnn.class_balance)
 
 
 def _maps_volume(maps_kv: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -162,15 +168,15 @@ def run_classification(config, writer, res: GroupICAResult):
 def _outer_folds(config, writer, subjects, y, cv_dir, folds=None):
     """The seeded outer folds every input set and model shares (stratified, or the given
     leave-group-out ``folds``), and their files."""
-    from dpnbids.learn import cv
+    from dpnbids.learn.splits import check_no_leakage, make_outer_splits, splits_to_dataframe
 
     if folds is None:
-        folds = cv.make_outer_splits(subjects, y, n_folds=config.cnn.folds,
-                                     n_repeats=config.cnn.cv_repeats,
-                                     random_state=config.seed("cv.splits"))
+        folds = make_outer_splits(subjects, y, n_folds=config.cnn.folds,
+                                  n_repeats=config.cnn.cv_repeats,
+                                  random_state=config.seed("cv.splits"))
     for fold in folds:
-        cv.check_no_leakage(fold)
-    writer.write_tsv(cv.splits_to_dataframe(folds), cv_dir / "splits.tsv")
+        check_no_leakage(fold)
+    writer.write_tsv(splits_to_dataframe(folds), cv_dir / "splits.tsv")
     writer.write_json({"n_folds": len({(f.repeat, f.fold) for f in folds}),
                        "cv_repeats": config.cnn.cv_repeats, "scheme": config.cnn.cv_scheme,
                        "group_column": config.cnn.cv_group,
@@ -187,7 +193,7 @@ def _confound_baselines(config, table, y, folds, folder: Path) -> dict:
 
     from dpnbids.config import derive_seed
     from dpnbids.derivatives import write_tsv
-    from dpnbids.learn.cv import stratified_folds
+    from dpnbids.learn.splits import stratified_folds
     from dpnbids.learn.pooling import permutation_record
     from dpnbids.workflows.confounds import confound_cv
 
@@ -237,7 +243,8 @@ def _spec(config, item: _InputSet, kind: str) -> str:
         deconfound = {"covariates": list(config.cnn.covariates or ()),
                       "harmonize": config.cnn.harmonize}
     spec = {"name": name, "selection": item.selection, "ssc_p": config.ica.ssc_p,
-            "model_params": _model_params(config), "train_params": _train_params(config),
+            "model_params": _model_params(config).to_mapping(),
+            "train_params": _train_params(config).to_mapping(),
             "threshold_rule": config.cnn.threshold_rule, "deconfound": deconfound}
     if kind == "fold":
         spec.update(tune=config.cnn.tune, cv_seed=config.seed(f"cv.{name}"),
@@ -393,7 +400,8 @@ def _save_final_model(config, final, tables, res: GroupICAResult, grid_affine, v
     import keras
 
     from dpnbids import __version__
-    from dpnbids.learn.bundle import save_bundle
+    from dpnbids.learn.bundle import Bundle, software_versions
+    from dpnbids.learn.confounds import FoldDeconfounder
     from dpnbids.learn.jobs import load_final
 
     if final is None:
@@ -406,19 +414,24 @@ def _save_final_model(config, final, tables, res: GroupICAResult, grid_affine, v
     if len(row):
         cv_metrics = {k: float(v) for k, v in row.iloc[0].items()
                       if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    deconfounding = data["deconfounding"]
     # the bundle keeps its own copy of the maps so the model folder is self-contained
-    path = save_bundle(
-        res.group_dir / "model", keras.saving.load_model(final["model"], compile=False),
-        group_maps_file=str(res.comps_file), mask_file=str(res.mask_file),
-        selected_components=data["channels"], grid_affine=np.asarray(grid_affine),
-        grid_shape=tuple(data["grid_shape"]), scaling=data["scaling"],
-        input_set=data["input_set"], feature="pe", config=config.to_dict(),
-        cv_metrics=cv_metrics, space=res.space or config.preproc.output_space,
+    bundle = Bundle(
+        group_maps_file=Path(res.comps_file), mask_file=Path(res.mask_file),
+        input_set=data["input_set"], feature="pe",
+        space=res.space or config.preproc.output_space,
         resolution=(float(res.grid.voxel_mm[0]) if res.grid is not None
                     else config.preproc.resolution_mm),
-        n_components=n_components, voxel_size=float(voxel), history=data["history"],
-        calibration=data["calibration"], dpnbids_version=__version__,
-        deconfounding=data["deconfounding"], baseline=np.load(final["baseline"]))
+        n_components=n_components, voxel_size=float(voxel),
+        grid_shape=tuple(data["grid_shape"]), grid_affine=np.asarray(grid_affine),
+        selected_components=data["channels"], scaling=data["scaling"],
+        cv_metrics=cv_metrics, versions=software_versions(__version__),
+        config=config.to_dict(), calibration=data["calibration"], history=data["history"],
+        baseline=np.load(final["baseline"]),
+        deconfounding=None if deconfounding is None else FoldDeconfounder.from_state(
+            *deconfounding),
+        network=keras.saving.load_model(final["model"], compile=False))
+    path = bundle.save(res.group_dir / "model")
     LOGGER.info("final %s model saved in %s", data["input_set"], path)
     return path
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from dpnbids.derivatives import replace_dir
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
+from dpnbids.learn.scaling import ChannelScaler
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +49,20 @@ DECONFOUND_FILE = "deconfound.npz"
 
 @dataclass
 class Bundle:
-    path: Path
+    """A final model and everything needed to score a new patient with it.
+
+    :func:`load_bundle` returns one read from a folder (``path``; ``group_maps_file`` and
+    ``mask_file`` are the folder's files, the Keras model is loaded on first use);
+    :meth:`save` writes one to a folder (``network``: the Keras model to save;
+    ``group_maps_file`` and ``mask_file``: the images to copy in). ``scaling``: the input
+    scaling; ``calibration``: the Platt scaling and operating threshold fitted on the
+    final model's validation subjects (:class:`dpnbids.learn.train.FinalModel`);
+    ``baseline`` (X, Y, Z, C), optional: the mean scaled training input, the saliency
+    baseline of predictions; ``deconfounding``: the fitted
+    :class:`dpnbids.learn.confounds.FoldDeconfounder`, or None; ``versions``: the software
+    that trained the model (:func:`software_versions`).
+    """
+
     group_maps_file: Path
     mask_file: Path
     input_set: str
@@ -60,90 +74,86 @@ class Bundle:
     grid_shape: tuple
     grid_affine: np.ndarray
     selected_components: list | None
-    scaling: dict
+    scaling: ChannelScaler
     cv_metrics: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
     baseline: np.ndarray | None = None
-    #: the fitted :class:`dpnbids.learn.confounds.FoldDeconfounder`, or None
     deconfounding: object = None
-    _model: object = None
+    path: Path | None = None
+    network: object = field(default=None, repr=False)
 
     @property
     def model(self):
-        if self._model is None:
+        if self.network is None:
             import keras
 
             model_file = self.path / "model.keras"
             try:
-                self._model = keras.saving.load_model(str(model_file), compile=False)
+                self.network = keras.saving.load_model(str(model_file), compile=False)
             except Exception as exc:  # noqa: BLE001 - keras raises many kinds for a bad file
                 raise BundleError(
                     f"{model_file} could not be loaded as a Keras model ({type(exc).__name__}: "
                     f"{str(exc)[:300]}). The model file is damaged or was written by an "
                     "incompatible Keras; copy the model folder again or retrain it.") from None
-        return self._model
+        return self.network
+
+    def save(self, out_dir) -> Path:
+        """Write the bundle folder atomically (read back by :func:`load_bundle`); returns
+        its path. ``versions``, when empty, are this process's (:func:`software_versions`)."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+        try:
+            self.model.save(str(tmp / "model.keras"))
+            shutil.copyfile(self.group_maps_file, tmp / "group_maps.nii.gz")
+            shutil.copyfile(self.mask_file, tmp / "group_mask.nii.gz")
+            np.save(tmp / "scaling_support.npy", self.scaling.support)
+            if self.baseline is not None:
+                np.save(tmp / BASELINE_FILE, np.asarray(self.baseline, dtype=np.float32))
+            state = None if self.deconfounding is None else self.deconfounding.state()
+            if state is not None:
+                np.savez_compressed(tmp / DECONFOUND_FILE, **state[1])
+            meta = json.loads(json.dumps(self._meta(state), default=str))  # as load reads it
+            meta["binding"] = _bind(tmp, meta)
+            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+            _write_checksums(tmp)
+            for p in tmp.iterdir():
+                os.chmod(p, 0o644)
+            os.chmod(tmp, 0o755)
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+    def _meta(self, deconfounding_state) -> dict:
+        """bundle.json's content, without the binding digests."""
+        return {"bundle_version": BUNDLE_VERSION, "input_set": self.input_set,
+                "feature": self.feature, "space": self.space,
+                "resolution": float(self.resolution), "n_components": int(self.n_components),
+                "voxel_size": float(self.voxel_size),
+                "grid_shape": [int(v) for v in self.grid_shape],
+                "grid_affine": np.asarray(self.grid_affine, float).tolist(),
+                "selected_components": self.selected_components,
+                "scaling": self.scaling.to_json(), "cv_metrics": self.cv_metrics,
+                "versions": self.versions or software_versions(), "config": self.config,
+                "history": self.history or {}, "calibration": self.calibration or {},
+                **({"deconfounding": deconfounding_state[0]}
+                   if deconfounding_state is not None else {})}
 
 
-def _versions(dpnbids_version: str) -> dict:
+def software_versions(dpnbids_version: str = "") -> dict:
+    """The versions a bundle records: dpnbids's (given), Keras's, its backend and NumPy's."""
     import keras
 
     return {"dpnbids": dpnbids_version, "keras": keras.__version__,
             "keras_backend": keras.backend.backend(), "numpy": np.__version__}
 
 
-def save_bundle(out_dir, model, *, group_maps_file, mask_file, selected_components, grid_affine,
-                grid_shape, scaling, input_set, feature, config, cv_metrics, space, resolution,
-                n_components, voxel_size, history=None, calibration=None,
-                dpnbids_version="", baseline=None, deconfounding=None) -> Path:
-    """Write a bundle folder atomically; returns its path.
-
-    ``calibration``: the Platt scaling and operating threshold fitted on the final model's
-    validation subjects (:class:`dpnbids.learn.cv.FinalModel`). ``baseline`` (X, Y, Z, C),
-    optional: the mean scaled training input, stored as ``ig_baseline.npy`` for the
-    saliency maps of predictions. ``deconfounding``: the (metadata, arrays) of a fitted
-    :class:`dpnbids.learn.confounds.FoldDeconfounder` (:meth:`~FoldDeconfounder.state`)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
-        model.save(str(tmp / "model.keras"))
-        shutil.copyfile(group_maps_file, tmp / "group_maps.nii.gz")
-        shutil.copyfile(mask_file, tmp / "group_mask.nii.gz")
-        np.save(tmp / "scaling_support.npy", np.asarray(scaling["support"], dtype=bool))
-        if baseline is not None:
-            np.save(tmp / BASELINE_FILE, np.asarray(baseline, dtype=np.float32))
-        if deconfounding is not None:
-            np.savez_compressed(tmp / DECONFOUND_FILE, **deconfounding[1])
-        meta = {"bundle_version": BUNDLE_VERSION, "input_set": input_set, "feature": feature,
-                "space": space, "resolution": float(resolution),
-                "n_components": int(n_components), "voxel_size": float(voxel_size),
-                "grid_shape": [int(v) for v in grid_shape],
-                "grid_affine": np.asarray(grid_affine, float).tolist(),
-                "selected_components": selected_components,
-                "scaling": {"mean": [float(v) for v in scaling["mean"]],
-                            "sd": [float(v) for v in scaling["sd"]],
-                            "method": "per-channel z-score over training brain voxels"},
-                "cv_metrics": cv_metrics, "versions": _versions(dpnbids_version),
-                "config": config, "history": history or {},
-                "calibration": calibration or {},
-                **({"deconfounding": deconfounding[0]} if deconfounding is not None else {})}
-        meta = json.loads(json.dumps(meta, default=str))  # as load_bundle will read it
-        meta["binding"] = _bind(tmp, meta)
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
-        _write_checksums(tmp)
-        for p in tmp.iterdir():
-            os.chmod(p, 0o644)
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-#: A member that save_bundle adds to model.keras: the digest of the parts the weights
+#: A member that :meth:`Bundle.save` adds to model.keras: the digest of the parts the weights
 #: were trained with (Keras ignores members it does not know).
 BINDING_MEMBER = "dpnbids_binding.json"
 #: The Keras archive member that holds the weights.
@@ -420,8 +430,8 @@ def load_bundle(path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(file, f"is not valid JSON ({exc})") from None
     _validate_meta(meta, file)
-    scaling = dict(meta["scaling"])
-    scaling["support"] = _validate_arrays(path, meta, verified=verified)
+    scaling = ChannelScaler.from_json(meta["scaling"],
+                                      _validate_arrays(path, meta, verified=verified))
     _check_binding(path, meta)
     return Bundle(path=path, group_maps_file=path / "group_maps.nii.gz",
                   mask_file=path / "group_mask.nii.gz", input_set=meta["input_set"],
@@ -432,6 +442,7 @@ def load_bundle(path) -> Bundle:
                   selected_components=meta.get("selected_components"), scaling=scaling,
                   cv_metrics=meta.get("cv_metrics", {}), versions=meta.get("versions", {}),
                   config=meta.get("config", {}), calibration=meta.get("calibration") or {},
+                  history=meta.get("history") or {},
                   baseline=_load_baseline(path, meta),
                   deconfounding=_load_deconfounding(path, meta))
 
@@ -513,11 +524,9 @@ def predict(bundle: Bundle, maps_img, *, return_input=False, confounds=None,
     check_compatible(bundle, grid_shape=x.shape[1:4])
     if bundle.selected_components is not None:
         x = x[..., np.asarray(bundle.selected_components, dtype=int)]
-    from dpnbids.learn.cv import apply_scaler
-
     if bundle.deconfounding is not None:
         x = _deconfound_input(bundle, x, confounds, report)
-    xs = apply_scaler(x, bundle.scaling)
+    xs = bundle.scaling.transform(x)
     if return_input:
         return xs
     return np.asarray(bundle.model.predict(xs, verbose=0), dtype=float).ravel()

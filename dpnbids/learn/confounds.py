@@ -190,7 +190,7 @@ def _ranking_values(f_tr, y_tr, f_te):
 
 def _inner_values(f, y, seed, n_splits: int = 5) -> np.ndarray:
     """Cross-validated decision values of the outer-training subjects (for calibration)."""
-    from dpnbids.learn.cv import stratified_folds
+    from dpnbids.learn.splits import stratified_folds
 
     k = int(min(n_splits, np.bincount(y, minlength=2).min()))
     if k < 2:
@@ -469,7 +469,7 @@ def make_group_splits(subject_ids, labels, groups, *, val_fraction: float = 0.2,
     fold, with a seeded, stratified inner validation split of the other groups."""
     from sklearn.model_selection import train_test_split
 
-    from dpnbids.learn.cv import Fold, check_no_leakage
+    from dpnbids.learn.splits import Fold, check_no_leakage
 
     ids = np.asarray([str(s) for s in subject_ids])
     y = np.asarray(labels, dtype=int)

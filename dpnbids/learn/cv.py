@@ -11,8 +11,9 @@ Inside each outer training fold only (never the outer test fold):
    the inner validation subjects only.
 
 Baselines (linear SVM, L2 logistic regression, majority class) see the same
-selected, scaled features of the same folds.  :func:`check_no_leakage` raises
-:class:`~dpnbids.exceptions.DataLeakageError` on any overlap of training,
+selected, scaled features of the same folds. The folds come from
+:func:`dpnbids.learn.splits.make_outer_splits`; :func:`~dpnbids.learn.splits.check_no_leakage`
+raises :class:`~dpnbids.exceptions.DataLeakageError` on any overlap of training,
 validation and test subjects; it is called for every fold before training.
 """
 from __future__ import annotations
@@ -21,145 +22,43 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from dpnbids.config import derive_seed
-from dpnbids.exceptions import DataLeakageError, InputError
+from dpnbids.exceptions import InputError
 from dpnbids.learn.calibration import fit_calibration
 from dpnbids.learn.linear import BASELINES, GramCache, decision_values, inner_decision_values
 from dpnbids.learn.model import predict_logit
-from dpnbids.learn.splits import stratified_folds
+from dpnbids.learn.params import ModelParams, TrainParams, checked, with_overrides
+from dpnbids.learn.scaling import ChannelScaler
+from dpnbids.learn.splits import Fold, check_calibration_leakage, check_no_leakage
 from dpnbids.learn.train import FoldNetwork, _fit_cnn, fit_fold_network
 
 LOGGER = logging.getLogger(__name__)
 
-#: The paper's hyperparameter grids (48 fits per fold; pass as ``tune_grid``).
+#: The paper's hyperparameter grids (48 fits per fold; pass as ``tune_grid``). A grid's keys
+#: are fields of :class:`~dpnbids.learn.params.ModelParams` or
+#: :class:`~dpnbids.learn.params.TrainParams` (:func:`~dpnbids.learn.params.with_overrides`).
 PAPER_GRID = {"learning_rate": (1e-4, 1e-3, 1e-2), "epsilon": (0.1, 1.0),
               "dropout": (0.3, 0.5), "batch_size": (4, 8), "epochs": (50, 100)}
 #: What ``tune=True`` searches by default (16 fits per fold): the choices that
 #: benchmarks/results/2026-12-07-cnn-vs-linear.md found to matter for a VoxNet trained on about 40 subjects.
 TUNE_GRID = {"epsilon": (1e-3, 0.1), "dropout": (0.3, 0.5), "weight_decay": (0.0, 1e-3),
              "augment": (False, True)}
-#: Keys of a tuning grid that are :func:`dpnbids.learn.model.build_voxnet` arguments;
-#: the others are training options of :func:`_fit_cnn`.
-MODEL_KEYS = ("learning_rate", "epsilon", "dropout", "weight_decay", "dense_units")
-
-
-@dataclass(frozen=True)
-class Fold:
-    """One outer fold: subject IDs of the inner-training, validation and test sets."""
-
-    repeat: int
-    fold: int
-    train_ids: tuple[str, ...]
-    val_ids: tuple[str, ...]
-    test_ids: tuple[str, ...]
-    seed: int
-
-    @property
-    def outer_train_ids(self) -> tuple:
-        return tuple(self.train_ids) + tuple(self.val_ids)
-
-
-def check_no_leakage(fold: Fold) -> None:
-    """Raise DataLeakageError if a subject is in two of train/val/test, or duplicated."""
-    sets = {"train": list(fold.train_ids), "validation": list(fold.val_ids),
-            "test": list(fold.test_ids)}
-    for name, ids in sets.items():
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise DataLeakageError(f"repeat {fold.repeat} fold {fold.fold}: subject(s) {dup} "
-                                   f"appear more than once in the {name} set")
-    for (a, ia), (b, ib) in itertools.combinations(sets.items(), 2):
-        overlap = sorted(set(ia) & set(ib))
-        if overlap:
-            raise DataLeakageError(
-                f"repeat {fold.repeat} fold {fold.fold}: subject(s) {overlap} are in both the "
-                f"{a} and {b} sets; the outer test fold must never be seen in training, "
-                "selection, scaling or early stopping.")
-
-
-def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int = 1,
-                      val_fraction: float = 0.2, random_state=None) -> list[Fold]:
-    """Stratified, seeded subject-level outer folds with an inner validation split."""
-    from sklearn.model_selection import train_test_split
-
-    ids = np.asarray(list(subject_ids))
-    y = np.asarray(labels, dtype=int)
-    if ids.size != y.size:
-        raise InputError(f"{ids.size} subject IDs but {y.size} labels")
-    if len(set(ids.tolist())) != ids.size:
-        raise DataLeakageError("duplicated subject IDs: splits must be at subject level")
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise InputError(f"only one class among the labelled subjects ({n_pos} responders, "
-                         f"{n_neg} non-responders); cross-validation needs both.")
-    if min(n_pos, n_neg) < n_folds:
-        raise InputError(f"{n_pos} responders and {n_neg} non-responders, but --folds "
-                         f"{n_folds} needs at least {n_folds} per class; use --folds "
-                         f"{max(2, min(n_pos, n_neg))} or fewer.")
-    folds = []
-    for repeat in range(n_repeats):
-        seed = derive_seed(random_state, repeat, bits=32)
-        for k, (train, test) in enumerate(stratified_folds(y, n_folds, seed)):
-            fold_seed = derive_seed(seed, k, bits=32)
-            n_val = max(2, int(round(val_fraction * train.size)))
-            ytr = y[train]
-            strat = ytr if min((ytr == 1).sum(), (ytr == 0).sum()) >= 2 else None
-            inner, val = train_test_split(train, test_size=n_val, stratify=strat,
-                                          random_state=fold_seed % (2**31))
-            fold = Fold(repeat, k, tuple(ids[np.sort(inner)].tolist()),
-                        tuple(ids[np.sort(val)].tolist()), tuple(ids[np.sort(test)].tolist()),
-                        fold_seed)
-            check_no_leakage(fold)
-            folds.append(fold)
-    return folds
-
-
-def splits_to_dataframe(folds) -> pd.DataFrame:
-    """One row per (repeat, fold, subject) with its role: train, validation or test."""
-    rows = []
-    for f in folds:
-        for role, ids in (("train", f.train_ids), ("validation", f.val_ids),
-                          ("test", f.test_ids)):
-            rows.extend({"repeat": f.repeat, "fold": f.fold, "participant_id": f"sub-{i}",
-                         "role": role, "seed": f.seed} for i in ids)
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- scaling
-def fit_scaler(x: np.ndarray) -> dict:
-    """Per-channel mean/SD over subjects and non-zero (in-brain) voxels of ``x`` (S,X,Y,Z,C)."""
-    nz = np.any(x != 0, axis=(0, 4))
-    vals = x[:, nz, :]  # (S, V, C)
-    mean = vals.mean(axis=(0, 1))
-    sd = vals.std(axis=(0, 1))
-    sd[sd == 0] = 1.0
-    return {"mean": mean.astype(np.float32).tolist(), "sd": sd.astype(np.float32).tolist(),
-            "support": nz}
-
-
-def apply_scaler(x: np.ndarray, scaler: dict) -> np.ndarray:
-    out = (x - np.asarray(scaler["mean"], np.float32)) / np.asarray(scaler["sd"], np.float32)
-    out[:, ~np.asarray(scaler["support"], bool), :] = 0.0
-    return out.astype(np.float32, copy=False)
 
 
 def _tune(x_tr, y_tr, x_val, y_val, model_params, train_params, grid, seed):
     """Pick hyperparameters on the inner validation subjects only (the early-stopping
     metric: best AUC, or lowest loss)."""
     keys = sorted(grid)
-    monitor = str(train_params.get("monitor", "val_loss"))
+    monitor = str(train_params.monitor)
     sign = -1.0 if monitor == "val_auc" else 1.0
     best, best_score = None, np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
         cand = dict(zip(keys, values))
-        mp = {**model_params, **{k: v for k, v in cand.items() if k in MODEL_KEYS}}
-        tp = {**train_params, **{k: v for k, v in cand.items() if k not in MODEL_KEYS}}
+        mp, tp = with_overrides(model_params, train_params, cand)
         _, hist, _ = _fit_cnn(x_tr, y_tr, x_val, y_val, mp, tp, seed)
         score = min(sign * np.asarray(hist.get(monitor) or hist["val_loss"]))
         if best is None or score < best_score:
@@ -180,7 +79,7 @@ class FoldModel:
     fold: Fold
     model: object
     channels: np.ndarray
-    scaler: dict
+    scaler: ChannelScaler
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -199,16 +98,19 @@ class CVResult:
 
 
 def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
-                  model_params=None, train_params=None, tune=False, tune_grid=None,
+                  model_params: ModelParams | None = None,
+                  train_params: TrainParams | None = None, tune=False, tune_grid=None,
                   baselines=BASELINES, threshold_rule="youden", random_state=None,
                   progress=None, on_fold=None, gram=None, deconfound=None) -> CVResult:
     """Nested CV of the VoxNet (and baselines) on ``x`` (S, X, Y, Z, C) with labels ``y``.
 
-    ``on_fold(FoldModel)``, if given, is called once per outer fold with the fold's trained
-    CNN and its scaled inputs, before the model is discarded (e.g. for attribution maps of
-    the held-out subjects). ``gram``: the baselines' :class:`GramCache` of ``x``, when the
-    caller already has it (it is built here otherwise). ``deconfound``: a fold-wise
-    :class:`~dpnbids.learn.confounds.FoldDeconfounder` for the CNN and the baselines.
+    ``model_params`` and ``train_params``: the network and its training
+    (:mod:`dpnbids.learn.params`; None: the defaults). ``on_fold(FoldModel)``, if given, is
+    called once per outer fold with the fold's trained CNN and its scaled inputs, before the
+    model is discarded (e.g. for attribution maps of the held-out subjects). ``gram``: the
+    baselines' :class:`GramCache` of ``x``, when the caller already has it (it is built here
+    otherwise). ``deconfound``: a fold-wise :class:`~dpnbids.learn.confounds.FoldDeconfounder`
+    for the CNN and the baselines.
 
     Every model's outer-test probabilities are calibrated and thresholded with what was
     fitted inside the outer training fold (:func:`_calibrate`): the CNN on its inner
@@ -224,8 +126,7 @@ def run_nested_cv(x, y, subject_ids, folds, *, input_set="ASC", select_fn=None,
         raise InputError(f"features {x.shape}, {y.size} labels and {len(ids)} subjects do not "
                          "agree; expected (subjects, X, Y, Z, channels)")
     index = {s: i for i, s in enumerate(ids)}
-    model_params = dict(model_params or {})
-    train_params = dict(train_params or {})
+    model_params, train_params = checked(model_params, train_params)
     rows, manifests, histories = [], [], {}
     fold_seconds, epoch_seconds = [], []
     if baselines and gram is None and not deconfound:
@@ -320,18 +221,8 @@ def _fold_inputs(x, outer, test, select_fn, fold: Fold, input_set: str, deconfou
     deconf = deconfound.fold(xs_outer, xs_test, outer, test, fold) if deconfound else None
     if deconf:
         xs_outer, xs_test = deconf["outer"], deconf["test"]
-    scaler = fit_scaler(xs_outer)
-    return channels, scaler, *(apply_scaler(a, scaler) for a in (xs_outer, xs_test)), deconf
-
-
-def check_calibration_leakage(fold: Fold, calibration_ids) -> None:
-    """Raise DataLeakageError if calibration or threshold choice saw an outer test subject."""
-    overlap = sorted(set(calibration_ids) & set(fold.test_ids))
-    if overlap:
-        raise DataLeakageError(
-            f"repeat {fold.repeat} fold {fold.fold}: calibration or threshold choice used "
-            f"outer test subject(s) {overlap}; they must be fitted on the outer training "
-            "fold only.")
+    scaler = ChannelScaler.fit(xs_outer)
+    return channels, scaler, scaler.transform(xs_outer), scaler.transform(xs_test), deconf
 
 
 def _calibrate(scores, y, rule, fold: Fold, fitted_on) -> dict:
@@ -375,51 +266,3 @@ def permutation_p(observed, null) -> float:
     """(1 + #{null >= observed}) / (1 + #null)."""
     null = np.asarray(null, dtype=float)
     return float((1.0 + np.sum(null >= observed)) / (1.0 + null.size))
-
-
-class FinalModel(NamedTuple):
-    """The model trained on all labelled subjects, its input scaling, the channels it uses,
-    its learning curve, and the calibration and threshold fitted on its validation subjects."""
-
-    model: object
-    scaling: dict
-    channels: list | None
-    history: dict
-    calibration: dict
-
-
-def fit_final_model(x, y, *, channels=None, model_params=None, train_params=None,
-                    val_fraction=0.2, threshold_rule="youden", random_state=None) -> FinalModel:
-    """Train on all labelled subjects; the inner validation split drives early stopping,
-    Platt scaling and the threshold (``threshold_rule``), as in every outer fold."""
-    from sklearn.model_selection import train_test_split
-
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=int)
-    if channels is not None:
-        x = x[..., np.asarray(channels, dtype=int)]
-    seed = derive_seed(random_state, 0, bits=32)
-    scaler = fit_scaler(x)
-    xs = apply_scaler(x, scaler)
-    idx = np.arange(len(y))
-    tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
-                              stratify=y, random_state=seed % (2**31))
-    order = np.concatenate([tr, va])
-    net = fit_fold_network(xs[order], y[order], tr.size, dict(model_params or {}),
-                           dict(train_params or {}), seed)
-    platt, threshold = fit_calibration(net.calibration_scores, y[order][net.calibration_rows],
-                                       threshold_rule)
-    n_members = len(net.histories)
-    fitted_on = (f"{len(va)} validation subjects of the final training set" if n_members == 1
-                 else f"out-of-inner-fold logits of all {len(y)} subjects ({n_members} "
-                      "inner folds)")
-    calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
-                   "threshold": threshold,
-                   "score": "logit of the network's sigmoid output", "fitted_on": fitted_on}
-    history = net.histories[0] if n_members == 1 else {
-        **net.histories[0], "members": net.histories}
-    model = net.model
-    scaling = {"mean": scaler["mean"], "sd": scaler["sd"],
-               "support": np.asarray(scaler["support"], bool)}
-    return FinalModel(model, scaling, None if channels is None else [int(c) for c in channels],
-                      history, calibration)

@@ -123,7 +123,7 @@ def fold_to_dict(fold) -> dict:
 
 
 def fold_from_dict(data: dict):
-    from dpnbids.learn.cv import Fold
+    from dpnbids.learn.splits import Fold
 
     return Fold(int(data["repeat"]), int(data["fold"]), tuple(data["train_ids"]),
                 tuple(data["val_ids"]), tuple(data["test_ids"]), int(data["seed"]))
@@ -167,6 +167,15 @@ def select_for_labels(spec: dict, summaries, y, deconf=None):
     return in_fold
 
 
+def params_of(spec: dict):
+    """The spec's model and training parameters (``model_params``, ``train_params``: the
+    fields each sets; the others keep their defaults)."""
+    from dpnbids.learn.params import ModelParams, TrainParams
+
+    return (ModelParams.from_mapping(spec["model_params"]),
+            TrainParams.from_mapping(spec["train_params"]))
+
+
 def _accumulator(spec: dict, n_channels: int):
     from dpnbids.learn.saliency import SaliencyAccumulator
 
@@ -193,10 +202,11 @@ def run_cv_fold(features, *, out_dir, cohort, summaries, spec, fold, n_threads=1
     x, y, subjects, summ = _load(features, cohort, summaries)
     acc = _accumulator(spec, int(x.shape[-1]))
     deconf = deconfounder_for(spec, cohort)
+    model_params, train_params = params_of(spec)
     result = cv.run_nested_cv(
         x, y, subjects, [fold], input_set=spec["name"],
-        select_fn=select_for_labels(spec, summ, y, deconf), model_params=spec["model_params"],
-        train_params=spec["train_params"], tune=bool(spec["tune"]),
+        select_fn=select_for_labels(spec, summ, y, deconf), model_params=model_params,
+        train_params=train_params, tune=bool(spec["tune"]),
         threshold_rule=spec["threshold_rule"], random_state=spec["cv_seed"], on_fold=acc,
         deconfound=deconf)
     out = Path(out_dir)
@@ -232,11 +242,13 @@ def run_permutation_block(features, *, out_dir, cohort, summaries, spec, block,
     (``block`` -1: the observed statistic). Writes ``permutation.json``."""
     from dpnbids.learn import cv
     from dpnbids.learn.metrics import fold_mean_auc
+    from dpnbids.learn.splits import make_outer_splits
 
     pin_threads(n_threads)
     spec = json.loads(spec)
     x, y, subjects, summ = _load(features, cohort, summaries)
     deconf = deconfounder_for(spec, cohort)
+    model_params, train_params = params_of(spec)
     n = int(spec["n_permutations"])
     if block < 0:
         labels = [y]
@@ -246,12 +258,12 @@ def run_permutation_block(features, *, out_dir, cohort, summaries, spec, block,
                                     min(n, start + PERMUTATIONS_PER_BLOCK))
     aucs = []
     for y_perm in labels:
-        folds = cv.make_outer_splits(subjects, y_perm, n_folds=int(spec["n_folds"]),
-                                     n_repeats=1, random_state=spec["perm_splits_seed"])
+        folds = make_outer_splits(subjects, y_perm, n_folds=int(spec["n_folds"]),
+                                  n_repeats=1, random_state=spec["perm_splits_seed"])
         res = cv.run_nested_cv(x, y_perm, subjects, folds, input_set=spec["name"],
                                select_fn=select_for_labels(spec, summ, y_perm, deconf),
-                               model_params=spec["model_params"],
-                               train_params=spec["train_params"], tune=False, baselines=(),
+                               model_params=model_params,
+                               train_params=train_params, tune=False, baselines=(),
                                random_state=spec["perm_cv_seed"], deconfound=deconf)
         aucs.append(float(fold_mean_auc(res.predictions, score="raw_score")))
     target = Path(out_dir) / "permutation.json"
@@ -264,7 +276,7 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
     (channels, scaling, learning curve, calibration), ``support.npy`` (the scaling's
     in-brain voxels) and ``baseline.npy`` (the mean scaled input, the saliency baseline)."""
     from dpnbids.analysis.stats import select_components
-    from dpnbids.learn.cv import apply_scaler, fit_final_model
+    from dpnbids.learn.train import fit_final_model
 
     pin_threads(n_threads)
     spec = json.loads(spec)
@@ -280,9 +292,9 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
         x = x if channels is None else x[..., channels]
         deconf.fit(x, rows)
         x, deconfounding = deconf.transform(x, rows)[0], deconf.state()
+    model_params, train_params = params_of(spec)
     final = fit_final_model(x, y, channels=channels if deconf is None else None,
-                            model_params=spec["model_params"],
-                            train_params=spec["train_params"],
+                            model_params=model_params, train_params=train_params,
                             threshold_rule=spec["threshold_rule"],
                             random_state=spec["final_seed"])
     selected = final.channels if deconf is None else \
@@ -290,12 +302,11 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
     out = Path(out_dir)
     final.model.save(str(out / "model.keras"))
     xs = x if final.channels is None else x[..., np.asarray(final.channels, dtype=int)]
-    np.save(out / "support.npy", np.asarray(final.scaling["support"], dtype=bool))
-    np.save(out / "baseline.npy", apply_scaler(xs, final.scaling).mean(axis=0))
+    np.save(out / "support.npy", final.scaling.support)
+    np.save(out / "baseline.npy", final.scaling.transform(xs).mean(axis=0))
     record = {"input_set": spec["name"], "channels": selected,
               "grid_shape": [int(v) for v in x.shape[1:4]],
-              "scaling": {"mean": [float(v) for v in final.scaling["mean"]],
-                          "sd": [float(v) for v in final.scaling["sd"]]},
+              "scaling": final.scaling.to_json(),
               "history": final.history, "calibration": final.calibration}
     if deconfounding is not None:
         record["deconfounding"] = deconfounding[0]
@@ -308,11 +319,13 @@ def fit_final(features, *, out_dir, cohort, summaries, spec, n_threads=1) -> dic
 
 
 def load_final(record, support, deconfound=None) -> dict:
-    """What :func:`fit_final` wrote, as the bundle wants it (scaling with its support;
-    ``deconfounding``: the (metadata, arrays) of the final fit's deconfounder from
-    ``deconfound``, or None)."""
+    """What :func:`fit_final` wrote, as the bundle wants it (``scaling``: the
+    :class:`~dpnbids.learn.scaling.ChannelScaler` with its support; ``deconfounding``: the
+    (metadata, arrays) of the final fit's deconfounder from ``deconfound``, or None)."""
+    from dpnbids.learn.scaling import ChannelScaler
+
     data = json.loads(Path(record).read_text())
-    data["scaling"]["support"] = np.load(support)
+    data["scaling"] = ChannelScaler.from_json(data["scaling"], np.load(support))
     meta = data.pop("deconfounding", None)
     data["deconfounding"] = None
     if meta is not None:

@@ -2,10 +2,10 @@
 space, so a whole cross-validation, and 1,000 label permutations of it, cost seconds.
 
 The baselines see exactly what the CNN sees: the fold's selected maps, z-scored per channel
-with the mean and SD of the outer-training subjects (:func:`dpnbids.learn.cv.fit_scaler`),
-flattened over the in-brain voxels. With S subjects and V x C features (S << V x C), a
-linear model with an L2 penalty only ever depends on inner products (the representer
-theorem), so dpnbids
+with the mean and SD of the outer-training subjects
+(:meth:`dpnbids.learn.scaling.ChannelScaler.fit`), flattened over the in-brain voxels.
+With S subjects and V x C features (S << V x C), a linear model with an L2 penalty only
+ever depends on inner products (the representer theorem), so dpnbids
 
 1. computes once, per channel c, the Gram matrix ``G_c = X_c X_c^T`` of the raw maps, their
    sums and sums of squares over the support (:class:`GramCache`);
@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from dpnbids.exceptions import InputError
+from dpnbids.learn.scaling import ChannelScaler, moments_from_sums
 
 #: The baselines dpnbids fits beside the CNN.
 BASELINES = ("svm", "logreg", "majority")
@@ -36,8 +37,8 @@ class GramCache:
 
     The support is the voxels where any subject has any non-zero map. When every subject's
     every map is non-zero on the whole support (stage-2 maps and BOLD inside a mask are),
-    every fold's scaler support (:func:`dpnbids.learn.cv.fit_scaler`) is this support and
-    :meth:`kernel` is exact; ``exact_support`` records whether that holds.
+    every fold's scaler support (:meth:`dpnbids.learn.scaling.ChannelScaler.fit`) is this
+    support and :meth:`kernel` is exact; ``exact_support`` records whether that holds.
     """
 
     def __init__(self, x):
@@ -61,15 +62,12 @@ class GramCache:
         self._x = None if self.exact_support else x
 
     def scaler(self, train_idx, channels):
-        """Per-channel mean and SD over the training subjects' support voxels (as fit_scaler)."""
+        """Per-channel mean and SD over the training subjects' support voxels, as
+        :meth:`ChannelScaler.fit` computes them (:func:`moments_from_sums`)."""
         tr = np.asarray(train_idx, dtype=int)
         ch = np.asarray(channels, dtype=int)
-        n = tr.size * self.n_voxels
-        mean = self.sums[np.ix_(tr, ch)].sum(0) / n
-        var = self.sumsq[np.ix_(tr, ch)].sum(0) / n - mean ** 2
-        sd = np.sqrt(np.maximum(var, 0.0))
-        sd[sd == 0] = 1.0
-        return mean, sd
+        return moments_from_sums(self.sums[np.ix_(tr, ch)].sum(0),
+                                 self.sumsq[np.ix_(tr, ch)].sum(0), tr.size * self.n_voxels)
 
     def kernel(self, train_idx, channels, rows=None) -> np.ndarray:
         """Kernel of the fold-scaled features between ``rows`` (default all) and all subjects."""
@@ -100,10 +98,8 @@ class GramCache:
 
     def _explicit_kernel(self, train_idx, ch, rows):
         """``Z Z^T`` of the features scaled exactly as the CV scales them."""
-        from dpnbids.learn.cv import apply_scaler, fit_scaler
-
         x = self._x[..., ch]
-        z = apply_scaler(x, fit_scaler(x[np.asarray(train_idx, dtype=int)]))
+        z = ChannelScaler.fit(x[np.asarray(train_idx, dtype=int)]).transform(x)
         z = z.reshape(z.shape[0], -1).astype(np.float64)
         return z[rows] @ z.T
 

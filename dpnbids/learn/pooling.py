@@ -176,7 +176,7 @@ def _cnn_permutations(files) -> dict:
 def baseline_permutations(spec: dict, predictions) -> dict:
     """Label permutations of the linear baselines' whole CV in kernel space, on the outer
     folds the CNN's permutations use."""
-    from dpnbids.learn.cv import stratified_folds
+    from dpnbids.learn.splits import stratified_folds
     from dpnbids.learn.jobs import select_for_labels
     from dpnbids.learn.linear import GramCache, permutation_nulls
     from dpnbids.learn.metrics import fold_mean_auc

@@ -1,12 +1,13 @@
 """Training the VoxNet: one network under the training guard, or an inner-fold ensemble.
 
-:func:`fit_fold_network` trains what one outer fold (or the final model) needs from its
-training subjects; :func:`_fit_cnn` trains one network on its logit under a
+:func:`fit_fold_network` trains what one outer fold (or the final model,
+:func:`fit_final_model`) needs from its training subjects; :func:`_fit_cnn` trains one network on its logit under a
 :class:`dpnbids.learn.guard.TrainingGuard` and restarts a collapsed attempt. The batches
 (:func:`augment_batch`, :func:`balanced_weights`) and the dtype policy live here too.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import NamedTuple
@@ -14,7 +15,10 @@ from typing import NamedTuple
 import numpy as np
 
 from dpnbids.config import derive_seed
+from dpnbids.learn.calibration import fit_calibration
 from dpnbids.learn.model import predict_logit
+from dpnbids.learn.params import ModelParams, TrainParams, checked
+from dpnbids.learn.scaling import ChannelScaler
 from dpnbids.learn.splits import stratified_folds
 
 LOGGER = logging.getLogger(__name__)
@@ -67,13 +71,13 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _training_batches(x, y, train_params, seed):
+def _training_batches(x, y, train_params: TrainParams, seed):
     """A seeded keras PyDataset of shuffled (optionally augmented, weighted) batches."""
     import keras
 
-    batch = int(train_params.get("batch_size", 4))
-    augment = bool(train_params.get("augment", False))
-    weights = balanced_weights(y) if train_params.get("balanced") else None
+    batch = int(train_params.batch_size)
+    augment = bool(train_params.augment)
+    weights = balanced_weights(y) if train_params.balanced else None
     rng = np.random.default_rng(int(seed) % (2**32))
 
     class Batches(keras.utils.PyDataset):
@@ -96,13 +100,14 @@ def _training_batches(x, y, train_params, seed):
     return Batches()
 
 
-def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
+def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params: ModelParams, train_params: TrainParams,
+             seed):
     """Train one VoxNet; early stopping on the inner validation subjects.
 
-    ``train_params``: epochs, batch_size, patience, min_epochs, mixed_precision,
-    ``monitor`` ("val_loss", the default, or "val_auc"), ``augment`` (shifts and
-    intensity jitter, :func:`augment_batch`), ``balanced`` (class-balanced weights),
-    ``jit_compile`` and ``max_restarts``.
+    ``train_params`` (:class:`dpnbids.learn.params.TrainParams`): epochs, batch_size,
+    patience, min_epochs, mixed_precision, ``monitor`` ("val_loss" or "val_auc"),
+    ``augment`` (shifts and intensity jitter, :func:`augment_batch`), ``balanced``
+    (class-balanced weights), ``jit_compile`` and ``max_restarts``.
 
     The network is trained on its logit (:func:`dpnbids.learn.model.logit_model`,
     cross-entropy ``from_logits``), under a :class:`dpnbids.learn.guard.TrainingGuard`:
@@ -114,13 +119,13 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     from dpnbids.learn.guard import GuardTripped
 
     restarts = []
-    lr = float(model_params.get("learning_rate", 1e-3))
-    last = int(train_params.get("max_restarts", 2))
+    lr = float(model_params.learning_rate)
+    last = int(train_params.max_restarts)
     for attempt in range(last + 1):
         attempt_seed = seed if attempt == 0 else derive_seed(seed, f"restart{attempt}", bits=32)
         try:  # the last attempt only records what the guard sees: it never trips
             model, history, seconds = _fit_cnn_once(
-                x_tr, y_tr, x_val, y_val, {**model_params, "learning_rate": lr},
+                x_tr, y_tr, x_val, y_val, dataclasses.replace(model_params, learning_rate=lr),
                 train_params, attempt_seed, final=attempt == last)
         except GuardTripped as trip:
             restarts.append({"attempt": attempt, "seed": int(attempt_seed),
@@ -135,7 +140,8 @@ def _fit_cnn(x_tr, y_tr, x_val, y_val, model_params, train_params, seed):
     raise AssertionError("unreachable: the last attempt never trips the guard")
 
 
-def _fit_cnn_once(x_tr, y_tr, x_val, y_val, model_params, train_params, seed, *, final):
+def _fit_cnn_once(x_tr, y_tr, x_val, y_val, model_params: ModelParams,
+                  train_params: TrainParams, seed, *, final):
     """One training attempt (see :func:`_fit_cnn`); ``final``: report, never trip."""
     import keras
 
@@ -143,36 +149,35 @@ def _fit_cnn_once(x_tr, y_tr, x_val, y_val, model_params, train_params, seed, *,
     from dpnbids.learn.model import build_voxnet, logit_model
 
     keras.utils.set_random_seed(int(seed) % (2**31))
-    if train_params.get("mixed_precision"):
+    if train_params.mixed_precision:
         keras.mixed_precision.set_global_policy(mixed_precision_policy())
     try:
-        model = build_voxnet(x_tr.shape[1:], **model_params)
+        model = build_voxnet(x_tr.shape[1:], **model_params.to_mapping())
     finally:  # the policy is global: never let it leak into the next model or the baselines
         keras.mixed_precision.set_global_policy("float32")
     trainer = logit_model(model)
     trainer.compile(optimizer=model.optimizer,
                     loss=keras.losses.BinaryCrossentropy(from_logits=True),
                     metrics=[keras.metrics.AUC(name="auc", from_logits=True)],
-                    jit_compile=train_params.get("jit_compile", "auto"))
-    monitor = str(train_params.get("monitor", "val_loss"))
+                    jit_compile=train_params.jit_compile)
+    monitor = str(train_params.monitor)
     guard = TrainingGuard(x_tr, y_tr, x_val, y_val, trip=not final)
     guard.check_initial(trainer)
     callbacks = [guard,
                  keras.callbacks.EarlyStopping(monitor=monitor,
                                                mode="max" if monitor == "val_auc" else "min",
-                                               patience=int(train_params.get("patience", 10)),
-                                               start_from_epoch=int(
-                                                   train_params.get("min_epochs", 0)),
+                                               patience=int(train_params.patience),
+                                               start_from_epoch=int(train_params.min_epochs),
                                                restore_best_weights=True)]
     started = time.perf_counter()
     data = {}
-    if train_params.get("augment") or train_params.get("balanced"):
+    if train_params.augment or train_params.balanced:
         data["x"] = _training_batches(x_tr, y_tr, train_params, seed)
     else:
         data.update(x=x_tr, y=y_tr.astype(np.float32), shuffle=True,
-                    batch_size=int(train_params.get("batch_size", 4)))
+                    batch_size=int(train_params.batch_size))
     hist = trainer.fit(**data, validation_data=(x_val, y_val.astype(np.float32)),
-                       epochs=int(train_params.get("epochs", 100)), callbacks=callbacks,
+                       epochs=int(train_params.epochs), callbacks=callbacks,
                        verbose=0)
     guard.raise_if_tripped()
     seconds = time.perf_counter() - started
@@ -207,10 +212,11 @@ class FoldNetwork(NamedTuple):
         return e[0] if len(e) == 1 else float(np.mean(e))
 
 
-def fit_fold_network(xs, y, n_train, model_params, train_params, seed) -> FoldNetwork:
+def fit_fold_network(xs, y, n_train, model_params: ModelParams, train_params: TrainParams,
+                     seed) -> FoldNetwork:
     """Train the CNN on the training subjects ``xs`` (S, X, Y, Z, C), labels ``y``.
 
-    With ``train_params["inner_folds"]`` K <= 1 (the default), one network trains on the
+    With ``train_params.inner_folds`` K <= 1 (the default), one network trains on the
     first ``n_train`` rows and early-stops on the others (the validation subjects). With
     K >= 2, the rows are split into K stratified inner folds (seeded by ``seed``); member k
     trains on the other K - 1 folds and early-stops on fold k, so every subject gets one
@@ -221,7 +227,7 @@ def fit_fold_network(xs, y, n_train, model_params, train_params, seed) -> FoldNe
     from dpnbids.learn.model import build_ensemble
 
     y = np.asarray(y, dtype=int)
-    k = min(int(train_params.get("inner_folds", 1)), int(np.bincount(y, minlength=2).min()))
+    k = min(int(train_params.inner_folds), int(np.bincount(y, minlength=2).min()))
     if k < 2:
         model, hist, seconds = _fit_cnn(xs[:n_train], y[:n_train], xs[n_train:], y[n_train:],
                                         model_params, train_params, seed)
@@ -240,3 +246,47 @@ def fit_fold_network(xs, y, n_train, model_params, train_params, seed) -> FoldNe
     return FoldNetwork(build_ensemble(members), histories, seconds, scores, np.arange(len(y)))
 
 
+class FinalModel(NamedTuple):
+    """The model trained on all labelled subjects, its input scaling, the channels it uses,
+    its learning curve, and the calibration and threshold fitted on its validation subjects."""
+
+    model: object
+    scaling: ChannelScaler
+    channels: list | None
+    history: dict
+    calibration: dict
+
+
+def fit_final_model(x, y, *, channels=None, model_params: ModelParams | None = None,
+                    train_params: TrainParams | None = None, val_fraction=0.2,
+                    threshold_rule="youden", random_state=None) -> FinalModel:
+    """Train on all labelled subjects; the inner validation split drives early stopping,
+    Platt scaling and the threshold (``threshold_rule``), as in every outer fold."""
+    from sklearn.model_selection import train_test_split
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=int)
+    if channels is not None:
+        x = x[..., np.asarray(channels, dtype=int)]
+    seed = derive_seed(random_state, 0, bits=32)
+    scaler = ChannelScaler.fit(x)
+    xs = scaler.transform(x)
+    idx = np.arange(len(y))
+    tr, va = train_test_split(idx, test_size=max(2, int(round(val_fraction * len(y)))),
+                              stratify=y, random_state=seed % (2**31))
+    order = np.concatenate([tr, va])
+    model_params, train_params = checked(model_params, train_params)
+    net = fit_fold_network(xs[order], y[order], tr.size, model_params, train_params, seed)
+    platt, threshold = fit_calibration(net.calibration_scores, y[order][net.calibration_rows],
+                                       threshold_rule)
+    n_members = len(net.histories)
+    fitted_on = (f"{len(va)} validation subjects of the final training set" if n_members == 1
+                 else f"out-of-inner-fold logits of all {len(y)} subjects ({n_members} "
+                      "inner folds)")
+    calibration = {**platt.to_dict(), "threshold_rule": str(threshold_rule),
+                   "threshold": threshold,
+                   "score": "logit of the network's sigmoid output", "fitted_on": fitted_on}
+    history = net.histories[0] if n_members == 1 else {
+        **net.histories[0], "members": net.histories}
+    return FinalModel(net.model, scaler, None if channels is None else [int(c) for c in channels],
+                      history, calibration)

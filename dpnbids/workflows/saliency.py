@@ -157,13 +157,12 @@ NETWORKS_SIDECAR = {
 
 
 def bundle_baseline(x, channels, scaling) -> np.ndarray:
-    """The IG baseline a bundle stores: the mean scaled training input (X, Y, Z, C)."""
-    from dpnbids.learn.cv import apply_scaler
-
+    """The IG baseline a bundle stores: the mean scaled training input (X, Y, Z, C);
+    ``scaling``: the model's :class:`~dpnbids.learn.scaling.ChannelScaler`."""
     x = np.asarray(x, np.float32)
     if channels is not None:
         x = x[..., np.asarray(channels, dtype=int)]
-    return apply_scaler(x, scaling).mean(axis=0)
+    return scaling.transform(x).mean(axis=0)
 
 
 def write_subject_saliency(bundle, writer, source, maps_img, method, confounds=None) -> dict:

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json, numpy as np, keras
-from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+from dpnbids.learn.cv import run_nested_cv
+from dpnbids.learn.params import ModelParams, TrainParams
+from dpnbids.learn.splits import make_outer_splits
 from dpnbids.learn import saliency as sal
 from dpnbids.learn.metrics import binary_metrics
 rng = np.random.default_rng(0)
@@ -33,9 +35,9 @@ def on_fold(fm):
     change = sal.predict_score(fm.model, fm.x_test) - sal.predict_score(fm.model, base[None])
     gaps.append(float(np.max(np.abs(ig.reshape(len(ig), -1).sum(1) - change))
                       / max(float(np.abs(change).max()), 1e-3)))
-res = run_nested_cv(x, y, ids, folds, model_params={"epsilon": 1e-3},
-                    train_params={"epochs": 12, "batch_size": 4, "patience": 100,
-                                  "inner_folds": 2},
+res = run_nested_cv(x, y, ids, folds, model_params=ModelParams(epsilon=1e-3),
+                    train_params=TrainParams(epochs=12, batch_size=4, patience=100,
+                                             inner_folds=2),
                     baselines=(), random_state=0, on_fold=on_fold)
 p = res.predictions[res.predictions["model"] == "cnn"]
 print("RESULT " + json.dumps({
@@ -71,15 +73,17 @@ def test_nested_cv_ensemble_and_attribution_on_jax():
 
 AGREE_SCRIPT = """
 import json, numpy as np, keras
-from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+from dpnbids.learn.cv import run_nested_cv
+from dpnbids.learn.params import ModelParams, TrainParams
+from dpnbids.learn.splits import make_outer_splits
 from dpnbids.learn.metrics import binary_metrics
 from dpnbids.sim.maps import make_map_cohort
 c = make_map_cohort(16, 16, shape=(12, 14, 12), n_networks=3, n_affected=1,
                     effect="connectivity", effect_size=4.0, scale=100.0, seed=11)
 ids = [f"{i:02d}" for i in range(len(c.y))]
 folds = make_outer_splits(ids, c.y, n_folds=4, random_state=3)
-res = run_nested_cv(c.x, c.y, ids, folds, model_params={"epsilon": 1e-3},
-                    train_params={"epochs": 15, "batch_size": 4, "patience": 5},
+res = run_nested_cv(c.x, c.y, ids, folds, model_params=ModelParams(epsilon=1e-3),
+                    train_params=TrainParams(epochs=15, batch_size=4, patience=5),
                     baselines=(), random_state=3)
 p = res.predictions
 print("RESULT " + json.dumps({"backend": keras.backend.backend(),

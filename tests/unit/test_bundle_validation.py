@@ -3,6 +3,7 @@ the bundle.json schema, the shapes and dtypes of its arrays, complete files. A d
 bundle is refused naming the file, never with a KeyError, ValueError or "File not found"."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -12,14 +13,16 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_bids, run_cli, randomise_logit_head
-from dpnbids.learn.bundle import BUNDLE_FILES, CHECKSUMS, _write_checksums, load_bundle, save_bundle
+from dpnbids.learn.bundle import (BUNDLE_FILES, CHECKSUMS, Bundle, _write_checksums, load_bundle,
+                                  software_versions)
+from dpnbids.learn.scaling import ChannelScaler
 from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 from dpnbids.learn.model import build_voxnet, cnn_grid
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """One bundle written by save_bundle; each test damages a copy of it."""
+    """One bundle written by Bundle.save; each test damages a copy of it."""
     import keras
 
     tmp = tmp_path_factory.mktemp("bundle")
@@ -33,13 +36,13 @@ def saved(tmp_path_factory):
              str(tmp / "maps.nii.gz"))
     nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine), str(tmp / "mask.nii.gz"))
     keras.utils.set_random_seed(1)
-    scaling = {"mean": [0.1, -0.2], "sd": [1.5, 0.5], "support": np.ones(shape, bool)}
-    return save_bundle(tmp / "model", build_voxnet(shape + (2,)),
-                       group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
-                       selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
-                       scaling=scaling, input_set="SSC", feature="pe", config={"seed": 1},
-                       cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
-                       n_components=3, voxel_size=vs, dpnbids_version="0.0.test")
+    scaling = ChannelScaler([0.1, -0.2], [1.5, 0.5], np.ones(shape, bool))
+    return Bundle(group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
+                  selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
+                  scaling=scaling, input_set="SSC", feature="pe", config={"seed": 1},
+                  cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
+                  n_components=3, voxel_size=vs, versions=software_versions("0.0.test"),
+                  network=build_voxnet(shape + (2,))).save(tmp / "model")
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_checksums_cover_every_file(bundle):
     for name, digest in listed.items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
     loaded = load_bundle(bundle)
-    assert loaded.n_components == 3 and loaded.scaling["support"].dtype == bool
+    assert loaded.n_components == 3 and loaded.scaling.support.dtype == bool
 
 
 @pytest.mark.parametrize("name", ["bundle.json", "scaling_support.npy", "model.keras",
@@ -232,13 +235,7 @@ def test_an_inner_fold_ensemble_is_saved_and_predicts_as_one_model(saved, tmp_pa
         keras.utils.set_random_seed(seed)
         members.append(randomise_logit_head(build_voxnet(single.grid_shape + (2,)), seed))
     ensemble = build_ensemble(members)
-    folder = save_bundle(tmp_path / "model", ensemble, group_maps_file=saved / "group_maps.nii.gz",
-                         mask_file=saved / "group_mask.nii.gz", selected_components=[0, 2],
-                         grid_affine=single.grid_affine, grid_shape=single.grid_shape,
-                         scaling=single.scaling, input_set="SSC", feature="pe",
-                         config={"seed": 1}, cv_metrics={"auc": 0.8},
-                         space="MNI152NLin2009aSym", resolution=6, n_components=3,
-                         voxel_size=single.voxel_size, dpnbids_version="0.0.test")
+    folder = dataclasses.replace(single, path=None, network=ensemble).save(tmp_path / "model")
     loaded = load_bundle(folder)
     maps = saved.parent / "maps.nii.gz"
     x = predict(loaded, maps, return_input=True)
@@ -297,3 +294,61 @@ def test_the_saved_binding_loads_and_the_model_still_loads(bundle):
     meta = json.loads((bundle / "bundle.json").read_text())
     assert len(meta["binding"]["weights_sha256"]) == 64
     assert loaded.model.count_params() > 0  # Keras ignores the binding member
+
+
+def test_save_then_load_gives_back_the_bundle(tmp_path, rng):
+    """Bundle.save mirrors load_bundle: every field comes back (the files as the folder's
+    copies, the scaling with its support, the deconfounder with its fitted state)."""
+    import keras
+    import pandas as pd
+
+    from dpnbids.learn.confounds import FoldDeconfounder
+
+    vs = 12.0
+    shape, affine = cnn_grid(vs)
+    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    src_affine[:3, 3] = affine[:3, 3]
+    src_shape = tuple(2 * s for s in shape)
+    nib.save(nib.Nifti1Image(rng.normal(size=src_shape + (3,)).astype(np.float32), src_affine),
+             str(tmp_path / "maps.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine),
+             str(tmp_path / "mask.nii.gz"))
+    x = rng.normal(size=(10,) + shape + (2,)).astype(np.float32)
+    x[:, :2] = 0.0  # voxels outside every subject's brain: not in the support
+    table = pd.DataFrame({"site": ["A", "B"] * 5, "age": rng.uniform(20, 60, 10)},
+                         index=[f"{i:02d}" for i in range(10)])
+    deconf = FoldDeconfounder(table, covariates=["age"], harmonize="site")
+    deconf.fit(x, np.arange(10))
+    scaling = ChannelScaler.fit(x)
+    keras.utils.set_random_seed(2)
+    bundle = Bundle(group_maps_file=tmp_path / "maps.nii.gz", mask_file=tmp_path / "mask.nii.gz",
+                    input_set="SSC", feature="pe", space="MNI152NLin2009cAsym", resolution=6.0,
+                    n_components=3, voxel_size=vs, grid_shape=tuple(shape),
+                    grid_affine=np.asarray(affine, float), selected_components=[0, 2],
+                    scaling=scaling, cv_metrics={"auc": 0.75}, versions=software_versions("9"),
+                    config={"seed": 1, "nested": {"a": [1, 2]}},
+                    calibration={"slope": 1.2, "intercept": -0.1, "threshold": 0.4,
+                                 "threshold_rule": "youden"},
+                    history={"loss": [0.7, 0.6], "val_loss": [0.69, 0.65]},
+                    baseline=scaling.transform(x).mean(axis=0), deconfounding=deconf,
+                    network=build_voxnet(tuple(shape) + (2,)))
+    loaded = load_bundle(bundle.save(tmp_path / "model"))
+    assert loaded.path == tmp_path / "model"
+    assert loaded.group_maps_file == loaded.path / "group_maps.nii.gz"
+    assert loaded.mask_file == loaded.path / "group_mask.nii.gz"
+    for name in ("input_set", "feature", "space", "resolution", "n_components", "voxel_size",
+                 "grid_shape", "selected_components", "scaling", "cv_metrics", "versions",
+                 "config", "calibration", "history"):
+        assert getattr(loaded, name) == getattr(bundle, name), name
+    assert not loaded.scaling.support[:2].any() and loaded.scaling.support[2:].all()
+    np.testing.assert_array_equal(loaded.grid_affine, bundle.grid_affine)
+    np.testing.assert_array_equal(loaded.baseline, bundle.baseline)
+    (meta, arrays), (want_meta, want_arrays) = loaded.deconfounding.state(), deconf.state()
+    assert meta == want_meta and sorted(arrays) == sorted(want_arrays)
+    for k in arrays:
+        np.testing.assert_array_equal(arrays[k], want_arrays[k])
+    np.testing.assert_allclose(loaded.model.predict(bundle.baseline[None], verbose=0),
+                               bundle.network.predict(bundle.baseline[None], verbose=0),
+                               rtol=1e-6)
+    assert sorted(p.name for p in loaded.path.iterdir()) == sorted(
+        BUNDLE_FILES + (CHECKSUMS, "ig_baseline.npy", "deconfound.npz"))

@@ -118,7 +118,9 @@ def test_an_older_record_without_margin_still_never_reaches_0_or_1():
 def test_seven_subjects_three_folds_gives_no_certain_probability_and_a_report_note():
     """The reported case: 7 subjects, 3 outer folds, a cleanly separable CNN input."""
     from dpnbids.learn.calibration import calibration_note
-    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import TrainParams
+    from dpnbids.learn.splits import make_outer_splits
     from dpnbids.learn.metrics import binary_metrics
 
     rng = np.random.default_rng(7)
@@ -127,7 +129,7 @@ def test_seven_subjects_three_folds_gives_no_certain_probability_and_a_report_no
     x[y == 1, 3:9, 4:10, 3:8, 0] += 6.0
     ids = [f"{i:02d}" for i in range(1, 8)]
     folds = make_outer_splits(ids, y, n_folds=3, random_state=2)
-    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 2, "batch_size": 4},
+    res = run_nested_cv(x, y, ids, folds, train_params=TrainParams(epochs=2, batch_size=4),
                         baselines=("svm",), random_state=2)
     pred = res.predictions
     for manifest in res.manifests:

@@ -22,6 +22,7 @@ from dpnbids.config import available_cpus
 from dpnbids.exceptions import InputError
 from dpnbids.learn import backend as kb
 from dpnbids.learn import guard
+from dpnbids.learn.params import ModelParams, TrainParams
 from dpnbids.learn.train import _fit_cnn
 from dpnbids.sim.maps import make_map_cohort
 
@@ -59,8 +60,8 @@ def _separable(n=24, grid=(12, 13, 12), seed=0):
 
 def test_initial_loss_is_log2_and_recorded():
     x, y = _separable()
-    _, hist, _ = _fit_cnn(x[:16], y[:16], x[16:], y[16:], {"epsilon": 1e-3},
-                          {"epochs": 2, "patience": 10}, seed=3)
+    _, hist, _ = _fit_cnn(x[:16], y[:16], x[16:], y[16:], ModelParams(epsilon=1e-3),
+                          TrainParams(epochs=2, patience=10), seed=3)
     assert hist["initial_loss"] == pytest.approx(np.log(2), abs=1e-6)
     assert hist["restarts"] == [] and len(hist["loss"]) == 2
 
@@ -86,8 +87,8 @@ def test_guard_restarts_a_diverging_attempt(monkeypatch):
     monkeypatch.setattr(guard.TrainingGuard, "on_epoch_end", failing_first)
     monkeypatch.setattr(guard.TrainingGuard, "check_initial", mark_second)
     _, hist, _ = _fit_cnn(x[:16], y[:16], x[16:], y[16:],
-                          {"epsilon": 1e-3, "learning_rate": 1e-3},
-                          {"epochs": 3, "patience": 10}, seed=3)
+                          ModelParams(epsilon=1e-3, learning_rate=1e-3),
+                          TrainParams(epochs=3, patience=10), seed=3)
     assert len(hist["restarts"]) == 1
     first = hist["restarts"][0]
     assert first["attempt"] == 0 and first["learning_rate"] == pytest.approx(1e-3)
@@ -245,13 +246,15 @@ def test_map_cohort_generator_scales_and_plants(scale):
 
 
 def _cv_auc(cohort, seed=3):
-    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import ModelParams, TrainParams
+    from dpnbids.learn.splits import make_outer_splits
     from dpnbids.learn.metrics import binary_metrics
 
     ids = [f"{i:02d}" for i in range(len(cohort.y))]
     folds = make_outer_splits(ids, cohort.y, n_folds=4, random_state=seed)
-    res = run_nested_cv(cohort.x, cohort.y, ids, folds, model_params={"epsilon": 1e-3},
-                        train_params={"epochs": 15, "batch_size": 4, "patience": 5},
+    res = run_nested_cv(cohort.x, cohort.y, ids, folds, model_params=ModelParams(epsilon=1e-3),
+                        train_params=TrainParams(epochs=15, batch_size=4, patience=5),
                         baselines=(), random_state=seed)
     p = res.predictions
     flat = [k for k, h in res.histories.items()

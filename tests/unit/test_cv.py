@@ -6,12 +6,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from dpnbids.config import derive_seed
-from dpnbids.learn.cv import (Fold, check_no_leakage, fit_final_model, make_outer_splits,
-                        permutation_test, run_nested_cv, splits_to_dataframe)
+from dataclasses import replace
+
+from dpnbids.learn.cv import permutation_test, run_nested_cv
+from dpnbids.learn.params import ModelParams, TrainParams
+from dpnbids.learn.splits import Fold, check_no_leakage, make_outer_splits, splits_to_dataframe
+from dpnbids.learn.train import fit_final_model
 from dpnbids.exceptions import DataLeakageError, InputError
 
 GRID = (14, 16, 13)
-FAST = {"epochs": 10, "batch_size": 4, "patience": 10}
+FAST = TrainParams(epochs=10, batch_size=4, patience=10)
 
 
 def _ids(n):
@@ -124,7 +128,7 @@ def test_planted_blob_is_learned_and_test_fold_never_seen(rng):
 def _cnn_probs(x, y, seed):
     ids = _ids(len(y))
     folds = make_outer_splits(ids, y, n_folds=2, random_state=seed)
-    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 2, "batch_size": 8},
+    res = run_nested_cv(x, y, ids, folds, train_params=TrainParams(epochs=2, batch_size=8),
                         baselines=(), random_state=seed)
     return res.predictions.sort_values("participant_id").probability.to_numpy()
 
@@ -143,7 +147,7 @@ def test_tuning_picks_from_the_grid(rng):
     ids = _ids(12)
     folds = make_outer_splits(ids, y, n_folds=2, random_state=2)[:1]
     grid = {"learning_rate": (1e-3, 1e-2), "epochs": (2,)}
-    res = run_nested_cv(x, y, ids, folds, train_params={"batch_size": 8}, tune=True,
+    res = run_nested_cv(x, y, ids, folds, train_params=TrainParams(batch_size=8), tune=True,
                         tune_grid=grid, baselines=(), random_state=2)
     chosen = res.manifests[0]["tuned_hyperparameters"]
     assert chosen["learning_rate"] in (1e-3, 1e-2) and chosen["epochs"] == 2
@@ -167,10 +171,10 @@ def test_permutation_test(rng):
 def test_fit_final_model(rng):
     x, y = _planted(rng, n=16, channels=3)
     model, scaling, channels, history, calibration = fit_final_model(
-        x, y, channels=[0, 2], train_params={"epochs": 2, "batch_size": 8}, random_state=1)
+        x, y, channels=[0, 2], train_params=TrainParams(epochs=2, batch_size=8), random_state=1)
     assert model.input_shape == (None,) + GRID + (2,)
-    assert channels == [0, 2] and len(scaling["mean"]) == 2
-    assert scaling["support"].shape == GRID and len(history["val_loss"]) == 2
+    assert channels == [0, 2] and len(scaling.mean) == 2
+    assert scaling.support.shape == GRID and len(history["val_loss"]) == 2
     assert calibration["method"] == "platt" and calibration["slope"] > 0
     assert 0 < calibration["threshold"] < 1 and calibration["threshold_rule"] == "youden"
 
@@ -185,15 +189,15 @@ def test_mixed_precision_bfloat16_on_cpu_learns_and_resets_the_policy(rng):
     x, y = _planted(rng)
     ids = _ids(len(y))
     folds = make_outer_splits(ids, y, n_folds=4, random_state=3)
-    res = run_nested_cv(x, y, ids, folds, train_params={**FAST, "mixed_precision": True},
+    res = run_nested_cv(x, y, ids, folds, train_params=replace(FAST, mixed_precision=True),
                         baselines=(), random_state=3)
     assert keras.mixed_precision.global_policy().name == "float32"
     p = res.predictions.sort_values("participant_id")
     assert p.probability.between(0, 1).all()
     assert roc_auc_score(p.true_label, p.probability) > 0.9
     model, *_ = fit_final_model(x, y, channels=[0], random_state=1,
-                                train_params={"epochs": 2, "batch_size": 8,
-                                              "mixed_precision": True})
+                                train_params=TrainParams(epochs=2, batch_size=8,
+                                                         mixed_precision=True))
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.output.dtype == "float32"  # the sigmoid output stays float32
 
@@ -236,8 +240,8 @@ def test_training_options_still_learn_the_planted_blob(rng, train):
     ids = _ids(24)
     folds = make_outer_splits(ids, y, n_folds=3, random_state=0)
     res = run_nested_cv(x, y, ids, folds, baselines=(), random_state=0,
-                        model_params={"epsilon": 1e-3},
-                        train_params={**FAST, "min_epochs": 0, **train})
+                        model_params=ModelParams(epsilon=1e-3),
+                        train_params=replace(FAST, min_epochs=0, **train))
     pred = res.predictions
     assert roc_auc_score(pred["true_label"], pred["probability"]) > 0.8
 
@@ -248,7 +252,7 @@ def test_on_fold_hook_sees_each_fold_model_and_its_held_out_subjects(rng):
     ids = _ids(12)
     folds = make_outer_splits(ids, y, n_folds=3, random_state=2)
     seen = []
-    res = run_nested_cv(x, y, ids, folds, train_params={"epochs": 1, "batch_size": 8},
+    res = run_nested_cv(x, y, ids, folds, train_params=TrainParams(epochs=1, batch_size=8),
                         baselines=(), random_state=2, on_fold=seen.append)
     assert [f.fold.fold for f in seen] == [0, 1, 2]
     for fm, fold in zip(seen, folds):
@@ -272,7 +276,7 @@ def test_inner_fold_ensemble_calibrates_on_every_outer_training_subject(rng):
     ids = _ids(24)
     folds = make_outer_splits(ids, y, n_folds=3, random_state=5)
     seen = []
-    train = {**FAST, "epochs": 6, "inner_folds": 3}
+    train = replace(FAST, epochs=6, inner_folds=3)
     res = run_nested_cv(x, y, ids, folds, train_params=train, baselines=(), random_state=5,
                         on_fold=seen.append)
     for m, fold, fm in zip(res.manifests, folds, seen):
@@ -324,7 +328,8 @@ def test_calibrated_decisions_on_a_planted_imbalanced_cohort(rng):
 
 
 def test_calibration_on_a_test_subject_is_refused():
-    from dpnbids.learn.cv import _calibrate, check_calibration_leakage
+    from dpnbids.learn.cv import _calibrate
+    from dpnbids.learn.splits import check_calibration_leakage
 
     fold = Fold(0, 0, ("01", "02"), ("03",), ("04", "05"), 1)
     check_calibration_leakage(fold, ["01", "02", "03"])

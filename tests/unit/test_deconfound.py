@@ -13,7 +13,7 @@ from dpnbids.learn.confounds import (FoldDeconfounder, check_fit_leakage, confou
                                      confound_permutations,
                                      confound_table, confound_warnings, confounds_by_class,
                                      linear_cv_auc, make_group_splits)
-from dpnbids.learn.cv import Fold, make_outer_splits
+from dpnbids.learn.splits import Fold, make_outer_splits
 from dpnbids.learn.metrics import summarise_folds
 from dpnbids.sim.confounded import confounded_maps
 
@@ -153,13 +153,14 @@ def test_nested_cv_deconfounds_every_model_inside_the_folds():
     """The hook in run_nested_cv: the CNN and the linear baselines see the deconfounded
     inputs, each fold manifest records the fit and the subjects it was fitted on."""
     from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import ModelParams, TrainParams
 
     x, y, table = confounded_maps(8, 8, confound="site", shape=(11, 12, 11), n_maps=2, seed=3)
     ids = list(table.index)
     folds = make_outer_splits(ids, y, n_folds=2, random_state=0)
     deconf = FoldDeconfounder(table, covariates=["age"], harmonize="site")
-    res = run_nested_cv(x, y, ids, folds, model_params={"dense_units": 4},
-                        train_params={"epochs": 1, "batch_size": 8, "min_epochs": 0},
+    res = run_nested_cv(x, y, ids, folds, model_params=ModelParams(dense_units=4),
+                        train_params=TrainParams(epochs=1, batch_size=8, min_epochs=0),
                         baselines=("svm",), deconfound=deconf, random_state=0)
     assert set(res.predictions["model"]) == {"cnn", "svm"}
     assert res.predictions.groupby("model").size().tolist() == [16, 16]
@@ -189,8 +190,9 @@ def _deconfounded_bundle(tmp_path):
     import keras
     import nibabel as nib
 
-    from dpnbids.learn.bundle import save_bundle
+    from dpnbids.learn.bundle import Bundle
     from dpnbids.learn.model import build_voxnet, cnn_grid
+    from dpnbids.learn.scaling import ChannelScaler
 
     vs = 12.0
     shape, affine = cnn_grid(vs)
@@ -209,15 +211,14 @@ def _deconfounded_bundle(tmp_path):
     deconf = FoldDeconfounder(table, covariates=["mean_fd"], harmonize="site")
     deconf.fit(x, np.arange(n))
     keras.utils.set_random_seed(1)
-    folder = save_bundle(tmp_path / "model", build_voxnet(shape + (2,)),
-                         group_maps_file=tmp_path / "maps.nii.gz",
-                         mask_file=tmp_path / "mask.nii.gz", selected_components=None,
-                         grid_affine=affine, grid_shape=shape,
-                         scaling={"mean": [0.0, 0.0], "sd": [1.0, 1.0],
-                                  "support": np.ones(shape, bool)},
-                         input_set="ASC", feature="pe", config={}, cv_metrics={},
-                         space="MNI152NLin2009aSym", resolution=6, n_components=2,
-                         voxel_size=vs, deconfounding=deconf.state())
+    folder = Bundle(group_maps_file=tmp_path / "maps.nii.gz",
+                    mask_file=tmp_path / "mask.nii.gz", selected_components=None,
+                    grid_affine=affine, grid_shape=shape,
+                    scaling=ChannelScaler([0.0, 0.0], [1.0, 1.0], np.ones(shape, bool)),
+                    input_set="ASC", feature="pe", config={}, cv_metrics={},
+                    space="MNI152NLin2009aSym", resolution=6, n_components=2,
+                    voxel_size=vs, deconfounding=deconf,
+                    network=build_voxnet(shape + (2,))).save(tmp_path / "model")
     return folder, tmp_path / "maps.nii.gz", deconf, x
 
 

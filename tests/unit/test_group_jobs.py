@@ -59,7 +59,7 @@ def test_job_inputs_are_not_rewritten_when_unchanged(tmp_path):
 
 
 def test_fold_round_trips_through_json():
-    from dpnbids.learn.cv import make_outer_splits
+    from dpnbids.learn.splits import make_outer_splits
 
     ids = [f"{i:02d}" for i in range(12)]
     for fold in make_outer_splits(ids, [0, 1] * 6, n_folds=3, random_state=4):
@@ -136,7 +136,7 @@ def test_confound_table_round_trips_through_the_cohort_file(tmp_path):
 def test_fold_and_final_nodes_deconfound_inside_their_fits(tmp_path):
     """A fold node fits --covariates/--harmonize on its outer-training subjects and records
     it in its manifest; the final-model node fits them on everyone and stores the fit."""
-    from dpnbids.learn.cv import make_outer_splits
+    from dpnbids.learn.splits import make_outer_splits
     from dpnbids.sim.confounded import confounded_maps
 
     x, y, table = confounded_maps(8, 8, confound="site", shape=(11, 12, 11), n_maps=2, seed=3)

@@ -1,5 +1,6 @@
 """Layering: science (preproc, analysis, learn, sim) below the nipype glue, the derivatives
-writer at the bottom; no import runs from a lower layer to a higher one."""
+writer at the bottom; no import runs from a lower layer to a higher one, and no modules
+import each other (a cycle), inside a layer either."""
 from __future__ import annotations
 
 import ast
@@ -69,6 +70,59 @@ def test_no_import_runs_upward():
                 upward.append(f"{mod} (layer {layer_of(mod)}) imports {target} "
                               f"(layer {layer_of(target)})")
     assert not upward, "\n".join(upward)
+
+
+def import_graph() -> dict:
+    """Module -> the dpnbids modules it imports anywhere in its file (itself left out)."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod = module_name(path)
+        graph[mod] = sorted({t for t in dpnbids_imports(path) if t != mod})
+    return graph
+
+
+def find_cycle(graph: dict) -> list | None:
+    """One import cycle of ``graph`` (module -> imported modules) as [a, b, ..., a], or None.
+
+    Depth-first search in sorted order, so the cycle reported is the same on every run."""
+    state = {}  # absent: unvisited; 1: on the current path; 2: done
+    path = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle():
+    """No two modules import each other, directly or through others, even inside a layer
+    and even from inside a function."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_catches_a_planted_cycle():
+    acyclic = {"a": ["b", "c"], "b": ["c"], "c": [], "d": ["a"]}
+    assert find_cycle(acyclic) is None
+    assert find_cycle({**acyclic, "c": ["d"]}) == ["a", "b", "c", "d", "a"]
+    assert find_cycle({"x": ["y"], "y": ["x"]}) == ["x", "y", "x"]
+    assert find_cycle({"x": ["x"]}) == ["x", "x"]
 
 
 def test_layer_table_catches_an_upward_import():

@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
-from dpnbids.learn.cv import apply_scaler, fit_scaler, stratified_folds
+from dpnbids.learn.scaling import ChannelScaler
+from dpnbids.learn.splits import stratified_folds
 from dpnbids.learn.linear import GramCache, decision_values, permutation_nulls, primal_weights
 
 GRID = (9, 10, 8)
@@ -31,9 +32,9 @@ def test_kernel_space_equals_the_explicit_features(rng, holes):
     gram = GramCache(x)
     assert gram.exact_support is (not holes)
     tr, te, ch = np.arange(3, 24), np.arange(3), [0, 1, 3]
-    sc = fit_scaler(x[tr][..., ch])
-    z_tr = apply_scaler(x[tr][..., ch], sc).reshape(tr.size, -1)
-    z_te = apply_scaler(x[te][..., ch], sc).reshape(te.size, -1)
+    sc = ChannelScaler.fit(x[tr][..., ch])
+    z_tr = sc.transform(x[tr][..., ch]).reshape(tr.size, -1)
+    z_te = sc.transform(x[te][..., ch]).reshape(te.size, -1)
     svm = LinearSVC(C=1.0, max_iter=20000, random_state=0).fit(z_tr, y[tr])
     np.testing.assert_allclose(decision_values(gram, "svm", tr, te, y, ch),
                                svm.decision_function(z_te), rtol=1e-3, atol=1e-4)

@@ -65,7 +65,8 @@ def test_resample_identity_and_mask(rng):
 # ----------------------------------------------------------------------------- bundle
 @pytest.fixture
 def bundle_dir(tmp_path, rng):
-    from dpnbids.learn.bundle import save_bundle
+    from dpnbids.learn.bundle import Bundle, software_versions
+    from dpnbids.learn.scaling import ChannelScaler
 
     vs = 12.0
     shape, affine = cnn_grid(vs)
@@ -83,19 +84,18 @@ def bundle_dir(tmp_path, rng):
 
     keras.utils.set_random_seed(1)
     model = build_voxnet(shape + (2,))
-    scaling = {"mean": [0.1, -0.2], "sd": [1.5, 0.5], "support": np.ones(shape, bool)}
-    out = save_bundle(tmp_path / "model", model, group_maps_file=tmp_path / "maps.nii.gz",
-                      mask_file=tmp_path / "mask.nii.gz", selected_components=[0, 2],
-                      grid_affine=affine, grid_shape=shape, scaling=scaling, input_set="SSC",
-                      feature="zstat", config={"seed": 1}, cv_metrics={"auc": 0.8},
-                      space="MNI152NLin2009aSym", resolution=6, n_components=k,
-                      voxel_size=vs, dpnbids_version="0.0.test")
+    scaling = ChannelScaler([0.1, -0.2], [1.5, 0.5], np.ones(shape, bool))
+    out = Bundle(group_maps_file=tmp_path / "maps.nii.gz", mask_file=tmp_path / "mask.nii.gz",
+                 selected_components=[0, 2], grid_affine=affine, grid_shape=shape,
+                 scaling=scaling, input_set="SSC", feature="zstat", config={"seed": 1},
+                 cv_metrics={"auc": 0.8}, space="MNI152NLin2009aSym", resolution=6,
+                 n_components=k, voxel_size=vs, versions=software_versions("0.0.test"),
+                 network=model).save(tmp_path / "model")
     return out, model, tmp_path / "subj.nii.gz", scaling
 
 
 def test_bundle_round_trip_predicts_identically(bundle_dir):
     from dpnbids.learn.bundle import load_bundle, predict
-    from dpnbids.learn.cv import apply_scaler
 
     out, model, subj, scaling = bundle_dir
     assert sorted(p.name for p in out.iterdir()) == [
@@ -109,7 +109,7 @@ def test_bundle_round_trip_predicts_identically(bundle_dir):
     img = nib.load(str(subj))
     x, _ = resample_maps_to_grid(np.moveaxis(img.get_fdata(dtype=np.float32), -1, 0)[None],
                                  img.affine, bundle.voxel_size)
-    expected = model.predict(apply_scaler(x[..., [0, 2]], scaling), verbose=0).ravel()
+    expected = model.predict(scaling.transform(x[..., [0, 2]]), verbose=0).ravel()
     got = predict(bundle, subj)
     assert got.shape == (1,)
     np.testing.assert_allclose(got, expected, rtol=1e-6)

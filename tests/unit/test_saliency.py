@@ -236,7 +236,9 @@ def _planted_cohort(rng, n=48, channels=3, amplitude=3.0):
 @pytest.fixture(scope="module")
 def planted_cv():
     """A 2-fold nested CV of the VoxNet on the planted cohort, attributed in the folds."""
-    from dpnbids.learn.cv import make_outer_splits, run_nested_cv
+    from dpnbids.learn.cv import run_nested_cv
+    from dpnbids.learn.params import ModelParams, TrainParams
+    from dpnbids.learn.splits import make_outer_splits
 
     rng = np.random.default_rng(42)
     x, y = _planted_cohort(rng)
@@ -249,8 +251,9 @@ def planted_cv():
         acc(fm)
         kept.append(fm)
 
-    res = run_nested_cv(x, y, ids, folds, model_params={"epsilon": 1e-3, "weight_decay": 1e-2},
-                        train_params={"epochs": 30, "batch_size": 4, "patience": 100},
+    res = run_nested_cv(x, y, ids, folds,
+                        model_params=ModelParams(epsilon=1e-3, weight_decay=1e-2),
+                        train_params=TrainParams(epochs=30, batch_size=4, patience=100),
                         baselines=("svm",), random_state=0, on_fold=on_fold)
     return acc, kept, res
 
@@ -393,8 +396,8 @@ def _bundle(tmp_path, rng, *, baseline=True):
     stage-2 maps on an 8 mm analysis grid."""
     import keras
 
-    from dpnbids.learn.bundle import save_bundle
-    from dpnbids.learn.cv import fit_scaler
+    from dpnbids.learn.bundle import Bundle
+    from dpnbids.learn.scaling import ChannelScaler
     from dpnbids.learn.model import build_voxnet, resample_maps_to_grid
     from dpnbids.workflows.saliency import bundle_baseline
 
@@ -404,20 +407,20 @@ def _bundle(tmp_path, rng, *, baseline=True):
     mask = ((ii - 10) / 9) ** 2 + ((jj - 12) / 11) ** 2 + ((kk - 11) / 9) ** 2 <= 1
     maps = rng.normal(size=(6, 3) + shape).astype(np.float32) * mask
     x, grid_aff = resample_maps_to_grid(maps, aff, 12.0, mask=mask)
-    scaling = fit_scaler(x)
+    scaling = ChannelScaler.fit(x)
     from conftest import randomise_logit_head
 
     keras.utils.set_random_seed(0)
     model = randomise_logit_head(build_voxnet(x.shape[1:]))
     nib.save(nib.Nifti1Image(maps[0].transpose(1, 2, 3, 0), aff), str(tmp_path / "g.nii.gz"))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(tmp_path / "m.nii.gz"))
-    path = save_bundle(tmp_path / "model", model, group_maps_file=tmp_path / "g.nii.gz",
-                       mask_file=tmp_path / "m.nii.gz", selected_components=None,
-                       grid_affine=grid_aff, grid_shape=x.shape[1:4], scaling=scaling,
-                       input_set="ASC", feature="pe", config={}, cv_metrics={"auc": 0.5},
-                       space="MNI152NLin2009cAsym", resolution=8.0, n_components=3,
-                       voxel_size=12.0, baseline=bundle_baseline(x, None, scaling)
-                       if baseline else None)
+    path = Bundle(group_maps_file=tmp_path / "g.nii.gz", mask_file=tmp_path / "m.nii.gz",
+                  selected_components=None, grid_affine=grid_aff, grid_shape=x.shape[1:4],
+                  scaling=scaling, input_set="ASC", feature="pe", config={},
+                  cv_metrics={"auc": 0.5}, space="MNI152NLin2009cAsym", resolution=8.0,
+                  n_components=3, voxel_size=12.0,
+                  baseline=bundle_baseline(x, None, scaling) if baseline else None,
+                  network=model).save(tmp_path / "model")
     subject = tmp_path / "sub-01_task-rest_space-MNI152NLin2009cAsym_res-8_desc-stage2pe_components.nii.gz"
     nib.save(nib.Nifti1Image(maps[1].transpose(1, 2, 3, 0), aff), str(subject))
     return path, subject, aff, shape
