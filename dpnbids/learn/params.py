@@ -2,15 +2,18 @@
 
 :class:`ModelParams` holds :func:`dpnbids.learn.model.build_voxnet`'s arguments,
 :class:`TrainParams` the options of :func:`dpnbids.learn.train.fit_fold_network`. These
-are the library's defaults (a programmatic call that sets nothing gets them); the command
-line's defaults are :class:`dpnbids.config.CNNConfig`'s, from which the group level builds
-both (:func:`dpnbids.group.classify._model_params`, ``_train_params``). A tuning grid
+take their defaults from :class:`dpnbids.config.CNNConfig` (the command line's defaults) for
+every option the command line has, so a programmatic call that sets nothing trains as the
+CLI does; the group level builds both from the run's config
+(:func:`dpnbids.group.classify._model_params`, ``_train_params``). A tuning grid
 (:data:`dpnbids.learn.cv.TUNE_GRID`) overrides fields of either with :func:`with_overrides`.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from dpnbids.config import CNNConfig as _CLI
 
 
 class _Params:
@@ -44,11 +47,11 @@ class ModelParams(_Params):
     first_stride: int = 2
     second_kernel: int = 3
     pool_size: int = 2
-    dropout: float = 0.3
-    dense_units: int = 128
-    learning_rate: float = 1e-3
-    epsilon: float = 0.1
-    weight_decay: float = 0.0
+    dropout: float = _CLI.dropout
+    dense_units: int = _CLI.dense_units
+    learning_rate: float = _CLI.learning_rate
+    epsilon: float = _CLI.adam_epsilon
+    weight_decay: float = _CLI.weight_decay
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,15 @@ class TrainParams(_Params):
     weights; ``max_restarts``: restarts of a collapsed attempt at half the learning rate.
     """
 
-    epochs: int = 100
-    batch_size: int = 4
-    patience: int = 10
-    min_epochs: int = 0
-    inner_folds: int = 1
+    epochs: int = _CLI.epochs
+    batch_size: int = _CLI.batch_size
+    patience: int = _CLI.patience
+    min_epochs: int = _CLI.min_epochs
+    inner_folds: int = _CLI.inner_folds
     monitor: str = "val_loss"
-    augment: bool = False
-    balanced: bool = False
-    mixed_precision: bool = False
+    augment: bool = _CLI.augment
+    balanced: bool = _CLI.class_balance
+    mixed_precision: bool = _CLI.mixed_precision
     jit_compile: bool | str = "auto"
     max_restarts: int = 2
 

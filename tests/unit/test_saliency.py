@@ -98,7 +98,7 @@ def test_gradients_on_other_backends(backend, tmp_path):
         pytest.skip(f"{backend} is not installed in this environment; the {backend} branch "
                     "of _gradient_fn is untested here")
     code = ("import numpy as np, keras\n"
-            "from tests.test_saliency import _linear_model\n"
+            "from tests.unit.test_saliency import _linear_model\n"
             "from dpnbids.learn import saliency as sal\n"
             "rng = np.random.default_rng(0); shape = (4, 5, 3, 2)\n"
             "w = rng.normal(size=shape).astype('float32'); m = _linear_model(shape, w)\n"
