@@ -20,6 +20,21 @@ from dpnbids.exceptions import BundleError, InputError, ModelMismatchError
 from dpnbids.learn.model import build_voxnet, cnn_grid
 
 
+def _source_maps(folder, rng, voxel_size):
+    """Three random group maps and a full mask at 6 mm in ``folder`` (maps.nii.gz,
+    mask.nii.gz), on a grid that covers the CNN grid of ``voxel_size``; that grid's shape and
+    affine."""
+    shape, affine = cnn_grid(voxel_size)
+    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    src_affine[:3, 3] = affine[:3, 3]
+    src_shape = tuple(2 * s for s in shape)
+    nib.save(nib.Nifti1Image(rng.normal(size=src_shape + (3,)).astype(np.float32), src_affine),
+             str(folder / "maps.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine),
+             str(folder / "mask.nii.gz"))
+    return shape, affine
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """One bundle written by Bundle.save; each test damages a copy of it."""
@@ -28,13 +43,7 @@ def saved(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundle")
     rng = np.random.default_rng(3)
     vs = 12.0
-    shape, affine = cnn_grid(vs)
-    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
-    src_affine[:3, 3] = affine[:3, 3]
-    src_shape = tuple(2 * s for s in shape)
-    nib.save(nib.Nifti1Image(rng.normal(size=src_shape + (3,)).astype(np.float32), src_affine),
-             str(tmp / "maps.nii.gz"))
-    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine), str(tmp / "mask.nii.gz"))
+    shape, affine = _source_maps(tmp, rng, vs)
     keras.utils.set_random_seed(1)
     scaling = ChannelScaler([0.1, -0.2], [1.5, 0.5], np.ones(shape, bool))
     return Bundle(group_maps_file=tmp / "maps.nii.gz", mask_file=tmp / "mask.nii.gz",
@@ -305,14 +314,7 @@ def test_save_then_load_gives_back_the_bundle(tmp_path, rng):
     from dpnbids.learn.confounds import FoldDeconfounder
 
     vs = 12.0
-    shape, affine = cnn_grid(vs)
-    src_affine = np.diag([6.0, 6.0, 6.0, 1.0])
-    src_affine[:3, 3] = affine[:3, 3]
-    src_shape = tuple(2 * s for s in shape)
-    nib.save(nib.Nifti1Image(rng.normal(size=src_shape + (3,)).astype(np.float32), src_affine),
-             str(tmp_path / "maps.nii.gz"))
-    nib.save(nib.Nifti1Image(np.ones(src_shape, np.uint8), src_affine),
-             str(tmp_path / "mask.nii.gz"))
+    shape, affine = _source_maps(tmp_path, rng, vs)
     x = rng.normal(size=(10,) + shape + (2,)).astype(np.float32)
     x[:, :2] = 0.0  # voxels outside every subject's brain: not in the support
     table = pd.DataFrame({"site": ["A", "B"] * 5, "age": rng.uniform(20, 60, 10)},
