@@ -13,6 +13,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TF_CPP_MIN_LOG_LEVEL=3
 workers="${DPN_TEST_WORKERS:-2}"
 parallel=()
 if [ "$workers" != "0" ]; then
-    parallel=(-n "$workers" --dist loadfile)
+    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 fi
 exec .venv/bin/python -m pytest tests -q -m "" --durations=25 "${parallel[@]}" "$@"
