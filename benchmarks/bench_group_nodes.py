@@ -51,7 +51,8 @@ def _plan(folder: Path, args):
                               rng.normal(0, 1, (n, args.channels)))
     base = {"name": "ASC", "selection": "all", "ssc_p": 0.05, "threshold_rule": "youden",
             "model_params": {}, "train_params": {"epochs": args.epochs, "batch_size": 4,
-                                                 "patience": 2, "min_epochs": 0}}
+                                                 "patience": args.patience,
+                                                 "min_epochs": args.min_epochs}}
     fold_spec = json.dumps({**base, "tune": False, "cv_seed": derive_seed(0, "cv.ASC"),
                             "saliency": {"method": "none"}}, sort_keys=True)
     perm_spec = json.dumps({**base, "n_folds": args.folds, "n_permutations": args.permutations,
@@ -94,6 +95,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--min-epochs", type=int, default=0,
+                        help="epochs before early stopping may stop a fold (the CLI's is 10)")
     parser.add_argument("--permutations", type=int, default=0)
     parser.add_argument("--plugins", nargs="+", default=["Linear", "MultiProc2"])
     args = parser.parse_args()
