@@ -11,8 +11,5 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TF_CPP_MIN_LOG_LEVEL=3
 # worker, so a module's cohort fixture is built once). Most tests are single-threaded Python or
 # wait on subprocesses, so two workers shorten CI on 2 cores; DPN_TEST_WORKERS=0 runs serially.
 workers="${DPN_TEST_WORKERS:-2}"
-parallel=()
-if [ "$workers" != "0" ]; then
-    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
-fi
-exec .venv/bin/python -m pytest tests -q -m "" --durations=25 "${parallel[@]}" "$@"
+exec .venv/bin/python -m pytest tests -q -m "" --durations=25 -n "$workers" --dist loadfile \
+    --no-loadscope-reorder "$@"
