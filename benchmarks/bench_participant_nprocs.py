@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,11 +28,9 @@ from _measure import cpu_model, measure
 
 
 def _omp_used(out: Path) -> int | None:
-    """``omp_nthreads`` from the run's dumped configuration (OUT/logs/*.toml)."""
-    for toml in sorted((out / "logs").glob("*.toml")):
-        for line in toml.read_text().splitlines():
-            if line.strip().startswith("omp_nthreads"):
-                return int(line.split("=")[1])
+    """``omp_nthreads`` from the run's dumped configuration (OUT/logs/config-*.toml)."""
+    for path in sorted((out / "logs").glob("config-*.toml")):
+        return tomllib.loads(path.read_text())["execution"]["omp_nthreads"]
     return None
 
 

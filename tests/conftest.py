@@ -33,21 +33,17 @@ def pytest_collection_modifyitems(items):
     tests stay together, in their order): with ``pytest -n 2 --dist loadfile``
     (tools/test.sh) the long files start at once instead of leaving one worker alone with
     them at the end."""
-    weight: dict = {}
+    rank: dict = {}  # per file, in collection order: 2 acceptance, 1 holds a slow test, 0
     for item in items:
         tier = Path(str(item.path)).parent.name
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid} is outside tests/{{unit,integration,"
                                     f"acceptance}}; put each test file in its tier's folder")
         item.add_marker(getattr(pytest.mark, tier))
-        rank = 2 if tier == "acceptance" else 1 if item.get_closest_marker("slow") else 0
-        key = item.nodeid.split("::")[0]
-        weight[key] = max(rank, weight.get(key, 0))
-    first: dict = {}
-    for item in items:
-        first.setdefault(item.nodeid.split("::")[0], len(first))
-    items.sort(key=lambda it: (-weight[it.nodeid.split("::")[0]],
-                               first[it.nodeid.split("::")[0]]))
+        weight = 2 if tier == "acceptance" else 1 if item.get_closest_marker("slow") else 0
+        rank[item.path] = max(weight, rank.get(item.path, 0))
+    order = {path: i for i, path in enumerate(rank)}
+    items.sort(key=lambda it: (-rank[it.path], order[it.path]))
 
 
 @pytest.fixture(scope="module", autouse=True)
