@@ -92,7 +92,7 @@ def load_labels(bids_dir: Path, column: str, subjects=None, *,
     if column not in table.columns:
         raise InputError(
             f"{path} has no {column!r} column (columns: {', '.join(table.columns)}); add the "
-            "response labels or name the column with --responder-column.")
+            "response labels or name the column with `responder_column`.")
     subjects = list(table.index) if subjects is None else list(subjects)
     missing = [s for s in subjects if s not in table.index]
     if missing:
@@ -117,9 +117,9 @@ def load_labels(bids_dir: Path, column: str, subjects=None, *,
                          "responders and non-responders. Check the column or the selection.")
     if min(n_pos, n_neg) < min_per_class:
         raise InputError(
-            f"{path}: {n_pos} responders and {n_neg} non-responders, but --folds "
+            f"{path}: {n_pos} responders and {n_neg} non-responders, but `folds` "
             f"{min_per_class} needs at least {min_per_class} per class; use "
-            f"--folds {max(2, min(n_pos, n_neg))} or fewer.")
+            f"`folds` {max(2, min(n_pos, n_neg))} or fewer.")
     return labels
 
 
@@ -194,13 +194,13 @@ def check_work_dir(work_dir: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"--work-dir {work_dir} cannot be used: {existing} is a file, not a "
+        raise InputError(f"`work_dir` {work_dir} cannot be used: {existing} is a file, not a "
                          "folder. Give a folder path (e.g. -w /scratch/$USER/dpnbids_work).")
     try:
         probe = tempfile.mkdtemp(prefix=".dpnbids-probe-", dir=existing)
         os.rmdir(probe)
     except OSError as exc:
-        raise InputError(f"--work-dir {work_dir} cannot be written: creating a folder in "
+        raise InputError(f"`work_dir` {work_dir} cannot be written: creating a folder in "
                          f"{existing} failed ({exc.strerror or exc}). Give a folder you can "
                          "write to (-w), with free space.") from None
 
@@ -218,7 +218,7 @@ def run_bids_validator(bids_dir: Path, *, timeout: float = 600) -> None:
     exe = validator_executable()
     if exe is None:
         LOGGER.warning("bids-validator-deno not found: skipping BIDS validation of %s "
-                       "(install it or pass --skip-bids-validation to silence this)", bids_dir)
+                       "(install it or pass `skip_bids_validation` to silence this)", bids_dir)
         return
     env = dict(os.environ)
     env.setdefault("DENO_DIR", str(Path(env.get("TMPDIR", "/tmp")) / "dpnbids-deno"))
@@ -238,7 +238,7 @@ def run_bids_validator(bids_dir: Path, *, timeout: float = 600) -> None:
     shown = "\n  ".join(sorted(set(errors))[:15]) or "(no details)"
     raise InputError(f"BIDS_DIR {bids_dir} failed BIDS validation "
                      f"(bids-validator-deno exit {proc.returncode}):\n  {shown}\n"
-                     "Fix the dataset, or pass --skip-bids-validation to run anyway.")
+                     "Fix the dataset, or pass `skip_bids_validation` to run anyway.")
 
 
 @dataclass
@@ -268,7 +268,7 @@ def _refuse_unindexed_subjects(bids_dir: Path, available) -> None:
             f"BIDS_DIR {bids_dir} has subject folder(s) {', '.join(map(repr, ignored))} whose "
             "label is not a BIDS label (letters a-z, A-Z and digits only); they would be left "
             "out silently. Rename them (e.g. sub-01), or choose the subjects to process with "
-            "--participant-label.")
+            "`participant_label`.")
 
 
 def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None,
@@ -290,7 +290,7 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
         raise InputError(
             f"participant(s) {', '.join('sub-' + s for s in missing)} not found in {bids_dir}; "
             f"available: {', '.join('sub-' + s for s in available) or 'none'}. "
-            "Fix --participant-label.")
+            "Fix `participant_label`.")
     out = {}
     for sub in subjects:
         query = {"subject": sub, "extension": [".nii", ".nii.gz"],
@@ -307,15 +307,15 @@ def collect_inputs(bids_dir: Path, *, participant_label=None, session_label=None
             t1ws = sorted(layout.get(**t1_q))
         except Exception as exc:  # noqa: BLE001 - pybids raises many types for invalid entity names
             raise InputError(f"the BIDS query for sub-{sub} failed ({exc}); check the entity "
-                             "names in --bids-filter-file") from None
+                             "names in `bids_filter_file`") from None
         if not bolds:
             tasks = sorted(layout.get_tasks(subject=sub))
             raise InputError(f"sub-{sub} has no BOLD run for task {task!r} in {bids_dir} "
-                             f"(tasks present: {', '.join(tasks) or 'none'}); fix --task-id, "
-                             "--session-label or --bids-filter-file.")
+                             f"(tasks present: {', '.join(tasks) or 'none'}); fix `task_id`, "
+                             "`session_label` or `bids_filter_file`.")
         if need_t1w and not t1ws:
             raise InputError(f"sub-{sub} has no T1w image in {bids_dir}/sub-{sub}; the built-in "
-                             "preprocessing needs one (or use --fmriprep-dir).")
+                             "preprocessing needs one (or use `fmriprep_dir`).")
         out[sub] = SubjectInputs(subject=sub, t1w=t1ws[0] if t1ws else None, bold=bolds)
     return out
 

@@ -104,18 +104,18 @@ class PreprocConfig:
 
         if self.fmriprep_dir is None and ":" in str(self.output_space):
             raise ConfigError(
-                f"output_space {self.output_space}: cohort/res modifiers select fMRIPrep files "
-                "and need fmriprep_dir; for the built-in preprocessing give the voxel size with "
-                "output_resolution", ("output_space", "fmriprep_dir", "output_resolution"))
+                f"`output_space` {self.output_space}: cohort/res modifiers select fMRIPrep files "
+                "and need `fmriprep_dir`; for the built-in preprocessing give the voxel size "
+                "with `output_resolution`")
         res = self.output_resolution
         if self.fmriprep_dir is None and isinstance(res, str) and not res.isdigit():
             raise ConfigError(
-                f"output_resolution res-{res}: a res label selects fMRIPrep files "
-                "(fmriprep_dir); for the built-in preprocessing give millimetres, e.g. "
-                "output_resolution 2", ("output_resolution", "fmriprep_dir"))
+                f"`output_resolution` res-{res}: a res label selects fMRIPrep files "
+                "(`fmriprep_dir`); for the built-in preprocessing give millimetres, e.g. "
+                "`output_resolution` 2")
         if self.low_pass and self.high_pass and self.low_pass <= self.high_pass:
-            raise ConfigError(f"low_pass ({self.low_pass} Hz) must be above high_pass "
-                              f"({self.high_pass} Hz)", ("low_pass", "high_pass"))
+            raise ConfigError(f"`low_pass` ({self.low_pass} Hz) must be above `high_pass` "
+                              f"({self.high_pass} Hz)")
 
     @property
     def resolution_mm(self) -> float:
@@ -141,9 +141,8 @@ class ICAConfig:
         from dpnbids.exceptions import ConfigError
 
         if self.n_components != "auto" and self.pca_dim < int(self.n_components):
-            raise ConfigError(f"pca_dim ({self.pca_dim}) must be >= n_components "
-                              f"({self.n_components}); lower n_components or raise pca_dim",
-                              ("pca_dim", "n_components"))
+            raise ConfigError(f"`pca_dim` ({self.pca_dim}) must be >= `n_components` "
+                              f"({self.n_components}); lower `n_components` or raise `pca_dim`")
 
 
 @dataclass(frozen=True)
@@ -202,18 +201,18 @@ def confound_option_problem(options) -> str | None:
     covariates = tuple(getattr(options, "covariates", None) or ())
     harmonize = getattr(options, "harmonize", None)
     if scheme == "leave-group-out" and not group:
-        return ("--cv-scheme leave-group-out needs --cv-group COL, the participants.tsv "
-                "column whose levels are the test folds (e.g. --cv-group site)")
+        return ("`cv_scheme` leave-group-out needs `cv_group` COL, the participants.tsv "
+                "column whose levels are the test folds (e.g. `cv_group` site)")
     if group and scheme != "leave-group-out":
-        return f"--cv-group {group} applies to --cv-scheme leave-group-out only; add it"
+        return f"`cv_group` {group} applies to `cv_scheme` leave-group-out only; add it"
     if scheme == "leave-group-out" and getattr(options, "cv_repeats", 1) != 1:
-        return ("--cv-scheme leave-group-out has one fixed fold per group: --cv-repeats "
+        return ("`cv_scheme` leave-group-out has one fixed fold per group: `cv_repeats` "
                 "must be 1")
     if harmonize and harmonize in covariates:
-        return (f"{harmonize} is given to both --harmonize and --covariates; ComBat removes "
+        return (f"{harmonize} is given to both `harmonize` and `covariates`; ComBat removes "
                 "its effect already: name it once")
     if len(set(covariates)) != len(covariates):
-        return f"--covariates names a column twice: {' '.join(covariates)}"
+        return f"`covariates` names a column twice: {' '.join(covariates)}"
     return None
 
 
@@ -363,11 +362,10 @@ def check_level_rules(analysis_level: str, model, group_maps) -> None:
     from dpnbids.exceptions import ConfigError
 
     if model is not None and group_maps is not None:
-        raise ConfigError("model already contains group maps; give model or group_maps, not both",
-                          ("model", "group_maps"))
+        raise ConfigError("`model` already contains group maps; give `model` or "
+                          "`group_maps`, not both")
     if analysis_level == "group" and (model is not None or group_maps is not None):
-        raise ConfigError("model and group_maps apply to the participant level only",
-                          ("model", "group_maps"))
+        raise ConfigError("`model` and `group_maps` apply to the participant level only")
 
 
 def option_sections(args) -> dict:

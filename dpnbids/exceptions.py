@@ -21,13 +21,16 @@ class InputError(DpnbidsError):
 class ConfigError(InputError):
     """Option values that contradict each other.
 
-    The message names configuration fields (``low_pass``, ``pca_dim``, ...); ``params`` lists
-    them, so the command line can say which flags they are.
+    The message names configuration fields in backticks (```low_pass```, ```pca_dim```, see
+    :mod:`dpnbids.messages`); ``params`` lists them, so the command line can say which flags
+    they are.
     """
 
-    def __init__(self, message: str, params=()):
+    def __init__(self, message: str):
+        from dpnbids.messages import PARAMETER
+
         super().__init__(message)
-        self.params = tuple(params)
+        self.params = tuple(dict.fromkeys(PARAMETER.findall(message)))
 
 
 class DimensionError(InputError):

@@ -258,7 +258,7 @@ def get_template(space: str = DEFAULT_SPACE, resolution: float = 2.0, kind: str 
             raise InputError(
                 f"Template {space} ({kind}) is not available offline under TEMPLATEFLOW_HOME={home}. "
                 f"Available spaces: {', '.join(available_spaces())}. "
-                "Either use --output-space MNI152NLin2009aSym (always available), or pre-fetch the "
+                "Either use `output_space` MNI152NLin2009aSym (always available), or pre-fetch the "
                 "template with `python -c \"import templateflow.api as t; t.get('" + space + "')\"` on a "
                 "machine with internet and point TEMPLATEFLOW_HOME at that folder."
             )

@@ -177,9 +177,9 @@ class GroupICA:
             if not isinstance(val, (int, np.integer)) or val < 1:
                 raise InputError(f"{name} must be a positive integer; received {val!r}.")
         if self.pca_dim < self.n_components:
-            raise InputError(f"--pca-dim ({self.pca_dim}) must be at least --n-components "
+            raise InputError(f"`pca_dim` ({self.pca_dim}) must be at least `n_components` "
                              f"({self.n_components}): ICA cannot find more components than "
-                             "the PCA keeps. Raise --pca-dim or lower --n-components.")
+                             "the PCA keeps. Raise `pca_dim` or lower `n_components`.")
 
     def fit(self, imgs, mask_img=None, *, subject_ids: Sequence[str] | None = None
             ) -> "GroupICA":
@@ -275,7 +275,7 @@ class GroupICA:
         dim = int(self.pca_dim)
         if res.maps.shape[0] < dim:
             raise DimensionError(f"the subjects have {res.n_timepoints} time points in total, "
-                                 f"fewer than --pca-dim {dim}; lower --pca-dim.")
+                                 f"fewer than `pca_dim` {dim}; lower `pca_dim`.")
         lam = res.eigenvalues[:dim]
         self.order_estimate_ = None
         if auto:
@@ -285,8 +285,8 @@ class GroupICA:
         else:
             n_comp = self.n_components
         if lam[n_comp - 1] <= lam[0] * 1e-10:
-            raise DimensionError(f"the group data have rank below --n-components "
-                                 f"{n_comp}; lower --n-components.")
+            raise DimensionError(f"the group data have rank below `n_components` "
+                                 f"{n_comp}; lower `n_components`.")
         s = np.sqrt(lam)
         z = res.maps[:dim].astype(np.float64)
         s_safe = np.where(s > 0, s, 1)

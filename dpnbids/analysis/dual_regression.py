@@ -123,7 +123,7 @@ def _check(data, group_maps):
     if t < k + 2:
         raise DimensionError(f"dual regression of {k} components needs at least {k + 2} time "
                              f"points; received {t}. Use a run with more volumes or fewer "
-                             "components (--n-components).")
+                             "components (`n_components`).")
     if v <= k:
         raise DimensionError(f"stage 1 regresses {k} maps over {v} voxels; it needs more "
                              "voxels than components.")
@@ -187,13 +187,13 @@ def _residual_dof(data, k, dof, demean) -> int:
             f"dual regression of {k} components (group_maps) needs at least {k} temporal "
             f"degrees of freedom, but the run keeps {dof} (dof; {t} volumes before the "
             "band-pass and confound regression). Its stage-2 fit would be singular. Use at "
-            f"most {dof - 1} components (--n-components), longer runs, or a lighter "
-            "--denoise-strategy.")
+            f"most {dof - 1} components (`n_components`), longer runs, or a lighter "
+            "`denoise_strategy`.")
     if k == dof:
         warnings.warn(f"dual regression of {k} components on a run that keeps {dof} temporal "
                       "degrees of freedom leaves none for the residuals: the stage-2 maps fit "
                       "exactly and the z-statistics are set to 0. Use fewer components "
-                      "(--n-components) for z-statistics.", RuntimeWarning, stacklevel=4)
+                      "(`n_components`) for z-statistics.", RuntimeWarning, stacklevel=4)
     return dof - k
 
 

@@ -512,17 +512,17 @@ def order_warnings(n_components: int, *, estimate=None, stability=None, expected
         raw = float(estimate.raw_n_components)
         if estimate.capped:
             out.append(f"the data support {raw:g} components but only {estimate.cap} fit the "
-                       "shortest run's temporal degrees of freedom (or --pca-dim): networks "
-                       "beyond the cap are merged. Longer runs or a lighter --denoise-strategy "
+                       "shortest run's temporal degrees of freedom (or `pca_dim`): networks "
+                       "beyond the cap are merged. Longer runs or a lighter `denoise_strategy` "
                        "keep more.")
         if expected is not None and raw < int(expected):
             out.append(f"the data support {raw:g} components above the noise, fewer than the "
                        f"{int(expected)} networks expected: weak networks may be missing or "
                        "merged with others. More runs or longer runs make weak networks "
-                       "detectable; a fixed --n-components above the estimate splits the "
+                       "detectable; a fixed `n_components` above the estimate splits the "
                        "maps further but cannot add information.")
     elif expected is not None and int(n_components) < int(expected):
-        out.append(f"{int(n_components)} components were requested (--n-components), fewer "
+        out.append(f"{int(n_components)} components were requested (`n_components`), fewer "
                    f"than the {int(expected)} networks expected: some networks will be merged.")
     if stability is not None:
         iq = np.asarray(stability, dtype=float)
@@ -531,5 +531,5 @@ def order_warnings(n_components: int, *, estimate=None, stability=None, expected
             listing = ", ".join(f"#{i} (Iq {iq[i]:.2f})" for i in weak[:10])
             out.append(f"{weak.size} of {iq.size} components are unstable across the ICASSO "
                        f"runs (stability Iq < {min_stability:g}): {listing}. Treat them with "
-                       "caution; fewer components or more --ica-repeats may stabilise them.")
+                       "caution; fewer components or more `ica_repeats` may stabilise them.")
     return out

@@ -150,7 +150,7 @@ def _migp(subject_loader, n_subjects, *, dim, internal_dim=None, random_state=No
             raise DimensionError(
                 f"{_subject_name(i, subject_ids)} has {t} time points but the group PCA "
                 f"reduces to {dim} dimensions, which needs at least {dim} per subject; lower "
-                "--pca-dim (and --n-components, which cannot exceed it) or exclude this "
+                "`pca_dim` (and `n_components`, which cannot exceed it) or exclude this "
                 "subject.")
         if not np.isfinite(y).all():
             raise InputError(f"{_subject_name(i, subject_ids)} has NaN or infinite values "
@@ -335,8 +335,8 @@ def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
     p, v = X.shape
     if not 1 <= int(n_components) <= p:
         raise InputError(f"FastICA needs 1 <= n_components <= {p} (the reduced dimension); "
-                         f"received n_components={n_components}. Lower --n-components or "
-                         "raise --pca-dim.")
+                         f"received n_components={n_components}. Lower `n_components` or "
+                         "raise `pca_dim`.")
     if v <= p:
         raise DimensionError(f"spatial ICA needs more voxels than dimensions; received {v} "
                              f"voxels for {p} dimensions.")
@@ -355,7 +355,7 @@ def fastica(X, n_components: int, *, random_state=None, max_iter: int = 200,
     _, sources, mixing, converged, name = best
     if not converged:
         warnings.warn(f"FastICA ({name}) did not converge in {max_iter} iterations "
-                      f"(tol={tol}); components may be unstable. Consider --ica-repeats.",
+                      f"(tol={tol}); components may be unstable. Consider `ica_repeats`.",
                       RuntimeWarning, stacklevel=2)
     return sources, mixing
 

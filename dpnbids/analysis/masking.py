@@ -64,8 +64,8 @@ def analysis_grid(runs: list, resolution=None) -> AnalysisGrid:
         try:
             want = float(resolution)
         except ValueError:
-            raise InputError(f"--output-resolution res-{resolution}: the group level needs "
-                             "the analysis voxel size in mm (e.g. --output-resolution 2), "
+            raise InputError(f"`output_resolution` res-{resolution}: the group level needs "
+                             "the analysis voxel size in mm (e.g. `output_resolution` 2), "
                              "or none to take the data's.") from None
     first = next(iter(grids.values()))[0]
     zooms0 = first[2]
@@ -92,7 +92,7 @@ def analysis_grid(runs: list, resolution=None) -> AnalysisGrid:
     affine[:3, 3] = lo + mm / 2.0
     described = "; ".join(f"{len(m)} run(s) on {_grid_text(m[0][1].shape[:3], m[0][2])}"
                           for m in grids.values())
-    why = (f"--output-resolution {mm:g} mm" if want is not None else
+    why = (f"`output_resolution` {mm:g} mm" if want is not None else
            f"the coarsest input voxel size, {mm:g} mm")
     return AnalysisGrid(shape, affine, (mm, mm, mm), res_label(mm), True,
                         f"input grids: {described}; every run was resampled once (trilinear; "
@@ -145,8 +145,8 @@ def check_same_grid(runs: list) -> tuple[tuple, np.ndarray]:
         raise DimensionError(
             f"participant outputs are on different grids: {runs[0].key} has shape {shape} and "
             f"voxel {np.round(nib.affines.voxel_sizes(affine), 2).tolist()} but "
-            + "; ".join(bad) + ". Rerun those participants with the same --output-space and "
-            "--output-resolution.")
+            + "; ".join(bad) + ". Rerun those participants with the same `output_space` and "
+            "`output_resolution`.")
     return shape, affine
 
 

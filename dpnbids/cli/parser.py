@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from dpnbids import __version__
@@ -18,6 +17,7 @@ from dpnbids.cli import types
 from dpnbids.config import (CV_SCHEMES, DIM_ESTIMATORS, ICA_CONTRASTS, KERAS_BACKENDS,
                             option_defaults, option_sections)
 from dpnbids.exceptions import ConfigError
+from dpnbids.messages import as_flags
 
 DEFAULTS = option_defaults()
 
@@ -239,15 +239,5 @@ def parse_args(argv=None):
     try:
         option_sections(args)  # the rules between options live in the configuration
     except ConfigError as exc:
-        parser.error(config_error_message(parser, exc))
+        parser.error(as_flags(str(exc)))
     return parser, args
-
-
-def config_error_message(parser: argparse.ArgumentParser, exc: ConfigError) -> str:
-    """A :class:`~dpnbids.exceptions.ConfigError`'s message with its fields named as flags."""
-    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--")), a.dest)
-             for a in parser._actions}  # argparse has no public list of its actions
-    message = str(exc)
-    for param in sorted(exc.params, key=len, reverse=True):
-        message = re.sub(rf"(?<![-\w]){re.escape(param)}(?![\w])", flags.get(param, param), message)
-    return message

@@ -14,7 +14,10 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
+
+from dpnbids.messages import as_flags
 
 # Deterministic kernels on CPU; must be set before any backend import. The Keras backend
 # and its threads are chosen after parsing (dpnbids.learn.backend.configure).
@@ -24,7 +27,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 LOGGER = logging.getLogger(__name__)
 
 
-class _ConsoleFormatter(logging.Formatter):
+class _FlagFormatter(logging.Formatter):
+    """Records name parameters as the command line's flags (``--fd-thresh``, not
+    ```fd_thresh```: :mod:`dpnbids.messages`)."""
+
+    def format(self, record):
+        return as_flags(super().format(record))
+
+
+class _ConsoleFormatter(_FlagFormatter):
     """One line per record: tracebacks go to the log file, never to the console."""
 
     def format(self, record):
@@ -52,12 +63,19 @@ def _setup_console_logging(verbose: int) -> None:
     nipype_level = logging.INFO if verbose >= 2 else logging.WARNING
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
+    # this process's Python warnings (dpnbids' own and its libraries') become log records:
+    # one line on the console and in the log file, parameters shown as flags
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("dpnbids.warnings").warning("%s (%s)", message, category.__name__)
 
 
 def _add_file_logging(log_file: Path) -> None:
     handler = logging.FileHandler(log_file)
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
+    handler.setFormatter(_FlagFormatter("%(asctime)s %(name)s [%(levelname)s] %(message)s"))
     logging.getLogger("dpnbids").addHandler(handler)
     # importing nipype configures its loggers; we then route them to the file
     from nipype import config as ncfg
@@ -75,7 +93,7 @@ def _add_file_logging(log_file: Path) -> None:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"dpnbids: error: {message}\n")
+    sys.stderr.write(f"dpnbids: error: {as_flags(message)}\n")
 
 
 def check_inputs(config):

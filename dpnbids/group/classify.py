@@ -74,7 +74,7 @@ def build_rsp_features(runs, subjects, mask, affine, voxel_size, n_volumes):
         img = nib.load(str(first[s].denoised))
         if img.shape[-1] < n_volumes:
             raise DimensionError(f"{first[s].key} has {img.shape[-1]} volumes but the RSP input "
-                                 f"set uses {n_volumes}; lower --rsp-volumes.")
+                                 f"set uses {n_volumes}; lower `rsp_volumes`.")
         data = np.asarray(img.dataobj[..., :n_volumes], dtype=np.float32)
         vols.append(np.moveaxis(data, -1, 0) * mask[None])
     return resample_maps_to_grid(np.stack(vols), affine, voxel_size, mask=mask)
@@ -304,8 +304,8 @@ def _plan(config, sets, inputs: dict, folds, strict, baselines=None):
         final = Job(f"final_{node_label(item.name)}", inputs["ASC"],
                     _spec(config, item, "final"), _mem_gb(inputs["ASC"]))
     if config.cnn.n_permutations_baselines and (config.cnn.covariates or config.cnn.harmonize):
-        LOGGER.info("no label permutations of the linear baselines with --covariates or "
-                    "--harmonize (their kernel-space permutations read the uncorrected maps)")
+        LOGGER.info("no label permutations of the linear baselines with `covariates` or "
+                    "`harmonize` (their kernel-space permutations read the uncorrected maps)")
     settings = json.dumps({"random_seed": config.random_seed,
                            "n_bootstrap": config.cnn.n_bootstrap,
                            "threshold_rule": config.cnn.threshold_rule, "sets": specs,

@@ -67,10 +67,10 @@ def check_pca_dim(config, runs) -> None:
     if short is not None and lengths[short] < config.ica.pca_dim:
         n = lengths[short]
         raise DimensionError(
-            f"--pca-dim is {config.ica.pca_dim} but the denoised run "
+            f"`pca_dim` is {config.ica.pca_dim} but the denoised run "
             f"{short} has only {n} volumes; the group PCA keeps at most as many dimensions "
-            f"as the shortest run has volumes. Give --pca-dim {n} or less, or leave this "
-            "run out (--participant-label).")
+            f"as the shortest run has volumes. Give `pca_dim` {n} or less, or leave this "
+            "run out (`participant_label`).")
 
 
 def cohort_dof(config, runs) -> dict:
@@ -92,7 +92,7 @@ def check_same_tr(dofs: dict) -> float:
             f"the runs have different repetition times ({listing}). Group ICA concatenates "
             "runs in time and the band-pass keeps a different number of degrees of freedom "
             "at each TR, so they cannot be pooled. Run the group level on one TR at a time "
-            "(--participant-label), or resample the runs in time before dpnbids.")
+            "(`participant_label`), or resample the runs in time before dpnbids.")
     return values[0]
 
 
@@ -114,16 +114,16 @@ def check_model_order(config, runs, dofs: dict) -> int:
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
             f"({budget}); "
             f"dual regression needs at least {DUALREG_MARGIN + 1}. Exclude it "
-            "(--participant-label) or rerun the participant level with a lighter "
-            "--denoise-strategy.")
+            "(`participant_label`) or rerun the participant level with a lighter "
+            "`denoise_strategy`.")
     if k != "auto" and int(k) > cap and config.ica.back_projection != "gica1":
         raise InputError(
-            f"--n-components {k} is more than the cohort's runs can be dual-regressed into: "
+            f"`n_components` {k} is more than the cohort's runs can be dual-regressed into: "
             f"{worst} keeps {dofs[worst].dof} temporal degrees of freedom after denoising "
             f"({budget}), "
             f"so at most {cap} components fit ({DUALREG_MARGIN} residual degrees of freedom "
-            f"kept). Use --n-components auto (the default), --n-components {cap} or fewer, "
-            "--back-projection gica1, or longer runs.")
+            f"kept). Use `n_components` auto (the default), `n_components` {cap} or fewer, "
+            "`back_projection` gica1, or longer runs.")
     return cap
 
 

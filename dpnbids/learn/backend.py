@@ -61,7 +61,7 @@ def resolve_backend(requested: str = "auto", environ=None) -> str:
         have = [b for b in BACKENDS[1:] if installed(b)]
         raise InputError(f"the Keras backend {requested!r} is not installed in this "
                          f"environment (installed: {', '.join(have) or 'none'}); choose one "
-                         "of those with --keras-backend, or install it.")
+                         "of those with `keras_backend`, or install it.")
     return requested
 
 

@@ -484,8 +484,8 @@ def _load_baseline(path: Path, meta: dict):
 def check_compatible(bundle: Bundle, *, space=None, resolution=None, n_components=None,
                      grid_shape=None) -> None:
     """Raise ModelMismatchError naming the first field that differs."""
-    checks = [("space (--output-space)", space, bundle.space),
-              ("resolution (--output-resolution)", None if resolution is None
+    checks = [("space (`output_space`)", space, bundle.space),
+              ("resolution (`output_resolution`)", None if resolution is None
                else float(resolution), bundle.resolution),
               ("number of components", n_components, bundle.n_components),
               ("CNN grid shape", None if grid_shape is None else tuple(grid_shape),
@@ -518,7 +518,7 @@ def predict(bundle: Bundle, maps_img, *, return_input=False, confounds=None,
     mask = np.asarray(nib.load(str(bundle.mask_file)).dataobj) > 0.5
     if mask.shape != data.shape[:3]:
         raise ModelMismatchError(f"the subject maps grid {data.shape[:3]} differs from the "
-                                 f"model's {mask.shape}; use the model's --output-resolution")
+                                 f"model's {mask.shape}; use the model's `output_resolution`")
     x, _ = resample_maps_to_grid(np.moveaxis(data, -1, 0)[None], img.affine, bundle.voxel_size,
                                  mask=mask)
     check_compatible(bundle, grid_shape=x.shape[1:4])

@@ -131,7 +131,7 @@ def calibration_note(manifests) -> str | None:
             f"than {MIN_CALIBRATION_SUBJECTS}). Probabilities are kept within "
             f"[{margin:.2f}, {1 - margin:.2f}] (1/(n+2) from each edge) and remain coarse: "
             "read them as a ranking, not as a patient's risk; a larger cohort (or "
-            "--inner-folds, which calibrates on every training subject) gives a firmer "
+            "`inner_folds`, which calibrates on every training subject) gives a firmer "
             "calibration.")
 
 
@@ -148,9 +148,9 @@ def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
             v = float("nan")
         if 0.0 < v < 1.0 or (kind == "sensitivity" and v == 1.0):
             return kind, v
-        raise InputError(f"--threshold-rule {rule!r}: {kind} needs a number in (0, 1), "
+        raise InputError(f"`threshold_rule` {rule!r}: {kind} needs a number in (0, 1), "
                          f"e.g. {kind}:{0.5 if kind == 'fixed' else 0.9}.")
-    raise InputError(f"--threshold-rule {rule!r} is not one of youden, balanced, fixed:T "
+    raise InputError(f"`threshold_rule` {rule!r} is not one of youden, balanced, fixed:T "
                      "(0 < T < 1) or sensitivity:S (0 < S <= 1).")
 
 

@@ -73,7 +73,7 @@ def confound_table(participants: pd.DataFrame, subjects, *, mean_fd=None, requir
         if col is None:
             raise InputError(f"{source} has no {name!r} column (columns: "
                              f"{', '.join(participants.columns)}); add it or drop {name!r} "
-                             "from --covariates / --harmonize / --cv-group.")
+                             "from `covariates` / `harmonize` / `cv_group`.")
         out[name] = _column_values(participants.reindex(subjects)[col]).to_numpy()
     for name in required:
         if name not in out:
@@ -83,7 +83,7 @@ def confound_table(participants: pd.DataFrame, subjects, *, mean_fd=None, requir
         if empty:
             raise InputError(f"{source}: {name!r} is n/a or empty for {', '.join(empty)}; "
                              f"every subject needs a value to control for {name!r}. Fill it "
-                             "in, or exclude them with --participant-label.")
+                             "in, or exclude them with `participant_label`.")
     return out
 
 
@@ -256,8 +256,8 @@ def confound_permutations(table: pd.DataFrame, y, splits_fn, *, n_permutations: 
 def flag_for(name: str, values: pd.Series | None = None) -> str:
     """The option that controls for confound ``name``."""
     if values is not None and is_categorical(values) and name.lower() in ("site", "scanner"):
-        return f"--harmonize {name} (or --cv-scheme leave-group-out --cv-group {name})"
-    return f"--covariates {name}"
+        return f"`harmonize` {name} (or `cv_scheme` leave-group-out `cv_group` {name})"
+    return f"`covariates` {name}"
 
 
 def confound_warnings(summary: pd.DataFrame, permutation: pd.DataFrame | None = None,
@@ -349,7 +349,7 @@ class FoldDeconfounder:
         self.harmonize = harmonize
         self.combat_shrink = combat_shrink
         if harmonize is not None and harmonize in self.covariates:
-            raise InputError(f"{harmonize!r} is given to both --harmonize and --covariates; "
+            raise InputError(f"{harmonize!r} is given to both `harmonize` and `covariates`; "
                              "ComBat removes its effect already: name it once.")
 
     def __bool__(self) -> bool:
@@ -476,7 +476,7 @@ def make_group_splits(subject_ids, labels, groups, *, val_fraction: float = 0.2,
     g = np.asarray([str(v) for v in groups])
     levels = sorted(set(g))
     if len(levels) < 2:
-        raise InputError(f"--cv-scheme leave-group-out needs at least two levels of "
+        raise InputError(f"`cv_scheme` leave-group-out needs at least two levels of "
                          f"{group_name!r}; all subjects have {levels[0]!r}.")
     folds = []
     for k, level in enumerate(levels):
@@ -486,7 +486,7 @@ def make_group_splits(subject_ids, labels, groups, *, val_fraction: float = 0.2,
             raise InputError(f"leaving out {group_name}={level!r} leaves "
                              f"{int((ytr == 1).sum())} responders and "
                              f"{int((ytr == 0).sum())} non-responders to train on; each class "
-                             "needs at least two. Merge small groups or use --cv-scheme "
+                             "needs at least two. Merge small groups or use `cv_scheme` "
                              "stratified.")
         seed = derive_seed(random_state, k, bits=32)
         n_val = max(2, int(round(val_fraction * train.size)))

@@ -112,13 +112,13 @@ def fit_combat(x, sites, covariates=None, *, shrink: str = "location+scale") -> 
     counts = onehot.sum(axis=0)
     if len(levels) < 2:
         raise InputError(f"ComBat needs at least two sites among the training subjects; "
-                         f"got only {levels[0]!r}. Drop --harmonize, or use a column that "
+                         f"got only {levels[0]!r}. Drop `harmonize`, or use a column that "
                          "varies between subjects.")
     if counts.min() < 2:
         small = [s for s, c in zip(levels, counts) if c < 2]
         raise InputError(f"ComBat needs at least two training subjects per site to estimate "
                          f"its scale; site(s) {small} have one. Merge small sites in the "
-                         "participants.tsv column or drop --harmonize.")
+                         "participants.tsv column or drop `harmonize`.")
     cov = np.zeros((x.shape[0], 0)) if covariates is None else \
         np.asarray(covariates, dtype=np.float64).reshape(x.shape[0], -1)
     design = np.hstack([onehot, cov])

@@ -52,7 +52,7 @@ def build_voxnet(input_shape, *, conv_filters=(32, 32), first_kernel=5, first_st
             f"input grid {shape[:3]} is too small for VoxNet (5^3 stride-2 and 3^3 "
             f"convolutions then a {pool_size}^3 pool need at least "
             f"{first_kernel + first_stride * (second_kernel + pool_size - 2)} voxels per "
-            "axis); use a smaller --cnn-voxel-size.")
+            "axis); use a smaller `cnn_voxel_size`.")
     reg = keras.regularizers.L2(float(weight_decay)) if weight_decay else None
     inputs = keras.Input(shape=shape, name="maps")
     x = layers.Conv3D(conv_filters[0], first_kernel, strides=first_stride, name="conv1",

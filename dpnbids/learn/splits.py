@@ -77,8 +77,8 @@ def make_outer_splits(subject_ids, labels, *, n_folds: int = 10, n_repeats: int 
         raise InputError(f"only one class among the labelled subjects ({n_pos} responders, "
                          f"{n_neg} non-responders); cross-validation needs both.")
     if min(n_pos, n_neg) < n_folds:
-        raise InputError(f"{n_pos} responders and {n_neg} non-responders, but --folds "
-                         f"{n_folds} needs at least {n_folds} per class; use --folds "
+        raise InputError(f"{n_pos} responders and {n_neg} non-responders, but `folds` "
+                         f"{n_folds} needs at least {n_folds} per class; use `folds` "
                          f"{max(2, min(n_pos, n_neg))} or fewer.")
     folds = []
     for repeat in range(n_repeats):

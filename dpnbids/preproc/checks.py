@@ -161,7 +161,7 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
             f"BOLD file {name} has {n_volumes} volumes; at least {min_volumes} are needed "
             "(non-steady-state detection, the 0.008 Hz high-pass of the denoising and group "
             "ICA need a long enough series; dummy scans count on top). Use a longer run, or "
-            "lower --min-volumes if you accept a less reliable estimate.")
+            "lower `min_volumes` if you accept a less reliable estimate.")
     _check_affine(img, bold_file, "BOLD")
     _check_finite(data, bold_file, "BOLD")
     check_bold_has_signal(data, name=name)
@@ -408,5 +408,5 @@ def check_confounds_table(tsv_path, strategy, *, columns=None) -> int:
             raise InputError(
                 f"{path}: column {col!r} is n/a on every row, so the {strategy!r} denoising "
                 "would regress nothing from it. Expected fMRIPrep's values; rerun fMRIPrep "
-                "or choose a --denoise-strategy that does not use this column.")
+                "or choose a `denoise_strategy` that does not use this column.")
     return int(len(table))

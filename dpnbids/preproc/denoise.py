@@ -125,7 +125,7 @@ def strategy_columns(strategy, confounds: pd.DataFrame, *, columns=None,
         raise InputError(
             f"{who} {missing} that the "
             f"confounds table lacks. Available columns: {list(confounds.columns)}. Choose "
-            "another --denoise-strategy, or regenerate the confounds (fMRIPrep >= 20.2 or "
+            "another `denoise_strategy`, or regenerate the confounds (fMRIPrep >= 20.2 or "
             "dpnbids' own) so that they include these columns.")
     wanted += [c for c in confounds.columns
                if _NONSTEADY_RE.match(str(c)) and c not in wanted]
@@ -186,7 +186,7 @@ def censor_mask(confounds: pd.DataFrame, fd_thresh: float | None) -> np.ndarray:
         raise InputError(
             "Censoring by framewise displacement needs a 'framewise_displacement' column, "
             f"which the confounds table lacks (columns: {list(confounds.columns)}). Drop "
-            "--fd-thresh, or regenerate the confounds with fMRIPrep or dpnbids.")
+            "`fd_thresh`, or regenerate the confounds with fMRIPrep or dpnbids.")
     fd = confounds["framewise_displacement"].to_numpy(dtype=float)
     mask = np.nan_to_num(fd, nan=0.0) > float(fd_thresh)
     for col in confounds.columns:
@@ -341,12 +341,12 @@ def _regressors(confounds, n_t, *, strategy, columns, confounds_meta, scrub, cen
         if n_kept <= regs.shape[1] + 2:
             raise InputError(
                 f"denoise: censoring leaves {n_kept} of {n_t} volumes for {regs.shape[1]} "
-                "confound regressors. Raise --fd-thresh, use a lighter --denoise-strategy, "
+                "confound regressors. Raise `fd_thresh`, use a lighter `denoise_strategy`, "
                 "or exclude this run.")
     if regs.shape[1] >= n_t - 2:
         raise InputError(
             f"denoise: {regs.shape[1]} confound regressors for {n_t} volumes leave no degrees "
-            "of freedom. Use a lighter --denoise-strategy or a longer run.")
+            "of freedom. Use a lighter `denoise_strategy` or a longer run.")
     return regs, censor
 
 
@@ -367,7 +367,7 @@ def _checked_band(regs, n_t, tr, high_pass, low_pass):
             f"denoise: {regs.shape[1]} confound regressors (rank "
             f"{np.linalg.matrix_rank(regs)}) for {band_dof} degrees of freedom in the "
             f"{high_pass}-{low_pass} Hz band ({n_t} volumes, TR {tr:g} s) would remove all "
-            "signal. Use a lighter --denoise-strategy (e.g. 'minimal') or a longer run.")
+            "signal. Use a lighter `denoise_strategy` (e.g. 'minimal') or a longer run.")
     return high_pass, low_pass
 
 

@@ -55,7 +55,7 @@ class RunDof:
                 f"freedom in the {band} band; the '{strategy}' strategy regresses "
                 f"{self.n_regressors} confounds (rank {self.rank})")
         if self.n_censored:
-            text += f" and {self.n_censored} volumes are censored (--fd-thresh)"
+            text += f" and {self.n_censored} volumes are censored (`fd_thresh`)"
         return text + f", leaving {self.dof}"
 
     def as_dict(self) -> dict:

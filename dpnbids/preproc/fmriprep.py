@@ -70,7 +70,7 @@ def parse_space(spec: str) -> tuple[str, dict]:
     match = _SPACE_RE.match(str(spec or ""))
     if not match:
         raise InputError(
-            f"--output-space {spec!r} is not a space name. Expected a TemplateFlow "
+            f"`output_space` {spec!r} is not a space name. Expected a TemplateFlow "
             "identifier, optionally with fMRIPrep's modifiers, e.g. MNI152NLin2009cAsym, "
             "MNI152NLin2009cAsym:res-2 or MNIPediatricAsym:cohort-1.")
     mods = {}
@@ -138,7 +138,7 @@ def _as_list(value):
 
 def _check_dataset(root: Path) -> None:
     if not root.is_dir():
-        raise InputError(f"--fmriprep-dir {root} does not exist or is not a directory. "
+        raise InputError(f"`fmriprep_dir` {root} does not exist or is not a directory. "
                          "Expected the fMRIPrep output folder (the one holding "
                          "dataset_description.json and sub-*/ folders).")
     desc = root / "dataset_description.json"
@@ -148,7 +148,7 @@ def _check_dataset(root: Path) -> None:
         hint = (f" It contains {nested[0]}, which looks like the fMRIPrep folder: pass that."
                 if nested else "")
         raise InputError(
-            f"--fmriprep-dir {root} is not an fMRIPrep derivatives dataset: it has no "
+            f"`fmriprep_dir` {root} is not an fMRIPrep derivatives dataset: it has no "
             f"dataset_description.json.{hint} Expected the folder fMRIPrep wrote "
             "(with dataset_description.json naming fMRIPrep in GeneratedBy).")
     try:
@@ -207,7 +207,7 @@ def _pick_resolution(cands: list[tuple[Path, dict]], resolution, where: str):
         finest = min(cands, key=lambda c: (float(np.prod(zooms[c[0]])), max(zooms[c[0]]),
                                            c[0].name))
         LOGGER.info("%s: several resolutions exist (%s); taking the finest, %s. Pass "
-                    "--output-resolution to choose another.", where,
+                    "`output_resolution` to choose another.", where,
                     ", ".join(f"{p.name} [{_zooms_text(zooms[p])}]" for p, _ in cands),
                     finest[0].name)
         return finest
@@ -265,8 +265,8 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
     template, mods = parse_space(space)
     if mods.get("res") is not None:
         if resolution is not None:
-            raise InputError(f"--output-space {space} names a resolution and "
-                             f"--output-resolution {resolution} gives another; pass one.")
+            raise InputError(f"`output_space` {space} names a resolution and "
+                             f"`output_resolution` {resolution} gives another; pass one.")
         resolution = mods["res"]
     cohort = mods.get("cohort")
     subject = str(subject).removeprefix("sub-")
@@ -289,7 +289,7 @@ def find_fmriprep_inputs(fmriprep_dir, *, subject: str, task: str, space: str,
         if cohort is None and len(cohorts) > 1:
             raise InputError(
                 f"{name}: space {template} exists for several cohorts ({cohorts}). Choose "
-                f"one, e.g. --output-space {template}:cohort-{cohorts[0]}.")
+                f"one, e.g. `output_space` {template}:cohort-{cohorts[0]}.")
         picked = _pick_resolution(cands, resolution, name) if cands else None
         if picked is None:
             have = [f"{p.name} [{_zooms_text(_voxel_mm(p))}]" for p, _ in groups[key]]
@@ -312,9 +312,9 @@ def _subject_bolds(root: Path, subject: str, task: str, session, run):
     """(every func file with its entities, the desc-preproc_bold files of the task)."""
     if not (root / f"sub-{subject}").is_dir():
         subs = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
-        raise InputError(f"--fmriprep-dir {root} has no sub-{subject} folder. Subjects "
+        raise InputError(f"`fmriprep_dir` {root} has no sub-{subject} folder. Subjects "
                          f"there: {subs or 'none'}. Run fMRIPrep on this participant or "
-                         "drop it from --participant-label.")
+                         "drop it from `participant_label`.")
     files = _func_files(root, subject)
     sessions = _as_list(session)
     runs_wanted = None if run is None else {int(r) for r in _as_list(run)}
@@ -329,7 +329,7 @@ def _subject_bolds(root: Path, subject: str, task: str, session, run):
             + (f", session(s) {sessions}" if sessions else "")
             + (f", run(s) {sorted(runs_wanted)}" if runs_wanted else "")
             + f". Tasks with desc-preproc_bold for this subject: {tasks or 'none'}. "
-            "Check --task-id / --session-label, or run fMRIPrep on this task.")
+            "Check `task_id` / `session_label`, or run fMRIPrep on this task.")
     return files, bolds
 
 
@@ -395,13 +395,13 @@ def _missing_message(root, subject, task, template, cohort, wanted, missing, oth
                      bolds) -> str:
     """What is missing, what exists, and the exact flags that select what exists."""
     spaces_here = sorted({_space_label(e) for _, e in bolds})
-    head = (f"--fmriprep-dir {root} lacks files dpnbids needs for sub-{subject}, task "
+    head = (f"`fmriprep_dir` {root} lacks files dpnbids needs for sub-{subject}, task "
             f"{task!r} in {wanted}:\n  - " + "\n  - ".join(missing)
             + f"\nSpaces (with cohort/res labels) that exist for sub-{subject}, task "
             f"{task!r}: {spaces_here}. ")
     if other_res:
         # the space is there, at another resolution: say how to take it
-        return head + ("The space exists at another resolution: drop --output-resolution "
+        return head + ("The space exists at another resolution: drop `output_resolution` "
                        "to take the data's own (the finest when several exist), or pass "
                        "the res label or voxel size (mm) of one of the files listed above.")
     in_space = [e for _, e in bolds if e.get("space") == template
@@ -414,7 +414,7 @@ def _missing_message(root, subject, task, template, cohort, wanted, missing, oth
             continue
         name, _, rest = label.partition(":")
         mods = [m for m in rest.split(":") if m.startswith("cohort-")] if rest else []
-        flags.append("--output-space " + ":".join([name, *mods]))
+        flags.append("`output_space` " + ":".join([name, *mods]))
     flags = sorted(set(flags))
     return head + (f"Pass one of them ({'; '.join(flags)})" if flags else
                    "None is a template space") + (

@@ -50,7 +50,7 @@ def pin_itk_threads(omp_nthreads: int) -> int:
     count = int(omp_nthreads)
     if count < 1:
         raise InputError(f"omp_nthreads must be >= 1; got {omp_nthreads}. Give "
-                         "--omp-nthreads 1 or more.")
+                         "`omp_nthreads` 1 or more.")
     if _PINNED is None:
         os.environ[ITK_THREADS_VAR] = str(count)
         _PINNED = count

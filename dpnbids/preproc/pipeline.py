@@ -51,8 +51,8 @@ def prepare_bold(bold_file, *, metadata, dummy_scans=None, slice_order=None, min
             applied = True
     else:
         skipped.append("slice-timing correction: no SliceTiming in the sidecar and no "
-                       "--slice-order given")
-        LOGGER.warning("%s: no SliceTiming and no --slice-order; slice-timing correction "
+                       "`slice_order` given")
+        LOGGER.warning("%s: no SliceTiming and no `slice_order`; slice-timing correction "
                        "skipped", Path(bold_file).name)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     out = nib.Nifti1Image(data, img.affine)

@@ -293,7 +293,7 @@ def interpolate_censored(signals, censor) -> np.ndarray:
     kept = np.flatnonzero(~censor)
     if kept.size < 2:
         raise InputError(f"Only {kept.size} of {censor.size} volumes survive censoring; "
-                         "at least 2 are needed to interpolate. Raise --fd-thresh.")
+                         "at least 2 are needed to interpolate. Raise `fd_thresh`.")
     gaps = np.flatnonzero(censor)
     inner = gaps[(gaps > kept[0]) & (gaps < kept[-1])]
     flat = x.reshape(x.shape[0], -1)

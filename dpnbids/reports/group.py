@@ -181,8 +181,8 @@ def _nested_permutations(permutation) -> dict:
 def _permutations(permutation, n_subjects: int | None = None) -> str:
     records = _nested_permutations(permutation)
     if not records:
-        return note("No permutation test was run (--n-permutations-baselines 0 and "
-                    "--n-permutations 0).")
+        return note("No permutation test was run (`n_permutations_baselines` 0 and "
+                    "`n_permutations` 0).")
     rows = pd.DataFrame([{"model": k, "observed fold-mean AUC": v["observed_auc"],
                           "null mean": v["null_mean"],
                           "null 95th percentile": v["null_95th_percentile"],
@@ -272,7 +272,7 @@ def _model_order(record: dict | None) -> str:
                            record.get("Spectrum", []), record.get("Criterion", []), k,
                            method=record.get("Method"), cap=record.get("Cap"))
     else:
-        text = note("The number of components was fixed (--n-components); no estimate was "
+        text = note("The number of components was fixed (`n_components`); no estimate was "
                     "made.")
     for warning in record.get("Warnings", []):
         text = note(f"Warning: {warning}") + text
@@ -402,7 +402,7 @@ def render_group_report(
             ("permutation", "Permutation tests",
              _permutations(permutation, _n_subjects(predictions_df))),
             ("learning", "Learning curves", lc),
-            ("saliency", "Saliency", saliency_html or note("No saliency maps (--saliency "
+            ("saliency", "Saliency", saliency_html or note("No saliency maps (`saliency` "
                                                            "none).")),
             ("order", "Model order", _model_order(model_order)),
             ("components", "Component gallery", _gallery(components_img, components_df)),

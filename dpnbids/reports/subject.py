@@ -18,6 +18,7 @@ import pandas as pd
 import dpnbids
 
 from dpnbids.derivatives import atomic_write_text
+from dpnbids.messages import as_flags
 from dpnbids.reports import figures
 
 __all__ = ["render_subject_report", "esc", "page"]
@@ -102,9 +103,14 @@ def _fmtv(v):
 
 
 def page(title: str, sections: list[tuple[str, str, str]]) -> str:
-    """Assemble a full HTML page from ``(anchor, heading, body_html)`` sections."""
+    """Assemble a full HTML page from ``(anchor, heading, body_html)`` sections.
+
+    The reports are read by users of the command line: a parameter named in their text
+    (```fd_thresh```, from warnings and notes) is shown as its flag (:mod:`dpnbids.messages`).
+    """
     nav = "".join(f'<a href="#{esc(a)}">{esc(h)}</a>' for a, h, _ in sections)
-    body = "".join(f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{b}</section>' for a, h, b in sections)
+    body = as_flags("".join(f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{b}</section>'
+                            for a, h, b in sections))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
@@ -184,8 +190,8 @@ def _func_block(run: dict, i: int) -> str:
     if conf is not None:
         fd = run.get("fd_threshold")  # None or 0: censoring was off, no line to draw
         caption = "Framewise displacement (FD, Power) and DVARS" + (
-            f"; dashed line: the --fd-thresh censoring threshold, {fd:g} mm." if fd
-            else "; no volume was censored (--fd-thresh not given).")
+            f"; dashed line: the `fd_thresh` censoring threshold, {fd:g} mm." if fd
+            else "; no volume was censored (`fd_thresh` not given).")
         parts.append(safe_figure(figures.plot_confounds, caption, conf, tr=tr,
                                  fd_threshold=fd or None))
         parts.append(safe_figure(figures.plot_motion, "Estimated head motion.", conf))

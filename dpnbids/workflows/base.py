@@ -102,7 +102,7 @@ def _check_dof(config, name: str, budget, n_maps: int | None) -> None:
     need, why = MIN_DOF, "denoising"
     if n_maps is not None and n_maps + DUALREG_MARGIN > need:
         need, why = n_maps + DUALREG_MARGIN, (f"dual regression against the {n_maps} maps "
-                                              "of --group-maps/--model")
+                                              "of `group_maps`/`model`")
     kept = budget.n_volumes - budget.n_censored
     if budget.dof >= need and kept >= pp.min_volumes:
         if budget.dof < 10:
@@ -113,15 +113,15 @@ def _check_dof(config, name: str, budget, n_maps: int | None) -> None:
     if kept < pp.min_volumes:
         raise InputError(
             f"{name}: {budget.n_censored} of {budget.n_volumes} volumes are censored by "
-            f"--fd-thresh {pp.fd_thresh:g}, leaving {kept}; at least --min-volumes "
-            f"{pp.min_volumes} must remain. Raise --fd-thresh, lower --min-volumes, or "
-            "exclude this run (--participant-label / --bids-filter-file).")
+            f"`fd_thresh` {pp.fd_thresh:g}, leaving {kept}; at least `min_volumes` "
+            f"{pp.min_volumes} must remain. Raise `fd_thresh`, lower `min_volumes`, or "
+            "exclude this run (`participant_label` / `bids_filter_file`).")
     raise InputError(
         f"{name}: {budget.describe(pp.denoise_strategy, pp.high_pass, pp.low_pass)} "
         f"temporal degrees of freedom; {why} needs at least {need}. Use a lighter "
-        "--denoise-strategy (e.g. 'minimal': 6 regressors), a wider band (--low-pass 0 or "
-        "--high-pass 0), " + ("a higher --fd-thresh, " if budget.n_censored else "")
-        + "or exclude this run (--participant-label / --bids-filter-file).")
+        "`denoise_strategy` (e.g. 'minimal': 6 regressors), a wider band (`low_pass` 0 or "
+        "`high_pass` 0), " + ("a higher `fd_thresh`, " if budget.n_censored else "")
+        + "or exclude this run (`participant_label` / `bids_filter_file`).")
 
 
 def _fmriprep_runs(config, sub, sub_inputs) -> list[dict]:

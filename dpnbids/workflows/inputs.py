@@ -95,12 +95,12 @@ def find_participant_outputs(output_dir, subjects, *, task, space, resolution=No
         raise InputError(
             f"no denoised BOLD (space-{template}, task-{task}) in {output_dir} for "
             f"{', '.join('sub-' + s for s in missing)}; run the participant level first "
-            "(with the same --output-space and --task-id).")
+            "(with the same `output_space` and `task_id`).")
     spaces = sorted({_space_of(r.extra["entities"]) for r in runs})
     if len(spaces) > 1:
         raise InputError(f"participant outputs in {output_dir} are in several cohorts of "
-                         f"{template} ({spaces}); choose one with --output-space, e.g. "
-                         f"--output-space {spaces[0]}.")
+                         f"{template} ({spaces}); choose one with `output_space`, e.g. "
+                         f"`output_space` {spaces[0]}.")
     return runs
 
 

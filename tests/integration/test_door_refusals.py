@@ -178,5 +178,5 @@ def test_pca_dim_above_the_shortest_run_is_refused_from_headers(tmp_path):
         nib.save(nib.Nifti1Image(np.zeros((3, 4, 5, n), np.float32), np.eye(4)), str(path))
         runs.append(SimpleNamespace(key=key, denoised=path))
     check_pca_dim(SimpleNamespace(ica=SimpleNamespace(pca_dim=55)), runs)
-    with pytest.raises(DimensionError, match="sub-02 has only 55 volumes.*--pca-dim 55 or less"):
+    with pytest.raises(DimensionError, match="sub-02 has only 55 volumes.*`pca_dim` 55 or less"):
         check_pca_dim(SimpleNamespace(ica=SimpleNamespace(pca_dim=64)), runs)

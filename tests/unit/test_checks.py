@@ -74,7 +74,7 @@ def test_too_few_volumes_says_how_many_and_why(tmp_path, rng):
             "BOLD file sub-01_task-rest_bold.nii.gz has 12 volumes; at least 50 are needed "
             "(non-steady-state detection, the 0.008 Hz high-pass")) as err:
         load_bold(path, sidecar={"RepetitionTime": 2.0}, min_volumes=50)
-    assert "--min-volumes" in str(err.value)
+    assert "`min_volumes`" in str(err.value)
 
 
 def test_missing_repetition_time(tmp_path, rng):

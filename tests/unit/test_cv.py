@@ -56,7 +56,7 @@ def test_splits_are_stratified_disjoint_and_seeded():
 
 def test_too_few_per_class_suggests_folds():
     y = np.array([1] * 6 + [0] * 14)
-    with pytest.raises(InputError, match=r"6 responders and 14 non-responders.*--folds 6"):
+    with pytest.raises(InputError, match=r"6 responders and 14 non-responders.*`folds` 6"):
         make_outer_splits(_ids(20), y, n_folds=10, random_state=0)
 
 

@@ -161,7 +161,7 @@ def test_dual_regression_refuses_components_beyond_the_dof(rng):
     data, _ = _denoised_run(rng, k=2)
     r = temporal_rank(data)
     maps = rng.normal(size=(r + 1, data.shape[1]))
-    with pytest.raises(DimensionError, match=rf"{r + 1} components.*keeps {r} \(dof.*--n-components"):
+    with pytest.raises(DimensionError, match=rf"{r + 1} components.*keeps {r} \(dof.*`n_components`"):
         dual_regression(data, maps)
     with pytest.warns(RuntimeWarning, match="none for the residuals"):
         assert dual_regression(data, maps[:r]).dof == 0  # K == dof: says so

@@ -103,7 +103,7 @@ def test_missing_space_lists_existing_spaces(tmp_path):
     assert "sub-01_task-rest_run-1_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz" in msg
     assert f"Spaces (with cohort/res labels) that exist for sub-01, task 'rest': " \
            f"['{SPACE}:res-2', 'T1w']" in msg
-    assert f"--output-space {SPACE}" in msg
+    assert f"`output_space` {SPACE}" in msg
     assert available_spaces(root, "01") == [f"{SPACE}:res-2", "T1w"]
 
 
@@ -116,7 +116,7 @@ def test_missing_resolution(tmp_path):
         find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE, resolution=1.0)
     # the files are there at another resolution: never "re-run fMRIPrep"
     assert "re-run" not in str(err.value).lower()
-    assert "drop --output-resolution" in str(err.value)
+    assert "drop `output_resolution`" in str(err.value)
 
 
 def test_missing_mask_and_confounds_named(tmp_path):
@@ -141,11 +141,11 @@ def test_legacy_confounds_name_and_no_run(tmp_path):
 def test_not_fmriprep_and_unknown_subject_or_task(tmp_path):
     raw = make_fmriprep(tmp_path / "out" / "fmriprep", description=True)
     with pytest.raises(InputError, match=re.escape(
-            f"--fmriprep-dir {tmp_path / 'out'} is not an fMRIPrep derivatives dataset: it "
+            f"`fmriprep_dir` {tmp_path / 'out'} is not an fMRIPrep derivatives dataset: it "
             "has no dataset_description.json. It contains")):
         find_fmriprep_inputs(tmp_path / "out", subject="01", task="rest", space=SPACE)
     with pytest.raises(InputError, match=re.escape(
-            f"--fmriprep-dir {raw} has no sub-02 folder. Subjects there: ['sub-01']")):
+            f"`fmriprep_dir` {raw} has no sub-02 folder. Subjects there: ['sub-01']")):
         find_fmriprep_inputs(raw, subject="02", task="rest", space=SPACE)
     with pytest.raises(InputError, match=re.escape(
             "no desc-preproc_bold for sub-01, task 'oneback'. Tasks with desc-preproc_bold "
@@ -216,7 +216,7 @@ def test_no_res_entity_native_voxels_taken_by_default(tmp_path):
     # an explicit resolution that is not there names what is, and how to take it
     with pytest.raises(InputError) as err:
         find_fmriprep_inputs(root, subject="01", task="rest", space=SPACE, resolution=2.0)
-    assert "[3x3x3 mm]" in str(err.value) and "drop --output-resolution" in str(err.value)
+    assert "[3x3x3 mm]" in str(err.value) and "drop `output_resolution`" in str(err.value)
 
 
 def test_cohort_entity(tmp_path):
@@ -231,7 +231,7 @@ def test_cohort_entity(tmp_path):
         find_fmriprep_inputs(root, subject="01", task="rest", space="MNIPediatricAsym")
     with pytest.raises(InputError) as err:
         find_fmriprep_inputs(root, subject="01", task="rest", space="MNI152NLin6Asym")
-    assert "--output-space MNIPediatricAsym:cohort-1" in str(err.value)
+    assert "`output_space` MNIPediatricAsym:cohort-1" in str(err.value)
 
 
 def test_bad_space_syntax(tmp_path):

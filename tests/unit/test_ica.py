@@ -119,7 +119,7 @@ def test_fewer_timepoints_error_names_subject(rng):
     _, subjects = planted(rng, n_subjects=4, n_voxels=300, t_range=(30, 35))
     subjects[2] = subjects[2][:6]
     ica = GroupICA(n_components=5, pca_dim=8, random_state=0)
-    with pytest.raises(DimensionError, match=r"sub-C \(index 2\) has 6 time points.*--pca-dim"):
+    with pytest.raises(DimensionError, match=r"sub-C \(index 2\) has 6 time points.*`pca_dim`"):
         ica.fit_arrays(lambda i: subjects[i], 4, subject_ids=["sub-A", "sub-B", "sub-C", "sub-D"])
     with pytest.raises(DimensionError, match=r"subject index 2 has 6 time points"):
         migp(lambda i: subjects[i], 4, dim=8)
@@ -134,7 +134,7 @@ def test_voxel_mismatch_error_names_subjects(rng):
 
 
 def test_pca_dim_below_n_components_is_input_error():
-    with pytest.raises(InputError, match="--pca-dim \\(4\\) must be at least --n-components"):
+    with pytest.raises(InputError, match="`pca_dim` \\(4\\) must be at least `n_components`"):
         GroupICA(n_components=5, pca_dim=4).fit_arrays(lambda i: np.zeros((10, 10)), 1)
 
 

@@ -67,7 +67,7 @@ def test_pin_itk_threads_sets_once_and_warns_on_a_later_count(monkeypatch, caplo
         assert itk.pin_itk_threads(4) == 2
     assert "reads the count only once" in caplog.text
     assert os.environ[itk.ITK_THREADS_VAR] == "2"
-    with pytest.raises(InputError, match="--omp-nthreads 1 or more"):
+    with pytest.raises(InputError, match="`omp_nthreads` 1 or more"):
         itk.pin_itk_threads(0)
 
 

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dpnbids"
 
 #: lowest first; a module may import only from its own layer or below
 LAYERS = (
-    ("dpnbids", "dpnbids.exceptions", "dpnbids.nifti_io", "dpnbids.derivatives",
-     "dpnbids.publish", "dpnbids.templates", "dpnbids.bids", "dpnbids.config"),
+    ("dpnbids", "dpnbids.messages", "dpnbids.exceptions", "dpnbids.nifti_io",
+     "dpnbids.derivatives", "dpnbids.publish", "dpnbids.templates", "dpnbids.bids", "dpnbids.config"),
     ("dpnbids.preproc", "dpnbids.analysis", "dpnbids.learn", "dpnbids.sim"),
     ("dpnbids.interfaces", "dpnbids.reports"),
     ("dpnbids.workflows",),
