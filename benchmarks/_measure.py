@@ -48,10 +48,10 @@ def tree_rss_kb(pid: int) -> int:
     return total
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
+def measure(cmd: list[str], env: dict | None = None, cwd=None) -> dict:
     """Run ``cmd``; return wall_s, peak_tree_rss_gb, peak_single_rss_gb, returncode."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd)
     peak = 0
     stop = threading.Event()
 

@@ -101,7 +101,14 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=0)
     parser.add_argument("--plugins", nargs="+", default=["Linear", "MultiProc2"])
     args = parser.parse_args()
+    import getpass
+    import os
+
     from nipype import config as ncfg
+
+    # nipype's batch plugins name each job after $LOGNAME (dpnbids.config.prepare_nipype
+    # sets it the same way for the app)
+    os.environ.setdefault("LOGNAME", getpass.getuser())
 
     from dpnbids.workflows.group_cv import init_group_cv_wf
 

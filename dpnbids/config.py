@@ -458,6 +458,39 @@ def nipype_poll_seconds(plugin: str) -> float:
     return 0.05 if plugin in ("MultiProc", "Linear", "LegacyMultiProc") else 2.0
 
 
+#: nipype plugins that run nodes in a pool of local worker processes
+LOCAL_POOL_PLUGINS = ("MultiProc", "LegacyMultiProc")
+
+
+def run_workflow(workflow, config: "Config"):
+    """Run a nipype workflow with the run's plugin; return its executed graph.
+
+    nipype's MultiProc calls ``gc.collect()`` before every round of submissions, hundreds
+    of times in a run, and each pass walks every object of this process (the dataset index,
+    the imported modules): about 0.14 s a pass, 10 s of a 34 s participant run on 10
+    subjects (benchmarks/results/2026-12-08-participant-nprocs.md). The objects that exist
+    when the workflow starts outlive it anyway, so they are frozen out of the collector for
+    the run (:func:`gc.freeze`); the run's own garbage is still collected.
+
+    Light nodes (derivative sinks, summaries, reports) are marked to run in the scheduler's
+    own process, where a batch scheduler's job would cost more than the node. With MultiProc
+    they go to the worker pool instead: nipype's own cost per node (about 0.3 s of hashing
+    and result files) then runs on every core, not serially in the scheduler's loop.
+    """
+    import gc
+
+    if config.execution.plugin in LOCAL_POOL_PLUGINS:
+        for node in workflow._get_all_nodes():  # nipype has no public list of a graph's nodes
+            node.run_without_submitting = False
+    gc.collect()
+    gc.freeze()
+    try:
+        return workflow.run(plugin=config.execution.plugin,
+                            plugin_args=config.execution.plugin_args)
+    finally:
+        gc.unfreeze()
+
+
 #: Modules the forkserver imports once, so each nipype worker starts in milliseconds.
 FORKSERVER_PRELOAD = ["numpy", "scipy.ndimage", "nibabel", "pandas", "nipype.pipeline.engine",
                       "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.analysis.dual_regression"]
@@ -468,13 +501,17 @@ def prepare_nipype(config: "Config", execution: dict | None = None) -> None:
 
     Crash files go to ``OUTPUT_DIR/logs`` (as text), node hashes use file content,
     the scheduler polls at :func:`nipype_poll_seconds`, the work directory exists,
-    and a MultiProc forkserver preloads :data:`FORKSERVER_PRELOAD`. ``execution``
-    adds or overrides nipype ``execution`` options.
+    and a MultiProc forkserver preloads :data:`FORKSERVER_PRELOAD`. With a local pool,
+    nipype's extra hash check in the scheduler's loop is off (MultiProc hashes every node
+    there once more anyway, and a cached node's worker only collects its result); a batch
+    scheduler keeps it, so that a resumed run submits no job for a finished node.
+    ``execution`` adds or overrides nipype ``execution`` options.
     """
     from nipype import config as ncfg
 
     ex = config.execution
     options = {"crashdump_dir": str(ex.output_dir / "logs"), "crashfile_format": "txt",
+               "local_hash_check": ex.plugin not in LOCAL_POOL_PLUGINS,
                "hash_method": "content", "poll_sleep_duration": nipype_poll_seconds(ex.plugin)}
     options.update(execution or {})
     ncfg.update_config({"execution": options, "monitoring": {"enabled": False}})

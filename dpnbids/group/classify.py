@@ -322,7 +322,7 @@ def _plan(config, sets, inputs: dict, folds, strict, baselines=None):
 def _run_group_cv(config, plan) -> dict:
     """Run the learning workflow with the configured plugin; the join's folder and the
     final model's files."""
-    from dpnbids.config import prepare_nipype
+    from dpnbids.config import prepare_nipype, run_workflow
     from dpnbids.exceptions import WorkflowError
     from dpnbids.workflows.group_cv import init_group_cv_wf
 
@@ -332,8 +332,7 @@ def _run_group_cv(config, plan) -> dict:
                 "(%s)", len(plan.folds), len(plan.permutations), int(plan.final is not None),
                 config.execution.plugin)
     try:
-        graph = workflow.run(plugin=config.execution.plugin,
-                             plugin_args=config.execution.plugin_args)
+        graph = run_workflow(workflow, config)
     except RuntimeError as exc:
         raise WorkflowError(f"the group level's cross-validation failed ({exc}); crash files "
                             f"are in {config.execution.output_dir / 'logs'}") from None

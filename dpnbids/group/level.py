@@ -143,15 +143,14 @@ def check_group_inputs(config, inputs) -> None:
 
 def run_dual_regression(config, runs, group_maps_file, std, out_dir=None) -> list[dict]:
     """Run :func:`init_dualreg_wf`; return per-run dicts of written files."""
-    from dpnbids.config import prepare_nipype
+    from dpnbids.config import prepare_nipype, run_workflow
     from dpnbids.workflows.group import init_dualreg_wf
 
     logs = config.execution.output_dir / "logs"
     prepare_nipype(config)
     workflow = init_dualreg_wf(config, runs, group_maps_file, std, out_dir)
     try:
-        graph = workflow.run(plugin=config.execution.plugin,
-                             plugin_args=config.execution.plugin_args)
+        graph = run_workflow(workflow, config)
     except RuntimeError as exc:
         raise WorkflowError(f"dual regression failed ({exc}); crash files are in {logs}") \
             from None

@@ -21,8 +21,8 @@ import numpy as np
 
 from dpnbids.exceptions import DimensionError, InputError
 
-__all__ = ["load_bold", "load_anat", "check_bold_has_signal", "sidecar_repetition_time",
-           "check_mask_not_empty", "TR_RANGE_S"]
+__all__ = ["load_bold", "load_anat", "repetition_time", "check_bold_has_signal",
+           "sidecar_repetition_time", "check_mask_not_empty", "TR_RANGE_S"]
 
 #: Plausible range of a repetition time, in seconds (header values outside it are ignored).
 TR_RANGE_S = (0.1, 30.0)
@@ -166,6 +166,29 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
     _check_finite(data, bold_file, "BOLD")
     check_bold_has_signal(data, name=name)
 
+    tr = repetition_time(img, sidecar, name=name)
+    out = _in_memory(img, data)
+    out.header.set_xyzt_units("mm", "sec")
+    out.header["pixdim"][4] = tr
+    return out, float(tr)
+
+
+def repetition_time(img, sidecar: dict | None = None, *, name: str) -> float:
+    """A BOLD run's repetition time in seconds, from its header and JSON sidecar only.
+
+    The sidecar's ``RepetitionTime`` when present (as fMRIPrep does), otherwise a
+    plausible header ``pixdim[4]``; ``img`` may be a proxy (no voxel is read).
+
+    Raises
+    ------
+    InputError
+        A RepetitionTime that is not a positive number of seconds, or none at all.
+
+    Warns
+    -----
+    UserWarning
+        The header and the sidecar disagree, or the value comes from the header only.
+    """
     sidecar = sidecar or {}
     header_tr = _header_tr(img)
     tr = sidecar.get("RepetitionTime")
@@ -175,24 +198,20 @@ def load_bold(bold_file, *, sidecar: dict | None = None, min_volumes: int = 50):
             warnings.warn(
                 f"BOLD file {name}: the NIfTI header says TR = {header_tr:g} s but the JSON "
                 f"sidecar says RepetitionTime = {tr:g} s; using the sidecar (as fMRIPrep "
-                "does). Fix whichever is wrong.", UserWarning, stacklevel=2)
-    elif header_tr is not None:
-        tr = header_tr
+                "does). Fix whichever is wrong.", UserWarning, stacklevel=3)
+        return float(tr)
+    if header_tr is not None:
         warnings.warn(
             f"BOLD file {name}: no RepetitionTime in the JSON sidecar; using the header "
-            f"value {tr:g} s. BIDS requires RepetitionTime in the sidecar.", UserWarning,
-            stacklevel=2)
-    else:
-        raise InputError(
-            f"BOLD file {name} has no RepetitionTime: none in the JSON sidecar and the "
-            f"header pixdim[4] ({float(img.header['pixdim'][4]):g}) is not a plausible TR "
-            f"({TR_RANGE_S[0]:g}-{TR_RANGE_S[1]:g} s). Add \"RepetitionTime\" (seconds) to "
-            f"the JSON sidecar {name.split('.')[0]}.json (or a task-level "
-            "task-<label>_bold.json).")
-    out = _in_memory(img, data)
-    out.header.set_xyzt_units("mm", "sec")
-    out.header["pixdim"][4] = tr
-    return out, float(tr)
+            f"value {header_tr:g} s. BIDS requires RepetitionTime in the sidecar.", UserWarning,
+            stacklevel=3)
+        return float(header_tr)
+    raise InputError(
+        f"BOLD file {name} has no RepetitionTime: none in the JSON sidecar and the "
+        f"header pixdim[4] ({float(img.header['pixdim'][4]):g}) is not a plausible TR "
+        f"({TR_RANGE_S[0]:g}-{TR_RANGE_S[1]:g} s). Add \"RepetitionTime\" (seconds) to "
+        f"the JSON sidecar {name.split('.')[0]}.json (or a task-level "
+        "task-<label>_bold.json).")
 
 
 def sidecar_repetition_time(value, *, name: str) -> float:
@@ -271,12 +290,15 @@ def check_bold_has_signal(bold, *, name: str | None = None) -> None:
             "DICOM, or the fMRIPrep run).")
 
 
-def check_preprocessed_bold(bold, *, n_confound_rows: int | None = None) -> int:
+def check_preprocessed_bold(bold, *, n_confound_rows: int | None = None,
+                            min_volumes: int = 3) -> int:
     """Door check of an already preprocessed (fMRIPrep) BOLD run; returns its volume count.
 
-    The image must read completely, be 4D with at least 3 volumes, hold finite values
-    and vary over time; with ``n_confound_rows`` its confounds table must have one row
-    per volume (the regression pairs them row by row).
+    The image must read completely, be 4D with at least 3 volumes (and ``min_volumes``),
+    hold finite values and vary over time; with ``n_confound_rows`` its confounds table must
+    have one row per volume (the regression pairs them row by row). The one full read of
+    the run before the compute: the workflow then needs only its header
+    (:func:`repetition_time`).
     """
     img, data = _read(bold, "BOLD")
     name = _name(bold)
@@ -288,9 +310,15 @@ def check_preprocessed_bold(bold, *, n_confound_rows: int | None = None) -> int:
             + (f"only {data.shape[3]} volumes. " if data.ndim == 4 else f"{data.ndim}D. ")
             + "Expected a 4D resting-state series (x, y, z, time) with many volumes; give "
               "fMRIPrep's *_desc-preproc_bold.nii.gz of a complete run.")
+    n_volumes = int(data.shape[3])
+    if n_volumes < min_volumes:
+        raise InputError(
+            f"BOLD file {name} has {n_volumes} volumes; at least {min_volumes} are needed "
+            "(the 0.008 Hz high-pass of the denoising and group ICA need a long enough "
+            "series). Use a longer run, or lower `min_volumes` if you accept a less reliable "
+            "estimate.")
     _check_affine(img, bold, "BOLD")
     check_bold_has_signal(data, name=name)
-    n_volumes = int(data.shape[3])
     if n_confound_rows is not None and n_confound_rows != n_volumes:
         raise DimensionError(
             f"BOLD file {name} has {n_volumes} volumes but its confounds table has "

@@ -53,7 +53,8 @@ def check_participant_inputs(config, inputs) -> None:
         else:
             for run in _fmriprep_runs(config, sub, sub_inputs):
                 rows = check_confounds_table(run["confounds"], config.preproc.denoise_strategy)
-                check_preprocessed_bold(run["bold"], n_confound_rows=rows)
+                check_preprocessed_bold(run["bold"], n_confound_rows=rows,
+                                        min_volumes=config.preproc.min_volumes)
                 _check_dof(config, Path(run["bold"]).name, fmriprep_run_dof(config, run),
                            n_maps)
     if config.cnn.model is not None:
@@ -277,7 +278,7 @@ def run_participant_level(config, inputs, writer) -> None:
     process, so nodes run in this process (Linear) and MultiProc workers (forked from a
     forkserver that inherits this environment) all start ITK with ``--omp-nthreads``.
     """
-    from dpnbids.config import prepare_nipype
+    from dpnbids.config import prepare_nipype, run_workflow
     from dpnbids.preproc.itk import pin_itk_threads
 
     pin_itk_threads(config.execution.omp_nthreads)
@@ -289,7 +290,7 @@ def run_participant_level(config, inputs, writer) -> None:
                 len(inputs), config.execution.plugin)
     before = set(logs.glob("crash-*"))
     try:
-        workflow.run(plugin=config.execution.plugin, plugin_args=config.execution.plugin_args)
+        run_workflow(workflow, config)
     except RuntimeError as exc:
         crashes = sorted(set(logs.glob("crash-*")) - before)
         raise WorkflowError(_describe_crashes(crashes, inputs) or str(exc)) from None

@@ -208,9 +208,13 @@ def init_fmriprep_bold_wf(config, run: dict, *, name="bold_wf") -> pe.Workflow:
     meta = {}
     if run.get("bold_json"):
         meta = _json.loads(Path(run["bold_json"]).read_text())
-    from dpnbids.preproc.checks import load_bold
+    import nibabel as nib
 
-    _img, tr = load_bold(run["bold"], sidecar=meta, min_volumes=config.preproc.min_volumes)
+    from dpnbids.preproc.checks import repetition_time
+
+    # the door read and checked the whole image (check_participant_inputs): the header is
+    # enough here, so building one subject's workflow costs milliseconds, not a full read
+    tr = repetition_time(nib.load(str(run["bold"])), meta, name=Path(run["bold"]).name)
     denoise = _denoise_node(config, bold_std=run["bold"], mask_std=run["mask"], tr=tr,
                             confounds_file=run["confounds"])
     source = _raw_like_source(run)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dpnbids.exceptions import DimensionError, InputError
-from dpnbids.preproc.checks import check_mask_not_empty, load_anat, load_bold
+from dpnbids.preproc.checks import (check_mask_not_empty, check_preprocessed_bold,
+                                    load_anat, load_bold, repetition_time)
 
 SHAPE = (7, 8, 9)
 
@@ -113,6 +114,31 @@ def test_inconsistent_tr_warns_and_sidecar_wins(tmp_path, rng):
         img, tr = load_bold(path, sidecar={"RepetitionTime": 2.0}, min_volumes=10)
     assert tr == 2.0
     assert float(img.header["pixdim"][4]) == 2.0
+
+
+def test_repetition_time_reads_the_header_only(tmp_path, rng):
+    """The workflow builder takes a run's TR from its header and sidecar: no voxel is read
+    (the door read the whole image once), so a truncated data block does not matter here."""
+    path = _save(_bold(rng, tr=3.0), tmp_path / "sub-01_task-rest_bold.nii")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    proxy = nib.load(str(path))
+    assert repetition_time(proxy, {"RepetitionTime": 3.0}, name=path.name) == 3.0
+    with pytest.warns(UserWarning, match="no RepetitionTime in the JSON sidecar; using the "
+                                         "header value 3 s"):
+        assert repetition_time(proxy, {}, name=path.name) == 3.0
+    with pytest.raises(InputError, match="RepetitionTime in the JSON sidecar is '2'"):
+        repetition_time(proxy, {"RepetitionTime": "2"}, name=path.name)
+
+
+def test_preprocessed_bold_door_check_counts_volumes(tmp_path, rng):
+    path = _save(_bold(rng, n_t=20), tmp_path / "sub-01_task-rest_bold.nii.gz")
+    assert check_preprocessed_bold(path, n_confound_rows=20, min_volumes=20) == 20
+    with pytest.raises(InputError, match=r"has 20 volumes; at least 21 are needed.*"
+                                         "`min_volumes`"):
+        check_preprocessed_bold(path, min_volumes=21)
+    with pytest.raises(DimensionError, match="20 volumes but its confounds table has 19 rows"):
+        check_preprocessed_bold(path, n_confound_rows=19)
 
 
 def test_tr_in_milliseconds_in_sidecar(tmp_path, rng):

@@ -37,9 +37,9 @@ def _mean_aucs(confound, deconf_kwargs, effect=0.0):
     return float(np.mean(raw)), float(np.mean(fixed))
 
 
-@pytest.mark.parametrize("confound,column,flag", [("site", "site", "--harmonize site"),
+@pytest.mark.parametrize("confound,column,flag", [("site", "site", "`harmonize` site"),
                                                   ("motion", "mean_fd",
-                                                   "--covariates mean_fd")])
+                                                   "`covariates` mean_fd")])
 def test_baselines_flag_the_planted_confound(confound, column, flag):
     x, y, table, ids, folds = _cohort(confound, 11)
     pred = confound_baselines(table, y, folds)

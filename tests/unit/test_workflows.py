@@ -110,3 +110,75 @@ def test_every_interface_spec_pickles():
         for spec in (cls.input_spec, cls.output_spec):
             assert spec.__module__ == itf.__name__, spec
             assert type(pickle.loads(pickle.dumps(spec()))) is spec
+
+
+class _Recorder:
+    """A stand-in workflow: records the node flags and the collector's state at run()."""
+
+    def __init__(self):
+        self.nodes = [type("Node", (), {"run_without_submitting": True})() for _ in range(3)]
+        self.seen = {}
+
+    def _get_all_nodes(self):
+        return self.nodes
+
+    def run(self, plugin, plugin_args):
+        import gc
+
+        self.seen = {"plugin": plugin, "frozen": gc.get_freeze_count(),
+                     "in_pool": [not n.run_without_submitting for n in self.nodes]}
+        return "graph"
+
+
+@pytest.mark.parametrize("plugin, in_pool", [("MultiProc", True), ("SLURM", False),
+                                             ("Linear", False)])
+def test_run_workflow_pools_light_nodes_locally_and_freezes_the_collector(plugin, in_pool):
+    """MultiProc gets every node (nipype's per-node cost then runs on every core); a batch
+    scheduler keeps light nodes in its own process. The objects alive before the run are
+    frozen out of nipype's gc.collect() passes during it, and thawed after."""
+    import gc
+    from types import SimpleNamespace
+
+    from dpnbids.config import run_workflow
+
+    before = gc.get_freeze_count()
+    workflow = _Recorder()
+    config = SimpleNamespace(execution=SimpleNamespace(plugin=plugin, plugin_args={}))
+    assert run_workflow(workflow, config) == "graph"
+    assert workflow.seen["plugin"] == plugin
+    assert workflow.seen["in_pool"] == [in_pool] * 3
+    assert workflow.seen["frozen"] > before
+    assert gc.get_freeze_count() == before
+
+
+def test_forkserver_starts_before_the_door_checks_with_the_final_environment(tiny_bids,
+                                                                            tmp_path):
+    """The CLI starts MultiProc's forkserver before the door checks (its imports overlap
+    them), after ITK's thread count is pinned: every worker is forked from it and inherits
+    its environment. Linear starts none. In a child process: the server outlives a test."""
+    import os
+    import subprocess
+    import sys
+
+    from dpnbids.preproc.itk import ITK_THREADS_VAR
+
+    code = (
+        "import sys, os\n"
+        "from multiprocessing import forkserver\n"
+        "from dpnbids.cli.parser import parse_args\n"
+        "from dpnbids.cli.run import _start_forkserver\n"
+        "from dpnbids.config import config_from_args\n"
+        "from dpnbids.preproc.itk import ITK_THREADS_VAR\n"
+        "_, args = parse_args(sys.argv[1:])\n"
+        "_start_forkserver(config_from_args(args))\n"
+        "pid = forkserver._forkserver._forkserver_pid\n"
+        "print(pid is not None and os.waitpid(pid, os.WNOHANG) == (0, 0),"
+        " os.environ.get(ITK_THREADS_VAR))\n")
+    env = {k: v for k, v in os.environ.items() if k != ITK_THREADS_VAR}
+    for nprocs, expected in (("2", "True 1"), ("1", "False None")):
+        out = subprocess.run([sys.executable, "-c", code, str(tiny_bids), str(tmp_path / "out"),
+                              "participant", "--nprocs", nprocs], capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split("\n")[-2] == expected
+        assert not (tmp_path / "out").exists()  # nothing written
