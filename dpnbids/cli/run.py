@@ -69,7 +69,7 @@ def _setup_console_logging(verbose: int) -> None:
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    logging.getLogger("dpnbids.warnings").warning("%s (%s)", message, category.__name__)
+    LOGGER.warning("%s (%s)", message, category.__name__)
 
 
 def _add_file_logging(log_file: Path) -> None:
