@@ -302,7 +302,9 @@ def _load_plugin(path: Path | None, nprocs: int,
 
     if path is None:
         # forkserver, as fMRIPrep: a worker forked from a process that already runs
-        # TensorFlow threads (a Python session, a test runner) can hang forever
+        # TensorFlow threads (a Python session, a test runner) can hang forever.
+        # maxtasksperchild, as fMRIPrep, applies to LegacyMultiProc only: MultiProc keeps
+        # its workers (and their imports) for the whole run
         args = {"n_procs": nprocs, "raise_insufficient": False, "maxtasksperchild": 1,
                 "mp_context": "forkserver"}
         if mem_gb:
