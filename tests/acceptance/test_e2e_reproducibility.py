@@ -188,19 +188,31 @@ def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float
     pytest.fail(f"{path_glob} did not appear within {timeout} s")
 
 
+def _end_the_killed_runs_processes(pgid: int) -> None:
+    """After the driver alone was killed, end what it left (MultiProc's forkserver and its
+    idle pool workers), as a scheduler ending the job's process group would. Otherwise they
+    outlive the test suite: nothing is left to stop them."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def test_participant_run_resumes_after_sigkill(dataset, clean_run):
     from dpnbids.cli.locks import pid_alive
 
     bids, root = dataset
     out, work = root / "killed" / "out", root / "killed" / "work"
     command = [str(Path(sys.executable).with_name("dpnbids")), *_command(bids, out, work)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     anat = _wait_for("**/anat_preproc/result_anat_preproc.pklz", work, proc, 600)
     _wait_for("**/bold_to_std/_inputs.pklz", work, proc, 600)
     time.sleep(5)  # well inside the BOLD registration (about 30 s on these data)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _end_the_killed_runs_processes(proc.pid)
     assert not list(work.glob("**/bold_to_std/result_bold_to_std.pklz"))
     owner = json.loads((out / ".locks" / "sub-01.lock.owner").read_text())
     assert owner["pid"] == proc.pid and not pid_alive(owner["pid"])
@@ -248,12 +260,14 @@ def test_group_run_resumes_after_sigkill(group_cohort):
     shutil.copytree(participant, out)
     command = [str(Path(sys.executable).with_name("dpnbids")), str(synth.bids_dir), str(out),
                "group", *options, *GROUP_CV, "-w", str(work)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     _wait_for(STAGING_PREFIX + "*/group/cv/splits.tsv", out, proc, 600)  # dual regression done
     time.sleep(2)
     assert proc.poll() is None, "the group run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _end_the_killed_runs_processes(proc.pid)
     assert not (out / "group").exists() and list(out.glob(STAGING_PREFIX + "*"))
     owner = json.loads((out / ".locks" / "group.lock.owner").read_text())
     assert owner["pid"] == proc.pid and not pid_alive(owner["pid"])
