@@ -493,6 +493,12 @@ def run_workflow(workflow, config: "Config"):
         gc.unfreeze()
 
 
+def uses_forkserver(execution) -> bool:
+    """Whether the run's nipype workers are forked from MultiProc's forkserver."""
+    return execution.plugin == "MultiProc" and execution.plugin_args.get("mp_context") == \
+        "forkserver"
+
+
 #: Modules the forkserver imports once, so each nipype worker starts in milliseconds.
 FORKSERVER_PRELOAD = ["numpy", "scipy.ndimage", "nibabel", "pandas", "nipype.pipeline.engine",
                       "dpnbids.interfaces", "dpnbids.preproc.pipeline", "dpnbids.analysis.dual_regression"]
@@ -523,7 +529,7 @@ def prepare_nipype(config: "Config", execution: dict | None = None) -> None:
 
         # nipype's batch plugins name each job after $LOGNAME, unset in many containers
         os.environ.setdefault("LOGNAME", getpass.getuser())
-    if ex.plugin == "MultiProc" and ex.plugin_args.get("mp_context") == "forkserver":
+    if uses_forkserver(ex):
         import multiprocessing
 
         multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)

@@ -240,13 +240,14 @@ def _start_forkserver(config) -> None:
     the Keras backend's variables (:func:`_configure_backend`) and ITK's thread count are
     set first. It writes nothing, and it exits with this process (a refused run included).
     """
+    from dpnbids.config import FORKSERVER_PRELOAD, uses_forkserver
+
     ex = config.execution
-    if ex.plugin != "MultiProc" or ex.plugin_args.get("mp_context") != "forkserver":
+    if not uses_forkserver(ex):
         return
     import multiprocessing
     from multiprocessing import forkserver
 
-    from dpnbids.config import FORKSERVER_PRELOAD
     from dpnbids.preproc.itk import pin_itk_threads
 
     pin_itk_threads(ex.omp_nthreads)
